@@ -1,0 +1,50 @@
+"""Guest-side helper the host calls over SSH: bind devices to vfio-pci, report state."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def bind(vendor: int, device: int) -> list[str]:
+    """Bind every vendor:device function to vfio-pci with driver_override; returns the BDFs."""
+    subprocess.run(["modprobe", "vfio-pci"], check=True)
+    bound = []
+    for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
+        with open(f"{dev}/vendor") as v, open(f"{dev}/device") as d:
+            if (int(v.read(), 16), int(d.read(), 16)) != (vendor, device):
+                continue
+        bdf = os.path.basename(dev)
+        _write(f"{dev}/driver_override", "vfio-pci")
+        if os.path.exists(f"{dev}/driver"):
+            _write(f"{dev}/driver/unbind", bdf)
+        _write("/sys/bus/pci/drivers_probe", bdf)
+        driver = os.path.basename(os.readlink(f"{dev}/driver"))
+        if driver != "vfio-pci":
+            raise SystemExit(f"{bdf}: bound to {driver}, not vfio-pci")
+        bound.append(bdf)
+    return bound
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "bind":
+        vendor, device = (int(x, 16) for x in argv[1].split(":"))
+        bdfs = bind(vendor, device)
+        if not bdfs:
+            print(f"no PCI device {argv[1]} found", file=sys.stderr)
+            return 1
+        print(" ".join(bdfs))
+        return 0
+    print("usage: lab_guest.py bind VENDOR:DEVICE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

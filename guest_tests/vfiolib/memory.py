@@ -1,0 +1,69 @@
+"""Process memory to DMA from or to: anonymous mappings, optionally backed by hugetlb pages."""
+
+from __future__ import annotations
+
+import ctypes as C
+
+from vfiolib import libc
+
+PAGE_4K = 4096
+SIZE_2M = 2 << 20
+SIZE_1G = 1 << 30
+
+# Upstream's vfio_dma_mapping_test variants: name -> (backing page size, mmap flags)
+BACKINGS = {
+    "anonymous": (PAGE_4K, 0),
+    "anonymous_hugetlb_2mb": (SIZE_2M, libc.MAP_HUGETLB | (21 << libc.MAP_HUGE_SHIFT)),
+    "anonymous_hugetlb_1gb": (SIZE_1G, libc.MAP_HUGETLB | (30 << libc.MAP_HUGE_SHIFT)),
+}
+
+
+class Buffer:
+    """An anonymous mapping; `close` unmaps it. Usable as a context manager."""
+
+    def __init__(self, size: int, backing: str = "anonymous") -> None:
+        page, extra = BACKINGS[backing]
+        self.backing = backing
+        self.page_size = page
+        self.size = -(-size // page) * page
+        self.addr = libc.mmap(
+            self.size,
+            libc.PROT_READ | libc.PROT_WRITE,
+            libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_POPULATE | extra,
+        )
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        n = self.size - offset if length is None else length
+        self._check(offset, n)
+        return C.string_at(self.addr + offset, n)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        C.memmove(self.addr + offset, data, len(data))
+
+    def fill(self, byte: int) -> None:
+        C.memset(self.addr, byte, self.size)
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise IndexError(f"[{offset:#x}, +{length:#x}) is outside the {self.size:#x}-byte buffer")
+
+    def close(self) -> None:
+        if self.addr:
+            libc.munmap(self.addr, self.size)
+            self.addr = 0
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def hugepages_free(page_size: int) -> int:
+    kib = page_size // 1024
+    try:
+        with open(f"/sys/kernel/mm/hugepages/hugepages-{kib}kB/free_hugepages") as f:
+            return int(f.read())
+    except FileNotFoundError:
+        return 0

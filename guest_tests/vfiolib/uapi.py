@@ -1,0 +1,144 @@
+"""Structs and ioctl numbers from <linux/vfio.h>, written by hand with ctypes.
+
+tests/unit/test_uapi_layout.py on the host compiles a C program against the kernel
+headers and checks every size, offset and number here against it.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+
+u8, u16, u32, u64 = C.c_uint8, C.c_uint16, C.c_uint32, C.c_uint64
+
+_IOC_NONE = 0
+
+
+def _IO(kind: str, nr: int) -> int:
+    return (_IOC_NONE << 30) | (ord(kind) << 8) | nr
+
+
+VFIO_TYPE = ";"
+VFIO_BASE = 100
+
+VFIO_GET_API_VERSION = _IO(VFIO_TYPE, VFIO_BASE + 0)
+VFIO_CHECK_EXTENSION = _IO(VFIO_TYPE, VFIO_BASE + 1)
+VFIO_SET_IOMMU = _IO(VFIO_TYPE, VFIO_BASE + 2)
+VFIO_GROUP_GET_STATUS = _IO(VFIO_TYPE, VFIO_BASE + 3)
+VFIO_GROUP_SET_CONTAINER = _IO(VFIO_TYPE, VFIO_BASE + 4)
+VFIO_GROUP_UNSET_CONTAINER = _IO(VFIO_TYPE, VFIO_BASE + 5)
+VFIO_GROUP_GET_DEVICE_FD = _IO(VFIO_TYPE, VFIO_BASE + 6)
+VFIO_DEVICE_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 7)
+VFIO_DEVICE_GET_REGION_INFO = _IO(VFIO_TYPE, VFIO_BASE + 8)
+VFIO_DEVICE_GET_IRQ_INFO = _IO(VFIO_TYPE, VFIO_BASE + 9)
+VFIO_DEVICE_SET_IRQS = _IO(VFIO_TYPE, VFIO_BASE + 10)
+VFIO_DEVICE_RESET = _IO(VFIO_TYPE, VFIO_BASE + 11)
+VFIO_IOMMU_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
+VFIO_IOMMU_MAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 13)
+VFIO_IOMMU_UNMAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 14)
+
+VFIO_API_VERSION = 0
+VFIO_TYPE1_IOMMU = 1
+VFIO_TYPE1v2_IOMMU = 3
+VFIO_UNMAP_ALL = 9
+
+VFIO_GROUP_FLAGS_VIABLE = 1 << 0
+VFIO_GROUP_FLAGS_CONTAINER_SET = 1 << 1
+
+VFIO_DEVICE_FLAGS_RESET = 1 << 0
+VFIO_DEVICE_FLAGS_PCI = 1 << 1
+
+VFIO_REGION_INFO_FLAG_READ = 1 << 0
+VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
+VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
+VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
+
+VFIO_PCI_BAR0_REGION_INDEX = 0
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+VFIO_PCI_NUM_REGIONS = 9
+
+VFIO_DMA_MAP_FLAG_READ = 1 << 0
+VFIO_DMA_MAP_FLAG_WRITE = 1 << 1
+VFIO_DMA_UNMAP_FLAG_ALL = 1 << 1
+
+VFIO_IOMMU_INFO_PGSIZES = 1 << 0
+VFIO_IOMMU_INFO_CAPS = 1 << 1
+VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE = 1
+
+
+class vfio_info_cap_header(C.Structure):
+    _fields_ = [("id", u16), ("version", u16), ("next", u32)]
+
+
+class vfio_group_status(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32)]
+
+
+class vfio_device_info(C.Structure):
+    _fields_ = [
+        ("argsz", u32),
+        ("flags", u32),
+        ("num_regions", u32),
+        ("num_irqs", u32),
+        ("cap_offset", u32),
+    ]
+
+
+class vfio_region_info(C.Structure):
+    _fields_ = [
+        ("argsz", u32),
+        ("flags", u32),
+        ("index", u32),
+        ("cap_offset", u32),
+        ("size", u64),
+        ("offset", u64),
+    ]
+
+
+class vfio_irq_info(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("count", u32)]
+
+
+class vfio_iommu_type1_info(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova_pgsizes", u64), ("cap_offset", u32)]
+
+
+class vfio_iova_range(C.Structure):
+    _fields_ = [("start", u64), ("end", u64)]
+
+
+class vfio_iommu_type1_info_cap_iova_range(C.Structure):
+    _fields_ = [("header", vfio_info_cap_header), ("nr_iovas", u32), ("reserved", u32)]
+
+
+class vfio_iommu_type1_dma_map(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("vaddr", u64), ("iova", u64), ("size", u64)]
+
+
+class vfio_iommu_type1_dma_unmap(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("iova", u64), ("size", u64)]
+
+
+def new(struct_type: type[C.Structure], **fields: int) -> C.Structure:
+    """A zeroed struct with argsz set, the way every VFIO ioctl expects it."""
+    s = struct_type(**fields)
+    s.argsz = C.sizeof(struct_type)  # type: ignore[attr-defined]
+    return s
+
+
+# What the host-side layout test checks: struct name -> ctypes type, and ioctl constants.
+STRUCTS = {
+    cls.__name__: cls
+    for cls in (
+        vfio_info_cap_header,
+        vfio_group_status,
+        vfio_device_info,
+        vfio_region_info,
+        vfio_irq_info,
+        vfio_iommu_type1_info,
+        vfio_iova_range,
+        vfio_iommu_type1_info_cap_iova_range,
+        vfio_iommu_type1_dma_map,
+        vfio_iommu_type1_dma_unmap,
+    )
+}
+CONSTANTS = {name: value for name, value in globals().items() if name.startswith("VFIO_") and isinstance(value, int)}

@@ -1,0 +1,1 @@
+"""vfio-lab: boot disposable QEMU guests with a vIOMMU and run VFIO tests in them."""

@@ -1,0 +1,79 @@
+"""Running the guest test payload over SSH and collecting what it leaves behind."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from lab.errors import GuestCommandError, InfraError
+from lab.models import DEVICES
+from lab.progress import SILENT, Progress
+from lab.scenario import Scenario
+from lab.ssh import GuestSSH
+from lab.tap import TapParser
+
+GUEST_DIR = "/root/guest_tests"
+GUEST_TAP = "/root/results.tap"
+GUEST_KCONFIG = "/root/kernel.config"
+# pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran.
+PYTEST_RAN = (0, 1)
+
+
+@dataclass
+class PayloadRun:
+    tap: TapParser
+    pytest_status: int
+    bound: list[str]
+
+
+def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
+    dma_mask = scenario.devices[0].dma_mask
+    env = {"VFIO_LAB_KCONFIG": GUEST_KCONFIG, "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask), "PYTHONDONTWRITEBYTECODE": "1"}
+    argv = ["python3", "-m", "pytest", "-p", "no:cacheprovider", "-rs", f"--tap={GUEST_TAP}"]
+    argv += scenario.payload.args + extra_args
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)}"
+
+
+def run_payload(
+    ssh: GuestSSH,
+    scenario: Scenario,
+    cell_dir: Path,
+    kernel_config: Path | None,
+    extra_args: list[str],
+    progress: Progress = SILENT,
+) -> PayloadRun:
+    ssh.check(f"rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR}")
+    files = ssh.put_tree(scenario.payload_dir, GUEST_DIR)
+    progress("payload", f"copied {files} files from {scenario.payload_dir}")
+    if kernel_config is not None and kernel_config.exists():
+        ssh.put_file(kernel_config, GUEST_KCONFIG)
+    bound = []
+    for dev in scenario.devices:
+        out = ssh.check(["python3", f"{GUEST_DIR}/lab_guest.py", "bind", str(DEVICES[dev.type].pci_id)])
+        bound += out.split()
+    progress("payload", f"bound {' '.join(bound)} to vfio-pci; running pytest")
+    with (cell_dir / "payload.log").open("w") as log:
+        result = ssh.run(
+            pytest_command(scenario, extra_args), timeout=scenario.payload.timeout, on_output=log.write
+        )
+        log.write(result.stderr)
+    tap = TapParser()
+    if ssh.fetch_text(GUEST_TAP, cell_dir / "results.tap"):
+        for line in (cell_dir / "results.tap").read_text(errors="replace").splitlines():
+            tap.feed(line)
+    if result.status not in PYTEST_RAN and not tap.results:
+        raise GuestCommandError("pytest", result.status, result.stdout[-2000:] + result.stderr[-2000:])
+    return PayloadRun(tap=tap, pytest_status=result.status, bound=bound)
+
+
+def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> None:
+    """Best effort: a guest that crashed has no dmesg to give, and its console.log has the story."""
+    try:
+        text = ssh.check(["dmesg"], timeout=30)
+    except (InfraError, OSError, EOFError, paramiko.SSHException) as e:
+        text = f"# dmesg could not be read from the guest ({e}); see console.log\n"
+    (cell_dir / "dmesg.txt").write_text(text)

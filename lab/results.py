@@ -1,0 +1,105 @@
+"""Run results: summary.json rewritten as each cell finishes, and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.tap import OUTCOMES, TapParser
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
+
+
+@dataclass
+class CellResult:
+    name: str
+    kernel: str
+    verdict: str  # pass | fail | error
+    counts: dict[str, int]
+    dir: str
+    wall_s: float
+    boot_to_ssh_s: float | None = None
+    infra_error: str | None = None
+    problems: list[str] = field(default_factory=list)
+    kernel_release: str | None = None
+    kernel_identity: str | None = None
+    qemu_version: str | None = None
+
+
+def verdict(tap: TapParser) -> str:
+    counts = tap.counts()
+    if counts["error"] or tap.problems() or not tap.results:
+        return "error"
+    if counts["fail"] or counts["xpass"]:
+        return "fail"
+    return "pass"
+
+
+def empty_counts() -> dict[str, int]:
+    return dict.fromkeys(OUTCOMES, 0)
+
+
+class RunResults:
+    def __init__(self, run_dir: Path, scenario: str, run_id: str, accelerator: str, accel_reason: str) -> None:
+        self.run_dir = run_dir
+        self.data: dict[str, Any] = {
+            "scenario": scenario,
+            "run_id": run_id,
+            "accelerator": accelerator,
+            "accelerator_reason": accel_reason,
+            "exit_code": None,
+            "cells": [],
+        }
+        self.cells: list[CellResult] = []
+
+    def set_accelerator(self, accel: str, reason: str) -> None:
+        self.data["accelerator"], self.data["accelerator_reason"] = accel, reason
+        self.write()
+
+    def add(self, cell: CellResult) -> None:
+        self.cells.append(cell)
+        self.data["cells"].append(asdict(cell))
+        self.write()
+
+    @property
+    def exit_code(self) -> int:
+        if any(c.infra_error for c in self.cells):
+            return EXIT_INFRA
+        if any(c.verdict != "pass" for c in self.cells):
+            return EXIT_UNEXPECTED
+        return EXIT_OK
+
+    def finish(self, interrupted: bool = False) -> int:
+        code = 130 if interrupted else self.exit_code
+        self.data["exit_code"] = code
+        self.data["interrupted"] = interrupted
+        self.write()
+        return code
+
+    def write(self) -> None:
+        """Atomically: a reader (or a crash) never sees half a summary."""
+        path = self.run_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def table(results: RunResults) -> str:
+    header = ["cell", "verdict", "pass", "fail", "skip", "xfail", "error", "boot", "wall"]
+    rows = [header]
+    for c in results.cells:
+        boot = f"{c.boot_to_ssh_s:.1f}s" if c.boot_to_ssh_s is not None else "-"
+        counts = [str(c.counts.get(k, 0)) for k in ("pass", "fail", "skip", "xfail", "error")]
+        rows.append([c.name, c.verdict, *counts, boot, f"{c.wall_s:.1f}s"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for c in results.cells:
+        if c.infra_error:
+            lines.append(f"{c.name}: {c.infra_error}")
+        lines += [f"{c.name}: {p}" for p in c.problems]
+    lines.append(f"accelerator: {results.data['accelerator']} ({results.data['accelerator_reason']})")
+    lines.append(f"results: {results.run_dir}")
+    return "\n".join(lines)

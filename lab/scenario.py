@@ -1,0 +1,155 @@
+"""Scenario files: the typed model, loading, cross-field rules, and expansion into cells."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lab import schema
+from lab.errors import ScenarioError, UsageError
+from lab.kernels import KERNEL_SOURCES, KernelSpec, parse_kernel_spec
+from lab.models import DEVICES, IOMMU_MODELS
+from lab.registry import Registry, UnknownVariant
+from lab.schema import Size, doc_field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "quick.yaml"
+DEFAULT_PAYLOAD = REPO_ROOT / "guest_tests"
+HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
+# What the guest's own kernel and userspace need besides the reserved hugepages.
+MIN_FREE_MEMORY = 768 << 20
+
+
+@dataclass
+class Device:
+    type: str = doc_field("PCI device model, from the device registry (`vfio-lab schema`)")
+    dma_mask: int = doc_field("the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1)
+
+
+@dataclass
+class Machine:
+    memory: Size = doc_field("guest RAM, e.g. 2G or 3072M", Size(2 << 30))
+    cpus: int = doc_field("guest vCPUs", 2)
+    iommu: str = doc_field("virtual IOMMU model, from the IOMMU registry", "intel-iommu")
+    hugepages: dict[str, int] = doc_field(
+        "hugepages reserved on the guest kernel command line, by size (2M, 1G)", {}
+    )
+    cmdline: list[str] = doc_field("extra guest kernel command-line words", [])
+    boot_timeout: float = doc_field("seconds from QEMU start until SSH must answer", 120.0)
+    qemu: str = doc_field("the QEMU system emulator binary", "qemu-system-x86_64")
+
+
+@dataclass
+class Payload:
+    tests: Path | None = doc_field("directory of guest tests to copy in; default: guest_tests/", None)
+    args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
+    timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
+
+
+@dataclass
+class Scenario:
+    name: str = doc_field("scenario name used in results; default: the file name", "")
+    description: str = doc_field("free text shown by `vfio-lab list`", "")
+    accel: Literal["auto", "kvm", "tcg"] = doc_field(
+        "accelerator: auto uses KVM only if it really runs a guest", "auto"
+    )
+    kernels: list[str] = doc_field("kernel axis, one cell per entry (see kernel sources)", ["debian-stock"])
+    machine: Machine = doc_field("the guest machine", factory=Machine)
+    devices: list[Device] = doc_field("PCI devices behind the IOMMU", [])
+    payload: Payload = doc_field("what runs in the guest", factory=Payload)
+    file: Path = dataclasses.field(default=Path("<none>"), init=False, repr=False)
+    lines: dict[str, int] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def error(self, field: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, self.lines.get(field), field, message)
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.payload.tests or DEFAULT_PAYLOAD
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix: a scenario with every axis fixed."""
+
+    name: str
+    kernel: KernelSpec
+    scenario: Scenario
+
+
+def load(file: Path) -> Scenario:
+    file = Path(file)
+    node = schema.load_yaml_node(file)
+    ctx = schema.Context(file.resolve())
+    scenario = schema.load_dataclass(Scenario, node, ctx)
+    scenario.file = file
+    scenario.lines = ctx.lines
+    if not scenario.name:
+        scenario.name = file.stem
+    if not scenario.devices:
+        scenario.devices = [Device(type="edu")]
+    validate(scenario)
+    return scenario
+
+
+def validate(s: Scenario) -> None:
+    """Rules between fields and against the registries, after the types are known."""
+    _check_registry(s, "machine.iommu", s.machine.iommu, IOMMU_MODELS)
+    for i, dev in enumerate(s.devices):
+        _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
+        if not 0 < dev.dma_mask < (1 << 64):
+            raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
+    for i, spec in enumerate(s.kernels):
+        try:
+            parse_kernel_spec(spec)
+        except UsageError as e:
+            raise s.error(f"kernels[{i}]", str(e)) from None
+    if not s.kernels:
+        raise s.error("kernels", "at least one kernel is needed")
+    if len(set(s.kernels)) != len(s.kernels):
+        raise s.error("kernels", "a kernel is listed twice")
+    _validate_machine(s)
+    if not s.payload_dir.is_dir():
+        raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
+    if s.payload.timeout <= 0:
+        raise s.error("payload.timeout", "must be positive")
+
+
+def _validate_machine(s: Scenario) -> None:
+    m = s.machine
+    if m.cpus < 1:
+        raise s.error("machine.cpus", "must be at least 1")
+    if m.boot_timeout <= 0:
+        raise s.error("machine.boot_timeout", "must be positive")
+    reserved = 0
+    for size, count in m.hugepages.items():
+        if size not in HUGEPAGE_SIZES:
+            raise s.error(f"machine.hugepages.{size}", f"size must be one of {', '.join(HUGEPAGE_SIZES)}")
+        if count < 0:
+            raise s.error(f"machine.hugepages.{size}", "count must not be negative")
+        reserved += HUGEPAGE_SIZES[size] * count
+    if m.memory < reserved + MIN_FREE_MEMORY:
+        need = (reserved + MIN_FREE_MEMORY) >> 20
+        raise s.error("machine.memory", f"{m.memory >> 20} MiB is too small: hugepages need {need} MiB")
+
+
+def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:
+    try:
+        registry[name]
+    except UnknownVariant as e:
+        raise s.error(field, str(e)) from None
+
+
+def expand(s: Scenario) -> list[Cell]:
+    """The matrix: today one axis, the kernel."""
+    cells = []
+    for spec_text in s.kernels:
+        spec = parse_kernel_spec(spec_text)
+        cells.append(Cell(name=spec.label, kernel=spec, scenario=s))
+    return cells
+
+
+def kernel_source_names() -> list[str]:
+    return sorted(KERNEL_SOURCES)

@@ -1,0 +1,171 @@
+"""SSH into a lab guest with paramiko: the lab's key, the guest's pinned host key."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import stat
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from lab.errors import GuestCommandError, InfraError
+
+SKIP_NAMES = ("__pycache__", ".pytest_cache")
+# While a guest boots, QEMU's forward accepts and resets connections; paramiko's transport
+# thread would print each reset as a traceback. Failures still surface as exceptions.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    status: int
+    stdout: str
+    stderr: str
+
+
+class GuestTimeout(InfraError):
+    def __init__(self, command: str, seconds: float) -> None:
+        self.command = command
+        self.seconds = seconds
+        super().__init__(f"guest command {command!r} did not finish within {seconds:g} s")
+
+
+def load_host_key(pub: Path) -> paramiko.PKey:
+    kind, data = pub.read_text().split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+class GuestSSH:
+    """One SSH connection to a guest; `connect` raises on any failure so callers can retry."""
+
+    def __init__(self, port: int, client_key: Path, host_pub: Path, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.client_key = client_key
+        self.host_key = load_host_key(host_pub)
+        self.client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 5.0) -> None:
+        client = paramiko.SSHClient()
+        client.get_host_keys().add(f"[{self.host}]:{self.port}", self.host_key.get_name(), self.host_key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username="root",
+                key_filename=str(self.client_key),
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            raise
+        self.client = client
+
+    def _client(self) -> paramiko.SSHClient:
+        if self.client is None:
+            raise InfraError("SSH is not connected")
+        return self.client
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        timeout: float = 60.0,
+        on_output: Callable[[str], None] | None = None,
+    ) -> CommandResult:
+        """Run a command; `on_output` sees stdout as it arrives (for live logs)."""
+        text = command if isinstance(command, str) else shlex.join(command)
+        transport = self._client().get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        try:
+            chan.exec_command(text)
+            return _collect(chan, text, timeout, on_output)
+        finally:
+            chan.close()
+
+    def check(self, command: str | Sequence[str], timeout: float = 60.0) -> str:
+        result = self.run(command, timeout)
+        if result.status != 0:
+            text = command if isinstance(command, str) else shlex.join(command)
+            raise GuestCommandError(text, result.status, result.stdout + result.stderr)
+        return result.stdout
+
+    def put_tree(self, local: Path, remote: str) -> int:
+        """Copy a directory tree over SFTP; returns the number of files copied."""
+        sftp = self._client().open_sftp()
+        count = 0
+        try:
+            for path in sorted(local.rglob("*")):
+                rel = path.relative_to(local)
+                if any(part in SKIP_NAMES for part in rel.parts) or path.suffix == ".pyc":
+                    continue
+                target = f"{remote}/{rel.as_posix()}"
+                if path.is_dir():
+                    sftp.mkdir(target)
+                else:
+                    sftp.put(str(path), target)
+                    sftp.chmod(target, stat.S_IMODE(path.stat().st_mode))
+                    count += 1
+        finally:
+            sftp.close()
+        return count
+
+    def put_file(self, local: Path, remote: str) -> None:
+        sftp = self._client().open_sftp()
+        try:
+            sftp.put(str(local), remote)
+        finally:
+            sftp.close()
+
+    def fetch_text(self, remote: str, local: Path) -> bool:
+        """Copy a guest file to `local`; False when the guest has no such file."""
+        sftp = self._client().open_sftp()
+        try:
+            sftp.get(remote, str(local))
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            sftp.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _collect(
+    chan: paramiko.Channel, text: str, timeout: float, on_output: Callable[[str], None] | None
+) -> CommandResult:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        got = False
+        for ready, recv, sink in ((chan.recv_ready, chan.recv, out), (chan.recv_stderr_ready, chan.recv_stderr, err)):
+            if ready():
+                data = recv(65536)
+                sink.append(data)
+                got = True
+                if on_output is not None and sink is out:
+                    on_output(data.decode(errors="replace"))
+        if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+            break
+        if time.monotonic() > deadline:
+            raise GuestTimeout(text, timeout)
+        if not got:
+            # Wakes early when the command exits; new output is picked up on the next turn.
+            chan.status_event.wait(0.05)
+    return CommandResult(
+        chan.recv_exit_status(), b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
+    )
