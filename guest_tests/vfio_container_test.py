@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from vfiolib import uapi as U
 from vfiolib import vfio
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from vfiolib import edu as E
 from vfiolib import uapi as U
 
@@ -29,7 +28,9 @@ def test_validate_bars(default_device, diag):
     diag("bar0_size", hex(bar0.size))
     diag("bar0_flags", hex(bar0.flags))
     assert bar0.size == MIB
-    want = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE | U.VFIO_REGION_INFO_FLAG_MMAP
+    want = (
+        U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE | U.VFIO_REGION_INFO_FLAG_MMAP
+    )
     assert bar0.flags & want == want
 
 

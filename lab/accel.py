@@ -48,7 +48,9 @@ def probe_kvm(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
         console = tmp / "console.log"
         log = tmp / "qemu.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(probe_argv(qemu, kernel, console), stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                probe_argv(qemu, kernel, console), stdout=out, stderr=subprocess.STDOUT
+            )
         try:
             return _watch(proc, console, log)
         finally:
@@ -67,18 +69,24 @@ def _watch(proc: subprocess.Popen[bytes], console: Path, log: Path) -> tuple[boo
             break
         time.sleep(0.1)
     text = log.read_text(errors="replace").strip().splitlines()
-    detail = next((line for line in text if "error" in line.lower()), text[-1] if text else "no output")
+    detail = next(
+        (line for line in text if "error" in line.lower()), text[-1] if text else "no output"
+    )
     return False, f"KVM cannot run the guest kernel: {detail.strip()}"
 
 
 def _qemu_version(qemu: str) -> str:
     try:
-        return subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
+        return subprocess.run(
+            [qemu, "--version"], capture_output=True, text=True, check=False
+        ).stdout
     except FileNotFoundError:
         return "missing"
 
 
-def choose(requested: str, qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> AccelChoice:
+def choose(
+    requested: str, qemu: str, kernel: Path, kernel_digest: str, cache: Cache
+) -> AccelChoice:
     if requested == "tcg":
         return AccelChoice("tcg", "TCG was requested")
     key = content_key([platform.release(), _qemu_version(qemu), kernel_digest])

@@ -36,12 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a scenario's cells and collect results")
     run.add_argument("scenario", nargs="?", type=Path, default=scenario.DEFAULT_SCENARIO)
-    run.add_argument("--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator")
-    run.add_argument("--results", type=Path, default=Path("results"), help="results root (default: ./results)")
-    run.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
-    run.add_argument("-k", dest="keyword", help="only guest tests matching this pytest -k expression")
     run.add_argument(
-        "--dry-run", "--show-command", dest="dry_run", action="store_true", help="print each cell's QEMU command; boot nothing"
+        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
+    )
+    run.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+    run.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
+    run.add_argument(
+        "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
+    )
+    run.add_argument(
+        "--dry-run",
+        "--show-command",
+        dest="dry_run",
+        action="store_true",
+        help="print each cell's QEMU command; boot nothing",
     )
     run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -82,7 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _dry_run(s, args.accel)
     doctor.require_qemu(s.machine.qemu)
     opts = RunOptions(
-        results_root=args.results, accel=args.accel, pytest_args=["-k", args.keyword] if args.keyword else []
+        results_root=args.results,
+        accel=args.accel,
+        pytest_args=["-k", args.keyword] if args.keyword else [],
     )
     run = ScenarioRun(s, opts, Cache(), Progress(quiet=args.quiet))
     interrupted = False
@@ -100,11 +112,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
     chosen = accel or s.accel
     shown: Accel = "kvm" if chosen == "kvm" else "tcg"
-    print(f"# accelerator: {chosen}" + (" (shown as tcg; probed at run time)" if chosen == "auto" else ""))
-    print("# <...> paths and the SSH port are filled in at run time; each cell records its real argv")
+    print(
+        f"# accelerator: {chosen}"
+        + (" (shown as tcg; probed at run time)" if chosen == "auto" else "")
+    )
+    print(
+        "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
+    )
     for cell in scenario.expand(s):
         kernel = KernelArtifact.placeholder(cell.kernel.label)
-        cfg = vm_config(cell, kernel, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0)
+        cfg = vm_config(
+            cell, kernel, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
+        )
         print(f"# cell {cell.name}")
         print(shlex.join(build_argv(cfg)))
     return EXIT_OK
@@ -128,7 +147,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
     print("Scenario fields (key, default, meaning):")
     for key, default, doc in describe(scenario.Scenario):
         print(f"  {key:24} {default:22} {doc}")
-    for title, registry in (("IOMMU models", IOMMU_MODELS), ("devices", DEVICES), ("kernel sources", KERNEL_SOURCES)):
+    for title, registry in (
+        ("IOMMU models", IOMMU_MODELS),
+        ("devices", DEVICES),
+        ("kernel sources", KERNEL_SOURCES),
+    ):
         print(f"{title}:")
         for name, variant in registry.items():
             print(f"  {name:24} {variant.doc}")

@@ -29,7 +29,9 @@ class Check:
 
 def _tool(name: str, package: str) -> Callable[[], Check]:
     def check() -> Check:
-        path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+        path = shutil.which(name) or (
+            f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+        )
         return Check(name, path is not None, path or "not found", f"apt-get install {package}")
 
     return check
@@ -50,11 +52,18 @@ def check_busybox() -> Check:
     path = Path("/bin/busybox")
     # A dynamic busybox would find no libc in the initramfs; a static one has no ELF interpreter.
     ok = path.exists() and b"ld-linux" not in path.read_bytes()[:4096]
-    return Check("busybox (static)", ok, str(path) if path.exists() else "not found", "apt-get install busybox-static")
+    return Check(
+        "busybox (static)",
+        ok,
+        str(path) if path.exists() else "not found",
+        "apt-get install busybox-static",
+    )
 
 
 def check_apt_lists() -> Check:
-    out = subprocess.run(["apt-cache", "policy", "linux-image-amd64"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["apt-cache", "policy", "linux-image-amd64"], capture_output=True, text=True, check=False
+    )
     m = re.search(r"Candidate:\s*(\S+)", out.stdout)
     ok = bool(m) and m is not None and m.group(1) != "(none)"
     detail = f"linux-image-amd64 {m.group(1)}" if ok and m else "no candidate for linux-image-amd64"
@@ -63,27 +72,43 @@ def check_apt_lists() -> Check:
 
 def check_python_modules() -> Check:
     missing = [m for m in ("paramiko", "yaml", "qemu.qmp") if importlib.util.find_spec(m) is None]
-    return Check("python modules", not missing, "missing: " + ", ".join(missing) if missing else "paramiko, pyyaml, qemu.qmp", "make setup")
+    return Check(
+        "python modules",
+        not missing,
+        "missing: " + ", ".join(missing) if missing else "paramiko, pyyaml, qemu.qmp",
+        "make setup",
+    )
 
 
 def check_root() -> Check:
     ok = os.geteuid() == 0
-    return Check("root", ok, "running as root" if ok else "debootstrap needs root", "run as root (sudo)")
+    return Check(
+        "root", ok, "running as root" if ok else "debootstrap needs root", "run as root (sudo)"
+    )
 
 
 def check_cache(cache: Cache) -> Check:
     cache.root.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(cache.root).free / (1 << 30)
     ok = free >= MIN_FREE_GIB and os.access(cache.root, os.W_OK)
-    return Check("cache", ok, f"{cache.root} ({free:.1f} GiB free)", f"free {MIN_FREE_GIB} GiB or set VFIO_LAB_CACHE")
+    return Check(
+        "cache",
+        ok,
+        f"{cache.root} ({free:.1f} GiB free)",
+        f"free {MIN_FREE_GIB} GiB or set VFIO_LAB_CACHE",
+    )
 
 
 def check_kvm(cache: Cache) -> Check:
     if not os.path.exists("/dev/kvm"):
         return Check("kvm", True, "no /dev/kvm: guests run under TCG")
-    verdicts = [json.loads(p.read_text()) for p in sorted((cache.root / "kvm-probe").glob("*.json"))]
+    verdicts = [
+        json.loads(p.read_text()) for p in sorted((cache.root / "kvm-probe").glob("*.json"))
+    ]
     if not verdicts:
-        return Check("kvm", True, "/dev/kvm exists; not probed yet (the first run boots a kernel under it)")
+        return Check(
+            "kvm", True, "/dev/kvm exists; not probed yet (the first run boots a kernel under it)"
+        )
     works, why = verdicts[-1]
     return Check("kvm", True, f"{'usable' if works else 'unusable, TCG is used'}: {why}")
 

@@ -62,7 +62,9 @@ class BuildError(InfraError):
 class LaunchError(InfraError):
     """QEMU did not start or died before the guest was ready."""
 
-    def __init__(self, message: str, exitcode: int | None, argv: Sequence[str], log_tail: Sequence[str]) -> None:
+    def __init__(
+        self, message: str, exitcode: int | None, argv: Sequence[str], log_tail: Sequence[str]
+    ) -> None:
         self.exitcode = exitcode
         self.argv = list(argv)
         self.log_tail = list(log_tail)

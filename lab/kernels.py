@@ -72,7 +72,9 @@ class KernelSource:
     def check_arg(self, arg: str) -> None:
         """Raise UsageError when `arg` is not valid for this source."""
 
-    def prepare(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> KernelArtifact:
+    def prepare(
+        self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT
+    ) -> KernelArtifact:
         raise NotImplementedError
 
 
@@ -90,7 +92,9 @@ class DebianStock(KernelSource):
         if arg and not _DEB_PKG.match(arg):
             raise UsageError(f"{arg!r} is not a Debian package name")
 
-    def prepare(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> KernelArtifact:
+    def prepare(
+        self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT
+    ) -> KernelArtifact:
         package, version = resolve_debian_image(spec.arg or self.default_package)
         key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
         entry = cache.entry("kernels", key)
@@ -101,7 +105,9 @@ class DebianStock(KernelSource):
                     self._build(spec, package, version, scratch, entry)
         return KernelArtifact.load(entry / "artifact.json")
 
-    def _build(self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path) -> None:
+    def _build(
+        self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path
+    ) -> None:
         log = scratch / "build.log"
         run_logged(
             ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}"],
@@ -140,14 +146,18 @@ def resolve_debian_image(package: str) -> tuple[str, str]:
         raise MissingPrerequisite(
             f"Debian package {package} in the apt lists", "apt-get update (see `vfio-lab doctor`)"
         )
-    depends = capture(["apt-cache", "depends", f"{package}={candidate.group(1)}"], artifact="kernel")
+    depends = capture(
+        ["apt-cache", "depends", f"{package}={candidate.group(1)}"], artifact="kernel"
+    )
     concrete = re.search(r"Depends:\s*(linux-image-\S+)", depends)
     if not concrete:
         return package, candidate.group(1)
     return resolve_debian_image(concrete.group(1))
 
 
-KERNEL_SOURCES: Registry[KernelSource] = Registry("kernel source", {s.name: s() for s in (DebianStock,)})
+KERNEL_SOURCES: Registry[KernelSource] = Registry(
+    "kernel source", {s.name: s() for s in (DebianStock,)}
+)
 
 
 def parse_kernel_spec(text: str) -> KernelSpec:

@@ -15,7 +15,9 @@ from lab.scenario import Scenario
 from lab.ssh import GuestSSH
 from lab.tap import TapParser
 
-GUEST_DIR = "/root/guest_tests"
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "guest_tests"
+GUEST_RUNTIME = "/root/vfio-lab"  # vfiolib, the TAP plugin, the bind helper: on PYTHONPATH
+GUEST_DIR = "/root/tests"  # the tests to run: guest_tests/ itself, or --payload DIR
 GUEST_TAP = "/root/results.tap"
 GUEST_KCONFIG = "/root/kernel.config"
 # pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran.
@@ -31,8 +33,23 @@ class PayloadRun:
 
 def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
     dma_mask = scenario.devices[0].dma_mask
-    env = {"VFIO_LAB_KCONFIG": GUEST_KCONFIG, "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask), "PYTHONDONTWRITEBYTECODE": "1"}
-    argv = ["python3", "-m", "pytest", "-p", "no:cacheprovider", "-rs", f"--tap={GUEST_TAP}"]
+    env = {
+        "PYTHONPATH": GUEST_RUNTIME,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
+        "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask),
+    }
+    argv = [
+        "python3",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "tap_report",
+        "-rs",
+        f"--tap={GUEST_TAP}",
+    ]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)}"
@@ -46,19 +63,24 @@ def run_payload(
     extra_args: list[str],
     progress: Progress = SILENT,
 ) -> PayloadRun:
-    ssh.check(f"rm -rf {GUEST_DIR} && mkdir -p {GUEST_DIR}")
+    ssh.check(f"rm -rf {GUEST_RUNTIME} {GUEST_DIR} && mkdir -p {GUEST_RUNTIME} {GUEST_DIR}")
+    ssh.put_tree(RUNTIME_DIR, GUEST_RUNTIME)
     files = ssh.put_tree(scenario.payload_dir, GUEST_DIR)
     progress("payload", f"copied {files} files from {scenario.payload_dir}")
     if kernel_config is not None and kernel_config.exists():
         ssh.put_file(kernel_config, GUEST_KCONFIG)
     bound = []
     for dev in scenario.devices:
-        out = ssh.check(["python3", f"{GUEST_DIR}/lab_guest.py", "bind", str(DEVICES[dev.type].pci_id)])
+        out = ssh.check(
+            ["python3", f"{GUEST_RUNTIME}/lab_guest.py", "bind", str(DEVICES[dev.type].pci_id)]
+        )
         bound += out.split()
     progress("payload", f"bound {' '.join(bound)} to vfio-pci; running pytest")
     with (cell_dir / "payload.log").open("w") as log:
         result = ssh.run(
-            pytest_command(scenario, extra_args), timeout=scenario.payload.timeout, on_output=log.write
+            pytest_command(scenario, extra_args),
+            timeout=scenario.payload.timeout,
+            on_output=lambda text: print(text, end="", file=log),
         )
         log.write(result.stderr)
     tap = TapParser()
@@ -66,7 +88,9 @@ def run_payload(
         for line in (cell_dir / "results.tap").read_text(errors="replace").splitlines():
             tap.feed(line)
     if result.status not in PYTEST_RAN and not tap.results:
-        raise GuestCommandError("pytest", result.status, result.stdout[-2000:] + result.stderr[-2000:])
+        raise GuestCommandError(
+            "pytest", result.status, result.stdout[-2000:] + result.stderr[-2000:]
+        )
     return PayloadRun(tap=tap, pytest_status=result.status, bound=bound)
 
 

@@ -34,7 +34,12 @@ def run_logged(
         out.flush()
         try:
             proc = subprocess.Popen(
-                args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+                args,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
             )
         except FileNotFoundError:
             raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)") from None
@@ -57,5 +62,9 @@ def capture(argv: Sequence[str | Path], *, artifact: str, cwd: Path | None = Non
     except FileNotFoundError:
         raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)") from None
     if done.returncode != 0:
-        raise BuildError(artifact, f"{' '.join(args)} exited {done.returncode}", done.stderr.splitlines()[-TAIL_LINES:])
+        raise BuildError(
+            artifact,
+            f"{' '.join(args)} exited {done.returncode}",
+            done.stderr.splitlines()[-TAIL_LINES:],
+        )
     return done.stdout

@@ -43,7 +43,9 @@ def empty_counts() -> dict[str, int]:
 
 
 class RunResults:
-    def __init__(self, run_dir: Path, scenario: str, run_id: str, accelerator: str, accel_reason: str) -> None:
+    def __init__(
+        self, run_dir: Path, scenario: str, run_id: str, accelerator: str, accel_reason: str
+    ) -> None:
         self.run_dir = run_dir
         self.data: dict[str, Any] = {
             "scenario": scenario,
@@ -100,6 +102,8 @@ def table(results: RunResults) -> str:
         if c.infra_error:
             lines.append(f"{c.name}: {c.infra_error}")
         lines += [f"{c.name}: {p}" for p in c.problems]
-    lines.append(f"accelerator: {results.data['accelerator']} ({results.data['accelerator_reason']})")
+    lines.append(
+        f"accelerator: {results.data['accelerator']} ({results.data['accelerator_reason']})"
+    )
     lines.append(f"results: {results.run_dir}")
     return "\n".join(lines)

@@ -35,7 +35,13 @@ def packages() -> list[str]:
 
 def rootfs_key(keys: LabKeys) -> str:
     return content_key(
-        [SUITE, IMAGE_SIZE, tree_digest(RECIPE), keys.host_pub.read_text(), keys.client_pub.read_text()]
+        [
+            SUITE,
+            IMAGE_SIZE,
+            tree_digest(RECIPE),
+            keys.host_pub.read_text(),
+            keys.client_pub.read_text(),
+        ]
     )
 
 
@@ -44,7 +50,10 @@ def ensure_rootfs(cache: Cache, keys: LabKeys, progress: Progress = SILENT) -> R
     entry = cache.entry("rootfs", key)
     with cache.lock(f"rootfs-{key}"):
         if not (entry / "base.qcow2").exists():
-            progress("rootfs", f"building Debian {SUITE} root filesystem (cache key {key}); about a minute")
+            progress(
+                "rootfs",
+                f"building Debian {SUITE} root filesystem (cache key {key}); about a minute",
+            )
             with cache.build("rootfs", key) as scratch:
                 _build(scratch, keys, progress)
     return RootfsImage(base=entry / "base.qcow2", key=key)
@@ -54,19 +63,34 @@ def _build(scratch: Path, keys: LabKeys, progress: Progress) -> None:
     log = scratch / "build.log"
     root = scratch / "root"
     run_logged(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(packages())}", SUITE, root, mirror()],
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(packages())}",
+            SUITE,
+            root,
+            mirror(),
+        ],
         artifact="rootfs",
         log=log,
         progress=progress,
-        show=lambda line: line.startswith(("I: Retrieving Release", "I: Extracting", "I: Configuring ")),
+        show=lambda line: line.startswith(
+            ("I: Retrieving Release", "I: Extracting", "I: Configuring ")
+        ),
     )
     _configure(root, keys)
     raw = scratch / "root.img"
     run_logged(
-        ["mkfs.ext4", "-q", "-F", "-L", "vfio-lab-root", "-d", root, raw, IMAGE_SIZE], artifact="rootfs", log=log
+        ["mkfs.ext4", "-q", "-F", "-L", "vfio-lab-root", "-d", root, raw, IMAGE_SIZE],
+        artifact="rootfs",
+        log=log,
     )
     shutil.rmtree(root)
-    run_logged(["qemu-img", "convert", "-O", "qcow2", raw, scratch / "base.qcow2"], artifact="rootfs", log=log)
+    run_logged(
+        ["qemu-img", "convert", "-O", "qcow2", raw, scratch / "base.qcow2"],
+        artifact="rootfs",
+        log=log,
+    )
     raw.unlink()
     progress("rootfs", "done")
 

@@ -36,7 +36,15 @@ def cell_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
 
 
-def vm_config(cell: Cell, kernel: KernelArtifact, accel: Accel, disk: Path, scratch: Path, cell_dir: Path, ssh_port: int) -> VMConfig:
+def vm_config(
+    cell: Cell,
+    kernel: KernelArtifact,
+    accel: Accel,
+    disk: Path,
+    scratch: Path,
+    cell_dir: Path,
+    ssh_port: int,
+) -> VMConfig:
     """The machine a cell boots: a pure function of the cell and the paths chosen for it."""
     m = cell.scenario.machine
     return VMConfig(
@@ -70,14 +78,18 @@ def new_run_dir(results_root: Path) -> tuple[str, Path]:
 
 
 class ScenarioRun:
-    def __init__(self, scenario: Scenario, opts: RunOptions, cache: Cache, progress: Progress = SILENT) -> None:
+    def __init__(
+        self, scenario: Scenario, opts: RunOptions, cache: Cache, progress: Progress = SILENT
+    ) -> None:
         self.scenario = scenario
         self.opts = opts
         self.cache = cache
         self.progress = progress
         self.run_id, self.run_dir = new_run_dir(opts.results_root)
         (self.run_dir / "scenario.yaml").write_bytes(scenario.file.read_bytes())
-        self.results = RunResults(self.run_dir, scenario.name, self.run_id, "pending", "not chosen yet")
+        self.results = RunResults(
+            self.run_dir, scenario.name, self.run_id, "pending", "not chosen yet"
+        )
         self._accel: accel_mod.AccelChoice | None = None
         self._keys: LabKeys | None = None
         self._rootfs: rootfs.RootfsImage | None = None
@@ -94,7 +106,9 @@ class ScenarioRun:
         if self._accel is None:
             requested = self.opts.accel or self.scenario.accel
             qemu = self.scenario.machine.qemu
-            self._accel = accel_mod.choose(requested, qemu, kernel.vmlinuz, kernel.vmlinuz_sha256, self.cache)
+            self._accel = accel_mod.choose(
+                requested, qemu, kernel.vmlinuz, kernel.vmlinuz_sha256, self.cache
+            )
             self.progress("accel", f"{self._accel.accel}: {self._accel.reason}")
             self.results.set_accelerator(self._accel.accel, self._accel.reason)
         return self._accel.accel
@@ -110,7 +124,12 @@ class ScenarioRun:
         cell_dir.mkdir()
         started = time.monotonic()
         result = CellResult(
-            name=cell.name, kernel=cell.kernel.label, verdict="error", counts=empty_counts(), dir=str(cell_dir), wall_s=0.0
+            name=cell.name,
+            kernel=cell.kernel.label,
+            verdict="error",
+            counts=empty_counts(),
+            dir=str(cell_dir),
+            wall_s=0.0,
         )
         try:
             self._boot_and_test(cell, cell_dir, result)
@@ -134,8 +153,12 @@ class ScenarioRun:
             cfg = vm_config(cell, kernel, accel, overlay, scratch, cell_dir, free_port())
             with Machine(cfg, keys.client, keys.host_pub, cell_dir / "qemu.log") as machine:
                 (cell_dir / "qemu-argv.json").write_text(json.dumps(machine.argv, indent=2) + "\n")
-                self.progress(cell.name, f"booting ({accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)")
-                result.boot_to_ssh_s = round(machine.wait_ready(self.scenario.machine.boot_timeout), 2)
+                self.progress(
+                    cell.name, f"booting ({accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)"
+                )
+                result.boot_to_ssh_s = round(
+                    machine.wait_ready(self.scenario.machine.boot_timeout), 2
+                )
                 result.qemu_version = _qemu_version(machine)
                 self.progress(cell.name, f"SSH up after {result.boot_to_ssh_s:.1f} s")
                 try:
@@ -153,7 +176,10 @@ class ScenarioRun:
         result.problems = run.tap.problems()
         result.verdict = verdict(run.tap)
         c = result.counts
-        self.progress(cell.name, f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped")
+        self.progress(
+            cell.name,
+            f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped",
+        )
 
 
 def _placeholders(cell_dir: Path, result: CellResult) -> None:

@@ -25,7 +25,9 @@ MIN_FREE_MEMORY = 768 << 20
 @dataclass
 class Device:
     type: str = doc_field("PCI device model, from the device registry (`vfio-lab schema`)")
-    dma_mask: int = doc_field("the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1)
+    dma_mask: int = doc_field(
+        "the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1
+    )
 
 
 @dataclass
@@ -43,7 +45,9 @@ class Machine:
 
 @dataclass
 class Payload:
-    tests: Path | None = doc_field("directory of guest tests to copy in; default: guest_tests/", None)
+    tests: Path | None = doc_field(
+        "directory of guest tests to copy in; default: guest_tests/", None
+    )
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
     timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
 
@@ -55,7 +59,9 @@ class Scenario:
     accel: Literal["auto", "kvm", "tcg"] = doc_field(
         "accelerator: auto uses KVM only if it really runs a guest", "auto"
     )
-    kernels: list[str] = doc_field("kernel axis, one cell per entry (see kernel sources)", ["debian-stock"])
+    kernels: list[str] = doc_field(
+        "kernel axis, one cell per entry (see kernel sources)", ["debian-stock"]
+    )
     machine: Machine = doc_field("the guest machine", factory=Machine)
     devices: list[Device] = doc_field("PCI devices behind the IOMMU", [])
     payload: Payload = doc_field("what runs in the guest", factory=Payload)
@@ -126,13 +132,17 @@ def _validate_machine(s: Scenario) -> None:
     reserved = 0
     for size, count in m.hugepages.items():
         if size not in HUGEPAGE_SIZES:
-            raise s.error(f"machine.hugepages.{size}", f"size must be one of {', '.join(HUGEPAGE_SIZES)}")
+            raise s.error(
+                f"machine.hugepages.{size}", f"size must be one of {', '.join(HUGEPAGE_SIZES)}"
+            )
         if count < 0:
             raise s.error(f"machine.hugepages.{size}", "count must not be negative")
         reserved += HUGEPAGE_SIZES[size] * count
     if m.memory < reserved + MIN_FREE_MEMORY:
         need = (reserved + MIN_FREE_MEMORY) >> 20
-        raise s.error("machine.memory", f"{m.memory >> 20} MiB is too small: hugepages need {need} MiB")
+        raise s.error(
+            "machine.memory", f"{m.memory >> 20} MiB is too small: hugepages need {need} MiB"
+        )
 
 
 def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:

@@ -26,7 +26,9 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def doc_field(doc: str, default: Any = dataclasses.MISSING, factory: Callable[[], Any] | None = None) -> Any:
+def doc_field(
+    doc: str, default: Any = dataclasses.MISSING, factory: Callable[[], Any] | None = None
+) -> Any:
     """A dataclass field with its documentation; a list or dict default is copied per instance."""
     if isinstance(default, list | dict):
         factory = lambda d=default: type(d)(d)  # noqa: E731
@@ -146,7 +148,7 @@ def _is_null(node: yaml.Node) -> bool:
 def _convert_scalar(tp: Any, node: yaml.Node, ctx: Context, where: str) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.error(node, where, f"expected {_type_name(tp)}, got {_kind(node)}")
-    value = yaml.SafeLoader(yaml.serialize(node)).get_single_data()  # type: ignore[no-untyped-call]
+    value = yaml.constructor.SafeConstructor().construct_object(node)
     try:
         return _coerce(tp, value, ctx)
     except (TypeError, ValueError) as e:
@@ -193,7 +195,11 @@ def describe(cls: type[Any], prefix: str = "") -> list[tuple[str, str, str]]:
         rows.append((key, _default_text(f), f.metadata.get("doc", "")))
         inner = _nested_dataclass(hints[f.name])
         if inner is not None:
-            rows.extend(describe(inner, f"{key}." if dataclasses.is_dataclass(hints[f.name]) else f"{key}[]."))
+            rows.extend(
+                describe(
+                    inner, f"{key}." if dataclasses.is_dataclass(hints[f.name]) else f"{key}[]."
+                )
+            )
     return rows
 
 

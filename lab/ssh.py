@@ -43,7 +43,9 @@ def load_host_key(pub: Path) -> paramiko.PKey:
 class GuestSSH:
     """One SSH connection to a guest; `connect` raises on any failure so callers can retry."""
 
-    def __init__(self, port: int, client_key: Path, host_pub: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, client_key: Path, host_pub: Path, host: str = "127.0.0.1"
+    ) -> None:
         self.host = host
         self.port = port
         self.client_key = client_key
@@ -52,7 +54,9 @@ class GuestSSH:
 
     def connect(self, timeout: float = 5.0) -> None:
         client = paramiko.SSHClient()
-        client.get_host_keys().add(f"[{self.host}]:{self.port}", self.host_key.get_name(), self.host_key)
+        client.get_host_keys().add(
+            f"[{self.host}]:{self.port}", self.host_key.get_name(), self.host_key
+        )
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(
@@ -152,7 +156,10 @@ def _collect(
     deadline = time.monotonic() + timeout
     while True:
         got = False
-        for ready, recv, sink in ((chan.recv_ready, chan.recv, out), (chan.recv_stderr_ready, chan.recv_stderr, err)):
+        for ready, recv, sink in (
+            (chan.recv_ready, chan.recv, out),
+            (chan.recv_stderr_ready, chan.recv_stderr, err),
+        ):
             if ready():
                 data = recv(65536)
                 sink.append(data)
@@ -167,5 +174,7 @@ def _collect(
             # Wakes early when the command exits; new output is picked up on the next turn.
             chan.status_event.wait(0.05)
     return CommandResult(
-        chan.recv_exit_status(), b"".join(out).decode(errors="replace"), b"".join(err).decode(errors="replace")
+        chan.recv_exit_status(),
+        b"".join(out).decode(errors="replace"),
+        b"".join(err).decode(errors="replace"),
     )

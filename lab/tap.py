@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 _RESULT = re.compile(r"^(?P<ok>ok|not ok)\b\s*(?P<num>\d+)?\s*(?:-\s*)?(?P<rest>.*)$")
 _PLAN = re.compile(r"^1\.\.(?P<n>\d+)")
-_DIRECTIVE = re.compile(r"\s+#\s*(?P<kind>SKIP|TODO|XFAIL|ERROR)\b\s*(?P<reason>.*)$", re.IGNORECASE)
+_DIRECTIVE = re.compile(
+    r"\s+#\s*(?P<kind>SKIP|TODO|XFAIL|ERROR)\b\s*(?P<reason>.*)$", re.IGNORECASE
+)
 
 OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error")
 
@@ -88,7 +90,9 @@ class TapParser:
         if self.plan is None:
             out.append("no TAP plan (1..N): the payload did not start or its output is lost")
         elif len(self.results) < self.plan:
-            out.append(f"{self.plan - len(self.results)} of {self.plan} planned tests did not report")
+            out.append(
+                f"{self.plan - len(self.results)} of {self.plan} planned tests did not report"
+            )
         if self.bailed_out:
             out.append(f"bailed out: {self.bailed_out}")
         return out

@@ -48,10 +48,14 @@ class Edu:
 
     def _check(self, iova: int, length: int, buf_off: int) -> None:
         if iova + length - 1 > self.dma_mask:
-            raise EduError(f"IOVA {iova:#x}+{length:#x} is outside edu's DMA mask {self.dma_mask:#x}")
+            raise EduError(
+                f"IOVA {iova:#x}+{length:#x} is outside edu's DMA mask {self.dma_mask:#x}"
+            )
         if buf_off < 0 or buf_off + length >= BUF_SIZE or length <= 0:
             # edu aborts QEMU on an out-of-buffer transfer, so refuse before starting one.
-            raise EduError(f"[{buf_off:#x}, +{length:#x}) does not fit strictly inside edu's buffer")
+            raise EduError(
+                f"[{buf_off:#x}, +{length:#x}) does not fit strictly inside edu's buffer"
+            )
 
     def _start(self, src: int, dst: int, length: int, cmd: int, timeout: float) -> None:
         self.bar.write64(DMA_SRC, src)

@@ -20,7 +20,9 @@ MAP_HUGE_SHIFT = 26
 MAP_FAILED = C.c_void_p(-1).value
 
 
-def ioctl(fd: int, request: int, arg: C.Structure | C._SimpleCData | int | bytes | None = None) -> int:
+def ioctl(
+    fd: int, request: int, arg: C.Structure | C._SimpleCData | int | bytes | None = None
+) -> int:
     """ioctl(2) returning its value; OSError with errno on failure (fcntl.ioctl returns the buffer)."""
     if isinstance(arg, C.Structure | C._SimpleCData):
         ptr: int | bytes | None = C.addressof(arg)

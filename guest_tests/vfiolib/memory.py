@@ -46,7 +46,9 @@ class Buffer:
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise IndexError(f"[{offset:#x}, +{length:#x}) is outside the {self.size:#x}-byte buffer")
+            raise IndexError(
+                f"[{offset:#x}, +{length:#x}) is outside the {self.size:#x}-byte buffer"
+            )
 
     def close(self) -> None:
         if self.addr:

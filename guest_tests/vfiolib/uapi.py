@@ -141,4 +141,8 @@ STRUCTS = {
         vfio_iommu_type1_dma_unmap,
     )
 }
-CONSTANTS = {name: value for name, value in globals().items() if name.startswith("VFIO_") and isinstance(value, int)}
+CONSTANTS = {
+    name: value
+    for name, value in globals().items()
+    if name.startswith("VFIO_") and isinstance(value, int)
+}

@@ -19,14 +19,21 @@ LEGACY_MODES = {
     "iommufd_compat_type1v2": ("/dev/iommu", U.VFIO_TYPE1v2_IOMMU),
 }
 MODES = (*LEGACY_MODES, "iommufd")
-TYPE1_MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1", "iommufd_compat_type1v2")
+TYPE1_MODES = (
+    "vfio_type1_iommu",
+    "vfio_type1v2_iommu",
+    "iommufd_compat_type1",
+    "iommufd_compat_type1v2",
+)
 
 
 def mode_unavailable(mode: str) -> str | None:
     """Why the running kernel cannot provide `mode`, or None when it can."""
     if mode.startswith("vfio_type1"):
         if not os.path.exists("/dev/vfio/vfio"):
-            return kconfig.explain("CONFIG_VFIO_CONTAINER", "CONFIG_IOMMUFD_VFIO_CONTAINER", what="/dev/vfio/vfio")
+            return kconfig.explain(
+                "CONFIG_VFIO_CONTAINER", "CONFIG_IOMMUFD_VFIO_CONTAINER", what="/dev/vfio/vfio"
+            )
         return None
     if not os.path.exists("/dev/iommu"):
         return kconfig.explain("CONFIG_IOMMUFD", what="/dev/iommu")
@@ -202,7 +209,14 @@ def mmap_aligned(fd: int, offset: int, size: int, align: int = 0) -> int:
     if addr < reserve:
         addr += align
     try:
-        return libc.mmap(size, libc.PROT_READ | libc.PROT_WRITE, libc.MAP_SHARED | libc.MAP_FIXED, fd, offset, addr)
+        return libc.mmap(
+            size,
+            libc.PROT_READ | libc.PROT_WRITE,
+            libc.MAP_SHARED | libc.MAP_FIXED,
+            fd,
+            offset,
+            addr,
+        )
     finally:
         if addr > reserve:
             libc.munmap(reserve, addr - reserve)

@@ -1,0 +1,53 @@
+# `make run` and `make test` set up whatever is missing first (host packages, .venv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SCENARIO ?= scenarios/quick.yaml
+
+.PHONY: setup host venv run test unit integration lint type format bench doctor clean
+
+setup: host venv
+
+host:
+	./scripts/setup-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/vfio-lab run $(SCENARIO)
+
+# The whole suite, as CI runs it: lint, types, unit tests, then real VMs.
+test: setup
+	$(BIN)/tox run -e lint,type,unit,integration
+
+unit: venv
+	$(BIN)/pytest -m "not vm"
+
+integration: setup
+	$(BIN)/pytest -m vm
+
+lint: venv
+	$(BIN)/ruff check lab guest_tests tests benchmarks
+	$(BIN)/ruff format --check lab guest_tests tests benchmarks
+
+format: venv
+	$(BIN)/ruff format lab guest_tests tests benchmarks
+	$(BIN)/ruff check --fix lab guest_tests tests benchmarks
+
+type: venv
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python benchmarks/bench.py
+
+doctor: venv
+	$(BIN)/vfio-lab doctor
+
+clean:
+	rm -rf $(VENV) .tox results

@@ -1,0 +1,102 @@
+"""Fixtures shared by guest tests: the edu device, IOMMU modes, diagnostics.
+
+A custom payload directory gets them with `pytest_plugins = ["vfiolib.fixtures"]`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from vfiolib import edu as edu_mod
+from vfiolib import vfio
+from vfiolib.iova import IovaAllocator
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def find_vfio_devices(vendor: int, device: int) -> list[str]:
+    found = []
+    for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
+        if int(_read(f"{dev}/vendor"), 16) == vendor and int(_read(f"{dev}/device"), 16) == device:
+            driver = (
+                os.path.basename(os.readlink(f"{dev}/driver"))
+                if os.path.exists(f"{dev}/driver")
+                else ""
+            )
+            if driver == "vfio-pci":
+                found.append(os.path.basename(dev))
+    return found
+
+
+@pytest.fixture(scope="session")
+def edu_bdf() -> str:
+    devices = find_vfio_devices(*edu_mod.EDU_ID)
+    if not devices:
+        # The lab binds edu before running us; its absence is a broken setup, not a skip.
+        pytest.fail("no edu device (1234:11e8) is bound to vfio-pci")
+    return devices[0]
+
+
+@pytest.fixture(scope="session")
+def edu_dma_mask() -> int:
+    return int(os.environ.get("VFIO_LAB_EDU_DMA_MASK", hex((1 << 64) - 1)), 0)
+
+
+@pytest.fixture(params=vfio.MODES)
+def iommu_mode(request: pytest.FixtureRequest) -> str:
+    reason = vfio.mode_unavailable(request.param)
+    if reason:
+        pytest.skip(reason)
+    return str(request.param)
+
+
+def default_mode() -> str:
+    """Upstream's default is iommufd; fall back through the modes this kernel offers."""
+    for mode in ("iommufd", "vfio_type1v2_iommu", "iommufd_compat_type1v2", "vfio_type1_iommu"):
+        if vfio.mode_unavailable(mode) is None:
+            return mode
+    pytest.skip("this kernel offers no VFIO IOMMU mode")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def device(
+    edu_bdf: str, iommu_mode: str, diag: Callable[[str, object], None]
+) -> Iterator[vfio.VfioPciDevice]:
+    diag("container_provider", vfio.container_provider())
+    with vfio.VfioPciDevice(edu_bdf, iommu_mode) as dev:
+        yield dev
+
+
+@pytest.fixture
+def default_device(edu_bdf: str) -> Iterator[vfio.VfioPciDevice]:
+    with vfio.VfioPciDevice(edu_bdf, default_mode()) as dev:
+        yield dev
+
+
+@pytest.fixture
+def iova_allocator(device: vfio.VfioPciDevice, edu_dma_mask: int) -> IovaAllocator:
+    _, ranges = device.container.info()
+    return IovaAllocator(ranges, edu_dma_mask)
+
+
+@pytest.fixture
+def edu(device: vfio.VfioPciDevice, edu_dma_mask: int) -> edu_mod.Edu:
+    return edu_mod.Edu(device, edu_dma_mask)
+
+
+@pytest.fixture
+def diag(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    """Record an observation; it becomes a `# key: value` TAP diagnostic of this test."""
+
+    def record(key: str, value: object) -> None:
+        request.node.user_properties.append((key, value))
+
+    return record

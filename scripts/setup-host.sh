@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vfio-lab needs, only those missing; safe to run again.
+# Also makes sure apt's lists know the stock kernel package the default scenario boots.
+set -euo pipefail
+
+PACKAGES=(
+    qemu-system-x86   # the emulator (7.2 in bookworm: edu, intel-iommu, virtio-iommu)
+    qemu-utils        # qemu-img: qcow2 base images and per-VM overlays
+    debootstrap       # the guest root filesystem
+    e2fsprogs         # mkfs.ext4 -d: an image from a directory, no loop mounts
+    busybox-static    # the initramfs
+    cpio              # packs the initramfs
+    kmod              # depmod for the initramfs module subset
+    openssh-client    # ssh-keygen for the lab's keys
+    python3-venv      # the project's virtualenv
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+
+has_kernel_candidate() {
+    apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'
+}
+
+if [ ${#missing[@]} -gt 0 ] || ! has_kernel_candidate; then
+    echo "setup-host: apt-get update" >&2
+    $SUDO apt-get update -q
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup-host: installing ${missing[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,25 @@
+"""Shared test helpers: paths, and golden files with a regenerate switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden"
+
+
+@pytest.fixture
+def golden():
+    """Compare text with tests/golden/NAME; VFIO_LAB_REGEN_GOLDEN=1 rewrites the file instead."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if os.environ.get("VFIO_LAB_REGEN_GOLDEN") == "1":
+            path.write_text(text)
+        assert path.exists(), f"{path} missing; run with VFIO_LAB_REGEN_GOLDEN=1 to create it"
+        assert text == path.read_text()
+
+    return check

@@ -1,0 +1,89 @@
+"""The CLI's exit codes and messages for bad input, without booting anything."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from lab.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_missing_scenario_file_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "run", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert f"{tmp_path / 'nope.yaml'}: <file>: no such scenario file" in err
+
+
+def test_unknown_key_is_exit_2_with_file_line_field(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nmachine:\n  cpu: 4\n")
+    code, _, err = run(capsys, "run", str(path))
+    assert code == 2
+    assert f"{path}:3: machine.cpu: unknown key" in err
+
+
+def test_wrong_type_is_exit_2(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("machine:\n  boot_timeout: soon\n")
+    code, _, err = run(capsys, "list", str(path))
+    assert code == 2
+    assert f"{path}:2: machine.boot_timeout: expected a number" in err
+
+
+def test_bad_flag_is_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--accel", "hvf"])
+    assert info.value.code == 2
+    assert "invalid choice: 'hvf'" in capsys.readouterr().err
+
+
+def test_missing_qemu_is_exit_3_with_the_doctor_fix(capsys, tmp_path):
+    path = tmp_path / "noqemu.yaml"
+    path.write_text("machine:\n  qemu: /nonexistent/qemu-system-x86_64\n")
+    code, _, err = run(capsys, "run", str(path), "--results", str(tmp_path / "results"))
+    assert code == 3
+    assert "/nonexistent/qemu-system-x86_64" in err
+    assert "apt-get install --no-install-recommends qemu-system-x86" in err
+    assert "vfio-lab doctor" in err
+
+
+def test_missing_payload_dir_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "run", "--payload", str(tmp_path / "none"), "--dry-run")
+    assert code == 2 and "--payload" in err
+
+
+def test_dry_run_prints_the_argv_and_boots_nothing(capsys):
+    code, out, _ = run(capsys, "run", "--dry-run", "--accel", "tcg")
+    assert code == 0
+    command = [line for line in out.splitlines() if not line.startswith("#")]
+    argv = shlex.split(command[0])
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert "edu,dma_mask=0xffffffffffffffff" in argv
+
+
+def test_list_prints_cells(capsys):
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    assert out.splitlines()[1].strip() == "debian-stock"
+
+
+def test_schema_documents_every_field(capsys):
+    code, out, _ = run(capsys, "schema")
+    assert code == 0
+    for key in (
+        "machine.memory",
+        "machine.hugepages",
+        "devices[].dma_mask",
+        "payload.timeout",
+        "intel-iommu",
+        "edu",
+    ):
+        assert key in out

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from lab.errors import BuildError
+from lab.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
+
+DEP = """\
+kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko
+kernel/drivers/vfio/pci/vfio-pci-core.ko: kernel/drivers/vfio/vfio.ko kernel/virt/lib/irqbypass.ko
+kernel/drivers/vfio/vfio.ko:
+kernel/virt/lib/irqbypass.ko:
+kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+"""
+
+
+def test_module_name_is_canonical():
+    assert module_name("kernel/drivers/vfio/pci/vfio-pci.ko") == "vfio_pci"
+    assert module_name("kernel/x/zstd-mod.ko.xz") == "zstd_mod"
+
+
+def test_closure_follows_dependencies_and_skips_builtins():
+    deps = parse_modules_dep(DEP)
+    paths = module_closure(["vfio-pci", "virtio_blk"], deps)  # virtio_blk: built in here
+    assert paths == sorted(
+        [
+            "kernel/drivers/vfio/pci/vfio-pci.ko",
+            "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+            "kernel/drivers/vfio/vfio.ko",
+            "kernel/virt/lib/irqbypass.ko",
+        ]
+    )
+
+
+def test_module_list_recipe(tmp_path):
+    path = tmp_path / "modules.txt"
+    path.write_text("# comment\nboot virtio_blk\n\npayload vfio_pci  # trailing\n")
+    mods = read_module_list(path)
+    assert (mods.boot, mods.payload) == (["virtio_blk"], ["vfio_pci"])
+    path.write_text("early virtio_blk\n")
+    with pytest.raises(BuildError, match=r"modules.txt:1"):
+        read_module_list(path)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lab.models import qemu_escape
+from lab.qemu import DeviceConfig, VMConfig, build_argv, kernel_cmdline
+
+
+def config(**overrides) -> VMConfig:
+    base = dict(
+        name="vfio-lab:debian-stock",
+        accel="tcg",
+        kernel=Path("/cache/kernels/k/vmlinuz"),
+        initrd=Path("/cache/kernels/k/initramfs.cpio"),
+        disk=Path("/cache/tmp/vm-1/overlay.qcow2"),
+        console_log=Path("/results/r/debian-stock/console.log"),
+        qmp_socket=Path("/cache/tmp/vm-1/qmp.sock"),
+        ssh_port=10022,
+        memory_mib=4096,
+        cpus=2,
+        hugepages=(("1G", 1), ("2M", 32)),
+        extra_cmdline=("mitigations=off",),
+    )
+    base.update(overrides)
+    return VMConfig(**base)
+
+
+def test_tcg_argv_matches_golden(golden):
+    golden("argv-tcg-intel-iommu-edu.json", json.dumps(build_argv(config()), indent=2) + "\n")
+
+
+def test_kvm_uses_split_irqchip_for_intel_iommu():
+    argv = build_argv(config(accel="kvm"))
+    assert argv[argv.index("-machine") + 1] == "q35,kernel-irqchip=split"
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_kvm_without_intel_iommu_keeps_default_irqchip():
+    argv = build_argv(config(accel="kvm", iommu="virtio-iommu"))
+    assert argv[argv.index("-machine") + 1] == "q35"
+    assert "virtio-iommu-pci" in argv
+
+
+def test_commas_in_paths_are_doubled():
+    argv = build_argv(config(disk=Path("/tmp/a,b/overlay.qcow2")))
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.startswith("file=/tmp/a,,b/overlay.qcow2,format=qcow2")
+    assert qemu_escape("x,y,,z") == "x,,y,,,,z"
+
+
+def test_edu_dma_mask_and_device_order():
+    argv = build_argv(config(devices=(DeviceConfig("edu", 0xFFFFFFF),)))
+    assert argv[-2:] == ["-device", "edu,dma_mask=0xfffffff"]
+    # intel-iommu must come before the devices it translates for
+    assert argv.index("intel-iommu,intremap=on,caching-mode=on") < argv.index(
+        "edu,dma_mask=0xfffffff"
+    )
+
+
+def test_kernel_cmdline_has_iommu_and_hugepages():
+    line = kernel_cmdline(config())
+    assert "intel_iommu=on" in line.split()
+    assert "hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=32" in line
+    assert line.endswith("mitigations=off")
+    assert "intel_iommu=on" not in kernel_cmdline(config(iommu="none"))

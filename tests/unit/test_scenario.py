@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab import scenario
+from lab.errors import ScenarioError
+from lab.schema import parse_size
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path) -> ScenarioError:
+    with pytest.raises(ScenarioError) as info:
+        scenario.load(path)
+    return info.value
+
+
+def test_quick_scenario_loads():
+    s = scenario.load(scenario.DEFAULT_SCENARIO)
+    assert s.name == "quick"
+    assert s.machine.memory == 4 << 30
+    assert s.machine.hugepages == {"2M": 32, "1G": 1}
+    assert [c.name for c in scenario.expand(s)] == ["debian-stock"]
+    assert s.devices[0].type == "edu"
+
+
+def test_defaults_for_an_almost_empty_file(tmp_path):
+    s = scenario.load(write(tmp_path, "description: hi\n", "mini.yaml"))
+    assert s.name == "mini"
+    assert s.kernels == ["debian-stock"]
+    assert s.machine.iommu == "intel-iommu"
+    assert [d.type for d in s.devices] == ["edu"]
+    assert s.payload_dir == scenario.DEFAULT_PAYLOAD
+
+
+def test_unknown_key_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, "name: x\nmachine:\n  cpus: 2\n  memroy: 2G\n")
+    e = error_of(path)
+    assert (e.file, e.line, e.field) == (path, 4, "machine.memroy")
+    assert "unknown key" in e.message and "memory" in e.message
+    assert str(e).startswith(f"{path}:4: machine.memroy:")
+
+
+def test_wrong_type(tmp_path):
+    e = error_of(write(tmp_path, "machine:\n  cpus: two\n"))
+    assert (e.line, e.field) == (2, "machine.cpus")
+    assert "expected an integer" in e.message
+
+
+def test_bool_is_not_an_integer(tmp_path):
+    e = error_of(write(tmp_path, "machine:\n  cpus: true\n"))
+    assert e.field == "machine.cpus"
+
+
+def test_list_expected(tmp_path):
+    e = error_of(write(tmp_path, "kernels: debian-stock\n"))
+    assert (e.line, e.field) == (1, "kernels")
+    assert "expected a list" in e.message
+
+
+def test_missing_file(tmp_path):
+    e = error_of(tmp_path / "nope.yaml")
+    assert e.field == "<file>" and "no such scenario file" in e.message
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    e = error_of(write(tmp_path, "name: x\nmachine: [\n"))
+    assert e.field == "<yaml>" and e.line is not None
+
+
+def test_unknown_iommu_lists_choices(tmp_path):
+    e = error_of(write(tmp_path, "machine:\n  iommu: amd-vi\n"))
+    assert (e.line, e.field) == (2, "machine.iommu")
+    assert "intel-iommu" in e.message and "virtio-iommu" in e.message
+
+
+def test_unknown_device_and_kernel_source(tmp_path):
+    e = error_of(write(tmp_path, "devices:\n  - type: nvme\n"))
+    assert (e.line, e.field) == (2, "devices[0].type")
+    e = error_of(write(tmp_path, "kernels: [fedora:40]\n"))
+    assert e.field == "kernels[0]" and "debian-stock" in e.message
+
+
+def test_missing_required_device_type(tmp_path):
+    e = error_of(write(tmp_path, "devices:\n  - dma_mask: 0xff\n"))
+    assert e.field == "devices[0].type" and "required" in e.message
+
+
+def test_hugepages_must_fit_in_memory(tmp_path):
+    e = error_of(write(tmp_path, "machine:\n  memory: 2G\n  hugepages: {1G: 2}\n"))
+    assert (e.line, e.field) == (2, "machine.memory")
+    e = error_of(write(tmp_path, "machine:\n  hugepages: {4M: 1}\n"))
+    assert e.field == "machine.hugepages.4M"
+
+
+def test_relative_payload_path_resolves_against_the_yaml(tmp_path):
+    (tmp_path / "mytests").mkdir()
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    s = scenario.load(write(sub, "payload:\n  tests: ../mytests\n"))
+    assert s.payload_dir == tmp_path / "mytests"
+    e = error_of(write(sub, "payload:\n  tests: ./missing\n"))
+    assert (e.line, e.field) == (2, "payload.tests")
+
+
+def test_duplicate_kernels_rejected(tmp_path):
+    e = error_of(write(tmp_path, "kernels: [debian-stock, debian-stock]\n"))
+    assert e.field == "kernels"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("2G", 2 << 30), ("512M", 512 << 20), ("1GiB", 1 << 30), ("4096", 4096), (7, 7)],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+def test_parse_size_rejects_garbage():
+    with pytest.raises(ValueError):
+        parse_size("lots")

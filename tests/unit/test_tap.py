@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from lab.tap import TapParser, parse_text
+
+SAMPLE = """\
+TAP version 13
+1..6
+# container_provider: vfio
+# iova: 0x100000
+ok 1 vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap
+ok 2 vfio_dma_mapping_test.iommufd_anonymous.dma_map_unmap # SKIP CONFIG_IOMMUFD not set (no /dev/iommu)
+# call: AssertionError: boom
+not ok 3 vfio_pci_driver_test.vfio_type1_iommu.memcpy_success
+not ok 4 known.bug # TODO tracked upstream
+ok 5 fixed.bug # TODO unexpectedly passed: tracked
+not ok 6 broken.setup # ERROR in setup or teardown
+"""
+
+
+def test_outcomes_and_directives():
+    tap = parse_text(SAMPLE)
+    assert [r.outcome for r in tap.results] == ["pass", "skip", "fail", "xfail", "xpass", "error"]
+    assert tap.results[1].reason == "CONFIG_IOMMUFD not set (no /dev/iommu)"
+    assert tap.results[0].name == "vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap"
+    assert tap.counts() == {"pass": 1, "fail": 1, "skip": 1, "xfail": 1, "xpass": 1, "error": 1}
+    assert tap.problems() == []
+
+
+def test_diagnostics_belong_to_the_next_result():
+    tap = parse_text(SAMPLE)
+    assert tap.results[0].diagnostics == ["container_provider: vfio", "iova: 0x100000"]
+    assert tap.results[0].diagnostic("iova") == "0x100000"
+    assert tap.results[1].diagnostics == []
+    assert tap.results[2].diagnostics == ["call: AssertionError: boom"]
+
+
+def test_garbage_lines_are_skipped_and_counted():
+    tap = TapParser()
+    for line in [
+        "[   12.3] random kernel noise",
+        "ok 1 a",
+        "\x00\xff junk",
+        "",
+        "okay this is not tap",
+        "ok 2 b",
+    ]:
+        tap.feed(line)
+    assert [r.name for r in tap.results] == ["a", "b"]
+    assert tap.garbage == 3
+
+
+def test_truncated_output_reports_missing_tests_as_errors():
+    tap = parse_text("TAP version 13\n1..5\nok 1 a\nok 2 b\n")
+    assert tap.counts()["error"] == 3
+    assert tap.problems() == ["3 of 5 planned tests did not report"]
+
+
+def test_no_plan_is_a_problem():
+    tap = parse_text("ok 1 a\n")
+    assert "no TAP plan" in tap.problems()[0]
+
+
+def test_bail_out():
+    tap = parse_text("1..2\nok 1 a\nBail out! device vanished\n")
+    assert tap.bailed_out == "device vanished"
+    assert any("bailed out" in p for p in tap.problems())
+
+
+def test_numberless_and_dash_results():
+    tap = parse_text("1..2\nok - first\nnot ok second\n")
+    assert [(r.number, r.name, r.outcome) for r in tap.results] == [
+        (1, "first", "pass"),
+        (2, "second", "fail"),
+    ]
+
+
+def test_lowercase_skip_directive():
+    assert parse_text("1..1\nok 1 x # skip no hugepages\n").results[0].outcome == "skip"

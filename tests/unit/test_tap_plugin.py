@@ -1,0 +1,62 @@
+"""The guest's TAP plugin, run on the host's Python against a sample test file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from lab.tap import parse_text
+from tests.conftest import REPO
+
+
+def run_sample(tmp_path):
+    work = tmp_path / "tests"
+    shutil.copytree(REPO / "tests" / "fixtures" / "tap_sample", work)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tap_report",
+            f"--tap={tmp_path / 'out.tap'}",
+            "-q",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done, (tmp_path / "out.tap").read_text(), work
+
+
+def test_tap_lines_names_and_directives(tmp_path):
+    done, text, _ = run_sample(tmp_path)
+    assert done.returncode == 1, done.stdout  # a failure was reported to pytest too
+    lines = text.splitlines()
+    assert lines[:2] == ["TAP version 13", "1..5"]
+    tap = parse_text(text)
+    by_name = {r.name: r for r in tap.results}
+    assert by_name["sample_test.vfio_type1_iommu.map"].outcome == "pass"
+    assert by_name["sample_test.vfio_type1_iommu.map"].diagnostic("iova") == "0x100000"
+    assert by_name["sample_test.iommufd.map"].outcome == "skip"
+    assert by_name["sample_test.iommufd.map"].reason == "CONFIG_IOMMUFD not set (no /dev/iommu)"
+    assert by_name["sample_test.deliberate_failure"].outcome == "fail"
+    assert any(
+        "deliberate failure mid-way" in d
+        for d in by_name["sample_test.deliberate_failure"].diagnostics
+    )
+    assert by_name["sample_test.known_bug"].outcome == "xfail"
+    assert by_name["sample_test.setup_error"].outcome == "error"
+    assert tap.problems() == []
+
+
+def test_a_failing_test_still_releases_its_resources(tmp_path):
+    _, _, work = run_sample(tmp_path)
+    assert (work / "released.txt").read_text() == "released\n"
