@@ -21,9 +21,10 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from lab.errors import BootTimeout, LaunchError, MissingPrerequisite
 from lab.qemu import VMConfig, build_argv
-from lab.ssh import GuestSSH
+from lab.ssh import GuestSSH, SSHError
 
 TAIL_LINES = 40
+POLL_ATTEMPT_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -124,15 +125,27 @@ class Machine:
         deadline = self._started + timeout
         while True:
             self._check_alive("QEMU exited while the guest was booting")
-            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
-                self.ssh.connect(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError, SSHError):
+                # Short attempts: before the guest's network is up, QEMU's forward accepts
+                # the TCP connection and the banner never comes; waiting long loses seconds.
+                self.ssh.connect(timeout=POLL_ATTEMPT_S)
                 if self.ssh.run("true", timeout=10).status == 0:
                     self.boot_to_ssh_s = time.monotonic() - self._started
                     return self.boot_to_ssh_s
                 self.ssh.close()
             if time.monotonic() > deadline:
                 raise BootTimeout(self.cfg.name, timeout, tail(self.cfg.console_log))
-            time.sleep(0.2)
+            time.sleep(0.1)
+
+    def exit_status(self, wait: float = 0.0) -> int | None:
+        """QEMU's exit code if it has exited (a guest crash, an emulator abort) within `wait`
+        seconds, else None."""
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout=wait) if wait else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            return None
 
     def query(self, command: str) -> object:
         if self.qmp is None:

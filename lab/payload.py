@@ -6,8 +6,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
-
 from lab.errors import GuestCommandError, InfraError
 from lab.models import DEVICES
 from lab.progress import SILENT, Progress
@@ -31,6 +29,21 @@ class PayloadRun:
     bound: list[str]
 
 
+def pytest_argv(python: str, tap: str) -> list[str]:
+    """pytest with the lab's TAP plugin; the unit tests run the very same argv on the host."""
+    return [
+        python,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "tap_report",
+        "-rs",
+        f"--tap={tap}",
+    ]
+
+
 def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
     dma_mask = scenario.devices[0].dma_mask
     env = {
@@ -39,17 +52,7 @@ def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
         "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
         "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask),
     }
-    argv = [
-        "python3",
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "tap_report",
-        "-rs",
-        f"--tap={GUEST_TAP}",
-    ]
+    argv = pytest_argv("python3", GUEST_TAP)
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)}"
@@ -98,6 +101,6 @@ def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> None:
     """Best effort: a guest that crashed has no dmesg to give, and its console.log has the story."""
     try:
         text = ssh.check(["dmesg"], timeout=30)
-    except (InfraError, OSError, EOFError, paramiko.SSHException) as e:
+    except InfraError as e:
         text = f"# dmesg could not be read from the guest ({e}); see console.log\n"
     (cell_dir / "dmesg.txt").write_text(text)

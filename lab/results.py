@@ -22,6 +22,7 @@ class CellResult:
     dir: str
     wall_s: float
     boot_to_ssh_s: float | None = None
+    artifacts_s: float | None = None  # preparing kernel and root filesystem (a build when cold)
     infra_error: str | None = None
     problems: list[str] = field(default_factory=list)
     kernel_release: str | None = None

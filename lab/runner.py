@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import accel as accel_mod
-from lab import rootfs
+from lab import console, rootfs
 from lab.cache import Cache
 from lab.errors import InfraError
 from lab.kernels import KERNEL_SOURCES, KernelArtifact
@@ -23,6 +23,9 @@ from lab.progress import SILENT, Progress
 from lab.qemu import DeviceConfig, VMConfig
 from lab.results import CellResult, RunResults, empty_counts, verdict
 from lab.scenario import Cell, Scenario, expand
+from lab.tap import TapParser
+
+CRASH_GRACE_S = 5.0
 
 
 @dataclass
@@ -143,8 +146,10 @@ class ScenarioRun:
         return result
 
     def _boot_and_test(self, cell: Cell, cell_dir: Path, result: CellResult) -> None:
+        started = time.monotonic()
         keys, image = self.shared_artifacts()
         kernel = KERNEL_SOURCES[cell.kernel.source].prepare(cell.kernel, self.cache, self.progress)
+        result.artifacts_s = round(time.monotonic() - started, 2)
         result.kernel_release, result.kernel_identity = kernel.release, kernel.identity
         accel = self.choose_accel(kernel)
         with self.cache.scratch("vm-") as scratch:
@@ -161,25 +166,49 @@ class ScenarioRun:
                 )
                 result.qemu_version = _qemu_version(machine)
                 self.progress(cell.name, f"SSH up after {result.boot_to_ssh_s:.1f} s")
-                try:
-                    run = run_payload(
-                        machine.ssh,
-                        self.scenario,
-                        cell_dir,
-                        kernel.vmlinuz.parent / "config",
-                        self.opts.pytest_args,
-                        self.progress,
-                    )
-                finally:
-                    collect_dmesg(machine.ssh, cell_dir)
-        result.counts = run.tap.counts()
-        result.problems = run.tap.problems()
-        result.verdict = verdict(run.tap)
+                tap = self._payload(machine, cell_dir, kernel, result)
+        result.counts = tap.counts()
+        result.problems = tap.problems() + result.problems
+        result.verdict = "error" if result.problems else verdict(tap)
         c = result.counts
         self.progress(
             cell.name,
             f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped",
         )
+
+    def _payload(
+        self, machine: Machine, cell_dir: Path, kernel: KernelArtifact, result: CellResult
+    ) -> TapParser:
+        """Run the payload; a guest that dies under it is the cell's error, told by its console."""
+        try:
+            run = run_payload(
+                machine.ssh,
+                self.scenario,
+                cell_dir,
+                kernel.vmlinuz.parent / "config",
+                self.opts.pytest_args,
+                self.progress,
+            )
+            tap = run.tap
+        except InfraError:
+            # A panicking guest drops SSH a moment before QEMU (-no-reboot) finishes exiting.
+            if machine.exit_status(wait=CRASH_GRACE_S) is None:
+                raise
+            tap = TapParser()
+        finally:
+            collect_dmesg(machine.ssh, cell_dir)
+        crashed = machine.exit_status()
+        if crashed is not None:
+            result.problems.append(crash_report(crashed, cell_dir / "console.log"))
+        return tap
+
+
+def crash_report(exit_code: int, console_log: Path) -> str:
+    """What the console says about a guest that died: the kernel's alarm lines, then the tail."""
+    lines = console.read_lines(console_log)
+    alarms = "".join(f"\n  ! {line}" for line in console.crash_lines(lines))
+    tail = "".join(f"\n  | {line}" for line in lines[-15:])
+    return f"QEMU exited during the payload (exit code {exit_code}){alarms}\nconsole tail:{tail}"
 
 
 def _placeholders(cell_dir: Path, result: CellResult) -> None:

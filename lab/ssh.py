@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import shlex
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,23 @@ class CommandResult:
     status: int
     stdout: str
     stderr: str
+
+
+class SSHError(InfraError):
+    """The SSH connection failed or dropped (often: the guest died)."""
+
+    def __init__(self, action: str, cause: BaseException) -> None:
+        self.action = action
+        self.cause = cause
+        super().__init__(f"SSH {action} failed: {type(cause).__name__}: {cause}")
+
+
+@contextlib.contextmanager
+def _translate(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise SSHError(action, e) from e
 
 
 class GuestTimeout(InfraError):
@@ -88,14 +106,16 @@ class GuestSSH:
     ) -> CommandResult:
         """Run a command; `on_output` sees stdout as it arrives (for live logs)."""
         text = command if isinstance(command, str) else shlex.join(command)
-        transport = self._client().get_transport()
-        assert transport is not None
-        chan = transport.open_session()
-        try:
-            chan.exec_command(text)
-            return _collect(chan, text, timeout, on_output)
-        finally:
-            chan.close()
+        with _translate(f"run {text!r}"):
+            transport = self._client().get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection is closed")
+            chan = transport.open_session()
+            try:
+                chan.exec_command(text)
+                return _collect(chan, text, timeout, on_output)
+            finally:
+                chan.close()
 
     def check(self, command: str | Sequence[str], timeout: float = 60.0) -> str:
         result = self.run(command, timeout)
@@ -106,9 +126,8 @@ class GuestSSH:
 
     def put_tree(self, local: Path, remote: str) -> int:
         """Copy a directory tree over SFTP; returns the number of files copied."""
-        sftp = self._client().open_sftp()
         count = 0
-        try:
+        with _translate(f"copy {local}"), contextlib.closing(self._client().open_sftp()) as sftp:
             for path in sorted(local.rglob("*")):
                 rel = path.relative_to(local)
                 if any(part in SKIP_NAMES for part in rel.parts) or path.suffix == ".pyc":
@@ -120,27 +139,20 @@ class GuestSSH:
                     sftp.put(str(path), target)
                     sftp.chmod(target, stat.S_IMODE(path.stat().st_mode))
                     count += 1
-        finally:
-            sftp.close()
         return count
 
     def put_file(self, local: Path, remote: str) -> None:
-        sftp = self._client().open_sftp()
-        try:
+        with _translate(f"copy {local}"), contextlib.closing(self._client().open_sftp()) as sftp:
             sftp.put(str(local), remote)
-        finally:
-            sftp.close()
 
     def fetch_text(self, remote: str, local: Path) -> bool:
         """Copy a guest file to `local`; False when the guest has no such file."""
-        sftp = self._client().open_sftp()
-        try:
-            sftp.get(remote, str(local))
-            return True
-        except FileNotFoundError:
-            return False
-        finally:
-            sftp.close()
+        with _translate(f"fetch {remote}"), contextlib.closing(self._client().open_sftp()) as sftp:
+            try:
+                sftp.get(remote, str(local))
+            except FileNotFoundError:
+                return False
+        return True
 
     def close(self) -> None:
         if self.client is not None:

@@ -13,6 +13,8 @@ PACKAGES=(
     kmod              # depmod for the initramfs module subset
     openssh-client    # ssh-keygen for the lab's keys
     python3-venv      # the project's virtualenv
+    gcc               # the uAPI layout test compiles against the kernel headers
+    linux-libc-dev    # <linux/vfio.h> for that test
 )
 
 SUDO=""

@@ -146,3 +146,17 @@ def test_ctrl_c_during_boot_leaves_nothing_behind(results):
     assert proc.returncode == 130
     s = summary(results)
     assert s["interrupted"] is True and s["exit_code"] == 130
+
+
+def test_guest_crash_is_an_error_with_the_console_tail(results):
+    payload = REPO / "tests" / "fixtures" / "crash_payload"
+    start = time.monotonic()
+    done = lab("run", "--payload", str(payload), "--results", str(results))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (cell,) = summary(results)["cells"]
+    assert cell["verdict"] == "error"
+    problems = "\n".join(cell["problems"])
+    assert "QEMU exited during the payload" in problems
+    assert "! Kernel panic - not syncing: sysrq triggered crash" in problems
+    # panic=-1 and -no-reboot: QEMU exits at the panic, no timeout is waited for.
+    assert time.monotonic() - start < 120

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+from lab.payload import pytest_argv
 from lab.tap import parse_text
 from tests.conftest import REPO
 
@@ -16,17 +17,7 @@ def run_sample(tmp_path):
     shutil.copytree(REPO / "tests" / "fixtures" / "tap_sample", work)
     env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "tap_report",
-            f"--tap={tmp_path / 'out.tap'}",
-            "-q",
-        ],
+        [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q"],
         cwd=work,
         env=env,
         capture_output=True,

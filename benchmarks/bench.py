@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""vfio-lab benchmarks: cold artifact setup, warm `make run`, boot to SSH, payload time.
+
+Writes one JSON file (default benchmarks/out/<timestamp>.json) that names the machine
+and the accelerator with every figure. Not a test: numbers vary by host.
+
+  python benchmarks/bench.py                 # everything (cold setup builds into a scratch cache)
+  python benchmarks/bench.py --skip-cold     # warm figures only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+VFIO_LAB = [sys.executable, "-m", "lab.cli"]
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    return {
+        "hostname": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kib / (1 << 20), 1),
+        "host_kernel": platform.release(),
+        "qemu": qemu.splitlines()[0] if qemu else None,
+    }
+
+
+def lab_run(results: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One `vfio-lab run` of the default scenario; its wall time and its summary's figures."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [*VFIO_LAB, "run", "--results", str(results), "-q"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.monotonic() - start
+    summary = json.loads((results / "latest" / "summary.json").read_text())
+    (cell,) = summary["cells"]
+    return {
+        "exit_code": done.returncode,
+        "wall_s": round(wall, 2),
+        "accelerator": summary["accelerator"],
+        "boot_to_ssh_s": cell["boot_to_ssh_s"],
+        "cell_wall_s": cell["wall_s"],
+        "artifacts_s": cell["artifacts_s"],
+        "payload_in_guest_s": payload_seconds(Path(cell["dir"]) / "payload.log"),
+        "counts": cell["counts"],
+    }
+
+
+def payload_seconds(log: Path) -> float | None:
+    """pytest's own closing line in the guest: '... passed, ... in 8.28s'."""
+    m = re.search(r" in (\d+(?:\.\d+)?)s", log.read_text()) if log.exists() else None
+    return float(m.group(1)) if m else None
+
+
+def cold(tmp: Path) -> dict[str, Any]:
+    """Artifacts built from nothing into a scratch cache (apt and pip caches stay warm)."""
+    env = dict(os.environ, VFIO_LAB_CACHE=str(tmp / "cache"))
+    return lab_run(tmp / "results-cold", env)
+
+
+def warm_make_run() -> dict[str, Any]:
+    start = time.monotonic()
+    done = subprocess.run(["make", "run"], cwd=REPO, capture_output=True, text=True, check=False)
+    return {"exit_code": done.returncode, "wall_s": round(time.monotonic() - start, 2)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--skip-cold", action="store_true", help="skip building artifacts into a scratch cache"
+    )
+    p.add_argument("--repeat", type=int, default=3, help="warm runs to measure (default 3)")
+    p.add_argument("--out", type=Path, help="JSON output (default benchmarks/out/<timestamp>.json)")
+    args = p.parse_args()
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="vfio-lab-bench-") as tmp:
+        if not args.skip_cold:
+            print(
+                "cold: building kernel artifact and root filesystem into a scratch cache",
+                file=sys.stderr,
+            )
+            report["cold"] = cold(Path(tmp))
+        print("warm: make run (setup checks + one cell)", file=sys.stderr)
+        report["warm_make_run"] = warm_make_run()
+        runs = []
+        for i in range(args.repeat):
+            print(f"warm: vfio-lab run {i + 1}/{args.repeat}", file=sys.stderr)
+            runs.append(lab_run(Path(tmp) / f"results-{i}", dict(os.environ)))
+        report["warm_runs"] = runs
+    report["accelerator"] = runs[-1]["accelerator"]
+    boots = sorted(r["boot_to_ssh_s"] for r in runs)
+    report["boot_to_ssh_s_median"] = boots[len(boots) // 2]
+    report["boot_to_ssh_s_max"] = boots[-1]
+    out = args.out or REPO / "benchmarks" / "out" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
