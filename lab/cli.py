@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from lab import doctor, scenario
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from lab import doctor, repro, running, scenario
 from lab.cache import Cache
-from lab.errors import LabError
-from lab.kernels import KERNEL_SOURCES, KernelArtifact
+from lab.errors import LabError, UsageError
+from lab.kernels import KERNEL_SOURCES, KernelArtifact, parse_kernel_spec
 from lab.models import DEVICES, IOMMU_MODELS, Accel
+from lab.payload import bind_devices, install_runtime
 from lab.progress import Progress
 from lab.qemu import build_argv
 from lab.results import EXIT_INFRA, EXIT_OK, EXIT_USAGE, table
-from lab.runner import RunOptions, ScenarioRun, vm_config
+from lab.runner import RunOptions, ScenarioRun, cell_dirname
+from lab.scenario import Cell
 from lab.schema import describe
+from lab.session import CellBooter, check_port_free, vm_config
+from lab.ssh import GuestSSH
 
 EXIT_INTERRUPTED = 130
+DEFAULT_GDB_PORT = 1234
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,15 +39,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _scenario_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scenario", nargs="?", type=Path, default=scenario.DEFAULT_SCENARIO)
+
+
+def _boot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
+    )
+    p.add_argument(
+        "--gdb",
+        nargs="?",
+        type=int,
+        const=DEFAULT_GDB_PORT,
+        metavar="PORT",
+        help=f"start QEMU's gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT})",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vfio-lab", description="Test VFIO and IOMMUFD in disposable QEMU guests.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a scenario's cells and collect results")
-    run.add_argument("scenario", nargs="?", type=Path, default=scenario.DEFAULT_SCENARIO)
-    run.add_argument(
-        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
-    )
+    _scenario_arg(run)
+    _boot_args(run)
     run.add_argument(
         "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
     )
@@ -53,10 +79,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print each cell's QEMU command; boot nothing",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    shell = sub.add_parser(
+        "shell",
+        help="boot a cell's VM and open a shell in it (or run `-- CMD ARGS...` and exit with its status)",
+    )
+    _scenario_arg(shell)
+    _boot_args(shell)
+    shell.add_argument("--cell", help="which cell (default: the only one)")
+    shell.add_argument(
+        "--kernel", help="boot this kernel spec instead of the cell's (repro pins one)"
+    )
+    shell.add_argument(
+        "--no-bind", action="store_true", help="leave the devices on their default drivers"
+    )
+    shell.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the overlay afterwards and say how to boot it again",
+    )
+    shell.add_argument(
+        "--overlay", type=Path, help="boot on this kept overlay instead of a fresh one"
+    )
+
+    rep = sub.add_parser("repro", help="re-run exactly one cell of an earlier run")
+    rep.add_argument("cell_dir", type=Path, metavar="RUN_DIR/CELL")
+    rep.add_argument(
+        "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
+    )
+    rep.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+    rep.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    qmp = sub.add_parser(
+        "qmp", help="send a QMP command to a running lab VM (no command: list them)"
+    )
+    qmp.add_argument("--vm", help="VM id or name (default: the only one running)")
+    qmp.add_argument("qmp_command", nargs="?", metavar="COMMAND", help="e.g. query-status")
+    qmp.add_argument(
+        "arguments", nargs="?", metavar="JSON", help='arguments, e.g. \'{"id": "edu0"}\''
+    )
+
+    con = sub.add_parser("console", help="print a running lab VM's serial console")
+    con.add_argument("--vm", help="VM id or name (default: the only one running)")
+    con.add_argument("-f", "--follow", action="store_true", help="keep printing until the VM stops")
 
     lst = sub.add_parser("list", help="print a scenario's cells without running anything")
-    lst.add_argument("scenario", nargs="?", type=Path, default=scenario.DEFAULT_SCENARIO)
+    _scenario_arg(lst)
 
     sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
     sub.add_parser("schema", help="document every scenario field, its default, and the registries")
@@ -69,9 +139,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `shell -- CMD ARGS...`: everything after `--` is the guest's, never the lab's.
+    remote = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.remote = remote
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if remote and args.command != "shell":
+            raise UsageError("only `vfio-lab shell` takes a command after --")
         return COMMANDS[args.command](args)
     except LabError as e:
         print(f"vfio-lab: error: {e}", file=sys.stderr)
@@ -81,25 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    s = scenario.load(args.scenario)
-    if args.payload:
-        if not args.payload.is_dir():
-            print(f"vfio-lab: error: --payload: {args.payload} is not a directory", file=sys.stderr)
-            return EXIT_USAGE
-        s.payload.tests = args.payload.resolve()
-    if args.dry_run:
-        return _dry_run(s, args.accel)
+def _run_cells(
+    s: scenario.Scenario, opts: RunOptions, quiet: bool, cells: list[Cell] | None = None
+) -> int:
     doctor.require_qemu(s.machine.qemu)
-    opts = RunOptions(
-        results_root=args.results,
-        accel=args.accel,
-        pytest_args=["-k", args.keyword] if args.keyword else [],
-    )
-    run = ScenarioRun(s, opts, Cache(), Progress(quiet=args.quiet))
+    run = ScenarioRun(s, opts, Cache(), Progress(quiet=quiet))
     interrupted = False
     try:
-        run.run()
+        run.run(cells)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -107,6 +172,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = run.results.finish(interrupted=interrupted)
         print(table(run.results))
     return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    s = scenario.load(args.scenario)
+    if args.payload:
+        if not args.payload.is_dir():
+            raise UsageError(f"--payload: {args.payload} is not a directory")
+        s.payload.tests = args.payload.resolve()
+    if args.dry_run:
+        return _dry_run(s, args.accel)
+    if args.gdb is not None:
+        check_port_free(args.gdb)
+    opts = RunOptions(
+        results_root=args.results,
+        accel=args.accel,
+        pytest_args=["-k", args.keyword] if args.keyword else [],
+        gdb_port=args.gdb,
+    )
+    return _run_cells(s, opts, args.quiet)
 
 
 def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
@@ -127,6 +211,146 @@ def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
         print(f"# cell {cell.name}")
         print(shlex.join(build_argv(cfg)))
     return EXIT_OK
+
+
+def _pick_cell(s: scenario.Scenario, name: str | None, kernel: str | None) -> Cell:
+    cells = scenario.expand(s)
+    names = ", ".join(c.name for c in cells)
+    if name is None and len(cells) > 1:
+        raise UsageError(f"{s.file} has several cells; pick one with --cell: {names}")
+    matches = [c for c in cells if name in (None, c.name)]
+    if not matches:
+        raise UsageError(f"{s.file} has no cell {name!r}; its cells: {names}")
+    cell = matches[0]
+    return cell if kernel is None else Cell(cell.name, parse_kernel_spec(kernel), s)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    s = scenario.load(args.scenario)
+    cell = _pick_cell(s, args.cell, args.kernel)
+    if args.overlay is not None and not args.overlay.is_file():
+        raise UsageError(f"--overlay: {args.overlay} is not a file")
+    if args.gdb is not None:
+        check_port_free(args.gdb)
+    doctor.require_qemu(s.machine.qemu)
+    cache = Cache()
+    booter = CellBooter(cache, Progress(quiet=args.quiet), accel=args.accel)
+    prepared = booter.prepare(cell)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    keep = (
+        cache.root / "kept" / f"{cell_dirname(cell.name)}-{stamp}" / "overlay.qcow2"
+        if args.keep
+        else None
+    )
+    with (
+        cache.scratch("shell-") as session_dir,
+        booter.boot(
+            cell, prepared, session_dir, disk=args.overlay, keep_disk=keep, gdb_port=args.gdb
+        ) as vm,
+    ):
+        if args.gdb is not None:
+            _print_gdb(args.gdb, prepared.kernel)
+        if not args.no_bind:
+            install_runtime(vm.ssh, None)
+            bound = bind_devices(vm.ssh, s)
+            print(f"vfio-lab: bound {' '.join(bound)} to vfio-pci", file=sys.stderr)
+        status = _shell_session(vm.ssh, args.remote)
+    if keep is not None:
+        again = shlex.join(
+            ["vfio-lab", "shell", str(s.file), "--cell", cell.name, "--overlay", str(keep)]
+        )
+        print(
+            f"vfio-lab: kept the overlay: {keep}\nvfio-lab: boot it again: {again}", file=sys.stderr
+        )
+    return status
+
+
+def _shell_session(ssh: GuestSSH, remote: list[str]) -> int:
+    if not remote:
+        return ssh.interactive()
+    result = ssh.run(
+        shlex.join(remote),
+        timeout=24 * 3600,
+        on_output=lambda t: print(t, end="", flush=True),
+        on_stderr=lambda t: print(t, end="", file=sys.stderr, flush=True),
+    )
+    return result.status
+
+
+def _print_gdb(port: int, kernel: KernelArtifact) -> None:
+    vmlinux = kernel.vmlinuz.parent / "vmlinux"
+    where = (
+        str(vmlinux)
+        if vmlinux.exists()
+        else f"none in the cache for {kernel.identity} (Debian ships it in linux-image-{kernel.release}-dbg)"
+    )
+    print(
+        f"vfio-lab: gdbstub on 127.0.0.1:{port}: gdb -ex 'target remote 127.0.0.1:{port}' VMLINUX",
+        file=sys.stderr,
+    )
+    print(f"vfio-lab: vmlinux: {where}", file=sys.stderr)
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    p = repro.plan(args.cell_dir, args.keyword)
+    progress = Progress(quiet=args.quiet)
+    for note in p.notes:
+        print(f"vfio-lab: note: {note}", file=sys.stderr)
+    argv = json.loads((args.cell_dir / "qemu-argv.json").read_text() or "[]")
+    print(f"# the run's QEMU command line:\n{shlex.join(argv)}")
+    shell = [
+        "vfio-lab",
+        "shell",
+        str(p.scenario_file),
+        "--cell",
+        p.cell.name,
+        "--kernel",
+        p.cell.kernel.label,
+    ]
+    print(f"# a shell in the same setup:\n{shlex.join(shell)}")
+    booter = CellBooter(Cache(), progress, accel=p.record.get("accelerator"))
+    for note in repro.drift(p.record, booter.prepare(p.cell), p.cell.scenario.payload_dir):
+        print(f"vfio-lab: drift: {note}", file=sys.stderr)
+    opts = RunOptions(
+        results_root=args.results, accel=p.record.get("accelerator"), pytest_args=p.pytest_args
+    )
+    return _run_cells(p.cell.scenario, opts, args.quiet, [p.cell])
+
+
+def cmd_qmp(args: argparse.Namespace) -> int:
+    directory = Cache().root / "running"
+    if args.qmp_command is None:
+        vms = running.list_running(directory)
+        for vm in vms:
+            print(f"{vm.id}  {vm.name}  pid {vm.pid}  ssh 127.0.0.1:{vm.ssh_port}")
+        if not vms:
+            print("no lab VM is running", file=sys.stderr)
+        return EXIT_OK
+    vm = running.pick(directory, args.vm)
+    try:
+        arguments = json.loads(args.arguments) if args.arguments else {}
+    except ValueError as e:
+        raise UsageError(f"JSON arguments: {e}") from None
+    qmp = QEMUMonitorProtocol(vm.qmp_socket)
+    qmp.connect()
+    try:
+        print(json.dumps(qmp.cmd_raw(args.qmp_command, arguments), indent=2))
+    finally:
+        qmp.close()
+    return EXIT_OK
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    vm = running.pick(Cache().root / "running", args.vm)
+    with open(vm.console_log, errors="replace") as f:
+        while True:
+            chunk = f.read()
+            if chunk:
+                print(chunk, end="", flush=True)
+            elif not args.follow or not vm.alive():
+                return EXIT_OK
+            else:
+                time.sleep(0.2)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -158,7 +382,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "doctor": cmd_doctor, "schema": cmd_schema}
+COMMANDS = {
+    "run": cmd_run,
+    "shell": cmd_shell,
+    "repro": cmd_repro,
+    "qmp": cmd_qmp,
+    "console": cmd_console,
+    "list": cmd_list,
+    "doctor": cmd_doctor,
+    "schema": cmd_schema,
+}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ A spec is written `SOURCE[:ARG]` in a scenario's `kernels:` list.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -41,6 +42,7 @@ class KernelArtifact:
     vmlinuz: Path
     initramfs: Path
     vmlinuz_sha256: str
+    resolved_spec: str = ""  # a spec that names exactly this kernel again (for repro)
 
     def save(self, path: Path) -> None:
         data = {k: str(v) for k, v in asdict(self).items()}
@@ -50,7 +52,9 @@ class KernelArtifact:
     def placeholder(cls, spec: str) -> KernelArtifact:
         """Stands in for an artifact not built yet, in `--dry-run` output."""
         root = Path(f"<kernel {spec}>")
-        return cls(spec, "<release>", "<identity>", root / "vmlinuz", root / "initramfs.cpio", "")
+        return cls(
+            spec, "<release>", "<identity>", root / "vmlinuz", root / "initramfs.cpio", "", spec
+        )
 
     @classmethod
     def load(cls, path: Path) -> KernelArtifact:
@@ -62,6 +66,7 @@ class KernelArtifact:
             vmlinuz=Path(d["vmlinuz"]),
             initramfs=Path(d["initramfs"]),
             vmlinuz_sha256=d["vmlinuz_sha256"],
+            resolved_spec=d.get("resolved_spec", d["spec"]),
         )
 
 
@@ -79,23 +84,29 @@ class KernelSource:
 
 
 _DEB_PKG = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+_DEB_VERSION = re.compile(r"^[0-9A-Za-z.+~:-]+$")
 
 
 class DebianStock(KernelSource):
     """Debian's own kernel image package, as the host's apt sources serve it."""
 
     name = "debian-stock"
-    doc = "the stock Debian kernel (ARG: the image package, default linux-image-amd64)"
+    doc = "the stock Debian kernel (ARG: image package[=version], default linux-image-amd64)"
     default_package = "linux-image-amd64"
 
     def check_arg(self, arg: str) -> None:
-        if arg and not _DEB_PKG.match(arg):
-            raise UsageError(f"{arg!r} is not a Debian package name")
+        package, eq, version = arg.partition("=")
+        if (package and not _DEB_PKG.match(package)) or (eq and not _DEB_VERSION.match(version)):
+            raise UsageError(f"{arg!r} is not a Debian package name, optionally with =version")
 
     def prepare(
         self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT
     ) -> KernelArtifact:
-        package, version = resolve_debian_image(spec.arg or self.default_package)
+        package, _, pinned = spec.arg.partition("=")
+        if pinned:
+            version = pinned
+        else:
+            package, version = resolve_debian_image(package or self.default_package)
         key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
         entry = cache.entry("kernels", key)
         with cache.lock(f"kernel-{key}"):
@@ -103,7 +114,9 @@ class DebianStock(KernelSource):
                 progress("kernel", f"fetching {package} {version} (cache key {key})")
                 with cache.build("kernels", key) as scratch:
                     self._build(spec, package, version, scratch, entry)
-        return KernelArtifact.load(entry / "artifact.json")
+        # The pin is known here whatever wrote the cache entry, so repro can always name it.
+        artifact = KernelArtifact.load(entry / "artifact.json")
+        return dataclasses.replace(artifact, resolved_spec=f"{self.name}:{package}={version}")
 
     def _build(
         self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path

@@ -19,11 +19,13 @@ from types import TracebackType
 import paramiko
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from lab.errors import BootTimeout, LaunchError, MissingPrerequisite
+from lab import running
+from lab.errors import BootTimeout, LabError, LaunchError, MissingPrerequisite
 from lab.qemu import VMConfig, build_argv
 from lab.ssh import GuestSSH, SSHError
 
 TAIL_LINES = 40
+SYNC_TIMEOUT_S = 10.0
 POLL_ATTEMPT_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
@@ -53,8 +55,17 @@ def _die_with_parent() -> None:
 class Machine:
     """A running guest. Use as a context manager: leaving it always stops QEMU."""
 
-    def __init__(self, cfg: VMConfig, client_key: Path, host_pub: Path, qemu_log: Path) -> None:
+    def __init__(
+        self,
+        cfg: VMConfig,
+        client_key: Path,
+        host_pub: Path,
+        qemu_log: Path,
+        announce_dir: Path | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.announce_dir = announce_dir
+        self._announced: Path | None = None
         self.argv = build_argv(cfg)
         self.qemu_log = qemu_log
         self.ssh = GuestSSH(cfg.ssh_port, client_key, host_pub)
@@ -95,6 +106,18 @@ class Machine:
             except FileNotFoundError:
                 raise MissingPrerequisite(self.argv[0], "apt-get install qemu-system-x86") from None
         self._connect_qmp()
+        if self.announce_dir is not None:
+            self._announced = running.announce(
+                self.announce_dir,
+                running.RunningVM(
+                    id=self.cfg.qmp_socket.parent.name,
+                    name=self.cfg.name,
+                    pid=self.proc.pid if self.proc else -1,
+                    ssh_port=self.cfg.ssh_port,
+                    qmp_socket=str(self.cfg.user_qmp_socket or ""),
+                    console_log=str(self.cfg.console_log),
+                ),
+            )
 
     def _connect_qmp(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -147,13 +170,26 @@ class Machine:
         except subprocess.TimeoutExpired:
             return None
 
+    def _guest_running(self) -> bool:
+        """False when the vCPUs are stopped (a debugger attached, a pause): SSH would hang."""
+        with contextlib.suppress(Exception):
+            status = self.query("query-status")
+            return isinstance(status, dict) and status.get("status") == "running"
+        return False
+
     def query(self, command: str) -> object:
         if self.qmp is None:
             raise self._launch_error("QMP is not connected")
         return self.qmp.cmd(command)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Graceful `quit` over QMP, then SIGTERM, then SIGKILL; safe to call twice."""
+        """Graceful `quit` over QMP, then SIGTERM, then SIGKILL; safe to call twice.
+
+        The guest has no init system to power it off, so a guest still answering SSH is
+        asked to `sync` first: what it wrote reaches the overlay (kept with --keep)."""
+        if self.ssh.client is not None and self._guest_running():
+            with contextlib.suppress(LabError):
+                self.ssh.run("sync", timeout=SYNC_TIMEOUT_S)
         self.ssh.close()
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
@@ -166,6 +202,9 @@ class Machine:
                 self.qmp.close()
             self.qmp = None
         self.cfg.qmp_socket.unlink(missing_ok=True)
+        if self._announced is not None:
+            self._announced.unlink(missing_ok=True)
+            self._announced = None
 
     def argv_json(self) -> str:
         return json.dumps(self.argv, indent=2) + "\n"

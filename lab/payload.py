@@ -58,6 +58,22 @@ def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
     return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)}"
 
 
+def install_runtime(ssh: GuestSSH, tests: Path | None) -> int:
+    """Copy the lab's guest runtime, and the tests to run if any; returns the test files copied."""
+    ssh.check(f"rm -rf {GUEST_RUNTIME} {GUEST_DIR} && mkdir -p {GUEST_RUNTIME} {GUEST_DIR}")
+    ssh.put_tree(RUNTIME_DIR, GUEST_RUNTIME)
+    return ssh.put_tree(tests, GUEST_DIR) if tests is not None else 0
+
+
+def bind_devices(ssh: GuestSSH, scenario: Scenario) -> list[str]:
+    """Bind every scenario device to vfio-pci in the guest; returns the BDFs."""
+    bound: list[str] = []
+    for dev in scenario.devices:
+        pci_id = str(DEVICES[dev.type].pci_id)
+        bound += ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "bind", pci_id]).split()
+    return bound
+
+
 def run_payload(
     ssh: GuestSSH,
     scenario: Scenario,
@@ -66,18 +82,11 @@ def run_payload(
     extra_args: list[str],
     progress: Progress = SILENT,
 ) -> PayloadRun:
-    ssh.check(f"rm -rf {GUEST_RUNTIME} {GUEST_DIR} && mkdir -p {GUEST_RUNTIME} {GUEST_DIR}")
-    ssh.put_tree(RUNTIME_DIR, GUEST_RUNTIME)
-    files = ssh.put_tree(scenario.payload_dir, GUEST_DIR)
+    files = install_runtime(ssh, scenario.payload_dir)
     progress("payload", f"copied {files} files from {scenario.payload_dir}")
     if kernel_config is not None and kernel_config.exists():
         ssh.put_file(kernel_config, GUEST_KCONFIG)
-    bound = []
-    for dev in scenario.devices:
-        out = ssh.check(
-            ["python3", f"{GUEST_RUNTIME}/lab_guest.py", "bind", str(DEVICES[dev.type].pci_id)]
-        )
-        bound += out.split()
+    bound = bind_devices(ssh, scenario)
     progress("payload", f"bound {' '.join(bound)} to vfio-pci; running pytest")
     with (cell_dir / "payload.log").open("w") as log:
         result = ssh.run(

@@ -33,6 +33,8 @@ class VMConfig:
     hugepages: tuple[tuple[str, int], ...] = ()
     extra_cmdline: tuple[str, ...] = ()
     qemu: str = "qemu-system-x86_64"
+    user_qmp_socket: Path | None = None  # a second monitor for `vfio-lab qmp`
+    gdb_port: int | None = None
 
 
 def kernel_cmdline(cfg: VMConfig) -> str:
@@ -67,4 +69,8 @@ def build_argv(cfg: VMConfig) -> list[str]:
     ]  # fmt: skip
     for dev in cfg.devices:
         argv += DEVICES[dev.type].device_argv(dev.dma_mask)
+    if cfg.user_qmp_socket is not None:
+        argv += ["-qmp", f"unix:{qemu_escape(str(cfg.user_qmp_socket))},server=on,wait=off"]
+    if cfg.gdb_port is not None:
+        argv += ["-gdb", f"tcp:127.0.0.1:{cfg.gdb_port}"]
     return argv

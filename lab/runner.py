@@ -1,4 +1,4 @@
-"""Running a scenario: prepare artifacts, boot each cell, run the payload, record results."""
+"""Running a scenario: boot each cell, run the payload, record results and provenance."""
 
 from __future__ import annotations
 
@@ -9,20 +9,17 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from lab import accel as accel_mod
-from lab import console, rootfs
-from lab.cache import Cache
+from lab import console
+from lab.cache import Cache, file_sha256, tree_digest
 from lab.errors import InfraError
-from lab.kernels import KERNEL_SOURCES, KernelArtifact
-from lab.keys import LabKeys, ensure_keys
-from lab.machine import Machine, free_port
-from lab.models import Accel
-from lab.payload import collect_dmesg, run_payload
+from lab.machine import Machine
+from lab.payload import RUNTIME_DIR, collect_dmesg, run_payload
 from lab.progress import SILENT, Progress
-from lab.qemu import DeviceConfig, VMConfig
 from lab.results import CellResult, RunResults, empty_counts, verdict
 from lab.scenario import Cell, Scenario, expand
+from lab.session import CellBooter, Prepared
 from lab.tap import TapParser
 
 CRASH_GRACE_S = 5.0
@@ -33,40 +30,11 @@ class RunOptions:
     results_root: Path
     accel: str | None = None  # overrides the scenario's
     pytest_args: list[str] = field(default_factory=list)
+    gdb_port: int | None = None
 
 
 def cell_dirname(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
-
-
-def vm_config(
-    cell: Cell,
-    kernel: KernelArtifact,
-    accel: Accel,
-    disk: Path,
-    scratch: Path,
-    cell_dir: Path,
-    ssh_port: int,
-) -> VMConfig:
-    """The machine a cell boots: a pure function of the cell and the paths chosen for it."""
-    m = cell.scenario.machine
-    return VMConfig(
-        name=f"vfio-lab:{cell.name}",
-        accel=accel,
-        kernel=kernel.vmlinuz,
-        initrd=kernel.initramfs,
-        disk=disk,
-        console_log=cell_dir / "console.log",
-        qmp_socket=scratch / "qmp.sock",
-        ssh_port=ssh_port,
-        memory_mib=m.memory >> 20,
-        cpus=m.cpus,
-        iommu=m.iommu,
-        devices=tuple(DeviceConfig(d.type, d.dma_mask) for d in cell.scenario.devices),
-        hugepages=tuple(sorted(m.hugepages.items())),
-        extra_cmdline=tuple(m.cmdline),
-        qemu=m.qemu,
-    )
 
 
 def new_run_dir(results_root: Path) -> tuple[str, Path]:
@@ -80,22 +48,50 @@ def new_run_dir(results_root: Path) -> tuple[str, Path]:
     return run_id, run_dir
 
 
+def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[str, Any]:
+    """Everything `vfio-lab repro` needs to boot the same thing again, and to notice drift."""
+    s = cell.scenario
+    return {
+        "cell": cell.name,
+        "scenario_file": str(s.file.resolve()),
+        "scenario_snapshot": "../scenario.yaml",
+        "kernel": {
+            "spec": cell.kernel.label,
+            "resolved_spec": prepared.kernel.resolved_spec,
+            "identity": prepared.kernel.identity,
+            "release": prepared.kernel.release,
+            "vmlinuz_sha256": prepared.kernel.vmlinuz_sha256,
+            "initramfs_sha256": file_sha256(prepared.kernel.initramfs),
+        },
+        "rootfs_key": prepared.image.key,
+        "payload": {
+            "tests": str(s.payload_dir),
+            "tests_digest": tree_digest(s.payload_dir),
+            "runtime_digest": tree_digest(RUNTIME_DIR),
+        },
+        "pytest_args": s.payload.args + pytest_args,
+        "accelerator": prepared.accel,
+    }
+
+
 class ScenarioRun:
     def __init__(
         self, scenario: Scenario, opts: RunOptions, cache: Cache, progress: Progress = SILENT
     ) -> None:
         self.scenario = scenario
         self.opts = opts
-        self.cache = cache
         self.progress = progress
         self.run_id, self.run_dir = new_run_dir(opts.results_root)
         (self.run_dir / "scenario.yaml").write_bytes(scenario.file.read_bytes())
         self.results = RunResults(
             self.run_dir, scenario.name, self.run_id, "pending", "not chosen yet"
         )
-        self._accel: accel_mod.AccelChoice | None = None
-        self._keys: LabKeys | None = None
-        self._rootfs: rootfs.RootfsImage | None = None
+        self.booter = CellBooter(
+            cache,
+            progress,
+            accel=opts.accel,
+            on_accel=lambda c: self.results.set_accelerator(c.accel, c.reason),
+        )
 
     def run(self, cells: list[Cell] | None = None) -> RunResults:
         """Run every cell, one after the other; a cell's failure does not stop the others."""
@@ -104,23 +100,6 @@ class ScenarioRun:
             self.progress("run", f"cell {i}/{len(cells)}: {cell.name}")
             self.results.add(self.run_cell(cell))
         return self.results
-
-    def choose_accel(self, kernel: KernelArtifact) -> Accel:
-        if self._accel is None:
-            requested = self.opts.accel or self.scenario.accel
-            qemu = self.scenario.machine.qemu
-            self._accel = accel_mod.choose(
-                requested, qemu, kernel.vmlinuz, kernel.vmlinuz_sha256, self.cache
-            )
-            self.progress("accel", f"{self._accel.accel}: {self._accel.reason}")
-            self.results.set_accelerator(self._accel.accel, self._accel.reason)
-        return self._accel.accel
-
-    def shared_artifacts(self) -> tuple[LabKeys, rootfs.RootfsImage]:
-        if self._keys is None or self._rootfs is None:
-            self._keys = ensure_keys(self.cache)
-            self._rootfs = rootfs.ensure_rootfs(self.cache, self._keys, self.progress)
-        return self._keys, self._rootfs
 
     def run_cell(self, cell: Cell) -> CellResult:
         cell_dir = self.run_dir / cell_dirname(cell.name)
@@ -147,26 +126,18 @@ class ScenarioRun:
 
     def _boot_and_test(self, cell: Cell, cell_dir: Path, result: CellResult) -> None:
         started = time.monotonic()
-        keys, image = self.shared_artifacts()
-        kernel = KERNEL_SOURCES[cell.kernel.source].prepare(cell.kernel, self.cache, self.progress)
+        prepared = self.booter.prepare(cell)
         result.artifacts_s = round(time.monotonic() - started, 2)
-        result.kernel_release, result.kernel_identity = kernel.release, kernel.identity
-        accel = self.choose_accel(kernel)
-        with self.cache.scratch("vm-") as scratch:
-            overlay = scratch / "overlay.qcow2"
-            rootfs.create_overlay(image.base, overlay)
-            cfg = vm_config(cell, kernel, accel, overlay, scratch, cell_dir, free_port())
-            with Machine(cfg, keys.client, keys.host_pub, cell_dir / "qemu.log") as machine:
-                (cell_dir / "qemu-argv.json").write_text(json.dumps(machine.argv, indent=2) + "\n")
-                self.progress(
-                    cell.name, f"booting ({accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)"
-                )
-                result.boot_to_ssh_s = round(
-                    machine.wait_ready(self.scenario.machine.boot_timeout), 2
-                )
-                result.qemu_version = _qemu_version(machine)
-                self.progress(cell.name, f"SSH up after {result.boot_to_ssh_s:.1f} s")
-                tap = self._payload(machine, cell_dir, kernel, result)
+        result.kernel_release, result.kernel_identity = (
+            prepared.kernel.release,
+            prepared.kernel.identity,
+        )
+        record = provenance(cell, prepared, self.opts.pytest_args)
+        (cell_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        with self.booter.boot(cell, prepared, cell_dir, gdb_port=self.opts.gdb_port) as machine:
+            result.boot_to_ssh_s = round(machine.boot_to_ssh_s or 0.0, 2)
+            result.qemu_version = _qemu_version(machine)
+            tap = self._payload(machine, cell_dir, prepared, result)
         result.counts = tap.counts()
         result.problems = tap.problems() + result.problems
         result.verdict = "error" if result.problems else verdict(tap)
@@ -177,7 +148,7 @@ class ScenarioRun:
         )
 
     def _payload(
-        self, machine: Machine, cell_dir: Path, kernel: KernelArtifact, result: CellResult
+        self, machine: Machine, cell_dir: Path, prepared: Prepared, result: CellResult
     ) -> TapParser:
         """Run the payload; a guest that dies under it is the cell's error, told by its console."""
         try:
@@ -185,7 +156,7 @@ class ScenarioRun:
                 machine.ssh,
                 self.scenario,
                 cell_dir,
-                kernel.vmlinuz.parent / "config",
+                prepared.kernel.vmlinuz.parent / "config",
                 self.opts.pytest_args,
                 self.progress,
             )

@@ -5,12 +5,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
+import select
 import shlex
+import shutil
+import signal
 import stat
+import sys
+import termios
 import time
+import tty
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -103,8 +111,9 @@ class GuestSSH:
         command: str | Sequence[str],
         timeout: float = 60.0,
         on_output: Callable[[str], None] | None = None,
+        on_stderr: Callable[[str], None] | None = None,
     ) -> CommandResult:
-        """Run a command; `on_output` sees stdout as it arrives (for live logs)."""
+        """Run a command; `on_output`/`on_stderr` see the streams as they arrive (live logs)."""
         text = command if isinstance(command, str) else shlex.join(command)
         with _translate(f"run {text!r}"):
             transport = self._client().get_transport()
@@ -113,7 +122,22 @@ class GuestSSH:
             chan = transport.open_session()
             try:
                 chan.exec_command(text)
-                return _collect(chan, text, timeout, on_output)
+                return _collect(chan, text, timeout, on_output, on_stderr)
+            finally:
+                chan.close()
+
+    def interactive(self) -> int:
+        """A login shell on a real pty, bridged to this terminal; returns the shell's status."""
+        with _translate("interactive shell"):
+            transport = self._client().get_transport()
+            assert transport is not None
+            chan = transport.open_session()
+            cols, rows = shutil.get_terminal_size()
+            chan.get_pty(term=os.environ.get("TERM", "xterm"), width=cols, height=rows)
+            chan.invoke_shell()
+            try:
+                _bridge(chan, sys.stdin.fileno(), sys.stdout.fileno())
+                return chan.recv_exit_status()
             finally:
                 chan.close()
 
@@ -160,24 +184,58 @@ class GuestSSH:
             self.client = None
 
 
+def _bridge(chan: paramiko.Channel, in_fd: int, out_fd: int) -> None:
+    """Copy bytes both ways until the remote side ends; the local tty is raw meanwhile, so
+    Ctrl-C and friends reach the guest's shell instead of the lab."""
+    saved = termios.tcgetattr(in_fd) if os.isatty(in_fd) else None
+    resize = signal.getsignal(signal.SIGWINCH)
+    signal.signal(signal.SIGWINCH, lambda *_: chan.resize_pty(*shutil.get_terminal_size()))
+    readers: list[Any] = [chan, in_fd]
+    try:
+        if saved is not None:
+            tty.setraw(in_fd)
+        while True:
+            ready, _, _ = select.select(readers, [], [])
+            if chan in ready:
+                data = chan.recv(65536)
+                if not data:
+                    return
+                os.write(out_fd, data)
+            if in_fd in ready:
+                data = os.read(in_fd, 4096)
+                if data:
+                    chan.sendall(data)
+                else:
+                    chan.shutdown_write()
+                    readers.remove(in_fd)
+    finally:
+        signal.signal(signal.SIGWINCH, resize)
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+
+
 def _collect(
-    chan: paramiko.Channel, text: str, timeout: float, on_output: Callable[[str], None] | None
+    chan: paramiko.Channel,
+    text: str,
+    timeout: float,
+    on_output: Callable[[str], None] | None,
+    on_stderr: Callable[[str], None] | None,
 ) -> CommandResult:
     out: list[bytes] = []
     err: list[bytes] = []
     deadline = time.monotonic() + timeout
     while True:
         got = False
-        for ready, recv, sink in (
-            (chan.recv_ready, chan.recv, out),
-            (chan.recv_stderr_ready, chan.recv_stderr, err),
+        for ready, recv, sink, tell in (
+            (chan.recv_ready, chan.recv, out, on_output),
+            (chan.recv_stderr_ready, chan.recv_stderr, err, on_stderr),
         ):
             if ready():
                 data = recv(65536)
                 sink.append(data)
                 got = True
-                if on_output is not None and sink is out:
-                    on_output(data.decode(errors="replace"))
+                if tell is not None:
+                    tell(data.decode(errors="replace"))
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:

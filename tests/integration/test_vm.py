@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,16 +37,19 @@ def lab(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     )
 
 
-def qemu_processes(marker: Path) -> list[int]:
-    """PIDs whose command line mentions `marker` (each run's QEMU logs into its results dir)."""
-    pids = []
+def lab_qemus() -> set[int]:
+    """PIDs of lab QEMU processes (their -name carries process=vfio-lab)."""
+    pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if str(marker).encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
+            if argv[0].endswith(b"qemu-system-x86_64") and any(
+                b"process=vfio-lab" in a for a in argv
+            ):
+                pids.add(int(proc.name))
     return pids
 
 
@@ -52,11 +60,11 @@ def vm_scratch() -> set[str]:
 @pytest.fixture
 def results(tmp_path):
     """A results root, and after the test: nothing of the run may be left running or on disk."""
-    before = vm_scratch()
+    scratch, qemus = vm_scratch(), lab_qemus()
     root = tmp_path / "results"
     yield root
-    assert qemu_processes(root) == [], "a QEMU process outlived its run"
-    assert vm_scratch() - before == set(), "an overlay directory outlived its run"
+    assert lab_qemus() - qemus == set(), "a QEMU process outlived its run"
+    assert vm_scratch() - scratch == set(), "an overlay directory outlived its run"
 
 
 def summary(root: Path) -> dict:
@@ -104,15 +112,25 @@ def test_quick_scenario_runs_the_payload(results):
     assert "debian-stock  pass" in done.stdout
 
 
-def test_failing_test_gives_exit_1_and_cleans_up(results):
+def test_failing_cell_gives_exit_1_and_repro_runs_that_test_again(results):
     payload = REPO / "tests" / "fixtures" / "failing_payload"
     done = lab("run", "--payload", str(payload), "--results", str(results))
     assert done.returncode == 1, done.stdout + done.stderr
     (cell,) = summary(results)["cells"]
     assert cell["verdict"] == "fail"
     assert (cell["counts"]["pass"], cell["counts"]["fail"]) == (1, 1)
-    lines = tap_lines(cell["dir"])
-    assert "not ok 2 failing_test.ident_is_wrong_on_purpose" in lines
+    assert "not ok 2 failing_test.ident_is_wrong_on_purpose" in tap_lines(cell["dir"])
+    provenance = json.loads((Path(cell["dir"]) / "provenance.json").read_text())
+    assert provenance["kernel"]["resolved_spec"].startswith("debian-stock:linux-image-")
+
+    again = lab("repro", cell["dir"], "-k", "wrong_on_purpose", "--results", str(results))
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "qemu-system-x86_64" in again.stdout and "vfio-lab shell" in again.stdout
+    assert "drift" not in again.stderr, again.stderr
+    (rerun,) = summary(results)["cells"]
+    assert rerun["name"] == cell["name"] and rerun["dir"] != cell["dir"]
+    assert rerun["counts"]["fail"] == 1 and rerun["counts"]["pass"] == 0
+    assert tap_lines(rerun["dir"])[-1] == "not ok 1 failing_test.ident_is_wrong_on_purpose"
 
 
 def test_boot_timeout_is_an_infra_error_with_the_console_tail(results, tmp_path):
@@ -140,7 +158,7 @@ def test_ctrl_c_during_boot_leaves_nothing_behind(results):
         if "booting" in line or time.monotonic() > deadline:
             break
     time.sleep(1.0)  # well inside the boot: QEMU runs, SSH is not up yet
-    assert qemu_processes(results), "QEMU should be running when Ctrl-C arrives"
+    assert lab_qemus(), "QEMU should be running when Ctrl-C arrives"
     os.kill(proc.pid, signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -160,3 +178,85 @@ def test_guest_crash_is_an_error_with_the_console_tail(results):
     assert "! Kernel panic - not syncing: sysrq triggered crash" in problems
     # panic=-1 and -no-reboot: QEMU exits at the panic, no timeout is waited for.
     assert time.monotonic() - start < 120
+
+
+def test_shell_command_sees_vfio_pci_and_its_status_propagates(results):
+    done = lab("shell", "-q", "--", "sh", "-c", "lspci -nk -d 1234:11e8; exit 7")
+    assert done.returncode == 7, done.stdout + done.stderr
+    assert "Kernel driver in use: vfio-pci" in done.stdout
+
+
+def _gdb_stub_answers(port: int) -> bool:
+    """Ask QEMU's gdbstub why the target stopped (`?`), then let the guest continue (`c`)."""
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"$?#3f")
+        while b"#" not in reply:  # a stop reply packet: "$T05thread:01;#07"
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+        s.sendall(b"+$c#63")
+    return b"$T" in reply
+
+
+def test_interactive_shell_qmp_console_and_gdb(results, tmp_path):
+    port = free_tcp_port()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab.cli", "shell", "-q", "--gdb", str(port)],
+        cwd=REPO,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
+    os.close(slave)
+    try:
+        out = read_until(master, b"bound", proc)
+        assert b"127.0.0.1:%d" % port in out
+        assert _gdb_stub_answers(port)
+        status = lab("qmp", "query-status")
+        assert status.returncode == 0 and json.loads(status.stdout)["return"]["status"] == "running"
+        assert "Linux version" in lab("console").stdout
+        os.write(master, b"echo $((6*7)); tty; exit 3\n")
+        out = read_until(master, b"logout", proc)
+        assert proc.wait(timeout=60) == 3
+        assert b"42" in out and b"/dev/pts/" in out
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # the lab stops its guest on SIGTERM, like on Ctrl-C
+            proc.wait(timeout=60)
+        os.close(master)
+
+
+def test_keep_overlay_and_boot_it_again(results):
+    done = lab("shell", "-q", "--keep", "--", "sh", "-c", "echo kept-state > /root/marker")
+    assert done.returncode == 0, done.stderr
+    kept = Path(re.search(r"kept the overlay: (\S+)", done.stderr).group(1))
+    try:
+        assert kept.is_file()
+        again = lab("shell", "-q", "--no-bind", "--overlay", str(kept), "--", "cat", "/root/marker")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == "kept-state"
+        assert kept.is_file(), "a reused overlay must not be deleted"
+    finally:
+        shutil.rmtree(kept.parent)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_until(fd: int, marker: bytes, proc: subprocess.Popen, timeout: float = 180) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while marker not in buf and time.monotonic() < deadline and proc.poll() is None:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                buf += os.read(fd, 4096)
+            except OSError:
+                break
+    return buf

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import socket
 
 import pytest
 
@@ -87,3 +88,38 @@ def test_schema_documents_every_field(capsys):
         "edu",
     ):
         assert key in out
+
+
+def test_repro_of_a_directory_that_is_not_a_cell_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "repro", str(tmp_path))
+    assert code == 2
+    assert f"{tmp_path} is not a cell directory of a run (it has no provenance.json)" in err
+    code, _, err = run(capsys, "repro", str(tmp_path / "missing"))
+    assert code == 2 and "no such directory" in err
+
+
+def test_shell_unknown_cell_is_exit_2(capsys):
+    code, _, err = run(capsys, "shell", "--cell", "7.2-nope", "--", "true")
+    assert code == 2
+    assert "has no cell '7.2-nope'; its cells: debian-stock" in err
+
+
+def test_gdb_port_in_use_is_exit_2_before_anything_boots(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run(capsys, "shell", "--gdb", str(port), "--", "true")
+    assert code == 2
+    assert f"--gdb: port {port} on 127.0.0.1 is not free" in err
+
+
+def test_command_after_double_dash_only_for_shell(capsys):
+    code, _, err = run(capsys, "run", "--", "ls")
+    assert code == 2 and "only `vfio-lab shell` takes a command after --" in err
+
+
+def test_qmp_with_no_vm_running_is_exit_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path))
+    code, _, err = run(capsys, "qmp", "query-status")
+    assert code == 2 and "no lab VM is running at all" in err

@@ -1,0 +1,69 @@
+"""Which lab guests are running right now, for `vfio-lab qmp` and `vfio-lab console`.
+
+Each Machine announces itself with a small JSON file under <cache>/running/ while
+QEMU runs; entries whose QEMU is gone are ignored and pruned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lab.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunningVM:
+    id: str
+    name: str
+    pid: int
+    ssh_port: int
+    qmp_socket: str  # the user's monitor; the lab keeps its own
+    console_log: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def announce(directory: Path, vm: RunningVM) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{vm.id}.json"
+    path.write_text(json.dumps(asdict(vm), indent=2) + "\n")
+    return path
+
+
+def list_running(directory: Path) -> list[RunningVM]:
+    vms = []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            vm = RunningVM(**json.loads(path.read_text()))
+        except (ValueError, TypeError, OSError):
+            continue
+        if vm.alive():
+            vms.append(vm)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return vms
+
+
+def pick(directory: Path, wanted: str | None) -> RunningVM:
+    """The VM named or id'd `wanted`, or the only one running."""
+    vms = list_running(directory)
+    matches = vms if wanted is None else [vm for vm in vms if wanted in (vm.id, vm.name)]
+    if len(matches) == 1:
+        return matches[0]
+    names = ", ".join(f"{vm.id} ({vm.name})" for vm in vms) or "none"
+    if not matches:
+        what = f"named {wanted!r}" if wanted else "at all"
+        raise UsageError(f"no lab VM is running {what} (running: {names})")
+    raise UsageError(f"several lab VMs are running; pick one with --vm: {names}")

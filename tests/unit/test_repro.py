@@ -1,0 +1,99 @@
+"""repro's reading of a cell's provenance and its drift report, without booting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab import repro
+from lab.cache import file_sha256, tree_digest
+from lab.errors import UsageError
+from lab.kernels import KernelArtifact
+from lab.keys import LabKeys
+from lab.payload import RUNTIME_DIR
+from lab.rootfs import RootfsImage
+from lab.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
+from lab.session import Prepared
+
+
+def write_cell(tmp_path: Path, **kernel: str) -> tuple[Path, Prepared]:
+    cell = tmp_path / "run" / "debian-stock"
+    cell.mkdir(parents=True)
+    (tmp_path / "run" / "scenario.yaml").write_text(DEFAULT_SCENARIO.read_text())
+    vmlinuz, initramfs = tmp_path / "vmlinuz", tmp_path / "initramfs.cpio"
+    vmlinuz.write_bytes(b"kernel")
+    initramfs.write_bytes(b"cpio")
+    record = {
+        "cell": "debian-stock",
+        "scenario_file": str(DEFAULT_SCENARIO),
+        "scenario_snapshot": "../scenario.yaml",
+        "kernel": {
+            "spec": "debian-stock",
+            "resolved_spec": "debian-stock:linux-image-6.1.0-56-amd64=6.1.192-2",
+            "identity": "linux-image-6.1.0-56-amd64=6.1.192-2",
+            "release": "6.1.0-56-amd64",
+            "vmlinuz_sha256": file_sha256(vmlinuz),
+            "initramfs_sha256": file_sha256(initramfs),
+        }
+        | kernel,
+        "rootfs_key": "abc",
+        "payload": {
+            "tests": str(DEFAULT_PAYLOAD),
+            "tests_digest": tree_digest(DEFAULT_PAYLOAD),
+            "runtime_digest": tree_digest(RUNTIME_DIR),
+        },
+        "pytest_args": ["-k", "dma"],
+        "accelerator": "tcg",
+    }
+    (cell / "provenance.json").write_text(json.dumps(record))
+    artifact = KernelArtifact(
+        "debian-stock", "6.1.0-56-amd64", "x", vmlinuz, initramfs, file_sha256(vmlinuz)
+    )
+    keys = LabKeys(tmp_path / "k", tmp_path / "h")
+    return cell, Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "abc"), artifact, "tcg")
+
+
+def test_plan_pins_the_kernel_and_keeps_the_arguments(tmp_path):
+    cell_dir, _ = write_cell(tmp_path)
+    p = repro.plan(cell_dir, "memcpy")
+    assert p.cell.name == "debian-stock"
+    assert p.cell.kernel.arg == "linux-image-6.1.0-56-amd64=6.1.192-2"
+    assert p.pytest_args == ["-k", "dma", "-k", "memcpy"]
+    assert p.cell.scenario.payload.args == []
+    assert p.notes == []
+
+
+def test_nothing_drifted(tmp_path):
+    cell_dir, prepared = write_cell(tmp_path)
+    p = repro.plan(cell_dir, None)
+    assert repro.drift(p.record, prepared, DEFAULT_PAYLOAD) == []
+
+
+def test_drift_says_what_changed_and_why(tmp_path):
+    cell_dir, prepared = write_cell(tmp_path, vmlinuz_sha256="0" * 64)
+    record = repro.read_provenance(cell_dir)
+    record["rootfs_key"] = "old"
+    notes = repro.drift(record, prepared, DEFAULT_PAYLOAD)
+    assert any(
+        "kernel image differs" in n and "archive now serves a different build" in n for n in notes
+    )
+    assert any("root filesystem differs (key old -> abc)" in n for n in notes)
+
+
+def test_missing_scenario_file_falls_back_to_the_snapshot(tmp_path):
+    cell_dir, _ = write_cell(tmp_path)
+    record = json.loads((cell_dir / "provenance.json").read_text())
+    record["scenario_file"] = str(tmp_path / "gone.yaml")
+    (cell_dir / "provenance.json").write_text(json.dumps(record))
+    p = repro.plan(cell_dir, None)
+    assert p.scenario_file == (tmp_path / "run" / "scenario.yaml").resolve()
+    assert "using the run's snapshot" in p.notes[0]
+
+
+def test_corrupt_provenance_is_a_usage_error(tmp_path):
+    cell_dir, _ = write_cell(tmp_path)
+    (cell_dir / "provenance.json").write_text("{not json")
+    with pytest.raises(UsageError, match="is corrupt"):
+        repro.plan(cell_dir, None)
