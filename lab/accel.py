@@ -88,7 +88,9 @@ def choose(
     requested: str, qemu: str, kernel: Path, kernel_digest: str, cache: Cache
 ) -> AccelChoice:
     if requested == "tcg":
-        return AccelChoice("tcg", "TCG was requested")
+        return AccelChoice(
+            "tcg", "TCG was asked for (--accel, the scenario, or the run being repeated)"
+        )
     key = content_key([platform.release(), _qemu_version(qemu), kernel_digest])
     memo = cache.root / "kvm-probe" / f"{key}.json"
     if memo.exists():
@@ -100,5 +102,5 @@ def choose(
     if requested == "kvm":
         if not works:
             raise InfraError(f"--accel kvm was requested, but {why}")
-        return AccelChoice("kvm", "KVM was requested and works")
+        return AccelChoice("kvm", "KVM was asked for and works")
     return AccelChoice("kvm", why) if works else AccelChoice("tcg", f"auto: {why}; using TCG")

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     shell.add_argument(
         "--overlay", type=Path, help="boot on this kept overlay instead of a fresh one"
     )
+    shell.add_argument(
+        "--payload", type=Path, help="guest tests to copy to /root/tests instead of the scenario's"
+    )
 
     rep = sub.add_parser("repro", help="re-run exactly one cell of an earlier run")
     rep.add_argument("cell_dir", type=Path, metavar="RUN_DIR/CELL")
@@ -176,10 +179,7 @@ def _run_cells(
 
 def cmd_run(args: argparse.Namespace) -> int:
     s = scenario.load(args.scenario)
-    if args.payload:
-        if not args.payload.is_dir():
-            raise UsageError(f"--payload: {args.payload} is not a directory")
-        s.payload.tests = args.payload.resolve()
+    _override_payload(s, args.payload)
     if args.dry_run:
         return _dry_run(s, args.accel)
     if args.gdb is not None:
@@ -191,6 +191,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         gdb_port=args.gdb,
     )
     return _run_cells(s, opts, args.quiet)
+
+
+def _override_payload(s: scenario.Scenario, payload: Path | None) -> None:
+    if payload is not None:
+        if not payload.is_dir():
+            raise UsageError(f"--payload: {payload} is not a directory")
+        s.payload.tests = payload.resolve()
 
 
 def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
@@ -227,6 +234,7 @@ def _pick_cell(s: scenario.Scenario, name: str | None, kernel: str | None) -> Ce
 
 def cmd_shell(args: argparse.Namespace) -> int:
     s = scenario.load(args.scenario)
+    _override_payload(s, args.payload)
     cell = _pick_cell(s, args.cell, args.kernel)
     if args.overlay is not None and not args.overlay.is_file():
         raise UsageError(f"--overlay: {args.overlay} is not a file")
@@ -250,8 +258,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
     ):
         if args.gdb is not None:
             _print_gdb(args.gdb, prepared.kernel)
+        install_runtime(vm.ssh, s.payload_dir)
         if not args.no_bind:
-            install_runtime(vm.ssh, None)
             bound = bind_devices(vm.ssh, s)
             print(f"vfio-lab: bound {' '.join(bound)} to vfio-pci", file=sys.stderr)
         status = _shell_session(vm.ssh, args.remote)
@@ -306,13 +314,18 @@ def cmd_repro(args: argparse.Namespace) -> int:
         p.cell.name,
         "--kernel",
         p.cell.kernel.label,
+        "--payload",
+        str(p.cell.scenario.payload_dir),
     ]
     print(f"# a shell in the same setup:\n{shlex.join(shell)}")
-    booter = CellBooter(Cache(), progress, accel=p.record.get("accelerator"))
+    print(
+        f"vfio-lab: note: using the run's accelerator, {p.record['accelerator']}", file=sys.stderr
+    )
+    booter = CellBooter(Cache(), progress, accel=p.record["accelerator"])
     for note in repro.drift(p.record, booter.prepare(p.cell), p.cell.scenario.payload_dir):
         print(f"vfio-lab: drift: {note}", file=sys.stderr)
     opts = RunOptions(
-        results_root=args.results, accel=p.record.get("accelerator"), pytest_args=p.pytest_args
+        results_root=args.results, accel=p.record["accelerator"], pytest_args=p.pytest_args
     )
     return _run_cells(p.cell.scenario, opts, args.quiet, [p.cell])
 
