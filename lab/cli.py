@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
     )
     run.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only cells whose name matches (repeatable)",
+    )
+    run.add_argument(
         "--dry-run",
         "--show-command",
         dest="dry_run",
@@ -130,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="print a scenario's cells without running anything")
     _scenario_arg(lst)
+    lst.add_argument(
+        "--only", action="append", default=[], metavar="GLOB", help="only cells whose name matches"
+    )
 
     sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
     sub.add_parser("schema", help="document every scenario field, its default, and the registries")
@@ -181,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = scenario.load(args.scenario)
     _override_payload(s, args.payload)
     if args.dry_run:
-        return _dry_run(s, args.accel)
+        return _dry_run(s, args.accel, args.only)
     if args.gdb is not None:
         check_port_free(args.gdb)
     opts = RunOptions(
@@ -190,7 +200,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         pytest_args=["-k", args.keyword] if args.keyword else [],
         gdb_port=args.gdb,
     )
-    return _run_cells(s, opts, args.quiet)
+    return _run_cells(s, opts, args.quiet, _selected(s, args.only))
+
+
+def _selected(s: scenario.Scenario, patterns: list[str]) -> list[Cell]:
+    cells = scenario.select(scenario.expand(s), patterns)
+    if not cells:
+        names = ", ".join(c.name for c in scenario.expand(s))
+        raise UsageError(
+            f"--only {' '.join(patterns)} matches no cell of {s.file}; its cells: {names}"
+        )
+    return cells
 
 
 def _override_payload(s: scenario.Scenario, payload: Path | None) -> None:
@@ -200,7 +220,7 @@ def _override_payload(s: scenario.Scenario, payload: Path | None) -> None:
         s.payload.tests = payload.resolve()
 
 
-def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
+def _dry_run(s: scenario.Scenario, accel: str | None, only: list[str]) -> int:
     chosen = accel or s.accel
     shown: Accel = "kvm" if chosen == "kvm" else "tcg"
     print(
@@ -210,7 +230,7 @@ def _dry_run(s: scenario.Scenario, accel: str | None) -> int:
     print(
         "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
     )
-    for cell in scenario.expand(s):
+    for cell in _selected(s, only):
         kernel = KernelArtifact.placeholder(cell.kernel.label)
         cfg = vm_config(
             cell, kernel, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
@@ -369,7 +389,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     s = scenario.load(args.scenario)
     print(f"{s.name}: {s.description}".rstrip(": "))
-    for cell in scenario.expand(s):
+    for cell in _selected(s, args.only):
         print(f"  {cell.name}")
     return EXIT_OK
 

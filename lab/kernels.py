@@ -9,14 +9,27 @@ import dataclasses
 import json
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from lab.apt import SUITES, PrivateApt
 from lab.cache import Cache, content_key, file_sha256, tree_digest
 from lab.errors import BuildError, MissingPrerequisite, UsageError
 from lab.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.initramfs import build_initramfs
+from lab.kbuild import (
+    NO_CONFIG,
+    CellConfig,
+    SourceTree,
+    build_initramfs_builtin,
+    build_key,
+    check_options_exist,
+    compile_kernel,
+    merge_config,
+    store_artifact,
+)
 from lab.proc import capture, run_logged
 from lab.progress import SILENT, Progress
 from lab.registry import Registry
@@ -43,9 +56,10 @@ class KernelArtifact:
     initramfs: Path
     vmlinuz_sha256: str
     resolved_spec: str = ""  # a spec that names exactly this kernel again (for repro)
+    build_s: float | None = None  # wall time of the build that made it (None: fetched)
 
     def save(self, path: Path) -> None:
-        data = {k: str(v) for k, v in asdict(self).items()}
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
         path.write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -67,18 +81,33 @@ class KernelArtifact:
             initramfs=Path(d["initramfs"]),
             vmlinuz_sha256=d["vmlinuz_sha256"],
             resolved_spec=d.get("resolved_spec", d["spec"]),
+            build_s=d.get("build_s"),
         )
+
+
+class SpecError(UsageError):
+    """A kernel spec that names nothing its source can provide."""
 
 
 class KernelSource:
     name: ClassVar[str]
     doc: ClassVar[str]
 
+    configurable: ClassVar[bool] = False  # whether fragments and config options apply
+
     def check_arg(self, arg: str) -> None:
-        """Raise UsageError when `arg` is not valid for this source."""
+        """Raise SpecError when `arg` is not valid for this source."""
+
+    def cell_label(self, arg: str) -> str:
+        """The kernel's part of a cell name."""
+        return f"{self.name}:{arg}" if arg else self.name
 
     def prepare(
-        self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         raise NotImplementedError
 
@@ -97,10 +126,17 @@ class DebianStock(KernelSource):
     def check_arg(self, arg: str) -> None:
         package, eq, version = arg.partition("=")
         if (package and not _DEB_PKG.match(package)) or (eq and not _DEB_VERSION.match(version)):
-            raise UsageError(f"{arg!r} is not a Debian package name, optionally with =version")
+            raise SpecError(f"{arg!r} is not a Debian package name, optionally with =version")
+
+    def cell_label(self, arg: str) -> str:
+        return self.name
 
     def prepare(
-        self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         package, _, pinned = spec.arg.partition("=")
         if pinned:
@@ -168,8 +204,147 @@ def resolve_debian_image(package: str) -> tuple[str, str]:
     return resolve_debian_image(concrete.group(1))
 
 
+class SourceBuilt(KernelSource):
+    """A kernel built from a source tree with the lab's config fragments."""
+
+    configurable = True
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        raise NotImplementedError
+
+    def pin(self, spec: KernelSpec, tree: SourceTree) -> str:
+        """A spec that names exactly this tree again."""
+        return spec.label
+
+    def prepare(
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
+    ) -> KernelArtifact:
+        tree = self.tree(spec, cache, progress)
+        check_options_exist(tree, cfg)
+        with cache.scratch("kbuild-") as tmp:
+            log = tmp / "build.log"
+            merge_config(tree, cfg, tmp / "build", log)
+            key = build_key(tree, (tmp / "build" / ".config").read_text())
+            entry = cache.entry("kernels", key)
+            with cache.lock(f"kernel-{key}"):
+                if not (entry / "artifact.json").exists():
+                    with cache.build("kernels", key) as scratch:
+                        self._build(spec, tree, tmp / "build", log, cache, scratch, entry, progress)
+        artifact = KernelArtifact.load(entry / "artifact.json")
+        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, tree))
+
+    def _build(
+        self,
+        spec: KernelSpec,
+        tree: SourceTree,
+        build_dir: Path,
+        log: Path,
+        cache: Cache,
+        scratch: Path,
+        entry: Path,
+        progress: Progress,
+    ) -> None:
+        started = time.monotonic()
+        built = compile_kernel(tree, build_dir, cache, log, progress)
+        store_artifact(built, scratch)
+        build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log)
+        seconds = round(time.monotonic() - started, 1)
+        progress("kernel", f"built {built.release} in {seconds:.0f} s")
+        shutil.copy2(log, scratch / "build.log")
+        KernelArtifact(
+            spec=spec.label,
+            release=built.release,
+            identity=tree.identity,
+            vmlinuz=entry / "vmlinuz",
+            initramfs=entry / "initramfs.cpio",
+            vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
+            build_s=seconds,
+        ).save(scratch / "artifact.json")
+
+
+_DEBIAN_SERIES = re.compile(r"^(\d+\.\d+)(?:=(\S+))?$")
+
+
+class DebianSource(SourceBuilt):
+    """Debian's linux-source-X.Y package, from bookworm, trixie-backports or sid."""
+
+    name = "debian"
+    doc = "Debian's linux-source-X.Y built with the lab's config (ARG: X.Y[=package version])"
+
+    def check_arg(self, arg: str) -> None:
+        if not _DEBIAN_SERIES.match(arg):
+            raise SpecError(f"debian:{arg}: expected debian:X.Y such as debian:7.2")
+
+    def cell_label(self, arg: str) -> str:
+        return arg.partition("=")[0]
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        m = _DEBIAN_SERIES.match(spec.arg)
+        assert m is not None
+        series, pinned = m.group(1), m.group(2)
+        package = f"linux-source-{series}"
+        apt = PrivateApt(cache)
+        apt.update(progress)
+        version = pinned or apt.candidate(package)
+        if version is None:
+            raise SpecError(f"{apt.mirror} serves no {package} in {', '.join(SUITES)}")
+        key = content_key(["debian-source", package, version])
+        entry = cache.entry("src", key)
+        with cache.lock(f"src-{key}"):
+            if not (entry / "linux").exists():
+                progress("kernel", f"fetching and unpacking {package} {version}")
+                with cache.build("src", key) as scratch:
+                    _unpack_source(apt, package, version, series, scratch)
+        return SourceTree(identity=f"{package}={version}", path=entry / "linux")
+
+    def pin(self, spec: KernelSpec, tree: SourceTree) -> str:
+        return f"{self.name}:{spec.arg.partition('=')[0]}={tree.identity.partition('=')[2]}"
+
+
+def _unpack_source(apt: PrivateApt, package: str, version: str, series: str, scratch: Path) -> None:
+    deb = apt.download(package, version, scratch)
+    log = scratch / "unpack.log"
+    run_logged(["dpkg-deb", "-x", deb, scratch / "deb"], artifact=package, log=log)
+    tarball = scratch / "deb" / "usr" / "src" / f"linux-source-{series}.tar.xz"
+    run_logged(["tar", "-xJf", tarball, "-C", scratch], artifact=package, log=log)
+    (scratch / f"linux-source-{series}").rename(scratch / "linux")
+    shutil.rmtree(scratch / "deb")
+    deb.unlink()
+
+
+class LocalTree(SourceBuilt):
+    """A developer's own kernel checkout, built out of tree (O=) so the checkout stays clean."""
+
+    name = "local"
+    doc = "a local kernel git checkout (ARG: its path; relative to the scenario file)"
+
+    def check_arg(self, arg: str) -> None:
+        path = Path(arg)
+        if not (path / "Makefile").is_file() or not (path / "Kconfig").is_file():
+            raise SpecError(f"local:{arg}: no kernel tree there (no Makefile and Kconfig)")
+
+    def cell_label(self, arg: str) -> str:
+        return f"local-{Path(arg).name}"
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        path = Path(spec.arg)
+        try:
+            head = capture(["git", "-C", path, "rev-parse", "HEAD"], artifact="kernel").strip()
+            diff = capture(["git", "-C", path, "diff", "HEAD"], artifact="kernel")
+        except BuildError:
+            raise SpecError(
+                f"local:{spec.arg} is not a git checkout; its identity is its commit"
+            ) from None
+        dirty = f"+{content_key([diff])}" if diff else ""
+        return SourceTree(identity=f"git:{head}{dirty}", path=path)
+
+
 KERNEL_SOURCES: Registry[KernelSource] = Registry(
-    "kernel source", {s.name: s() for s in (DebianStock,)}
+    "kernel source", {s.name: s() for s in (DebianStock, DebianSource, LocalTree)}
 )
 
 

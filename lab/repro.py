@@ -15,6 +15,7 @@ from typing import Any
 from lab import scenario as scenario_mod
 from lab.cache import file_sha256, tree_digest
 from lab.errors import UsageError
+from lab.kbuild import CellConfig
 from lab.kernels import parse_kernel_spec
 from lab.payload import RUNTIME_DIR
 from lab.scenario import Cell, Scenario
@@ -59,8 +60,16 @@ def plan(cell_dir: Path, keyword: str | None) -> ReproPlan:
         notes.append(f"the recorded payload {tests} is gone; using {s.payload_dir}")
     s.payload.args = []  # the recorded arguments already include the scenario's
     args = list(record["pytest_args"]) + (["-k", keyword] if keyword else [])
+    recorded = record.get("config", {})
+    config = CellConfig(
+        fragments=tuple(recorded.get("fragments", [])),
+        overrides=tuple((k, v) for k, v in recorded.get("overrides", [])),
+    )
     cell = Cell(
-        name=record["cell"], kernel=parse_kernel_spec(record["kernel"]["resolved_spec"]), scenario=s
+        name=record["cell"],
+        kernel=parse_kernel_spec(record["kernel"]["resolved_spec"]),
+        scenario=s,
+        config=config,
     )
     return ReproPlan(cell, record, scenario_file, args, notes)
 

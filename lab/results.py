@@ -28,6 +28,10 @@ class CellResult:
     kernel_release: str | None = None
     kernel_identity: str | None = None
     qemu_version: str | None = None
+    guest_release: str | None = None
+    kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
+    container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
+    kernel_build_s: float | None = None  # when this cell's kernel was built from source
 
 
 def verdict(tap: TapParser) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import console
+from lab import provenance as provenance_mod
 from lab.cache import Cache, file_sha256, tree_digest
 from lab.errors import InfraError
 from lab.machine import Machine
@@ -68,6 +69,10 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
             "tests": str(s.payload_dir),
             "tests_digest": tree_digest(s.payload_dir),
             "runtime_digest": tree_digest(RUNTIME_DIR),
+        },
+        "config": {
+            "fragments": list(cell.config.fragments),
+            "overrides": [list(o) for o in cell.config.overrides],
         },
         "pytest_args": s.payload.args + pytest_args,
         "accelerator": prepared.accel,
@@ -128,6 +133,7 @@ class ScenarioRun:
         started = time.monotonic()
         prepared = self.booter.prepare(cell)
         result.artifacts_s = round(time.monotonic() - started, 2)
+        result.kernel_build_s = prepared.kernel.build_s
         result.kernel_release, result.kernel_identity = (
             prepared.kernel.release,
             prepared.kernel.identity,
@@ -137,6 +143,7 @@ class ScenarioRun:
         with self.booter.boot(cell, prepared, cell_dir, gdb_port=self.opts.gdb_port) as machine:
             result.boot_to_ssh_s = round(machine.boot_to_ssh_s or 0.0, 2)
             result.qemu_version = _qemu_version(machine)
+            self._check_guest(machine, prepared, result)
             tap = self._payload(machine, cell_dir, prepared, result)
         result.counts = tap.counts()
         result.problems = tap.problems() + result.problems
@@ -146,6 +153,14 @@ class ScenarioRun:
             cell.name,
             f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped",
         )
+
+    def _check_guest(self, machine: Machine, prepared: Prepared, result: CellResult) -> None:
+        facts = provenance_mod.read_facts(machine.ssh)
+        result.guest_release = facts.release
+        result.container_provider = facts.container_provider
+        wrong = provenance_mod.mismatches(facts, prepared.kernel)
+        result.kernel_verified = not wrong
+        result.problems += wrong
 
     def _payload(
         self, machine: Machine, cell_dir: Path, prepared: Prepared, result: CellResult

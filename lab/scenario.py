@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from lab import schema
 from lab.errors import ScenarioError, UsageError
+from lab.kbuild import NO_CONFIG, CellConfig
+from lab.kconfig import available_fragments, option_name
 from lab.kernels import KERNEL_SOURCES, KernelSpec, parse_kernel_spec
 from lab.models import DEVICES, IOMMU_MODELS
 from lab.registry import Registry, UnknownVariant
-from lab.schema import Size, doc_field
+from lab.schema import KValue, Size, doc_field
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "quick.yaml"
@@ -62,6 +66,12 @@ class Scenario:
     kernels: list[str] = doc_field(
         "kernel axis, one cell per entry (see kernel sources)", ["debian-stock"]
     )
+    fragments: list[str] = doc_field(
+        "config fragments from images/kernel/ applied to every source-built kernel", []
+    )
+    config: dict[str, list[KValue]] = doc_field(
+        "config axis: OPTION: [values], one cell per combination (source-built kernels)", {}
+    )
     machine: Machine = doc_field("the guest machine", factory=Machine)
     devices: list[Device] = doc_field("PCI devices behind the IOMMU", [])
     payload: Payload = doc_field("what runs in the guest", factory=Payload)
@@ -83,6 +93,8 @@ class Cell:
     name: str
     kernel: KernelSpec
     scenario: Scenario
+    config: CellConfig = NO_CONFIG
+    kernel_field: str = "kernels[0]"  # where its kernel came from, for errors
 
 
 def load(file: Path) -> Scenario:
@@ -107,6 +119,7 @@ def validate(s: Scenario) -> None:
         _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
         if not 0 < dev.dma_mask < (1 << 64):
             raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
+    s.kernels = [_resolve_local(s, spec) for spec in s.kernels]
     for i, spec in enumerate(s.kernels):
         try:
             parse_kernel_spec(spec)
@@ -116,11 +129,53 @@ def validate(s: Scenario) -> None:
         raise s.error("kernels", "at least one kernel is needed")
     if len(set(s.kernels)) != len(s.kernels):
         raise s.error("kernels", "a kernel is listed twice")
+    _validate_config(s)
     _validate_machine(s)
     if not s.payload_dir.is_dir():
         raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
     if s.payload.timeout <= 0:
         raise s.error("payload.timeout", "must be positive")
+
+
+def _resolve_local(s: Scenario, spec: str) -> str:
+    """`local:PATH` is relative to the scenario file, like every path in it."""
+    source, _, arg = spec.partition(":")
+    if source != "local" or not arg:
+        return spec
+    return f"local:{(s.file.parent / arg).resolve()}"
+
+
+def _validate_config(s: Scenario) -> None:
+    known = available_fragments()
+    for i, name in enumerate(s.fragments):
+        if name not in known:
+            raise s.error(
+                f"fragments[{i}]",
+                f"no fragment {name!r} in images/kernel/; available: {', '.join(known)}",
+            )
+    seen: dict[str, str] = {}
+    for option, values in s.config.items():
+        field = f"config.{option}"
+        try:
+            canonical = option_name(option)
+        except ValueError as e:
+            raise s.error(field, str(e)) from None
+        if canonical in seen:
+            raise s.error(field, f"contradictory axes: {seen[canonical]} names the same option")
+        seen[canonical] = option
+        if not values:
+            raise s.error(field, "an axis needs at least one value")
+        if len(set(values)) != len(values):
+            raise s.error(field, f"contradictory axis: a value is listed twice in {values}")
+    if s.fragments or s.config:
+        for spec in s.kernels:
+            if not KERNEL_SOURCES[parse_kernel_spec(spec).source].configurable:
+                where = "config" if s.config else "fragments"
+                raise s.error(
+                    where,
+                    f"{spec} is a prebuilt kernel: it cannot take the scenario's {where}; "
+                    "use debian:X.Y or local:PATH",
+                )
 
 
 def _validate_machine(s: Scenario) -> None:
@@ -153,12 +208,30 @@ def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any])
 
 
 def expand(s: Scenario) -> list[Cell]:
-    """The matrix: today one axis, the kernel."""
+    """The matrix: kernels x every combination of the config axis, in file order."""
+    options = list(s.config)
+    combos = list(itertools.product(*(s.config[o] for o in options)))
     cells = []
-    for spec_text in s.kernels:
+    for i, spec_text in enumerate(s.kernels):
         spec = parse_kernel_spec(spec_text)
-        cells.append(Cell(name=spec.label, kernel=spec, scenario=s))
+        label = KERNEL_SOURCES[spec.source].cell_label(spec.arg)
+        for combo in combos:
+            overrides = tuple(zip(options, combo, strict=True))
+            name = label + "".join(
+                f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides
+            )
+            cfg = CellConfig(fragments=tuple(s.fragments), overrides=overrides)
+            cells.append(
+                Cell(name=name, kernel=spec, scenario=s, config=cfg, kernel_field=f"kernels[{i}]")
+            )
     return cells
+
+
+def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """Cells whose name matches any of the glob patterns (all when none are given)."""
+    if not patterns:
+        return cells
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
 
 
 def kernel_source_names() -> list[str]:

@@ -51,6 +51,10 @@ class Size(int):
     """A byte count written in YAML as 3G, 512M or a plain integer."""
 
 
+class KValue(str):
+    """A kernel config value. YAML 1.1 reads a bare y/n as true/false; they mean y/n here."""
+
+
 class Context:
     """Where a node came from: the file, for errors and for resolving relative paths."""
 
@@ -128,14 +132,22 @@ def convert(tp: Any, node: yaml.Node, ctx: Context, where: str) -> Any:
     if origin is list:
         if not isinstance(node, yaml.SequenceNode):
             raise ctx.error(node, where, f"expected a list, got {_kind(node)}")
-        return [convert(args[0], n, ctx, f"{where}[{i}]") for i, n in enumerate(node.value)]
+        items = []
+        for i, item in enumerate(node.value):
+            ctx.lines[f"{where}[{i}]"] = item.start_mark.line + 1
+            items.append(convert(args[0], item, ctx, f"{where}[{i}]"))
+        return items
     if origin is dict:
         if not isinstance(node, yaml.MappingNode):
             raise ctx.error(node, where, f"expected a mapping, got {_kind(node)}")
-        return {
-            convert(args[0], k, ctx, where): convert(args[1], v, ctx, f"{where}.{k.value}")
-            for k, v in node.value
-        }
+        out: dict[Any, Any] = {}
+        for k, v in node.value:
+            key = convert(args[0], k, ctx, where)
+            if key in out:
+                raise ctx.error(k, f"{where}.{k.value}", "key given twice")
+            ctx.lines[f"{where}.{k.value}"] = k.start_mark.line + 1
+            out[key] = convert(args[1], v, ctx, f"{where}.{k.value}")
+        return out
     if dataclasses.is_dataclass(tp):
         return load_dataclass(tp, node, ctx, where)  # type: ignore[arg-type]
     return _convert_scalar(tp, node, ctx, where)
@@ -160,6 +172,12 @@ def _coerce(tp: Any, value: Any, ctx: Context) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise TypeError(f"expected a size such as 2G, got {value!r}")
         return Size(parse_size(value))
+    if tp is KValue:
+        if isinstance(value, bool):
+            return KValue("y" if value else "n")
+        if isinstance(value, int | str):
+            return KValue(str(value))
+        raise TypeError(f"expected a config value such as y, n, m or a string, got {value!r}")
     if tp is Path:
         if not isinstance(value, str):
             raise TypeError(f"expected a path, got {value!r}")

@@ -19,7 +19,8 @@ from lab import accel as accel_mod
 from lab import rootfs
 from lab.cache import Cache
 from lab.errors import UsageError
-from lab.kernels import KERNEL_SOURCES, KernelArtifact
+from lab.kbuild import UnknownOption
+from lab.kernels import KERNEL_SOURCES, KernelArtifact, SpecError
 from lab.keys import LabKeys, ensure_keys
 from lab.machine import Machine, free_port
 from lab.models import Accel
@@ -101,7 +102,12 @@ class CellBooter:
             self._shared = keys, rootfs.ensure_rootfs(self.cache, keys, self.progress)
         keys, image = self._shared
         source = KERNEL_SOURCES[cell.kernel.source]
-        kernel = source.prepare(cell.kernel, self.cache, self.progress)
+        try:
+            kernel = source.prepare(cell.kernel, self.cache, self.progress, cell.config)
+        except UnknownOption as e:
+            raise cell.scenario.error(f"config.{e.option}", str(e)) from None
+        except SpecError as e:
+            raise cell.scenario.error(cell.kernel_field, str(e)) from None
         return Prepared(keys, image, kernel, self._choose_accel(cell, kernel))
 
     def _choose_accel(self, cell: Cell, kernel: KernelArtifact) -> Accel:

@@ -125,3 +125,73 @@ def test_parse_size(text, value):
 def test_parse_size_rejects_garbage():
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+MATRIX = """\
+kernels: [debian:7.2, debian:6.12]
+fragments: [iommufd]
+config:
+  IOMMUFD_VFIO_CONTAINER: [y, n]
+"""
+
+
+def test_matrix_expands_kernels_times_config_axis(tmp_path):
+    s = scenario.load(write(tmp_path, MATRIX))
+    cells = scenario.expand(s)
+    assert [c.name for c in cells] == [
+        "7.2-iommufd_vfio_container=y",
+        "7.2-iommufd_vfio_container=n",
+        "6.12-iommufd_vfio_container=y",
+        "6.12-iommufd_vfio_container=n",
+    ]
+    assert cells[0].config.fragments == ("iommufd",)
+    assert cells[0].config.overrides == (("IOMMUFD_VFIO_CONTAINER", "y"),)  # YAML's y, not True
+    assert cells[2].kernel_field == "kernels[1]"
+    assert [c.name for c in scenario.select(cells, ["7.2-*"])] == [c.name for c in cells[:2]]
+    assert scenario.select(cells, ["*=n"]) == [cells[1], cells[3]]
+
+
+def test_shipped_matrix_scenarios_load():
+    root = scenario.DEFAULT_SCENARIO.parent
+    assert len(scenario.expand(scenario.load(root / "iommufd-compat.yaml"))) == 2
+    assert len(scenario.expand(scenario.load(root / "nightly.yaml"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("kernels: [debian:7.2]\nfragments: [nope]\n", "fragments[0]", "no fragment 'nope'"),
+        (
+            "kernels: [debian:7.2]\nconfig:\n  bad-name: [y]\n",
+            "config.bad-name",
+            "not a kernel config option",
+        ),
+        ("kernels: [debian:7.2]\nconfig:\n  IOMMUFD: []\n", "config.IOMMUFD", "at least one value"),
+        ("kernels: [debian:7.2]\nconfig:\n  IOMMUFD: [y, y]\n", "config.IOMMUFD", "listed twice"),
+        (
+            "kernels: [debian:7.2]\nconfig:\n  IOMMUFD: [y]\n  CONFIG_IOMMUFD: [n]\n",
+            "config.CONFIG_IOMMUFD",
+            "contradictory axes",
+        ),
+        ("config:\n  IOMMUFD: [y]\n", "config", "prebuilt kernel"),
+        ("kernels: [debian:seven]\n", "kernels[0]", "expected debian:X.Y"),
+        ("kernels: [local:./no-such-tree]\n", "kernels[0]", "no kernel tree there"),
+    ],
+)
+def test_matrix_rules(tmp_path, text, field, message):
+    e = error_of(write(tmp_path, text))
+    assert e.field == field
+    assert message in e.message
+    assert e.line is not None
+
+
+def test_local_tree_path_is_relative_to_the_scenario(tmp_path):
+    tree = tmp_path / "linux"
+    tree.mkdir()
+    (tree / "Makefile").write_text("")
+    (tree / "Kconfig").write_text("")
+    sub = tmp_path / "scenarios"
+    sub.mkdir()
+    s = scenario.load(write(sub, "kernels: [local:../linux]\n"))
+    assert s.kernels == [f"local:{tree}"]
+    assert scenario.expand(s)[0].name == "local-linux"
