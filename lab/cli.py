@@ -23,7 +23,7 @@ from lab.payload import bind_devices, install_runtime
 from lab.progress import Progress
 from lab.qemu import build_argv
 from lab.results import EXIT_INFRA, EXIT_OK, EXIT_USAGE, table
-from lab.runner import RunOptions, ScenarioRun, cell_dirname
+from lab.runner import RunOptions, ScenarioRun, cell_dirname, default_jobs
 from lab.scenario import Cell
 from lab.schema import describe
 from lab.session import CellBooter, check_port_free, vm_config
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
     run.add_argument(
         "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
+    )
+    run.add_argument(
+        "-j", "--jobs", type=int, help="cells run at once (default: what cores and memory hold)"
     )
     run.add_argument(
         "--only",
@@ -199,8 +202,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         accel=args.accel,
         pytest_args=["-k", args.keyword] if args.keyword else [],
         gdb_port=args.gdb,
+        jobs=_jobs(s, args.jobs, args.gdb),
     )
     return _run_cells(s, opts, args.quiet, _selected(s, args.only))
+
+
+def _jobs(s: scenario.Scenario, asked: int | None, gdb: int | None) -> int:
+    if asked is not None and asked < 1:
+        raise UsageError(f"--jobs: {asked} is not a positive number")
+    if gdb is not None and asked not in (None, 1):
+        raise UsageError("--gdb serves one guest at a time; it cannot go with --jobs")
+    return 1 if gdb is not None else asked or default_jobs(s)
 
 
 def _selected(s: scenario.Scenario, patterns: list[str]) -> list[Cell]:

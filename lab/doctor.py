@@ -60,6 +60,11 @@ def check_busybox() -> Check:
     )
 
 
+def check_libelf() -> Check:
+    ok = Path("/usr/include/libelf.h").exists() or Path("/usr/include/gelf.h").exists()
+    return Check("libelf headers", ok, "for objtool in kernel builds", "apt-get install libelf-dev")
+
+
 def check_apt_lists() -> Check:
     out = subprocess.run(
         ["apt-cache", "policy", "linux-image-amd64"], capture_output=True, text=True, check=False
@@ -124,6 +129,11 @@ def all_checks(cache: Cache) -> list[Check]:
         _tool("cpio", "cpio"),
         _tool("ssh-keygen", "openssh-client"),
         check_busybox,
+        _tool("flex", "flex"),
+        _tool("bison", "bison"),
+        _tool("bc", "bc"),
+        _tool("ccache", "ccache"),
+        check_libelf,
         check_apt_lists,
         check_python_modules,
         lambda: check_cache(cache),

@@ -116,9 +116,11 @@ def compile_kernel(
 ) -> BuiltKernel:
     jobs = os.cpu_count() or 1
     env = dict(os.environ, CCACHE_DIR=str(cache.root / "ccache"), CCACHE_BASEDIR=str(tree.path))
-    progress("kernel", f"building {tree.identity} with {jobs} jobs (ccache); log: {log}")
     argv = ["make", "-C", str(tree.path), f"O={build_dir}", f"-j{jobs}", "CC=ccache gcc", "bzImage"]
-    _run_build(argv, env, log, progress)
+    # One build at a time, across cells and processes: each already uses every core.
+    with cache.lock("kernel-build"):
+        progress("kernel", f"building {tree.identity} with {jobs} jobs (ccache); log: {log}")
+        _run_build(argv, env, log, progress)
     release = capture(
         ["make", "-s", "-C", tree.path, f"O={build_dir}", "kernelrelease"], artifact="kernel"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,15 +62,17 @@ class RunResults:
             "cells": [],
         }
         self.cells: list[CellResult] = []
+        self._lock = threading.Lock()
 
     def set_accelerator(self, accel: str, reason: str) -> None:
         self.data["accelerator"], self.data["accelerator_reason"] = accel, reason
         self.write()
 
     def add(self, cell: CellResult) -> None:
-        self.cells.append(cell)
-        self.data["cells"].append(asdict(cell))
-        self.write()
+        with self._lock:
+            self.cells.append(cell)
+            self.data["cells"].append(asdict(cell))
+            self.write()
 
     @property
     def exit_code(self) -> int:

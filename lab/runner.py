@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ class RunOptions:
     accel: str | None = None  # overrides the scenario's
     pytest_args: list[str] = field(default_factory=list)
     gdb_port: int | None = None
+    jobs: int = 1
+
+
+def default_jobs(s: Scenario) -> int:
+    """As many cells at once as the cores and memory hold: each guest gets its vCPUs and
+    RAM, and the host keeps 2 GiB for itself."""
+    cores = os.cpu_count() or 1
+    meminfo = Path("/proc/meminfo").read_text()
+    total = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) << 10  # type: ignore[union-attr]
+    by_memory = (total - (2 << 30)) // (s.machine.memory + (512 << 20))
+    return max(1, min(cores // s.machine.cpus, by_memory))
 
 
 def cell_dirname(name: str) -> str:
@@ -99,11 +111,24 @@ class ScenarioRun:
         )
 
     def run(self, cells: list[Cell] | None = None) -> RunResults:
-        """Run every cell, one after the other; a cell's failure does not stop the others."""
+        """Run every cell, `jobs` at a time; a cell's failure does not stop the others."""
         cells = expand(self.scenario) if cells is None else cells
-        for i, cell in enumerate(cells, 1):
-            self.progress("run", f"cell {i}/{len(cells)}: {cell.name}")
-            self.results.add(self.run_cell(cell))
+        if self.opts.jobs <= 1 or len(cells) == 1:
+            for i, cell in enumerate(cells, 1):
+                self.progress("run", f"cell {i}/{len(cells)}: {cell.name}")
+                self.results.add(self.run_cell(cell))
+            return self.results
+        self.progress("run", f"{len(cells)} cells, {self.opts.jobs} at a time")
+        with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
+            futures = [pool.submit(self.run_cell, cell) for cell in cells]
+            try:
+                for future in as_completed(futures):
+                    self.results.add(future.result())
+            except KeyboardInterrupt:
+                # Worker threads never see Ctrl-C: stop their guests so they unwind now.
+                pool.shutdown(wait=False, cancel_futures=True)
+                self.booter.stop_all()
+                raise
         return self.results
 
     def run_cell(self, cell: Cell) -> CellResult:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +96,19 @@ class CellBooter:
         self.on_accel = on_accel
         self._accel: accel_mod.AccelChoice | None = None
         self._shared: tuple[LabKeys, rootfs.RootfsImage] | None = None
+        self._lock = threading.Lock()  # cells may be prepared from several threads
+        self.active: set[Machine] = set()
+
+    def stop_all(self) -> None:
+        """Stop every guest this booter has running (Ctrl-C with parallel cells)."""
+        for machine in list(self.active):
+            machine.shutdown(timeout=2.0)
 
     def prepare(self, cell: Cell) -> Prepared:
-        if self._shared is None:
-            keys = ensure_keys(self.cache)
-            self._shared = keys, rootfs.ensure_rootfs(self.cache, keys, self.progress)
+        with self._lock:
+            if self._shared is None:
+                keys = ensure_keys(self.cache)
+                self._shared = keys, rootfs.ensure_rootfs(self.cache, keys, self.progress)
         keys, image = self._shared
         source = KERNEL_SOURCES[cell.kernel.source]
         try:
@@ -108,7 +117,9 @@ class CellBooter:
             raise cell.scenario.error(f"config.{e.option}", str(e)) from None
         except SpecError as e:
             raise cell.scenario.error(cell.kernel_field, str(e)) from None
-        return Prepared(keys, image, kernel, self._choose_accel(cell, kernel))
+        with self._lock:
+            accel = self._choose_accel(cell, kernel)
+        return Prepared(keys, image, kernel, accel)
 
     def _choose_accel(self, cell: Cell, kernel: KernelArtifact) -> Accel:
         if self._accel is None:
@@ -160,6 +171,7 @@ class CellBooter:
                     cell_dir / "qemu.log",
                     announce_dir=self.cache.root / "running",
                 ) as machine:
+                    self.active.add(machine)
                     (cell_dir / "qemu-argv.json").write_text(
                         json.dumps(machine.argv, indent=2) + "\n"
                     )
@@ -169,7 +181,10 @@ class CellBooter:
                     )
                     boot = machine.wait_ready(cell.scenario.machine.boot_timeout)
                     self.progress(cell.name, f"SSH up after {boot:.1f} s")
-                    yield machine
+                    try:
+                        yield machine
+                    finally:
+                        self.active.discard(machine)
             finally:
                 if keep_disk is not None and disk is None and overlay.exists():
                     keep_disk.parent.mkdir(parents=True, exist_ok=True)

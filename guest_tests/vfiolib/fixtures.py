@@ -83,7 +83,7 @@ def default_device(edu_bdf: str) -> Iterator[vfio.VfioPciDevice]:
 
 @pytest.fixture
 def iova_allocator(device: vfio.VfioPciDevice, edu_dma_mask: int) -> IovaAllocator:
-    _, ranges = device.container.info()
+    _, ranges = device.iommu.info()
     return IovaAllocator(ranges, edu_dma_mask)
 
 

@@ -1,7 +1,8 @@
-"""Structs and ioctl numbers from <linux/vfio.h>, written by hand with ctypes.
+"""Structs and ioctl numbers from <linux/vfio.h> and <linux/iommufd.h>, by hand with ctypes.
 
-tests/unit/test_uapi_layout.py on the host compiles a C program against the kernel
-headers and checks every size, offset and number here against it.
+They follow the newest uAPI: the ioctls are argsz/size-extensible, so older kernels take
+the larger structs. tests/unit/test_uapi_layout.py compiles a C program against the
+newest Debian uAPI headers and checks every size, offset and number here against it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class vfio_device_info(C.Structure):
         ("num_regions", u32),
         ("num_irqs", u32),
         ("cap_offset", u32),
+        ("pad", u32),
     ]
 
 
@@ -118,10 +120,84 @@ class vfio_iommu_type1_dma_unmap(C.Structure):
     _fields_ = [("argsz", u32), ("flags", u32), ("iova", u64), ("size", u64)]
 
 
+# <linux/vfio.h>: the device cdev and its binding to iommufd (Linux 6.6+).
+VFIO_DEVICE_BIND_IOMMUFD = _IO(VFIO_TYPE, VFIO_BASE + 18)
+VFIO_DEVICE_ATTACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 19)
+VFIO_DEVICE_DETACH_IOMMUFD_PT = _IO(VFIO_TYPE, VFIO_BASE + 20)
+
+
+class vfio_device_bind_iommufd(C.Structure):
+    _fields_ = [
+        ("argsz", u32),
+        ("flags", u32),
+        ("iommufd", C.c_int32),
+        ("out_devid", u32),
+        ("token_uuid_ptr", u64),
+    ]
+
+
+class vfio_device_attach_iommufd_pt(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("pt_id", u32), ("pasid", u32)]
+
+
+# <linux/iommufd.h>
+IOMMUFD_TYPE = ";"
+IOMMUFD_CMD_BASE = 0x80
+IOMMU_DESTROY = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 0)
+IOMMU_IOAS_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 1)
+IOMMU_IOAS_IOVA_RANGES = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 4)
+IOMMU_IOAS_MAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 5)
+IOMMU_IOAS_UNMAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 6)
+
+IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
+IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
+IOMMU_IOAS_MAP_READABLE = 1 << 2
+
+
+class iommu_destroy(C.Structure):
+    _fields_ = [("size", u32), ("id", u32)]
+
+
+class iommu_ioas_alloc(C.Structure):
+    _fields_ = [("size", u32), ("flags", u32), ("out_ioas_id", u32)]
+
+
+class iommu_iova_range(C.Structure):
+    _fields_ = [("start", u64), ("last", u64)]
+
+
+class iommu_ioas_iova_ranges(C.Structure):
+    _fields_ = [
+        ("size", u32),
+        ("ioas_id", u32),
+        ("num_iovas", u32),
+        ("__reserved", u32),
+        ("allowed_iovas", u64),
+        ("out_iova_alignment", u64),
+    ]
+
+
+class iommu_ioas_map(C.Structure):
+    _fields_ = [
+        ("size", u32),
+        ("flags", u32),
+        ("ioas_id", u32),
+        ("__reserved", u32),
+        ("user_va", u64),
+        ("length", u64),
+        ("iova", u64),
+    ]
+
+
+class iommu_ioas_unmap(C.Structure):
+    _fields_ = [("size", u32), ("ioas_id", u32), ("iova", u64), ("length", u64)]
+
+
 def new(struct_type: type[C.Structure], **fields: int) -> C.Structure:
-    """A zeroed struct with argsz set, the way every VFIO ioctl expects it."""
+    """A zeroed struct with its size field set: `argsz` for VFIO, `size` for iommufd."""
     s = struct_type(**fields)
-    s.argsz = C.sizeof(struct_type)  # type: ignore[attr-defined]
+    size_field = "argsz" if "argsz" in dict(struct_type._fields_) else "size"
+    setattr(s, size_field, C.sizeof(struct_type))
     return s
 
 
@@ -139,10 +215,29 @@ STRUCTS = {
         vfio_iommu_type1_info_cap_iova_range,
         vfio_iommu_type1_dma_map,
         vfio_iommu_type1_dma_unmap,
+        vfio_device_bind_iommufd,
+        vfio_device_attach_iommufd_pt,
+    )
+}
+# Checked against <linux/iommufd.h>, which older uAPI headers (Debian 12's 6.1) lack.
+IOMMUFD_STRUCTS = {
+    cls.__name__: cls
+    for cls in (
+        iommu_destroy,
+        iommu_ioas_alloc,
+        iommu_iova_range,
+        iommu_ioas_iova_ranges,
+        iommu_ioas_map,
+        iommu_ioas_unmap,
     )
 }
 CONSTANTS = {
     name: value
     for name, value in globals().items()
     if name.startswith("VFIO_") and isinstance(value, int)
+}
+IOMMUFD_CONSTANTS = {
+    name: value
+    for name, value in globals().items()
+    if name.startswith("IOMMU_") and isinstance(value, int)
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from vfiolib import kconfig, libc
 from vfiolib import uapi as U
+from vfiolib.iommufd import Iommufd, bind_and_attach, open_cdev
 
 # Upstream's names (tools/testing/selftests/vfio/lib): the container each mode opens
 # and the IOMMU type it sets; `iommufd` uses the device cdev instead.
@@ -37,10 +38,8 @@ def mode_unavailable(mode: str) -> str | None:
         return None
     if not os.path.exists("/dev/iommu"):
         return kconfig.explain("CONFIG_IOMMUFD", what="/dev/iommu")
-    if mode == "iommufd":
-        if not os.path.isdir("/dev/vfio/devices"):
-            return kconfig.explain("CONFIG_VFIO_DEVICE_CDEV", what="/dev/vfio/devices")
-        return "native iommufd mode is not implemented by this payload yet"
+    if mode == "iommufd" and not os.path.isdir("/dev/vfio/devices"):
+        return kconfig.explain("CONFIG_VFIO_DEVICE_CDEV", what="/dev/vfio/devices")
     return None
 
 
@@ -232,16 +231,28 @@ class VfioPciDevice:
         self.mode = mode
         self._stack = contextlib.ExitStack()
         try:
-            self.container = Container(mode)
-            self._stack.callback(self.container.close)
-            self.group = Group(iommu_group(bdf))
-            self._stack.callback(self.group.close)
-            self.container.attach(self.group)
-            self.fd = self.group.device_fd(bdf)
-            self._stack.callback(os.close, self.fd)
+            self.iommu, self.fd = self._open_iommufd() if mode == "iommufd" else self._open_legacy()
         except BaseException:
             self._stack.close()
             raise
+
+    def _open_legacy(self) -> tuple[Container, int]:
+        container = Container(self.mode)
+        self._stack.callback(container.close)
+        group = Group(iommu_group(self.bdf))
+        self._stack.callback(group.close)
+        container.attach(group)
+        fd = group.device_fd(self.bdf)
+        self._stack.callback(os.close, fd)
+        return container, fd
+
+    def _open_iommufd(self) -> tuple[Iommufd, int]:
+        ioas = Iommufd()
+        self._stack.callback(ioas.close)
+        fd = open_cdev(self.bdf)
+        self._stack.callback(os.close, fd)
+        bind_and_attach(fd, ioas)
+        return ioas, fd
 
     def __enter__(self) -> VfioPciDevice:
         return self
@@ -283,7 +294,7 @@ class VfioPciDevice:
         libc.ioctl(self.fd, U.VFIO_DEVICE_RESET)
 
     def map_dma(self, vaddr: int, iova: int, size: int, flags: int | None = None) -> None:
-        self.container.map_dma(vaddr, iova, size, flags)
+        self.iommu.map_dma(vaddr, iova, size, flags)
 
     def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
-        return self.container.unmap_dma(iova, size, flags)
+        return self.iommu.unmap_dma(iova, size, flags)

@@ -123,3 +123,20 @@ def test_qmp_with_no_vm_running_is_exit_2(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path))
     code, _, err = run(capsys, "qmp", "query-status")
     assert code == 2 and "no lab VM is running at all" in err
+
+
+def test_jobs_must_be_positive_and_not_with_gdb(capsys):
+    code, _, err = run(capsys, "run", "--jobs", "0")
+    assert code == 2 and "--jobs: 0 is not a positive number" in err
+    code, _, err = run(capsys, "run", "--jobs", "2", "--gdb", "4321")
+    assert code == 2 and "--gdb serves one guest at a time" in err
+
+
+def test_default_jobs_respects_cores_and_memory(monkeypatch):
+    from lab import runner, scenario
+
+    s = scenario.load(scenario.DEFAULT_SCENARIO)  # 2 vCPUs, 4 GiB per guest
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.default_jobs(s) == 1
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
+    assert 1 <= runner.default_jobs(s) <= 32  # now memory is the limit

@@ -1,8 +1,9 @@
 """The payload's hand-written ctypes structs and ioctl numbers, against the kernel's uAPI headers.
 
-A generated C program prints sizeof/offsetof/constant values compiled against
-<linux/vfio.h> (Debian's linux-libc-dev, or $VFIO_LAB_UAPI_INCLUDE for a tree being
-tested); every value must equal the Python definition.
+A generated C program prints sizeof/offsetof/constant values compiled against the
+newest uAPI headers Debian ships (sid's linux-libc-dev, fetched once through the lab's
+private apt setup into the cache), or the headers in $VFIO_LAB_UAPI_INCLUDE (e.g. a
+tree's `make headers_install` output). Every value must equal the Python definition.
 """
 
 from __future__ import annotations
@@ -10,43 +11,66 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+from pathlib import Path
 
-import pytest
 from vfiolib import uapi
 
-INCLUDE = os.environ.get("VFIO_LAB_UAPI_INCLUDE", "/usr/include")
+from lab.apt import PrivateApt
+from lab.cache import Cache
+
+HEADERS = {
+    "linux/vfio.h": (uapi.STRUCTS, uapi.CONSTANTS),
+    "linux/iommufd.h": (uapi.IOMMUFD_STRUCTS, uapi.IOMMUFD_CONSTANTS),
+}
+
+
+def uapi_include() -> list[Path]:
+    if env := os.environ.get("VFIO_LAB_UAPI_INCLUDE"):
+        return [Path(env)]
+    cache = Cache()
+    apt = PrivateApt(cache)
+    apt.update()
+    version = apt.candidate("linux-libc-dev")
+    assert version, "no linux-libc-dev in the private apt lists"
+    with cache.lock("uapi"):
+        entry = cache.entry("uapi", version)
+        if not entry.exists():
+            with cache.build("uapi", version) as scratch:
+                deb = apt.download("linux-libc-dev", version, scratch)
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(scratch / "root")], check=True)
+                deb.unlink()
+    root = entry / "root" / "usr" / "include"
+    return [root, root / "x86_64-linux-gnu"]
 
 
 def c_program() -> tuple[str, list[tuple[str, int]]]:
-    lines = [
-        "#include <stdio.h>",
-        "#include <stddef.h>",
-        "#include <linux/vfio.h>",
-        "int main(void) {",
-    ]
+    lines = ["#include <stdio.h>", "#include <stddef.h>"]
+    lines += [f"#include <{header}>" for header in HEADERS]
+    lines.append("int main(void) {")
     expected: list[tuple[str, int]] = []
-    for name, cls in uapi.STRUCTS.items():
-        lines.append(f'printf("sizeof {name} %zu\\n", sizeof(struct {name}));')
-        expected.append((f"sizeof {name}", ctypes.sizeof(cls)))
-        for field, *_ in cls._fields_:
-            lines.append(
-                f'printf("offsetof {name}.{field} %zu\\n", offsetof(struct {name}, {field}));'
-            )
-            expected.append((f"offsetof {name}.{field}", getattr(cls, field).offset))
-    for name, value in sorted(uapi.CONSTANTS.items()):
-        lines.append(f'printf("const {name} %llu\\n", (unsigned long long)({name}));')
-        expected.append((f"const {name}", value))
+    for structs, constants in HEADERS.values():
+        for name, cls in structs.items():
+            lines.append(f'printf("sizeof {name} %zu\\n", sizeof(struct {name}));')
+            expected.append((f"sizeof {name}", ctypes.sizeof(cls)))
+            for field, *_ in cls._fields_:
+                lines.append(
+                    f'printf("offsetof {name}.{field} %zu\\n", offsetof(struct {name}, {field}));'
+                )
+                expected.append((f"offsetof {name}.{field}", getattr(cls, field).offset))
+        for name, value in sorted(constants.items()):
+            lines.append(f'printf("const {name} %llu\\n", (unsigned long long)({name}));')
+            expected.append((f"const {name}", value))
     lines += ["return 0;", "}"]
     return "\n".join(lines) + "\n", expected
 
 
 def test_structs_and_ioctls_match_kernel_headers(tmp_path):
-    if not os.path.exists(f"{INCLUDE}/linux/vfio.h"):
-        pytest.fail(f"{INCLUDE}/linux/vfio.h is missing: apt-get install linux-libc-dev")
+    includes = uapi_include()
     source, expected = c_program()
     (tmp_path / "layout.c").write_text(source)
+    flags = [arg for inc in includes for arg in ("-I", str(inc))]
     subprocess.run(
-        ["cc", "-I", INCLUDE, "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")],
+        ["cc", *flags, "-o", str(tmp_path / "layout"), str(tmp_path / "layout.c")],
         check=True,
         capture_output=True,
     )
@@ -58,4 +82,4 @@ def test_structs_and_ioctls_match_kernel_headers(tmp_path):
         f"{key}: python {value}, C {actual[key]}" for key, value in expected if actual[key] != value
     ]
     assert not mismatches, "\n".join(mismatches)
-    assert len(expected) > 60  # the program checked every struct field and constant
+    assert len(expected) > 90  # the program checked every struct field and constant

@@ -67,3 +67,11 @@ def test_unsupported_iommu_type_closes_container(fake, monkeypatch):
     with pytest.raises(OSError):
         vfio.Container("vfio_type1_iommu")
     assert k.open_fds == set()
+
+
+def test_iommufd_mode_failed_attach_closes_everything(fake, monkeypatch):
+    k = fake(fail_on=U.VFIO_DEVICE_ATTACH_IOMMUFD_PT)
+    monkeypatch.setattr(vfio, "open_cdev", lambda bdf: k.open("/dev/vfio/devices/vfio0", 0))
+    with pytest.raises(OSError, match="fake failure"):
+        vfio.VfioPciDevice("0000:00:03.0", "iommufd")
+    assert k.open_fds == set()

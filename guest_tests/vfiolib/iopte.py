@@ -1,0 +1,62 @@
+"""The IOPTE size backing an IOVA, from intel-iommu's debugfs page-table dump.
+
+Each leaf of `domain_translation_struct` is a row `0xPFN | PML5E PML4E PDPE [PDE [PTE]]`
+(drivers/iommu/intel/debugfs.c, dump_page_info): the number of entries after `|`
+tells the level the walk ended at, so 3 is a 1 GiB page, 4 a 2 MiB page, 5 a 4 KiB page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+DEBUGFS = "/sys/kernel/debug/iommu/intel"
+_ROW = re.compile(r"^\s*0x([0-9a-fA-F]+)\s*\|\s*(.*)$")
+LEAF_SIZE = {3: 1 << 30, 4: 2 << 20, 5: 4 << 10}
+
+
+def dump_path(bdf: str) -> str | None:
+    for path in (
+        f"{DEBUGFS}/{bdf}/domain_translation_struct",
+        f"{DEBUGFS}/domain_translation_struct",
+    ):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def unavailable() -> str | None:
+    """Why IOPTE sizes cannot be read here, or None."""
+    if not os.path.isdir(DEBUGFS):
+        return "no intel-iommu debugfs (CONFIG_INTEL_IOMMU_DEBUGFS, or debugfs not mounted)"
+    return None
+
+
+def leaf_size(text: str, iova: int) -> int | None:
+    """The size of the IOPTE mapping `iova` in a domain_translation_struct dump."""
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if not m:
+            continue
+        size = LEAF_SIZE.get(len(m.group(2).split()))
+        start = int(m.group(1), 16) << 12
+        if size is not None and start <= iova < start + size:
+            return size
+    return None
+
+
+def iopte_size(bdf: str, iova: int) -> int | None:
+    path = dump_path(bdf)
+    if path is None:
+        return None
+    with open(path) as f:
+        return leaf_size(f.read(), iova)
+
+
+def human(size: int | None) -> str:
+    if size is None:
+        return "none"
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
