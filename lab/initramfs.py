@@ -69,32 +69,42 @@ def module_closure(wanted: list[str], deps: dict[str, tuple[str, list[str]]]) ->
     return sorted(out)
 
 
-def build_initramfs(modules_root: Path, version: str, out: Path, log: Path) -> list[str]:
+def build_initramfs(modules_root: Path | None, version: str, out: Path, log: Path) -> list[str]:
     """Write an uncompressed newc cpio to `out`; returns the module paths it contains.
 
-    `modules_root` is a tree with lib/modules/<version>/ as a kernel package installs it.
+    `modules_root` is a tree with lib/modules/<version>/ as a kernel package installs it,
+    or None for a kernel with everything built in (then /init finds no module to load).
     """
     if not BUSYBOX.exists():
         raise MissingPrerequisite("busybox (static)", "apt-get install busybox-static")
-    run_logged(["depmod", "-b", modules_root, version], artifact="initramfs", log=log)
-    src = modules_root / "lib" / "modules" / version
-    module_list = read_module_list(RECIPE / "modules.txt")
-    paths = module_closure(module_list.all, parse_modules_dep((src / "modules.dep").read_text()))
     stage = out.parent / "initramfs.d"
-    _stage_tree(stage, src, version, paths)
+    paths: list[str] = []
+    if modules_root is None:
+        _stage_tree(stage, None, version, paths)
+    else:
+        run_logged(["depmod", "-b", modules_root, version], artifact="initramfs", log=log)
+        src = modules_root / "lib" / "modules" / version
+        module_list = read_module_list(RECIPE / "modules.txt")
+        paths = module_closure(
+            module_list.all, parse_modules_dep((src / "modules.dep").read_text())
+        )
+        _stage_tree(stage, src, version, paths)
+        run_logged(["depmod", "-b", stage, version], artifact="initramfs", log=log)
     (stage / "etc" / "lab-modules").write_text((RECIPE / "modules.txt").read_text())
-    run_logged(["depmod", "-b", stage, version], artifact="initramfs", log=log)
     _write_cpio(stage, out)
     shutil.rmtree(stage)
     return paths
 
 
-def _stage_tree(stage: Path, src: Path, version: str, paths: list[str]) -> None:
+def _stage_tree(stage: Path, src: Path | None, version: str, paths: list[str]) -> None:
     for d in ("bin", "sbin", "dev", "proc", "sys", "etc", "newroot"):
         (stage / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
     shutil.copy2(RECIPE / "init", stage / "init")
     dst = stage / "lib" / "modules" / version
+    dst.mkdir(parents=True, exist_ok=True)
+    if src is None:
+        return
     for rel in paths:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)

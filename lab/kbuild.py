@@ -163,7 +163,4 @@ def store_artifact(built: BuiltKernel, scratch: Path) -> None:
 
 def build_initramfs_builtin(release: str, out: Path, log: Path) -> None:
     """Everything is built in: an initramfs with no modules, only /init and busybox."""
-    empty = out.parent / "no-modules"
-    (empty / "lib" / "modules" / release).mkdir(parents=True, exist_ok=True)
-    build_initramfs(empty, release, out, log)
-    shutil.rmtree(empty)
+    build_initramfs(None, release, out, log)

@@ -171,9 +171,9 @@ def device_info(fd: int) -> U.vfio_device_info:
 class Mapping:
     """An mmap of a device region."""
 
-    def __init__(self, fd: int, region: Region, align: int = 0) -> None:
+    def __init__(self, fd: int, region: Region, align: int = 0, misalign: int = 0) -> None:
         self.size = region.size
-        self.addr = mmap_aligned(fd, region.offset, region.size, align)
+        self.addr = mmap_aligned(fd, region.offset, region.size, align, misalign)
 
     def read32(self, off: int) -> int:
         return int(C.c_uint32.from_address(self.addr + off).value)
@@ -193,8 +193,9 @@ class Mapping:
             self.addr = 0
 
 
-def mmap_aligned(fd: int, offset: int, size: int, align: int = 0) -> int:
-    """mmap so that vaddr % align == offset % align (what lets the kernel use huge pfnmaps).
+def mmap_aligned(fd: int, offset: int, size: int, align: int = 0, misalign: int = 0) -> int:
+    """mmap so that vaddr % align == (offset + misalign) % align. With misalign 0 that is
+    what lets the kernel use huge pfnmaps; a page-sized misalign rules them out on purpose.
 
     `align` defaults to the largest power of two up to 1 GiB that does not exceed `size`.
     """
@@ -203,7 +204,7 @@ def mmap_aligned(fd: int, offset: int, size: int, align: int = 0) -> int:
     # Reserve enough address space to find an address with the right alignment, then map there.
     span = size + align
     reserve = libc.mmap(span, 0, libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE)
-    want = offset % align
+    want = (offset + misalign) % align
     addr = reserve - (reserve % align) + want
     if addr < reserve:
         addr += align
