@@ -15,7 +15,8 @@ def _write(path: str, text: str) -> None:
 
 def bind(vendor: int, device: int) -> list[str]:
     """Bind every vendor:device function to vfio-pci with driver_override; returns the BDFs."""
-    subprocess.run(["modprobe", "vfio-pci"], check=True)
+    if not os.path.isdir("/sys/bus/pci/drivers/vfio-pci"):  # built in: nothing to load
+        subprocess.run(["modprobe", "vfio-pci"], check=True)
     bound = []
     for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
         with open(f"{dev}/vendor") as v, open(f"{dev}/device") as d:

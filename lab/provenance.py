@@ -11,12 +11,13 @@ from lab.kernels import KernelArtifact
 from lab.ssh import GuestSSH
 
 # One round trip: release, the config the kernel carries (if built with IKCONFIG_PROC),
-# and who registered /dev/vfio/vfio (iommufd says so in the kernel log when it does).
+# and who serves /dev/vfio/vfio. iommufd logs "IOMMUFD is providing /dev/vfio/vfio" once,
+# on the first open, so the probe opens it (an empty container, dropped at once).
 GUEST_FACTS = (
     "uname -r; "
     "if [ -r /proc/config.gz ]; then gzip -dc /proc/config.gz | sha256sum | cut -d' ' -f1; else echo -; fi; "
-    "if [ ! -e /dev/vfio/vfio ]; then echo none; "
-    "elif dmesg | grep -q 'IOMMUFD is providing /dev/vfio/vfio'; then echo iommufd; else echo vfio; fi"
+    "if [ ! -e /dev/vfio/vfio ]; then echo none; else : <>/dev/vfio/vfio 2>/dev/null; "
+    "if dmesg | grep -q 'IOMMUFD is providing /dev/vfio/vfio'; then echo iommufd; else echo vfio; fi; fi"
 )
 
 

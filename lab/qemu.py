@@ -49,7 +49,7 @@ def build_argv(cfg: VMConfig) -> list[str]:
     machine = ",".join(["q35", *iommu.machine_options(cfg.accel)])
     argv = [
         cfg.qemu,
-        "-name", f"{qemu_escape(cfg.name)},process=vfio-lab",
+        "-name", f"guest={qemu_escape(cfg.name)},process=vfio-lab",
         "-machine", machine,
         *ACCELS[cfg.accel].argv(),
         "-m", f"{cfg.memory_mib}M",

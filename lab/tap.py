@@ -19,7 +19,7 @@ OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error")
 
 
 @dataclass
-class TestResult:
+class TapResult:
     number: int
     name: str
     outcome: str  # one of OUTCOMES
@@ -45,7 +45,7 @@ def _outcome(ok: bool, directive: str | None) -> str:
 class TapParser:
     def __init__(self) -> None:
         self.plan: int | None = None
-        self.results: list[TestResult] = []
+        self.results: list[TapResult] = []
         self.bailed_out: str | None = None
         self.garbage = 0
         self._pending: list[str] = []
@@ -74,7 +74,7 @@ class TapParser:
             rest = rest[: d.start()]
         number = int(m.group("num")) if m.group("num") else len(self.results) + 1
         self.results.append(
-            TestResult(
+            TapResult(
                 number=number,
                 name=rest.strip() or f"test {number}",
                 outcome=_outcome(m.group("ok") == "ok", directive),

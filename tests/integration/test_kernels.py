@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.tap import TapResult, parse_text
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.vm
@@ -54,3 +55,42 @@ def test_option_unknown_to_the_tree_is_exit_2_with_its_line(tmp_path):
         f"{scenario}:3: config.IOMMUFD_VFIO_CONTAINR: IOMMUFD_VFIO_CONTAINR is not an option of linux-source-7.2="
         in done.stderr
     )
+
+
+def _tap(cell: dict) -> dict[str, TapResult]:
+    tap = parse_text((Path(cell["dir"]) / "results.tap").read_text())
+    return {r.name: r for r in tap.results}
+
+
+def test_iommufd_compat_matrix_shows_what_the_container_switch_changes(tmp_path):
+    """Builds debian:7.2 twice, boots both, runs the whole payload in all five modes."""
+    done = lab("run", "scenarios/iommufd-compat.yaml", "--results", str(tmp_path / "results"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    cells = {
+        c["name"]: c
+        for c in json.loads((tmp_path / "results" / "latest" / "summary.json").read_text())["cells"]
+    }
+    on, off = cells["7.2-iommufd_vfio_container=y"], cells["7.2-iommufd_vfio_container=n"]
+    for cell in (on, off):
+        assert cell["verdict"] == "pass" and cell["counts"]["fail"] == 0
+        assert cell["kernel_verified"] is True and cell["guest_release"].startswith("7.2")
+    assert (on["container_provider"], off["container_provider"]) == ("iommufd", "vfio")
+    tap_on, tap_off = _tap(on), _tap(off)
+    # shared/seeds/000: type1 v1 through iommufd's /dev/vfio/vfio maps 4 KiB, VFIO's 1 GiB.
+    v1_1gb = "vfio_dma_mapping_test.vfio_type1_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
+    assert tap_on[v1_1gb].diagnostic("iopte_size") == "4K"
+    assert tap_off[v1_1gb].diagnostic("iopte_size") == "1G"
+    v2_1gb = "vfio_dma_mapping_test.vfio_type1v2_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
+    assert (
+        tap_on[v2_1gb].diagnostic("iopte_size") == tap_off[v2_1gb].diagnostic("iopte_size") == "1G"
+    )
+    # Native iommufd runs (not skipped) in both, real DMA included.
+    for tap in (tap_on, tap_off):
+        assert tap["vfio_pci_driver_test.iommufd.memcpy_success"].outcome == "pass"
+        assert (
+            tap["vfio_dma_mapping_mmio_test.iommufd.map_full_bar"].diagnostic("errno") is not None
+        )
+    # MMIO through type1: VFIO's container maps it, iommufd's refuses.
+    bar = "vfio_dma_mapping_mmio_test.vfio_type1_iommu.map_full_bar"
+    assert tap_off[bar].diagnostic("unmapped") == "0x100000"
+    assert tap_on[bar].diagnostic("errno") is not None

@@ -51,7 +51,9 @@ def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
     out = tmp_path / "initramfs.cpio"
     build_initramfs_builtin("7.2.13-vfio-lab", out, tmp_path / "log")
     with out.open("rb") as f:
-        names = subprocess.run(["cpio", "-t", "--quiet"], stdin=f, capture_output=True, text=True, check=True)
+        names = subprocess.run(
+            ["cpio", "-t", "--quiet"], stdin=f, capture_output=True, text=True, check=True
+        )
     listed = names.stdout.split()
     assert {"init", "bin/busybox", "etc/lab-modules", "lib/modules/7.2.13-vfio-lab"} <= set(listed)
     assert not [n for n in listed if n.endswith(".ko")]

@@ -65,3 +65,12 @@ def test_kernel_cmdline_has_iommu_and_hugepages():
     assert "hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=32" in line
     assert line.endswith("mitigations=off")
     assert "intel_iommu=on" not in kernel_cmdline(config(iommu="none"))
+
+
+def test_matrix_cell_names_survive_qemu_option_parsing():
+    # A bare first value would be split at '=' by QEMU's option parser: name it explicitly.
+    argv = build_argv(config(name="vfio-lab:7.2-iommufd_vfio_container=y,odd"))
+    assert (
+        argv[argv.index("-name") + 1]
+        == "guest=vfio-lab:7.2-iommufd_vfio_container=y,,odd,process=vfio-lab"
+    )
