@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-VARIANT_PARAMS = ("iommu_mode", "backing")
+VARIANT_PARAMS = ("iommu_mode", "backing", "irq")
 # When setup, call and teardown report differently, the worst one names the test's result.
 RANK = {"pass": 1, "skip": 1, "xfail": 1, "xpass": 1, "fail": 2, "error": 3}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from vfiolib import memory
 from vfiolib import uapi as U
 from vfiolib.iommufd import Iommufd

@@ -8,6 +8,7 @@ CONFIG_IOMMUFD_VFIO_CONTAINER changes what type1 users see (shared/seeds/000).
 from __future__ import annotations
 
 import pytest
+
 from vfiolib import vfio
 from vfiolib.vfio import Mapping
 

@@ -9,6 +9,7 @@ skips the check there (shared/seeds/000 and 001) and the lab only records it.
 from __future__ import annotations
 
 import pytest
+
 from vfiolib import iopte, memory
 
 TYPE1_V1 = ("vfio_type1_iommu", "iommufd_compat_type1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from vfiolib import edu as E
 from vfiolib import uapi as U
 

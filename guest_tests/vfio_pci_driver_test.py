@@ -6,8 +6,10 @@ import contextlib
 import os
 
 import pytest
+
 from vfiolib import edu as E
 from vfiolib import memory
+from vfiolib.irq import Interrupts
 
 SIZE = 2 * E.BUF_SIZE
 
@@ -69,3 +71,31 @@ def test_dma_outside_mask_refused(edu, mapped):
         pytest.skip("edu has a 64-bit DMA mask: no IOVA lies outside it")
     with pytest.raises(E.EduError, match="outside edu's DMA mask"):
         edu.to_device(edu.dma_mask + 1, 16)
+
+
+def test_send_msi(device, edu, diag):
+    """edu raises a real MSI: through interrupt remapping in the vIOMMU to our eventfd."""
+    with Interrupts(device, "msi") as msi:
+        edu.raise_irq()
+        fired = msi.wait()
+        diag("msi_count", fired)
+        diag("irq_status", hex(edu.ack_irq()))
+    assert fired == 1
+
+
+def test_mix_and_match(device, edu, mapped, diag):
+    """memcpys completing by polling and by MSI, interleaved with plain MSIs."""
+    (src, src_iova), (dst, dst_iova) = mapped
+    with Interrupts(device, "msi") as msi:
+        for round_ in range(4):
+            pattern = os.urandom(SIZE)
+            src.write(0, pattern)
+            dst.fill(0)
+            edu.irq = msi if round_ % 2 else None
+            edu.memcpy(src_iova, dst_iova, SIZE)
+            edu.irq = None
+            assert dst.read() == pattern, f"round {round_}: copy differs"
+            edu.raise_irq()
+            assert msi.wait() == 1, f"round {round_}: no MSI"
+            edu.ack_irq()
+    diag("rounds", 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from vfiolib.irq import Interrupts
 from vfiolib.vfio import Mapping, VfioPciDevice
 
 EDU_ID = (0x1234, 0x11E8)
@@ -11,6 +12,7 @@ IDENT = 0x00
 IDENT_VALUE = 0x010000ED
 LIVENESS = 0x04
 IRQ_STATUS = 0x24
+IRQ_DMA = 0x100  # the status bit edu sets when a DMA with DMA_IRQ completes
 IRQ_RAISE = 0x60
 IRQ_ACK = 0x64
 DMA_SRC = 0x80
@@ -36,6 +38,7 @@ class Edu:
         self.device = device
         self.dma_mask = dma_mask
         self.bar: Mapping = device.mmap(0)
+        self.irq: Interrupts | None = None  # set: transfers complete by MSI instead of polling
         device.set_bus_master(True)
 
     def ident(self) -> int:
@@ -57,11 +60,26 @@ class Edu:
                 f"[{buf_off:#x}, +{length:#x}) does not fit strictly inside edu's buffer"
             )
 
+    def raise_irq(self, status: int = 1) -> None:
+        """edu sets `status` bits and raises its interrupt (an MSI when MSI is enabled)."""
+        self.bar.write32(IRQ_RAISE, status)
+
+    def ack_irq(self) -> int:
+        status = self.bar.read32(IRQ_STATUS)
+        self.bar.write32(IRQ_ACK, status)
+        return status
+
     def _start(self, src: int, dst: int, length: int, cmd: int, timeout: float) -> None:
+        """Start a transfer and wait for it: by polling, or by its MSI when `irq` is set."""
         self.bar.write64(DMA_SRC, src)
         self.bar.write64(DMA_DST, dst)
         self.bar.write64(DMA_COUNT, length)
-        self.bar.write64(DMA_CMD, cmd | DMA_RUN)
+        self.bar.write64(DMA_CMD, cmd | DMA_RUN | (DMA_IRQ if self.irq is not None else 0))
+        if self.irq is not None:
+            if not self.irq.wait(timeout=timeout):
+                raise EduError(f"no completion MSI within {timeout} s")
+            self.ack_irq()
+            return
         deadline = time.monotonic() + timeout
         while self.bar.read64(DMA_CMD) & DMA_RUN:
             if time.monotonic() > deadline:

@@ -57,6 +57,18 @@ VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_CONFIG_REGION_INDEX = 7
 VFIO_PCI_NUM_REGIONS = 9
 
+VFIO_PCI_INTX_IRQ_INDEX = 0
+VFIO_PCI_MSI_IRQ_INDEX = 1
+VFIO_PCI_MSIX_IRQ_INDEX = 2
+
+VFIO_IRQ_INFO_EVENTFD = 1 << 0
+VFIO_IRQ_SET_DATA_NONE = 1 << 0
+VFIO_IRQ_SET_DATA_BOOL = 1 << 1
+VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2
+VFIO_IRQ_SET_ACTION_MASK = 1 << 3
+VFIO_IRQ_SET_ACTION_UNMASK = 1 << 4
+VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5
+
 VFIO_DMA_MAP_FLAG_READ = 1 << 0
 VFIO_DMA_MAP_FLAG_WRITE = 1 << 1
 VFIO_DMA_UNMAP_FLAG_ALL = 1 << 1
@@ -98,6 +110,12 @@ class vfio_region_info(C.Structure):
 
 class vfio_irq_info(C.Structure):
     _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("count", u32)]
+
+
+class vfio_irq_set(C.Structure):
+    """Header only: `count` __s32 eventfds (or bools) follow it in the ioctl's buffer."""
+
+    _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("start", u32), ("count", u32)]
 
 
 class vfio_iommu_type1_info(C.Structure):
@@ -210,6 +228,7 @@ STRUCTS = {
         vfio_device_info,
         vfio_region_info,
         vfio_irq_info,
+        vfio_irq_set,
         vfio_iommu_type1_info,
         vfio_iova_range,
         vfio_iommu_type1_info_cap_iova_range,

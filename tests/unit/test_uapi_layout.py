@@ -13,10 +13,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from vfiolib import uapi
-
 from lab.apt import PrivateApt
 from lab.cache import Cache
+from vfiolib import uapi
 
 HEADERS = {
     "linux/vfio.h": (uapi.STRUCTS, uapi.CONSTANTS),
