@@ -33,6 +33,7 @@ VFIO_DEVICE_GET_REGION_INFO = _IO(VFIO_TYPE, VFIO_BASE + 8)
 VFIO_DEVICE_GET_IRQ_INFO = _IO(VFIO_TYPE, VFIO_BASE + 9)
 VFIO_DEVICE_SET_IRQS = _IO(VFIO_TYPE, VFIO_BASE + 10)
 VFIO_DEVICE_RESET = _IO(VFIO_TYPE, VFIO_BASE + 11)
+VFIO_DEVICE_FEATURE = _IO(VFIO_TYPE, VFIO_BASE + 17)
 VFIO_IOMMU_GET_INFO = _IO(VFIO_TYPE, VFIO_BASE + 12)
 VFIO_IOMMU_MAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 13)
 VFIO_IOMMU_UNMAP_DMA = _IO(VFIO_TYPE, VFIO_BASE + 14)
@@ -56,6 +57,11 @@ VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
 VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_CONFIG_REGION_INDEX = 7
 VFIO_PCI_NUM_REGIONS = 9
+
+VFIO_DEVICE_FEATURE_GET = 1 << 16
+VFIO_DEVICE_FEATURE_SET = 1 << 17
+VFIO_DEVICE_FEATURE_PROBE = 1 << 18
+VFIO_DEVICE_FEATURE_DMA_BUF = 11
 
 VFIO_PCI_INTX_IRQ_INDEX = 0
 VFIO_PCI_MSI_IRQ_INDEX = 1
@@ -116,6 +122,22 @@ class vfio_irq_set(C.Structure):
     """Header only: `count` __s32 eventfds (or bools) follow it in the ioctl's buffer."""
 
     _fields_ = [("argsz", u32), ("flags", u32), ("index", u32), ("start", u32), ("count", u32)]
+
+
+class vfio_device_feature(C.Structure):
+    """Header only: the feature's own struct follows it."""
+
+    _fields_ = [("argsz", u32), ("flags", u32)]
+
+
+class vfio_region_dma_range(C.Structure):
+    _fields_ = [("offset", u64), ("length", u64)]
+
+
+class vfio_device_feature_dma_buf(C.Structure):
+    """Header only: `nr_ranges` vfio_region_dma_range follow it."""
+
+    _fields_ = [("region_index", u32), ("open_flags", u32), ("flags", u32), ("nr_ranges", u32)]
 
 
 class vfio_iommu_type1_info(C.Structure):
@@ -229,6 +251,9 @@ STRUCTS = {
         vfio_region_info,
         vfio_irq_info,
         vfio_irq_set,
+        vfio_device_feature,
+        vfio_region_dma_range,
+        vfio_device_feature_dma_buf,
         vfio_iommu_type1_info,
         vfio_iova_range,
         vfio_iommu_type1_info_cap_iova_range,
