@@ -7,7 +7,7 @@ import pytest
 from vfiolib.irq import Interrupts, irq_count
 
 
-@pytest.fixture(params=["msi", "msix"])
+@pytest.fixture(params=["intx", "msi", "msix"])
 def irq(request, default_device, diag):
     count = irq_count(default_device, request.param)
     diag("vectors", count)

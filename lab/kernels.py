@@ -23,6 +23,7 @@ from lab.kbuild import (
     NO_CONFIG,
     CellConfig,
     SourceTree,
+    build_dir_for,
     build_initramfs_builtin,
     build_key,
     check_options_exist,
@@ -225,15 +226,17 @@ class SourceBuilt(KernelSource):
     ) -> KernelArtifact:
         tree = self.tree(spec, cache, progress)
         check_options_exist(tree, cfg)
-        with cache.scratch("kbuild-") as tmp:
+        build_dir = build_dir_for(tree, cache)
+        # The build directory is shared by every config of the tree, and a build already
+        # uses every core: one merge-and-build at a time, across cells and processes.
+        with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
             log = tmp / "build.log"
-            merge_config(tree, cfg, tmp / "build", log)
-            key = build_key(tree, (tmp / "build" / ".config").read_text())
+            merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
+            key = build_key(tree, (build_dir / ".config").read_text())
             entry = cache.entry("kernels", key)
-            with cache.lock(f"kernel-{key}"):
-                if not (entry / "artifact.json").exists():
-                    with cache.build("kernels", key) as scratch:
-                        self._build(spec, tree, tmp / "build", log, cache, scratch, entry, progress)
+            if not (entry / "artifact.json").exists():
+                with cache.build("kernels", key) as scratch:
+                    self._build(spec, tree, build_dir, log, cache, scratch, entry, progress)
         artifact = KernelArtifact.load(entry / "artifact.json")
         return dataclasses.replace(artifact, resolved_spec=self.pin(spec, tree))
 

@@ -267,6 +267,18 @@ class VfioPciDevice:
     def info(self) -> U.vfio_device_info:
         return device_info(self.fd)
 
+    def region_caps(self, index: int) -> list[int]:
+        """Capability ids along the region's info chain (sparse mmap, type, ...)."""
+        head = U.new(U.vfio_region_info, index=index)
+        libc.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, head)
+        if not head.flags & U.VFIO_REGION_INFO_FLAG_CAPS:  # type: ignore[attr-defined]
+            return []
+        buf = (C.c_uint8 * max(head.argsz, C.sizeof(head)))()  # type: ignore[attr-defined]
+        info = U.vfio_region_info.from_buffer(buf)
+        info.argsz, info.index = len(buf), index
+        libc.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, info)
+        return [cap for cap, _ in walk_caps(bytes(buf), info.cap_offset)]
+
     def region(self, index: int) -> Region:
         r = U.new(U.vfio_region_info, index=index)
         libc.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, r)
