@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", "--jobs", type=int, help="cells run at once (default: what cores and memory hold)"
     )
     run.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-run a cell up to N times when it fails for infrastructure reasons (boot, SSH, stall)",
+    )
+    run.add_argument(
         "--only",
         action="append",
         default=[],
@@ -203,8 +210,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         pytest_args=["-k", args.keyword] if args.keyword else [],
         gdb_port=args.gdb,
         jobs=_jobs(s, args.jobs, args.gdb),
+        retries=_non_negative("--retries", args.retries),
     )
     return _run_cells(s, opts, args.quiet, _selected(s, args.only))
+
+
+def _non_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise UsageError(f"{flag}: {value} is negative")
+    return value
 
 
 def _jobs(s: scenario.Scenario, asked: int | None, gdb: int | None) -> int:

@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.console import ConsoleWatch
 from lab.errors import GuestCommandError, InfraError
 from lab.models import DEVICES
 from lab.progress import SILENT, Progress
@@ -88,11 +89,13 @@ def run_payload(
         ssh.put_file(kernel_config, GUEST_KCONFIG)
     bound = bind_devices(ssh, scenario)
     progress("payload", f"bound {' '.join(bound)} to vfio-pci; running pytest")
+    watch = ConsoleWatch(cell_dir / "console.log", scenario.payload.stall_timeout)
     with (cell_dir / "payload.log").open("w") as log:
         result = ssh.run(
             pytest_command(scenario, extra_args),
             timeout=scenario.payload.timeout,
-            on_output=lambda text: print(text, end="", file=log),
+            on_output=lambda text: print(text, end="", file=log, flush=True),
+            watch=watch,
         )
         log.write(result.stderr)
     tap = TapParser()

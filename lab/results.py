@@ -33,6 +33,7 @@ class CellResult:
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
     kernel_build_s: float | None = None  # when this cell's kernel was built from source
+    earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
 
 
 def verdict(tap: TapParser) -> str:

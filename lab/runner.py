@@ -34,6 +34,7 @@ class RunOptions:
     pytest_args: list[str] = field(default_factory=list)
     gdb_port: int | None = None
     jobs: int = 1
+    retries: int = 0  # attempts more for a cell that failed for infrastructure reasons
 
 
 def default_jobs(s: Scenario) -> int:
@@ -132,7 +133,23 @@ class ScenarioRun:
         return self.results
 
     def run_cell(self, cell: Cell) -> CellResult:
-        cell_dir = self.run_dir / cell_dirname(cell.name)
+        """One cell, tried again (in its own directory) while it fails for infrastructure
+        reasons and retries are left; earlier attempts' errors stay in the result."""
+        earlier: list[str] = []
+        for attempt in range(self.opts.retries + 1):
+            suffix = f".retry{attempt}" if attempt else ""
+            result = self._attempt(cell, self.run_dir / (cell_dirname(cell.name) + suffix))
+            if result.infra_error is None or attempt == self.opts.retries:
+                break
+            earlier.append(result.infra_error.splitlines()[0])
+            self.progress(
+                cell.name,
+                f"retrying after an infrastructure error ({attempt + 1}/{self.opts.retries})",
+            )
+        result.earlier_attempts = earlier
+        return result
+
+    def _attempt(self, cell: Cell, cell_dir: Path) -> CellResult:
         cell_dir.mkdir()
         started = time.monotonic()
         result = CellResult(

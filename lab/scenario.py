@@ -54,6 +54,9 @@ class Payload:
     )
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
     timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
+    stall_timeout: float = doc_field(
+        "seconds without console or SSH output before the guest is given up on", 300.0
+    )
 
 
 @dataclass
@@ -135,6 +138,8 @@ def validate(s: Scenario) -> None:
         raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
     if s.payload.timeout <= 0:
         raise s.error("payload.timeout", "must be positive")
+    if s.payload.stall_timeout <= 0:
+        raise s.error("payload.stall_timeout", "must be positive")
 
 
 def _resolve_local(s: Scenario, spec: str) -> str:

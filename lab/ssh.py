@@ -13,12 +13,13 @@ import signal
 import stat
 import sys
 import termios
+import threading
 import time
 import tty
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paramiko
 
@@ -54,6 +55,15 @@ def _translate(action: str) -> Iterator[None]:
         raise SSHError(action, e) from e
 
 
+class GuestStalled(InfraError):
+    """A watcher gave up on the guest while a command ran (see console.ConsoleWatch)."""
+
+    def __init__(self, command: str, reason: str) -> None:
+        self.command = command
+        self.reason = reason
+        super().__init__(f"guest command {command!r} abandoned: {reason}")
+
+
 class GuestTimeout(InfraError):
     def __init__(self, command: str, seconds: float) -> None:
         self.command = command
@@ -64,6 +74,21 @@ class GuestTimeout(InfraError):
 def load_host_key(pub: Path) -> paramiko.PKey:
     kind, data = pub.read_text().split()[:2]
     return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+TRANSFER_TIMEOUT_S = 300.0
+WATCH_INTERVAL_S = 1.0
+
+
+class Watch(Protocol):
+    """Told of every output; asked now and then whether to give up (a reason) or not."""
+
+    def progress(self) -> None: ...
+
+    def verdict(self) -> str | None: ...
+
+
+DEADLINE_GRACE_S = 5.0  # the command's own timeout speaks first; the watchdog is the backstop
 
 
 class GuestSSH:
@@ -101,6 +126,32 @@ class GuestSSH:
             raise
         self.client = client
 
+    @contextlib.contextmanager
+    def _deadline(self, seconds: float, what: str) -> Iterator[None]:
+        """paramiko waits without limit on a channel a dead guest never answers (the
+        channel open, exec_command): past `seconds`, close the connection, which wakes
+        every such wait, and report a GuestTimeout."""
+        fired = threading.Event()
+        client = self.client
+
+        def expire() -> None:
+            fired.set()
+            if client is not None:
+                client.close()
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except (SSHError, paramiko.SSHException, OSError, EOFError):
+            if fired.is_set():
+                self.client = None
+                raise GuestTimeout(what, seconds) from None
+            raise
+        finally:
+            timer.cancel()
+
     def _client(self) -> paramiko.SSHClient:
         if self.client is None:
             raise InfraError("SSH is not connected")
@@ -112,17 +163,18 @@ class GuestSSH:
         timeout: float = 60.0,
         on_output: Callable[[str], None] | None = None,
         on_stderr: Callable[[str], None] | None = None,
+        watch: Watch | None = None,
     ) -> CommandResult:
         """Run a command; `on_output`/`on_stderr` see the streams as they arrive (live logs)."""
         text = command if isinstance(command, str) else shlex.join(command)
-        with _translate(f"run {text!r}"):
+        with self._deadline(timeout + DEADLINE_GRACE_S, text), _translate(f"run {text!r}"):
             transport = self._client().get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("the connection is closed")
             chan = transport.open_session()
             try:
                 chan.exec_command(text)
-                return _collect(chan, text, timeout, on_output, on_stderr)
+                return _collect(chan, text, timeout, on_output, on_stderr, watch)
             finally:
                 chan.close()
 
@@ -151,7 +203,11 @@ class GuestSSH:
     def put_tree(self, local: Path, remote: str) -> int:
         """Copy a directory tree over SFTP; returns the number of files copied."""
         count = 0
-        with _translate(f"copy {local}"), contextlib.closing(self._client().open_sftp()) as sftp:
+        with (
+            self._deadline(TRANSFER_TIMEOUT_S, f"copy {local}"),
+            _translate(f"copy {local}"),
+            contextlib.closing(self._client().open_sftp()) as sftp,
+        ):
             for path in sorted(local.rglob("*")):
                 rel = path.relative_to(local)
                 if any(part in SKIP_NAMES for part in rel.parts) or path.suffix == ".pyc":
@@ -166,12 +222,20 @@ class GuestSSH:
         return count
 
     def put_file(self, local: Path, remote: str) -> None:
-        with _translate(f"copy {local}"), contextlib.closing(self._client().open_sftp()) as sftp:
+        with (
+            self._deadline(TRANSFER_TIMEOUT_S, f"copy {local}"),
+            _translate(f"copy {local}"),
+            contextlib.closing(self._client().open_sftp()) as sftp,
+        ):
             sftp.put(str(local), remote)
 
     def fetch_text(self, remote: str, local: Path) -> bool:
         """Copy a guest file to `local`; False when the guest has no such file."""
-        with _translate(f"fetch {remote}"), contextlib.closing(self._client().open_sftp()) as sftp:
+        with (
+            self._deadline(TRANSFER_TIMEOUT_S, f"fetch {remote}"),
+            _translate(f"fetch {remote}"),
+            contextlib.closing(self._client().open_sftp()) as sftp,
+        ):
             try:
                 sftp.get(remote, str(local))
             except FileNotFoundError:
@@ -220,10 +284,12 @@ def _collect(
     timeout: float,
     on_output: Callable[[str], None] | None,
     on_stderr: Callable[[str], None] | None,
+    watch: Watch | None = None,
 ) -> CommandResult:
     out: list[bytes] = []
     err: list[bytes] = []
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic()
     while True:
         got = False
         for ready, recv, sink, tell in (
@@ -236,10 +302,16 @@ def _collect(
                 got = True
                 if tell is not None:
                     tell(data.decode(errors="replace"))
+                if watch is not None:
+                    watch.progress()
         if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
             break
         if time.monotonic() > deadline:
             raise GuestTimeout(text, timeout)
+        if watch is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + WATCH_INTERVAL_S
+            if reason := watch.verdict():
+                raise GuestStalled(text, reason)
         if not got:
             # Wakes early when the command exits; new output is picked up on the next turn.
             chan.status_event.wait(0.05)

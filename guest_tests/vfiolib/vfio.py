@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import os
+import subprocess
 from dataclasses import dataclass
 
 from vfiolib import kconfig, libc
@@ -47,7 +48,14 @@ def container_provider() -> str:
     """Who provides /dev/vfio/vfio: 'vfio', 'iommufd' (CONFIG_IOMMUFD_VFIO_CONTAINER) or 'none'."""
     if not os.path.exists("/dev/vfio/vfio"):
         return "none"
-    return "iommufd" if kconfig.value("CONFIG_IOMMUFD_VFIO_CONTAINER") == "y" else "vfio"
+    configured = kconfig.value("CONFIG_IOMMUFD_VFIO_CONTAINER")
+    if configured is not None:
+        return "iommufd" if configured == "y" else "vfio"
+    # No config known (a shell outside a lab run): iommufd says so in the kernel log on
+    # the first open of /dev/vfio/vfio.
+    os.close(os.open("/dev/vfio/vfio", os.O_RDWR))
+    log = subprocess.run(["dmesg"], capture_output=True, text=True, check=False).stdout
+    return "iommufd" if "IOMMUFD is providing /dev/vfio/vfio" in log else "vfio"
 
 
 @dataclass(frozen=True)

@@ -136,12 +136,15 @@ def test_failing_cell_gives_exit_1_and_repro_runs_that_test_again(results):
 def test_boot_timeout_is_an_infra_error_with_the_console_tail(results, tmp_path):
     scenario = tmp_path / "slow.yaml"
     scenario.write_text("machine:\n  memory: 2G\n  boot_timeout: 2\n")
-    done = lab("run", str(scenario), "--results", str(results))
+    done = lab("run", str(scenario), "--results", str(results), "--retries", "1")
     assert done.returncode == 3, done.stdout + done.stderr
     (cell,) = summary(results)["cells"]
     assert cell["verdict"] == "error"
     assert "no SSH answer within 2 s" in cell["infra_error"]
     assert "console tail" in cell["infra_error"]
+    # --retries 1: a second attempt in its own directory, the first one's error kept.
+    assert len(cell["earlier_attempts"]) == 1 and "no SSH answer" in cell["earlier_attempts"][0]
+    assert cell["dir"].endswith("debian-stock.retry1")
 
 
 def test_ctrl_c_during_boot_leaves_nothing_behind(results):

@@ -140,3 +140,8 @@ def test_default_jobs_respects_cores_and_memory(monkeypatch):
     assert runner.default_jobs(s) == 1
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
     assert 1 <= runner.default_jobs(s) <= 32  # now memory is the limit
+
+
+def test_negative_retries_is_exit_2(capsys):
+    code, _, err = run(capsys, "run", "--retries", "-1")
+    assert code == 2 and "--retries: -1 is negative" in err

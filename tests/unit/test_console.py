@@ -35,3 +35,34 @@ def test_crash_report_names_the_panic_and_keeps_the_tail(tmp_path):
     assert "! Kernel panic - not syncing: sysrq triggered crash" in report
     assert report.rstrip().endswith("write_sysrq_trigger+0x24/0x40")
     assert crash_report(0, tmp_path / "missing.log").endswith("console tail:")
+
+
+def test_console_watch_gives_up_on_a_dead_network(tmp_path):
+    from lab.console import ConsoleWatch
+
+    log = tmp_path / "console.log"
+    log.write_text("[ 1.0] vfio-lab: test-start a\n")
+    watch = ConsoleWatch(log, stall_s=60)
+    assert watch.verdict() is None
+    with log.open("a") as f:
+        f.write(
+            "[ 38.0] virtio_net virtio1 eth0: NETDEV WATCHDOG: CPU: 0: transmit queue 0 timed out 5524 ms\n"
+        )
+    assert watch.verdict() == (
+        "the guest's network stalled (NETDEV WATCHDOG: CPU: 0: transmit queue 0 timed out 5524 ms)"
+    )
+
+
+def test_console_watch_gives_up_without_progress(tmp_path, monkeypatch):
+    from lab import console
+
+    now = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    watch = console.ConsoleWatch(tmp_path / "missing.log", stall_s=30)
+    now[0] += 29
+    assert watch.verdict() is None
+    watch.progress()  # output over SSH counts as progress
+    now[0] += 29
+    assert watch.verdict() is None
+    now[0] += 2
+    assert watch.verdict() == "no progress on the console or over SSH for 30 s"
