@@ -49,11 +49,11 @@ def machine() -> dict[str, Any]:
     }
 
 
-def lab_run(results: Path, env: dict[str, str]) -> dict[str, Any]:
-    """One `vfio-lab run` of the default scenario; its wall time and its summary's figures."""
+def timed_run(env: dict[str, str], results: Path, *args: str) -> tuple[int, float, dict[str, Any]]:
+    """`vfio-lab run ARGS` into `results`: its exit code, wall time and summary."""
     start = time.monotonic()
     done = subprocess.run(
-        [*VFIO_LAB, "run", "--results", str(results), "-q"],
+        [*VFIO_LAB, "run", "--results", str(results), "-q", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -61,11 +61,20 @@ def lab_run(results: Path, env: dict[str, str]) -> dict[str, Any]:
         check=False,
     )
     wall = time.monotonic() - start
-    summary = json.loads((results / "latest" / "summary.json").read_text())
+    return (
+        done.returncode,
+        round(wall, 2),
+        json.loads((results / "latest" / "summary.json").read_text()),
+    )
+
+
+def lab_run(results: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One `vfio-lab run` of the default scenario; its wall time and its summary's figures."""
+    code, wall, summary = timed_run(env, results)
     (cell,) = summary["cells"]
     return {
-        "exit_code": done.returncode,
-        "wall_s": round(wall, 2),
+        "exit_code": code,
+        "wall_s": wall,
         "accelerator": summary["accelerator"],
         "boot_to_ssh_s": cell["boot_to_ssh_s"],
         "cell_wall_s": cell["wall_s"],
@@ -122,12 +131,17 @@ def main() -> int:
     boots = sorted(r["boot_to_ssh_s"] for r in runs)
     report["boot_to_ssh_s_median"] = boots[len(boots) // 2]
     report["boot_to_ssh_s_max"] = boots[-1]
-    out = args.out or REPO / "benchmarks" / "out" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_report(report, args.out, "")
+    return 0
+
+
+def write_report(report: dict[str, Any], out: Path | None, prefix: str) -> None:
+    """Print the report and write it as JSON (default benchmarks/out/<prefix><timestamp>.json)."""
+    out = out or REPO / "benchmarks" / "out" / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"written to {out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,24 +20,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import REPO, VFIO_LAB, machine
+from bench import REPO, machine, timed_run, write_report
 
 SCENARIO = REPO / "scenarios" / "iommufd-compat.yaml"
 
 
 def run(env: dict[str, str], results: Path, *args: str) -> dict[str, Any]:
-    start = time.monotonic()
-    done = subprocess.run(
-        [*VFIO_LAB, "run", str(SCENARIO), "--results", str(results), "-q", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.monotonic() - start
-    summary = json.loads((results / "latest" / "summary.json").read_text())
-    return {"exit_code": done.returncode, "wall_s": round(wall, 1), "summary": summary}
+    code, wall, summary = timed_run(env, results, str(SCENARIO), *args)
+    return {"exit_code": code, "wall_s": wall, "summary": summary}
 
 
 def cell_figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -101,11 +89,7 @@ def main() -> int:
             )
         },
     )
-    out = args.out or REPO / "benchmarks" / "out" / f"kernels-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(f"written to {out}", file=sys.stderr)
+    write_report(report, args.out, "kernels-")
     return 0
 
 

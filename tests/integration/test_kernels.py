@@ -7,26 +7,14 @@ two kernels (about 7 min cold on 2 cores, much less with a warm ccache) and boot
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lab.tap import TapResult, parse_text
-from tests.conftest import REPO
+from tests.conftest import lab
 
 pytestmark = pytest.mark.vm
-
-
-def lab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_impossible_combination_fails_before_any_boot(tmp_path):

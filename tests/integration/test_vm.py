@@ -21,20 +21,9 @@ from pathlib import Path
 import pytest
 
 from lab.cache import Cache
-from tests.conftest import REPO
+from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
-
-
-def lab(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        **kwargs,
-    )
 
 
 def lab_qemus() -> set[int]:
