@@ -33,6 +33,7 @@ def test_validate_bars(default_device, diag):
         U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE | U.VFIO_REGION_INFO_FLAG_MMAP
     )
     assert bar0.flags & want == want
+    diag("bar0_caps", default_device.region_caps(U.VFIO_PCI_BAR0_REGION_INDEX))
 
 
 def test_bar0_identification(default_device, diag):

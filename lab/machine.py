@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import signal
 import socket
 import subprocess
@@ -205,9 +204,6 @@ class Machine:
         if self._announced is not None:
             self._announced.unlink(missing_ok=True)
             self._announced = None
-
-    def argv_json(self) -> str:
-        return json.dumps(self.argv, indent=2) + "\n"
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:

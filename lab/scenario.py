@@ -237,7 +237,3 @@ def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
     if not patterns:
         return cells
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
-
-
-def kernel_source_names() -> list[str]:
-    return sorted(KERNEL_SOURCES)
