@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
+
+from vfiolib import pci
 
 
 def _write(path: str, text: str) -> None:
@@ -17,20 +18,15 @@ def bind(vendor: int, device: int) -> list[str]:
     """Bind every vendor:device function to vfio-pci with driver_override; returns the BDFs."""
     if not os.path.isdir("/sys/bus/pci/drivers/vfio-pci"):  # built in: nothing to load
         subprocess.run(["modprobe", "vfio-pci"], check=True)
-    bound = []
-    for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
-        with open(f"{dev}/vendor") as v, open(f"{dev}/device") as d:
-            if (int(v.read(), 16), int(d.read(), 16)) != (vendor, device):
-                continue
-        bdf = os.path.basename(dev)
+    bound = pci.functions(vendor, device)
+    for bdf in bound:
+        dev = f"{pci.SYSFS}/{bdf}"
         _write(f"{dev}/driver_override", "vfio-pci")
-        if os.path.exists(f"{dev}/driver"):
+        if pci.driver(bdf):
             _write(f"{dev}/driver/unbind", bdf)
         _write("/sys/bus/pci/drivers_probe", bdf)
-        driver = os.path.basename(os.readlink(f"{dev}/driver"))
-        if driver != "vfio-pci":
-            raise SystemExit(f"{bdf}: bound to {driver}, not vfio-pci")
-        bound.append(bdf)
+        if pci.driver(bdf) != "vfio-pci":
+            raise SystemExit(f"{bdf}: bound to {pci.driver(bdf) or 'no driver'}, not vfio-pci")
     return bound
 
 

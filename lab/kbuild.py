@@ -11,12 +11,11 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.cache import Cache, content_key, tree_digest
-from lab.errors import BuildError, UsageError
+from lab.errors import UsageError
 from lab.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.initramfs import build_initramfs
 from lab.kconfig import (
@@ -126,7 +125,7 @@ def compile_kernel(
     env = dict(os.environ, CCACHE_DIR=str(cache.root / "ccache"), CCACHE_BASEDIR=str(tree.path))
     argv = ["make", "-C", str(tree.path), f"O={build_dir}", f"-j{jobs}", "CC=ccache gcc", "bzImage"]
     progress("kernel", f"building {tree.identity} with {jobs} jobs (ccache); log: {log}")
-    _run_build(argv, env, log, progress)
+    run_logged(argv, artifact="kernel", log=log, on_line=BuildProgress(progress), env=env)
     release = capture(
         ["make", "-s", "-C", tree.path, f"O={build_dir}", "kernelrelease"], artifact="kernel"
     )
@@ -138,26 +137,20 @@ def compile_kernel(
     )
 
 
-def _run_build(argv: list[str], env: dict[str, str], log: Path, progress: Progress) -> None:
-    compiled = 0
-    with log.open("a") as out:
-        proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert proc.stdout is not None
-        tail: list[str] = []
-        with proc:
-            for line in proc.stdout:
-                out.write(line)
-                tail = [*tail[-29:], line.rstrip()]
-                if line.lstrip().startswith("CC "):
-                    compiled += 1
-                    if compiled % 200 == 0:
-                        progress("kernel", f"{compiled} files compiled")
-                elif _BUILD_PROGRESS.search(line):
-                    progress("kernel", line.strip())
-    if proc.returncode != 0:
-        raise BuildError("kernel", f"make exited {proc.returncode}; log: {log}", tail)
+class BuildProgress:
+    """Turns make's output into a few progress lines: a count of compiled files, the links."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.compiled = 0
+
+    def __call__(self, line: str) -> None:
+        if line.lstrip().startswith("CC "):
+            self.compiled += 1
+            if self.compiled % 200 == 0:
+                self.progress("kernel", f"{self.compiled} files compiled")
+        elif _BUILD_PROGRESS.search(line):
+            self.progress("kernel", line.strip())
 
 
 def store_artifact(built: BuiltKernel, scratch: Path) -> None:

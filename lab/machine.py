@@ -19,6 +19,7 @@ import paramiko
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from lab import running
+from lab.console import read_lines
 from lab.errors import BootTimeout, LabError, LaunchError, MissingPrerequisite
 from lab.qemu import VMConfig, build_argv
 from lab.ssh import GuestSSH, SSHError
@@ -38,11 +39,7 @@ def free_port() -> int:
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return []
-    return text.splitlines()[-lines:]
+    return read_lines(path)[-lines:]
 
 
 def _die_with_parent() -> None:

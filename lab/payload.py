@@ -12,7 +12,7 @@ from lab.models import DEVICES
 from lab.progress import SILENT, Progress
 from lab.scenario import Scenario
 from lab.ssh import GuestSSH
-from lab.tap import TapParser
+from lab.tap import TapParser, parse_text
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "guest_tests"
 GUEST_RUNTIME = "/root/vfio-lab"  # vfiolib, the TAP plugin, the bind helper: on PYTHONPATH
@@ -98,10 +98,12 @@ def run_payload(
             watch=watch,
         )
         log.write(result.stderr)
-    tap = TapParser()
-    if ssh.fetch_text(GUEST_TAP, cell_dir / "results.tap"):
-        for line in (cell_dir / "results.tap").read_text(errors="replace").splitlines():
-            tap.feed(line)
+    fetched = ssh.fetch_text(GUEST_TAP, cell_dir / "results.tap")
+    tap = (
+        parse_text((cell_dir / "results.tap").read_text(errors="replace"))
+        if fetched
+        else TapParser()
+    )
     if result.status not in PYTEST_RAN and not tap.results:
         raise GuestCommandError(
             "pytest", result.status, result.stdout[-2000:] + result.stderr[-2000:]

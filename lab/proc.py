@@ -20,9 +20,12 @@ def run_logged(
     log: Path,
     progress: Progress = SILENT,
     show: Callable[[str], bool] = lambda line: False,
+    on_line: Callable[[str], None] | None = None,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Run `argv`, appending its output to `log`; lines for which `show` is true become progress.
+    """Run `argv`, appending its output to `log`; lines for which `show` is true become progress,
+    and `on_line` sees every line (for progress of its own, such as counting).
 
     Raises BuildError with the log's tail when the command fails.
     """
@@ -36,6 +39,7 @@ def run_logged(
             proc = subprocess.Popen(
                 args,
                 cwd=cwd,
+                env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
@@ -50,6 +54,8 @@ def run_logged(
                 tail.append(line.rstrip("\n"))
                 if show(line):
                     progress(artifact, line.strip())
+                if on_line is not None:
+                    on_line(line)
     if proc.returncode != 0:
         raise BuildError(artifact, f"{args[0]} exited {proc.returncode}; log: {log}", list(tail))
 

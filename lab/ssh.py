@@ -152,6 +152,16 @@ class GuestSSH:
         finally:
             timer.cancel()
 
+    @contextlib.contextmanager
+    def _sftp(self, what: str) -> Iterator[paramiko.SFTPClient]:
+        """An SFTP session under a transfer deadline, its failures as SSHError."""
+        with (
+            self._deadline(TRANSFER_TIMEOUT_S, what),
+            _translate(what),
+            contextlib.closing(self._client().open_sftp()) as sftp,
+        ):
+            yield sftp
+
     def _client(self) -> paramiko.SSHClient:
         if self.client is None:
             raise InfraError("SSH is not connected")
@@ -203,11 +213,7 @@ class GuestSSH:
     def put_tree(self, local: Path, remote: str) -> int:
         """Copy a directory tree over SFTP; returns the number of files copied."""
         count = 0
-        with (
-            self._deadline(TRANSFER_TIMEOUT_S, f"copy {local}"),
-            _translate(f"copy {local}"),
-            contextlib.closing(self._client().open_sftp()) as sftp,
-        ):
+        with self._sftp(f"copy {local}") as sftp:
             for path in sorted(local.rglob("*")):
                 rel = path.relative_to(local)
                 if any(part in SKIP_NAMES for part in rel.parts) or path.suffix == ".pyc":
@@ -222,20 +228,12 @@ class GuestSSH:
         return count
 
     def put_file(self, local: Path, remote: str) -> None:
-        with (
-            self._deadline(TRANSFER_TIMEOUT_S, f"copy {local}"),
-            _translate(f"copy {local}"),
-            contextlib.closing(self._client().open_sftp()) as sftp,
-        ):
+        with self._sftp(f"copy {local}") as sftp:
             sftp.put(str(local), remote)
 
     def fetch_text(self, remote: str, local: Path) -> bool:
         """Copy a guest file to `local`; False when the guest has no such file."""
-        with (
-            self._deadline(TRANSFER_TIMEOUT_S, f"fetch {remote}"),
-            _translate(f"fetch {remote}"),
-            contextlib.closing(self._client().open_sftp()) as sftp,
-        ):
+        with self._sftp(f"fetch {remote}") as sftp:
             try:
                 sftp.get(remote, str(local))
             except FileNotFoundError:

@@ -5,34 +5,18 @@ A custom payload directory gets them with `pytest_plugins = ["vfiolib.fixtures"]
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from vfiolib import edu as edu_mod
-from vfiolib import vfio
+from vfiolib import pci, vfio
 from vfiolib.iova import IovaAllocator
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
-
-
 def find_vfio_devices(vendor: int, device: int) -> list[str]:
-    found = []
-    for dev in sorted(glob.glob("/sys/bus/pci/devices/*")):
-        if int(_read(f"{dev}/vendor"), 16) == vendor and int(_read(f"{dev}/device"), 16) == device:
-            driver = (
-                os.path.basename(os.readlink(f"{dev}/driver"))
-                if os.path.exists(f"{dev}/driver")
-                else ""
-            )
-            if driver == "vfio-pci":
-                found.append(os.path.basename(dev))
-    return found
+    return [bdf for bdf in pci.functions(vendor, device) if pci.driver(bdf) == "vfio-pci"]
 
 
 @pytest.fixture(scope="session")

@@ -105,21 +105,29 @@ class Container:
 
     def info(self) -> tuple[int, list[tuple[int, int]]]:
         """(IOVA page-size bitmap, valid IOVA ranges) from VFIO_IOMMU_GET_INFO and its caps."""
-        head = U.new(U.vfio_iommu_type1_info)
-        libc.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, head)
-        buf = (C.c_uint8 * max(head.argsz, C.sizeof(head)))()  # type: ignore[attr-defined]
-        info = U.vfio_iommu_type1_info.from_buffer(buf)
-        info.argsz = len(buf)
-        libc.ioctl(self.fd, U.VFIO_IOMMU_GET_INFO, info)
+        buf = info_with_caps(self.fd, U.VFIO_IOMMU_GET_INFO, U.vfio_iommu_type1_info)
+        info = U.vfio_iommu_type1_info.from_buffer_copy(buf)
         ranges = []
         if info.flags & U.VFIO_IOMMU_INFO_CAPS:
-            for cap_id, off in walk_caps(bytes(buf), info.cap_offset):
+            for cap_id, off in walk_caps(buf, info.cap_offset):
                 if cap_id == U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
-                    ranges = _iova_ranges(bytes(buf), off)
+                    ranges = _iova_ranges(buf, off)
         return int(info.iova_pgsizes), ranges or [(0, (1 << 64) - 1)]
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def info_with_caps(fd: int, request: int, struct_type: type[C.Structure], **fields: int) -> bytes:
+    """An argsz-sized *_INFO query: once for the size the kernel wants (the capability chain
+    follows the struct), then again into a buffer that large; returns the buffer."""
+    head = U.new(struct_type, **fields)
+    libc.ioctl(fd, request, head)
+    buf = (C.c_uint8 * max(head.argsz, C.sizeof(head)))()  # type: ignore[attr-defined]
+    C.memmove(buf, C.addressof(head), C.sizeof(head))
+    struct_type.from_buffer(buf).argsz = len(buf)  # type: ignore[attr-defined]
+    libc.ioctl(fd, request, C.addressof(buf))
+    return bytes(buf)
 
 
 def walk_caps(buf: bytes, offset: int) -> list[tuple[int, int]]:
@@ -277,15 +285,13 @@ class VfioPciDevice:
 
     def region_caps(self, index: int) -> list[int]:
         """Capability ids along the region's info chain (sparse mmap, type, ...)."""
-        head = U.new(U.vfio_region_info, index=index)
-        libc.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, head)
-        if not head.flags & U.VFIO_REGION_INFO_FLAG_CAPS:  # type: ignore[attr-defined]
+        buf = info_with_caps(
+            self.fd, U.VFIO_DEVICE_GET_REGION_INFO, U.vfio_region_info, index=index
+        )
+        info = U.vfio_region_info.from_buffer_copy(buf)
+        if not info.flags & U.VFIO_REGION_INFO_FLAG_CAPS:
             return []
-        buf = (C.c_uint8 * max(head.argsz, C.sizeof(head)))()  # type: ignore[attr-defined]
-        info = U.vfio_region_info.from_buffer(buf)
-        info.argsz, info.index = len(buf), index
-        libc.ioctl(self.fd, U.VFIO_DEVICE_GET_REGION_INFO, info)
-        return [cap for cap, _ in walk_caps(bytes(buf), info.cap_offset)]
+        return [cap for cap, _ in walk_caps(buf, info.cap_offset)]
 
     def region(self, index: int) -> Region:
         r = U.new(U.vfio_region_info, index=index)

@@ -1,0 +1,28 @@
+"""PCI functions as sysfs shows them."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+SYSFS = "/sys/bus/pci/devices"
+
+
+def _read_hex(path: str) -> int:
+    with open(path) as f:
+        return int(f.read(), 16)
+
+
+def functions(vendor: int, device: int) -> list[str]:
+    """BDFs of every function with this vendor:device ID, in bus order."""
+    return [
+        os.path.basename(dev)
+        for dev in sorted(glob.glob(f"{SYSFS}/*"))
+        if (_read_hex(f"{dev}/vendor"), _read_hex(f"{dev}/device")) == (vendor, device)
+    ]
+
+
+def driver(bdf: str) -> str:
+    """The bound driver's name, or '' for none."""
+    link = f"{SYSFS}/{bdf}/driver"
+    return os.path.basename(os.readlink(link)) if os.path.exists(link) else ""
