@@ -145,3 +145,16 @@ def test_default_jobs_respects_cores_and_memory(monkeypatch):
 def test_negative_retries_is_exit_2(capsys):
     code, _, err = run(capsys, "run", "--retries", "-1")
     assert code == 2 and "--retries: -1 is negative" in err
+
+
+def test_non_positive_stall_timeout_is_exit_2_with_its_line(capsys, tmp_path):
+    path = tmp_path / "stall.yaml"
+    path.write_text("payload:\n  stall_timeout: 0\n")
+    code, _, err = run(capsys, "list", str(path))
+    assert code == 2
+    assert f"{path}:2: payload.stall_timeout: must be positive" in err
+
+
+def test_shell_overlay_that_is_not_a_file_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "shell", "--overlay", str(tmp_path / "gone.qcow2"), "--", "true")
+    assert code == 2 and f"--overlay: {tmp_path / 'gone.qcow2'} is not a file" in err
