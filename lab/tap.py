@@ -1,21 +1,31 @@
-"""A line-fed, tolerant TAP 13 parser for the payload's kselftest-style output.
+"""A line-fed, tolerant parser for TAP 13, TAP 14 and KTAP.
 
-Feed it lines as they come; it skips garbage, keeps each test's `#` diagnostics,
-and reports what is missing (a plan it never saw, tests the plan promised).
+Feed it lines as they come (from a file or a live stream); it never raises on what a
+guest prints. It keeps each test's `#` diagnostics (the lines before its result line,
+kselftest style) and YAML block, nests subtests by indentation (four spaces a level,
+as TAP 14 and KTAP write them), skips garbage, and says what is missing: a plan it never
+saw, tests the plan promised, output that ends inside subtests or a YAML block.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+_VERSION = re.compile(r"^(?:TAP version \d+|KTAP version \d+)$")
+_PLAN = re.compile(r"^1\.\.(?P<n>\d+)\s*(?:#\s*(?P<skip>.*))?$")
 _RESULT = re.compile(r"^(?P<ok>ok|not ok)\b\s*(?P<num>\d+)?\s*(?:-\s*)?(?P<rest>.*)$")
-_PLAN = re.compile(r"^1\.\.(?P<n>\d+)")
+_SUBTEST = re.compile(r"^#\s*Subtest:\s*(?P<name>.*)$")
+# A directive starts at the first `#` that is not escaped as `\#` (TAP 14).
 _DIRECTIVE = re.compile(
-    r"\s+#\s*(?P<kind>SKIP|TODO|XFAIL|ERROR)\b\s*(?P<reason>.*)$", re.IGNORECASE
+    r"(?<!\\)#\s*(?P<kind>SKIP|TODO|XFAIL|ERROR)\b\s*(?P<reason>.*)$", re.IGNORECASE
 )
 
-OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error")
+# What a test can come to. `notrun`: planned, never started (the guest died before it).
+OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error", "notrun")
+INDENT = 4
 
 
 @dataclass
@@ -25,11 +35,22 @@ class TapResult:
     outcome: str  # one of OUTCOMES
     reason: str = ""
     diagnostics: list[str] = field(default_factory=list)
+    yaml: list[str] = field(default_factory=list)
+    subtests: list[TapResult] = field(default_factory=list)
 
     def diagnostic(self, key: str) -> str | None:
         """The value of a `key: value` diagnostic line, if the test recorded one."""
         prefix = f"{key}: "
         return next((d[len(prefix) :] for d in self.diagnostics if d.startswith(prefix)), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"number": self.number, "name": self.name, "outcome": self.outcome}
+        for key in ("reason", "diagnostics", "yaml"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.subtests:
+            d["subtests"] = [s.to_dict() for s in self.subtests]
+        return d
 
 
 def _outcome(ok: bool, directive: str | None) -> str:
@@ -42,48 +63,157 @@ def _outcome(ok: bool, directive: str | None) -> str:
     return "pass" if ok else "fail"
 
 
+@dataclass
+class _Level:
+    """One nesting depth: the top-level document, or the subtests of a test to come."""
+
+    indent: int
+    name: str | None = None  # from `# Subtest: NAME`
+    plan: int | None = None
+    plan_skip: str | None = None
+    results: list[TapResult] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # diagnostics for the next result
+    notes: list[str] = field(default_factory=list)  # diagnostics before the plan
+    children: _Level | None = None  # finished subtests waiting for their result line
+
+
 class TapParser:
     def __init__(self) -> None:
-        self.plan: int | None = None
-        self.results: list[TapResult] = []
+        self.root = _Level(indent=0)
+        self.stack = [self.root]
+        self.version: str | None = None
         self.bailed_out: str | None = None
         self.garbage = 0
-        self._pending: list[str] = []
+        self.orphans = 0  # subtests whose parent never reported a result
+        self._yaml: tuple[TapResult, int] | None = None
+        self._next_name: str | None = None
 
+    # -- the document -----------------------------------------------------------------
+    @property
+    def plan(self) -> int | None:
+        return self.root.plan
+
+    @property
+    def results(self) -> list[TapResult]:
+        return self.root.results
+
+    @property
+    def notes(self) -> list[str]:
+        """Diagnostics before the plan: the document's header (e.g. the collected tests)."""
+        return self.root.notes
+
+    def flat(self) -> Iterator[tuple[str, TapResult]]:
+        """Every result with its full name; a subtest is `parent/child`."""
+
+        def walk(prefix: str, results: list[TapResult]) -> Iterator[tuple[str, TapResult]]:
+            for r in results:
+                name = f"{prefix}{r.name}"
+                yield name, r
+                yield from walk(f"{name}/", r.subtests)
+
+        return walk("", self.results)
+
+    # -- feeding ----------------------------------------------------------------------
     def feed(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        stripped = line.strip()
-        if not stripped or stripped.startswith("TAP version"):
+        raw = line.rstrip("\r\n").replace("\t", "    ")
+        stripped = raw.strip()
+        if self._yaml is not None:
+            self._feed_yaml(raw, stripped)
             return
-        if m := _PLAN.match(stripped):
-            self.plan = int(m.group("n"))
+        if not stripped:
+            return
+        indent = len(raw) - len(raw.lstrip(" "))
+        if stripped == "---" and self._last_result() is not None:
+            self._yaml = (self._last_result(), indent)  # type: ignore[assignment]
+            return
+        if self._structural(stripped):
+            self._settle(indent)
+            self._structure(self.stack[-1], stripped)
         elif stripped.startswith("#"):
-            self._pending.append(stripped.lstrip("#").strip())
-        elif stripped.startswith("Bail out!"):
-            self.bailed_out = stripped[len("Bail out!") :].strip() or "no reason given"
-        elif m := _RESULT.match(stripped):
-            self._add(m)
+            # Only TAP lines move between levels: a stray line never closes subtests.
+            level = next(lv for lv in reversed(self.stack) if lv.indent <= indent)
+            level.pending.append(stripped.lstrip("#").strip())
         else:
             self.garbage += 1
 
-    def _add(self, m: re.Match[str]) -> None:
+    @staticmethod
+    def _structural(stripped: str) -> bool:
+        return bool(
+            _VERSION.match(stripped)
+            or _PLAN.match(stripped)
+            or _RESULT.match(stripped)
+            or _SUBTEST.match(stripped)
+            or stripped.startswith("Bail out!")
+        )
+
+    def _settle(self, indent: int) -> None:
+        """Move to the level this indentation names: deeper opens subtests, shallower
+        closes them (they then wait for their parent's result line)."""
+        while len(self.stack) > 1 and indent < self.stack[-1].indent:
+            done = self.stack.pop()
+            parent = self.stack[-1]
+            if parent.children is not None:
+                self.orphans += 1
+            parent.children = done
+        top = self.stack[-1]
+        if indent >= top.indent + INDENT:
+            self.stack.append(_Level(indent=indent, name=self._next_name))
+            self._next_name = None
+
+    def _structure(self, top: _Level, stripped: str) -> None:
+        if _VERSION.match(stripped):
+            if top is self.root:
+                self.version = stripped
+        elif m := _PLAN.match(stripped):
+            top.plan = int(m.group("n"))
+            top.plan_skip = m.group("skip")
+            top.notes += top.pending
+            top.pending = []
+        elif m := _SUBTEST.match(stripped):
+            # TAP 14 may write it at the parent's indentation, KTAP at the child's.
+            if top is self.root or top.results or top.plan is not None:
+                self._next_name = m.group("name").strip()
+            else:
+                top.name = m.group("name").strip()
+        elif stripped.startswith("Bail out!"):
+            self.bailed_out = stripped[len("Bail out!") :].strip() or "no reason given"
+        elif m := _RESULT.match(stripped):
+            self._add(top, m)
+
+    def _add(self, top: _Level, m: re.Match[str]) -> None:
         rest = m.group("rest")
         directive = reason = None
         if d := _DIRECTIVE.search(rest):
             directive, reason = d.group("kind").upper(), d.group("reason").strip()
             rest = rest[: d.start()]
-        number = int(m.group("num")) if m.group("num") else len(self.results) + 1
-        self.results.append(
+        elif (hash_at := re.search(r"(?<!\\)#", rest)) is not None:
+            rest = rest[: hash_at.start()]  # a comment, not a directive
+        number = int(m.group("num")) if m.group("num") else len(top.results) + 1
+        children, top.children = top.children, None
+        top.results.append(
             TapResult(
                 number=number,
-                name=rest.strip() or f"test {number}",
+                name=rest.strip().replace("\\#", "#") or f"test {number}",
                 outcome=_outcome(m.group("ok") == "ok", directive),
                 reason=reason or "",
-                diagnostics=self._pending,
+                diagnostics=top.pending,
+                subtests=children.results if children else [],
             )
         )
-        self._pending = []
+        top.pending = []
 
+    def _feed_yaml(self, raw: str, stripped: str) -> None:
+        result, indent = self._yaml  # type: ignore[misc]
+        if stripped == "...":
+            self._yaml = None
+        else:
+            result.yaml.append(raw[indent:] if raw[:indent].isspace() else raw.strip())
+
+    def _last_result(self) -> TapResult | None:
+        top = self.stack[-1]
+        return top.results[-1] if top.results and not top.pending else None
+
+    # -- verdicts -----------------------------------------------------------------------
     def problems(self) -> list[str]:
         """What is missing or wrong, in words, for reports and verdicts."""
         out = []
@@ -93,6 +223,16 @@ class TapParser:
             out.append(
                 f"{self.plan - len(self.results)} of {self.plan} planned tests did not report"
             )
+        elif len(self.results) > self.plan:
+            out.append(f"{len(self.results)} tests reported, but the plan said {self.plan}")
+        if len(self.stack) > 1 or self.root.children is not None:
+            inner = self.stack[-1] if len(self.stack) > 1 else self.root.children
+            name = f" of {inner.name!r}" if inner and inner.name else ""
+            out.append(f"the output ends inside the subtests{name}: it was cut short")
+        if self.orphans:
+            out.append(f"{self.orphans} group(s) of subtests had no result line of their own")
+        if self._yaml is not None:
+            out.append("the output ends inside a YAML block: it was cut short")
         if self.bailed_out:
             out.append(f"bailed out: {self.bailed_out}")
         return out
@@ -102,8 +242,20 @@ class TapParser:
         for r in self.results:
             counts[r.outcome] += 1
         if self.plan is not None:
-            counts["error"] += max(0, self.plan - len(self.results))
+            counts["notrun"] += max(0, self.plan - len(self.results))
         return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole parse, for golden files and debugging."""
+        return {
+            "version": self.version,
+            "plan": self.plan,
+            "notes": self.notes,
+            "results": [r.to_dict() for r in self.results],
+            "bailed_out": self.bailed_out,
+            "garbage": self.garbage,
+            "problems": self.problems(),
+        }
 
 
 def parse_text(text: str) -> TapParser:

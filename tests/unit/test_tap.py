@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from lab.tap import TapParser, parse_text
+from tests.conftest import REPO
 
 SAMPLE = """\
 TAP version 13
@@ -22,7 +27,15 @@ def test_outcomes_and_directives():
     assert [r.outcome for r in tap.results] == ["pass", "skip", "fail", "xfail", "xpass", "error"]
     assert tap.results[1].reason == "CONFIG_IOMMUFD not set (no /dev/iommu)"
     assert tap.results[0].name == "vfio_dma_mapping_test.vfio_type1_iommu_anonymous.dma_map_unmap"
-    assert tap.counts() == {"pass": 1, "fail": 1, "skip": 1, "xfail": 1, "xpass": 1, "error": 1}
+    assert tap.counts() == {
+        "pass": 1,
+        "fail": 1,
+        "skip": 1,
+        "xfail": 1,
+        "xpass": 1,
+        "error": 1,
+        "notrun": 0,
+    }
     assert tap.problems() == []
 
 
@@ -49,9 +62,9 @@ def test_garbage_lines_are_skipped_and_counted():
     assert tap.garbage == 3
 
 
-def test_truncated_output_reports_missing_tests_as_errors():
+def test_truncated_output_reports_missing_tests_as_not_run():
     tap = parse_text("TAP version 13\n1..5\nok 1 a\nok 2 b\n")
-    assert tap.counts()["error"] == 3
+    assert tap.counts()["notrun"] == 3
     assert tap.problems() == ["3 of 5 planned tests did not report"]
 
 
@@ -76,3 +89,53 @@ def test_numberless_and_dash_results():
 
 def test_lowercase_skip_directive():
     assert parse_text("1..1\nok 1 x # skip no hugepages\n").results[0].outcome == "skip"
+
+
+def test_subtests_nest_by_indentation_and_belong_to_the_next_result():
+    tap = parse_text(
+        "KTAP version 1\n1..1\n    KTAP version 1\n    # Subtest: grp\n    1..2\n"
+        "    ok 1 a\n    not ok 2 b\nnot ok 1 grp\n"
+    )
+    assert tap.problems() == []
+    (grp,) = tap.results
+    assert [(s.name, s.outcome) for s in grp.subtests] == [("a", "pass"), ("b", "fail")]
+    assert [name for name, _ in tap.flat()] == ["grp", "grp/a", "grp/b"]
+
+
+def test_stray_lines_do_not_close_subtests():
+    tap = parse_text("1..1\n    1..2\n    ok 1 a\nkernel noise\n# a note\n    ok 2 b\nok 1 g\n")
+    assert [s.name for s in tap.results[0].subtests] == ["a", "b"]
+    assert tap.results[0].diagnostics == ["a note"]
+
+
+def test_output_cut_inside_subtests_or_yaml_is_a_problem():
+    assert "inside the subtests of 'two'" in " ".join(
+        parse_text("1..2\nok 1 one\n    # Subtest: two\n    1..2\n    ok 1 x\n").problems()
+    )
+    assert "inside a YAML block" in " ".join(
+        parse_text("1..1\nnot ok 1 a\n  ---\n  message: x\n").problems()
+    )
+
+
+def test_yaml_block_belongs_to_its_result():
+    tap = parse_text("1..2\nnot ok 1 a\n  ---\n  got: 0\n  ...\nok 2 b\n")
+    assert tap.results[0].yaml == ["got: 0"] and tap.problems() == []
+
+
+def test_notes_before_the_plan_are_the_header():
+    tap = parse_text("TAP version 13\n# collected: a\n# collected: b\n1..2\n# d\nok 1 a\n")
+    assert tap.notes == ["collected: a", "collected: b"]
+    assert tap.results[0].diagnostics == ["d"]
+
+
+GOLDEN_TAP = sorted((REPO / "tests" / "golden" / "tap").glob("*.tap"))
+
+
+@pytest.mark.parametrize("sample", GOLDEN_TAP, ids=[p.stem for p in GOLDEN_TAP])
+def test_golden_parses(sample, golden):
+    parsed = parse_text(sample.read_text(errors="replace")).to_dict()
+    golden(f"tap/{sample.stem}.json", json.dumps(parsed, indent=2) + "\n")
+
+
+def test_golden_samples_exist():
+    assert {p.stem for p in GOLDEN_TAP} >= {"payload-6.12", "kunit-ktap", "tap14-yaml"}
