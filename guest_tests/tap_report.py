@@ -3,8 +3,11 @@
 One `ok`/`not ok` line per test, named like upstream's KTAP lines
 (`<test>.<mode>[_<variant>].<case>`), `# SKIP reason` and `# TODO reason`
 directives, `# ERROR` for a broken setup, and each test's diagnostics as `#` lines
-before its result. Markers go to /dev/kmsg around every test so the host can
-attribute kernel messages to the test that was running.
+before its result. The header names every collected test (`# collected: NAME`), so
+tests a dying guest never got to can be told apart. Markers go to /dev/kmsg around
+every test so the host can attribute kernel messages to the test that was running.
+With `--tap-fd N` the same lines also go to that file descriptor as they are written:
+the host reads them live, and keeps them even when the guest dies mid-run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ RANK = {"pass": 1, "skip": 1, "xfail": 1, "xpass": 1, "fail": 2, "error": 3}
 
 def pytest_addoption(parser: Any) -> None:
     parser.addoption("--tap", metavar="PATH", help="write TAP 13 to PATH as tests finish")
+    parser.addoption(
+        "--tap-fd", type=int, metavar="FD", help="also stream the TAP to this file descriptor"
+    )
 
 
 def tap_name(item: Any) -> str:
@@ -40,8 +46,10 @@ def kmsg(text: str) -> None:
 
 
 class TapWriter:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, stream_fd: int | None) -> None:
         self.out = open(path, "w", buffering=1)  # noqa: SIM115 - open for the whole session
+        # Opened now, before pytest's capture redirects the standard streams under us.
+        self.stream = os.fdopen(stream_fd, "w", buffering=1) if stream_fd is not None else None
         self.count = 0
         self.state: dict[str, dict[str, Any]] = {}
 
@@ -49,10 +57,18 @@ class TapWriter:
         self.out.write(line + "\n")
         self.out.flush()
         os.fsync(self.out.fileno())
+        if self.stream is not None:
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except OSError:
+                self.stream = None  # the reader went away; the file still has it all
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: Any) -> None:
         self.emit("TAP version 13")
+        for item in session.items:
+            self.emit(f"# collected: {tap_name(item)}")
         self.emit(f"1..{len(session.items)}")
 
     @pytest.hookimpl(tryfirst=True)
@@ -123,4 +139,5 @@ def _result_line(number: int, name: str, outcome: str, reason: str) -> str:
 def pytest_configure(config: Any) -> None:
     path = config.getoption("--tap")
     if path:
-        config.pluginmanager.register(TapWriter(path), "vfio-lab-tap")
+        writer = TapWriter(path, config.getoption("--tap-fd"))
+        config.pluginmanager.register(writer, "vfio-lab-tap")

@@ -14,7 +14,7 @@ from types import FrameType
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from lab import doctor, repro, running, scenario
+from lab import compare, doctor, reports, repro, running, scenario
 from lab.cache import Cache
 from lab.errors import LabError, UsageError
 from lab.kernels import KERNEL_SOURCES, KernelArtifact, parse_kernel_spec
@@ -22,7 +22,8 @@ from lab.models import DEVICES, IOMMU_MODELS, Accel
 from lab.payload import bind_devices, install_runtime
 from lab.progress import Progress
 from lab.qemu import build_argv
-from lab.results import EXIT_INFRA, EXIT_OK, EXIT_USAGE, table
+from lab.results import EXIT_INFRA, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, table
+from lab.rundir import load_run
 from lab.runner import RunOptions, ScenarioRun, cell_dirname, default_jobs
 from lab.scenario import Cell
 from lab.schema import describe
@@ -150,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument(
         "--only", action="append", default=[], metavar="GLOB", help="only cells whose name matches"
     )
+
+    rpt = sub.add_parser(
+        "report", help="write a run directory's junit.xml and report.html again from its results"
+    )
+    rpt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    cmp = sub.add_parser(
+        "compare", help="what changed between two runs; exit 1 on new failures or errors"
+    )
+    cmp.add_argument("old", type=Path, metavar="OLD_RUN_DIR")
+    cmp.add_argument("new", type=Path, metavar="NEW_RUN_DIR")
 
     sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
     sub.add_parser("schema", help="document every scenario field, its default, and the registries")
@@ -420,6 +432,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir)
+    reports.write_all(run)
+    print(f"{args.run_dir / reports.HTML}\n{args.run_dir / reports.JUNIT}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    old, new = load_run(args.old), load_run(args.new)
+    result = compare.compare(old, new)
+    print(compare.render(result, old, new))
+    return EXIT_UNEXPECTED if result.regressions else EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     checks = doctor.all_checks(Cache())
     print(doctor.report(checks))
@@ -448,6 +474,8 @@ COMMANDS = {
     "qmp": cmd_qmp,
     "console": cmd_console,
     "list": cmd_list,
+    "report": cmd_report,
+    "compare": cmd_compare,
     "doctor": cmd_doctor,
     "schema": cmd_schema,
 }

@@ -3,31 +3,63 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.console import ConsoleWatch
+from lab.console import TEST_STOPS, ConsoleWatch, Stop
 from lab.errors import GuestCommandError, InfraError
 from lab.models import DEVICES
 from lab.progress import SILENT, Progress
 from lab.scenario import Scenario
-from lab.ssh import GuestSSH
-from lab.tap import TapParser, parse_text
+from lab.ssh import GuestSSH, GuestStalled
+from lab.tap import TapParser, TapResult
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "guest_tests"
 GUEST_RUNTIME = "/root/vfio-lab"  # vfiolib, the TAP plugin, the bind helper: on PYTHONPATH
 GUEST_DIR = "/root/tests"  # the tests to run: guest_tests/ itself, or --payload DIR
 GUEST_TAP = "/root/results.tap"
 GUEST_KCONFIG = "/root/kernel.config"
+TAP_FD = 3
 # pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran.
 PYTEST_RAN = (0, 1)
 
 
 @dataclass
 class PayloadRun:
-    tap: TapParser
-    pytest_status: int
+    pytest_status: int | None  # None: the watch stopped it
     bound: list[str]
+    stop: Stop | None = None
+
+
+class TapStream:
+    """The payload's TAP as it arrives over SSH: parsed line by line and written to
+    results.tap at once, so a guest that dies mid-run still leaves what it reported."""
+
+    def __init__(self, path: Path, on_result: Callable[[TapResult], None] | None = None) -> None:
+        self.parser = TapParser()
+        self.file = path.open("w")
+        self.on_result = on_result
+        self._partial = ""
+
+    def __call__(self, text: str) -> None:
+        self.file.write(text)
+        self.file.flush()
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._feed(line)
+
+    def _feed(self, line: str) -> None:
+        before = len(self.parser.results)
+        self.parser.feed(line)
+        if self.on_result is not None and len(self.parser.results) > before:
+            self.on_result(self.parser.results[-1])
+
+    def close(self) -> None:
+        if self._partial:
+            self._feed(self._partial)
+            self._partial = ""
+        self.file.close()
 
 
 def pytest_argv(python: str, tap: str) -> list[str]:
@@ -53,10 +85,11 @@ def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
         "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
         "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask),
     }
-    argv = pytest_argv("python3", GUEST_TAP)
+    argv = [*pytest_argv("python3", GUEST_TAP), f"--tap-fd={TAP_FD}"]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)}"
+    # stdout carries only the TAP stream; pytest's own output goes to stderr.
+    return f"cd {GUEST_DIR} && {assignments} {shlex.join(argv)} {TAP_FD}>&1 1>&2"
 
 
 def install_runtime(ssh: GuestSSH, tests: Path | None) -> int:
@@ -78,43 +111,48 @@ def bind_devices(ssh: GuestSSH, scenario: Scenario) -> list[str]:
 def run_payload(
     ssh: GuestSSH,
     scenario: Scenario,
-    cell_dir: Path,
     kernel_config: Path | None,
     extra_args: list[str],
+    stream: TapStream,
+    watch: ConsoleWatch,
+    log: Path,
     progress: Progress = SILENT,
 ) -> PayloadRun:
+    """Install and run the payload, its TAP going into `stream` as it comes. A panic or a
+    hung test ends it early with a `stop`; any other trouble is an InfraError."""
     files = install_runtime(ssh, scenario.payload_dir)
     progress("payload", f"copied {files} files from {scenario.payload_dir}")
     if kernel_config is not None and kernel_config.exists():
         ssh.put_file(kernel_config, GUEST_KCONFIG)
     bound = bind_devices(ssh, scenario)
     progress("payload", f"bound {' '.join(bound)} to vfio-pci; running pytest")
-    watch = ConsoleWatch(cell_dir / "console.log", scenario.payload.stall_timeout)
-    with (cell_dir / "payload.log").open("w") as log:
-        result = ssh.run(
-            pytest_command(scenario, extra_args),
-            timeout=scenario.payload.timeout,
-            on_output=lambda text: print(text, end="", file=log, flush=True),
-            watch=watch,
-        )
-        log.write(result.stderr)
-    fetched = ssh.fetch_text(GUEST_TAP, cell_dir / "results.tap")
-    tap = (
-        parse_text((cell_dir / "results.tap").read_text(errors="replace"))
-        if fetched
-        else TapParser()
-    )
-    if result.status not in PYTEST_RAN and not tap.results:
-        raise GuestCommandError(
-            "pytest", result.status, result.stdout[-2000:] + result.stderr[-2000:]
-        )
-    return PayloadRun(tap=tap, pytest_status=result.status, bound=bound)
+    with log.open("w") as out:
+        try:
+            result = ssh.run(
+                pytest_command(scenario, extra_args),
+                timeout=scenario.payload.timeout,
+                on_output=stream,
+                on_stderr=lambda text: print(text, end="", file=out, flush=True),
+                watch=watch,
+            )
+        except GuestStalled:
+            if watch.stop is None or watch.stop.kind not in TEST_STOPS:
+                raise
+            return PayloadRun(pytest_status=None, bound=bound, stop=watch.stop)
+    stream.close()
+    if result.status not in PYTEST_RAN and not stream.parser.results:
+        raise GuestCommandError("pytest", result.status, result.stderr[-4000:])
+    return PayloadRun(pytest_status=result.status, bound=bound)
 
 
-def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> None:
+def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> list[str] | None:
     """Best effort: a guest that crashed has no dmesg to give, and its console.log has the story."""
     try:
         text = ssh.check(["dmesg"], timeout=30)
     except InfraError as e:
-        text = f"# dmesg could not be read from the guest ({e}); see console.log\n"
+        (cell_dir / "dmesg.txt").write_text(
+            f"# dmesg could not be read from the guest ({e}); see console.log\n"
+        )
+        return None
     (cell_dir / "dmesg.txt").write_text(text)
+    return text.splitlines()

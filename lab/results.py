@@ -9,7 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.tap import OUTCOMES, TapParser
+from lab import reports
+from lab.rundir import CellData, RunData
+from lab.tap import OUTCOMES
+from lab.triage import TestRecord
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_INFRA = 0, 1, 2, 3
 
@@ -34,15 +37,7 @@ class CellResult:
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
     kernel_build_s: float | None = None  # when this cell's kernel was built from source
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
-
-
-def verdict(tap: TapParser) -> str:
-    counts = tap.counts()
-    if counts["error"] or tap.problems() or not tap.results:
-        return "error"
-    if counts["fail"] or counts["xpass"]:
-        return "fail"
-    return "pass"
+    unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
 
 
 def empty_counts() -> dict[str, int]:
@@ -63,16 +58,23 @@ class RunResults:
             "cells": [],
         }
         self.cells: list[CellResult] = []
+        self.records: dict[str, list[TestRecord]] = {}
         self._lock = threading.Lock()
 
     def set_accelerator(self, accel: str, reason: str) -> None:
         self.data["accelerator"], self.data["accelerator_reason"] = accel, reason
         self.write()
 
+    def set_records(self, cell: str, records: list[TestRecord]) -> None:
+        self.records[cell] = records
+
     def add(self, cell: CellResult) -> None:
+        """A finished cell: its tests.json, then the run's summary and reports, rewritten."""
         with self._lock:
             self.cells.append(cell)
             self.data["cells"].append(asdict(cell))
+            records = self.records.setdefault(cell.name, [])
+            _atomic(Path(cell.dir) / "tests.json", json.dumps([asdict(r) for r in records]))
             self.write()
 
     @property
@@ -91,19 +93,31 @@ class RunResults:
         return code
 
     def write(self) -> None:
-        """Atomically: a reader (or a crash) never sees half a summary."""
-        path = self.run_dir / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, path)
+        _atomic(self.run_dir / "summary.json", json.dumps(self.data, indent=2) + "\n")
+        reports.write_all(self.run_data())
+
+    def run_data(self) -> RunData:
+        cells = [CellData(c, self.records.get(c["name"], [])) for c in self.data["cells"]]
+        return RunData(self.run_dir, self.data, cells)
+
+
+def _atomic(path: Path, text: str) -> None:
+    """A reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+TABLE_OUTCOMES = ("pass", "fail", "error", "notrun", "skip", "xfail", "xpass")
+UNEXPECTED_SHOWN = 10
 
 
 def table(results: RunResults) -> str:
-    header = ["cell", "verdict", "pass", "fail", "skip", "xfail", "error", "boot", "wall"]
+    header = ["cell", "verdict", *TABLE_OUTCOMES, "boot", "wall"]
     rows = [header]
     for c in results.cells:
         boot = f"{c.boot_to_ssh_s:.1f}s" if c.boot_to_ssh_s is not None else "-"
-        counts = [str(c.counts.get(k, 0)) for k in ("pass", "fail", "skip", "xfail", "error")]
+        counts = [str(c.counts.get(k, 0)) for k in TABLE_OUTCOMES]
         rows.append([c.name, c.verdict, *counts, boot, f"{c.wall_s:.1f}s"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -111,6 +125,12 @@ def table(results: RunResults) -> str:
         if c.infra_error:
             lines.append(f"{c.name}: {c.infra_error}")
         lines += [f"{c.name}: {p}" for p in c.problems]
+        lines += [f"{c.name}: unexpected {u}" for u in c.unexpected[:UNEXPECTED_SHOWN]]
+        if len(c.unexpected) > UNEXPECTED_SHOWN:
+            lines.append(f"{c.name}: ... {len(c.unexpected) - UNEXPECTED_SHOWN} more unexpected")
+    lines.append(
+        f"report: {results.run_dir / reports.HTML}  junit: {results.run_dir / reports.JUNIT}"
+    )
     lines.append(
         f"accelerator: {results.data['accelerator']} ({results.data['accelerator_reason']})"
     )

@@ -7,22 +7,24 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import console
+from lab import console, triage
 from lab import provenance as provenance_mod
 from lab.cache import Cache, file_sha256, tree_digest
+from lab.console import ConsoleWatch, Stop
 from lab.errors import InfraError
 from lab.machine import Machine
-from lab.payload import RUNTIME_DIR, collect_dmesg, run_payload
+from lab.payload import RUNTIME_DIR, TapStream, collect_dmesg, run_payload
 from lab.progress import SILENT, Progress
-from lab.results import CellResult, RunResults, empty_counts, verdict
+from lab.results import CellResult, RunResults, empty_counts
 from lab.scenario import Cell, Scenario, expand
 from lab.session import CellBooter, Prepared
-from lab.tap import TapParser
+from lab.tap import TapResult
 
 CRASH_GRACE_S = 5.0
 
@@ -182,19 +184,34 @@ class ScenarioRun:
         )
         record = provenance(cell, prepared, self.opts.pytest_args)
         (cell_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        stream = TapStream(cell_dir / "results.tap", self._on_result(cell))
         with self.booter.boot(cell, prepared, cell_dir, gdb_port=self.opts.gdb_port) as machine:
             result.boot_to_ssh_s = round(machine.boot_to_ssh_s or 0.0, 2)
             result.qemu_version = _qemu_version(machine)
             self._check_guest(machine, prepared, result)
-            tap = self._payload(machine, cell_dir, prepared, result)
-        result.counts = tap.counts()
-        result.problems = tap.problems() + result.problems
-        result.verdict = "error" if result.problems else verdict(tap)
+            dmesg, stop = self._payload(machine, cell_dir, prepared, stream, result)
+        # Only now, with QEMU gone, is the console complete (a panic's trace included).
+        console_lines = console.read_lines(cell_dir / "console.log")
+        recs = triage.records(stream.parser, dmesg, console_lines, stop)
+        triage.expect(recs, cell.name, self.scenario.expectations)
+        result.counts = triage.counts(recs)
+        result.problems = stream.parser.problems() + result.problems
+        result.verdict = triage.verdict(recs, result.problems)
+        result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
+        self.results.set_records(cell.name, recs)
         c = result.counts
         self.progress(
             cell.name,
-            f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['skip']} skipped",
+            f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, "
+            f"{c['notrun']} not run, {c['skip']} skipped",
         )
+
+    def _on_result(self, cell: Cell) -> Callable[[TapResult], None]:
+        def tell(r: TapResult) -> None:
+            if r.outcome in triage.UNEXPECTED:
+                self.progress(cell.name, f"{r.outcome}: {r.name}")
+
+        return tell
 
     def _check_guest(self, machine: Machine, prepared: Prepared, result: CellResult) -> None:
         facts = provenance_mod.read_facts(machine.ssh)
@@ -205,30 +222,53 @@ class ScenarioRun:
         result.problems += wrong
 
     def _payload(
-        self, machine: Machine, cell_dir: Path, prepared: Prepared, result: CellResult
-    ) -> TapParser:
-        """Run the payload; a guest that dies under it is the cell's error, told by its console."""
+        self,
+        machine: Machine,
+        cell_dir: Path,
+        prepared: Prepared,
+        stream: TapStream,
+        result: CellResult,
+    ) -> tuple[list[str] | None, Stop | None]:
+        """Run the payload; returns the guest's dmesg (None if it has none to give) and why
+        the run was stopped early, if it was. A guest that dies is told by its console."""
+        p = self.scenario.payload
+        watch = ConsoleWatch(cell_dir / "console.log", p.stall_timeout, p.test_timeout)
+        stop = None
         try:
             run = run_payload(
                 machine.ssh,
                 self.scenario,
-                cell_dir,
                 prepared.kernel.vmlinuz.parent / "config",
                 self.opts.pytest_args,
+                stream,
+                watch,
+                cell_dir / "payload.log",
                 self.progress,
             )
-            tap = run.tap
+            stop = run.stop
         except InfraError:
             # A panicking guest drops SSH a moment before QEMU (-no-reboot) finishes exiting.
             if machine.exit_status(wait=CRASH_GRACE_S) is None:
                 raise
-            tap = TapParser()
         finally:
-            collect_dmesg(machine.ssh, cell_dir)
+            stream.close()
         crashed = machine.exit_status()
         if crashed is not None:
             result.problems.append(crash_report(crashed, cell_dir / "console.log"))
-        return tap
+            stop = stop or _death(console.read_lines(cell_dir / "console.log"))
+        if stop is not None:
+            result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
+            self.progress(machine.cfg.name, f"stopping the guest: {stop.message}")
+            machine.ssh.close()  # a hung guest gets no `sync`: it is killed
+            return None, stop
+        return (None if crashed is not None else collect_dmesg(machine.ssh, cell_dir)), None
+
+
+def _death(console_lines: list[str]) -> Stop:
+    """A guest that died under the payload without the watch seeing it first."""
+    alarms = console.crash_lines(console_lines)
+    message = alarms[0] if alarms else "QEMU exited during the payload"
+    return Stop("panic" if alarms else "died", message, triage.last_running(console_lines))
 
 
 def crash_report(exit_code: int, console_log: Path) -> str:

@@ -57,6 +57,19 @@ class Payload:
     stall_timeout: float = doc_field(
         "seconds without console or SSH output before the guest is given up on", 300.0
     )
+    test_timeout: float = doc_field(
+        "seconds one test may run; then the guest is killed, the test is an error "
+        "and the tests after it are not run",
+        120.0,
+    )
+
+
+@dataclass
+class Expectation:
+    test: str = doc_field("glob over test names, e.g. 'vfio_dma_mapping_test.*_1gb.*'")
+    reason: str = doc_field("why it fails; shown with the XFAIL")
+    cells: str = doc_field("glob over the cells it fails in", "*")
+    link: str = doc_field("where it is tracked: a lore thread, a bug", "")
 
 
 @dataclass
@@ -78,6 +91,9 @@ class Scenario:
     machine: Machine = doc_field("the guest machine", factory=Machine)
     devices: list[Device] = doc_field("PCI devices behind the IOMMU", [])
     payload: Payload = doc_field("what runs in the guest", factory=Payload)
+    expectations: list[Expectation] = doc_field(
+        "known failures: a matching test that fails is XFAIL, one that passes is XPASS", []
+    )
     file: Path = dataclasses.field(default=Path("<none>"), init=False, repr=False)
     lines: dict[str, int] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
@@ -138,8 +154,13 @@ def validate(s: Scenario) -> None:
         raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
     if s.payload.timeout <= 0:
         raise s.error("payload.timeout", "must be positive")
-    if s.payload.stall_timeout <= 0:
-        raise s.error("payload.stall_timeout", "must be positive")
+    for name in ("stall_timeout", "test_timeout"):
+        if getattr(s.payload, name) <= 0:
+            raise s.error(f"payload.{name}", "must be positive")
+    for i, known in enumerate(s.expectations):
+        for name in ("test", "reason"):
+            if not getattr(known, name).strip():
+                raise s.error(f"expectations[{i}].{name}", "must not be empty")
 
 
 def _resolve_local(s: Scenario, spec: str) -> str:

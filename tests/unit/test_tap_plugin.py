@@ -12,17 +12,18 @@ from lab.tap import parse_text
 from tests.conftest import REPO
 
 
-def run_sample(tmp_path):
+def run_sample(tmp_path, *extra, pass_fds=()):
     work = tmp_path / "tests"
     shutil.copytree(REPO / "tests" / "fixtures" / "tap_sample", work)
     env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
     done = subprocess.run(
-        [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q"],
+        [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q", *extra],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         check=False,
+        pass_fds=pass_fds,
     )
     return done, (tmp_path / "out.tap").read_text(), work
 
@@ -31,8 +32,9 @@ def test_tap_lines_names_and_directives(tmp_path):
     done, text, _ = run_sample(tmp_path)
     assert done.returncode == 1, done.stdout  # a failure was reported to pytest too
     lines = text.splitlines()
-    assert lines[:2] == ["TAP version 13", "1..5"]
+    assert lines[0] == "TAP version 13" and lines[6] == "1..5"
     tap = parse_text(text)
+    assert tap.notes == [f"collected: {r.name}" for r in tap.results]
     by_name = {r.name: r for r in tap.results}
     assert by_name["sample_test.vfio_type1_iommu.map"].outcome == "pass"
     assert by_name["sample_test.vfio_type1_iommu.map"].diagnostic("iova") == "0x100000"
@@ -51,3 +53,12 @@ def test_tap_lines_names_and_directives(tmp_path):
 def test_a_failing_test_still_releases_its_resources(tmp_path):
     _, _, work = run_sample(tmp_path)
     assert (work / "released.txt").read_text() == "released\n"
+
+
+def test_tap_is_also_streamed_to_a_file_descriptor(tmp_path):
+    read_end, write_end = os.pipe()  # the sample's TAP fits in a pipe's buffer
+    done, text, _ = run_sample(tmp_path, f"--tap-fd={write_end}", pass_fds=(write_end,))
+    os.close(write_end)
+    assert done.returncode == 1
+    with os.fdopen(read_end) as stream:
+        assert stream.read() == text

@@ -1,0 +1,77 @@
+"""Run directories written by the real RunResults, for report, junit and compare tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab.results import CellResult, RunResults
+from lab.triage import TestRecord, counts, verdict
+
+
+def rec(name: str, outcome: str = "pass", *diags: str, **kw: object) -> TestRecord:
+    return TestRecord(name, outcome, diagnostics=list(diags), **kw)  # type: ignore[arg-type]
+
+
+def write_run(
+    root: Path, cells: dict[str, list[TestRecord]], infra: dict[str, str] | None = None
+) -> Path:
+    """A finished run with these cells (in order); `infra` gives cells an infra error."""
+    run_dir = root / "run"
+    run_dir.mkdir()
+    results = RunResults(run_dir, "two-cells", "20261121-000000-abcd", "tcg", "auto: no KVM")
+    for name, records in cells.items():
+        (run_dir / name).mkdir()
+        error = (infra or {}).get(name)
+        results.set_records(name, records)
+        results.add(
+            CellResult(
+                name=name,
+                kernel="debian:7.2",
+                verdict="error" if error else verdict(records, []),
+                counts=counts(records),
+                dir=str(run_dir / name),
+                wall_s=42.0,
+                boot_to_ssh_s=5.0,
+                kernel_release="7.2.13-vfio-lab",
+                infra_error=error,
+            )
+        )
+    results.finish()
+    return run_dir
+
+
+def sample_cells() -> dict[str, list[TestRecord]]:
+    """Two cells that differ the way the seed-000 pair does, plus the triage outcomes."""
+    hugetlb = "vfio_dma_mapping_test.vfio_type1_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
+    return {
+        "7.2-iommufd_vfio_container=y": [
+            rec(hugetlb, "pass", "container_provider: iommufd", "iopte_size: 4K"),
+            rec("vfio_pci_device_test.reset", "pass", "container_provider: iommufd"),
+            rec(
+                "vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region",
+                "pass",
+                "container_provider: iommufd",
+                kernel=["iommu fault: DMAR: [DMA Write NO_PASID] Request device [00:03.0]"],
+                dmesg=["[ 28.4] DMAR: [DMA Write NO_PASID] Request device [00:03.0]"],
+            ),
+            rec(
+                "crash_test.crash_the_kernel",
+                "error",
+                reason="panic: Kernel panic - not syncing: sysrq triggered crash",
+                kernel=["panic: Kernel panic - not syncing: sysrq triggered crash"],
+                console=["[ 8.59] sysrq: Trigger a crash", "\x00\x1b[0m junk <b>&"],
+            ),
+            rec("after_test.never", "notrun", reason="not run: the guest stopped during x"),
+        ],
+        "7.2-iommufd_vfio_container=n": [
+            rec(hugetlb, "pass", "container_provider: vfio", "iopte_size: 1G"),
+            rec("vfio_pci_device_test.reset", "fail", "container_provider: vfio", "call: E 1 != 0"),
+            rec("vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region", "pass"),
+            rec(
+                "crash_test.crash_the_kernel",
+                "xfail",
+                reason="known failure: sysrq",
+                expectation={"test": "crash_test.*", "cells": "*", "reason": "sysrq", "link": "https://lore.kernel.org/x"},
+            ),
+        ],
+    }

@@ -1,0 +1,91 @@
+"""`vfio-lab compare` and `vfio-lab report` on run directories written by RunResults."""
+
+from __future__ import annotations
+
+import json
+
+from lab import compare
+from lab.rundir import load_run
+from tests.conftest import lab
+from tests.unit.run_fixtures import rec, write_run
+
+
+def two_runs(tmp_path, old, new):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    return write_run(tmp_path / "old", old), write_run(tmp_path / "new", new)
+
+
+def test_each_kind_of_difference_is_listed_once(tmp_path):
+    old = {
+        "c": [
+            rec("t.regress"),
+            rec("t.fixed", "fail"),
+            rec("t.skipped"),
+            rec("t.diag", "pass", "iopte_size: 1G"),
+            rec("t.gone"),
+            rec("t.same", "pass", "iova: 0x1000"),
+        ],
+        "old-only": [rec("t.x")],
+    }
+    new = {
+        "c": [
+            rec("t.regress", "error", reason="kernel oops"),
+            rec("t.fixed"),
+            rec("t.skipped", "skip"),
+            rec("t.diag", "pass", "iopte_size: 4K"),
+            rec("t.new"),
+            rec("t.new_broken", "fail"),
+            rec("t.same", "pass", "iova: 0x1000"),
+        ],
+        "new-only": [rec("t.x")],
+    }
+    a, b = two_runs(tmp_path, old, new)
+    c = compare.compare(load_run(a), load_run(b))
+    names = lambda changes: [ch.test for ch in changes]  # noqa: E731
+    assert names(c.new_failures) == ["t.regress", "t.new_broken"]
+    assert names(c.fixes) == ["t.fixed"]
+    assert names(c.other_changes) == ["t.skipped"]
+    assert [ch.detail for ch in c.changed_diagnostics] == ["iopte_size: 1G -> 4K"]
+    assert names(c.appeared) == ["t.new"] and names(c.vanished) == ["t.gone"]
+    assert (c.cells_appeared, c.cells_vanished) == (["new-only"], ["old-only"])
+    assert c.regressions
+
+
+def test_cli_compare_exit_codes_and_text(tmp_path):
+    a, b = two_runs(tmp_path, {"c": [rec("t.a"), rec("t.b")]}, {"c": [rec("t.a"), rec("t.b", "fail")]})
+    done = lab("compare", str(a), str(b))
+    assert done.returncode == 1, done.stderr
+    assert "new failures and errors (1):\n  c  t.b  pass -> fail" in done.stdout
+    assert done.stdout.rstrip().endswith("regressions: yes")
+    back = lab("compare", str(b), str(a))
+    assert back.returncode == 0 and "fixes (1):" in back.stdout
+    same = lab("compare", str(a), str(a))
+    assert same.returncode == 0 and "no differences" in same.stdout
+
+
+def test_compare_and_report_refuse_what_is_not_a_run_directory(tmp_path):
+    a, _ = two_runs(tmp_path, {"c": [rec("t.a")]}, {"c": [rec("t.a")]})
+    done = lab("compare", str(tmp_path), str(a))
+    assert done.returncode == 2
+    assert f"{tmp_path} is not a vfio-lab run directory: it has no summary.json" in done.stderr
+    assert "Traceback" not in done.stderr
+    (a / "c" / "tests.json").write_text("{truncated")
+    done = lab("report", str(a))
+    assert done.returncode == 2 and f"{a / 'c' / 'tests.json'}: unreadable or not JSON" in done.stderr
+    (a / "c" / "tests.json").write_text(json.dumps([{"bogus": 1}]))
+    done = lab("report", str(a))
+    assert done.returncode == 2 and "not a list of test records" in done.stderr
+    (a / "summary.json").write_text("[]")
+    assert "not a vfio-lab summary" in lab("report", str(a)).stderr
+    assert lab("report", str(tmp_path / "missing")).returncode == 2
+
+
+def test_report_writes_both_files_again(tmp_path):
+    a, _ = two_runs(tmp_path, {"c": [rec("t.a")]}, {"c": [rec("t.a")]})
+    (a / "report.html").unlink()
+    (a / "junit.xml").unlink()
+    done = lab("report", str(a))
+    assert done.returncode == 0
+    assert (a / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert "<testsuite name=\"c\"" in (a / "junit.xml").read_text()

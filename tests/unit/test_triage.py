@@ -1,0 +1,120 @@
+"""Per-test triage: kernel lines attributed by the payload's markers, fail vs error."""
+
+from __future__ import annotations
+
+from lab import triage
+from lab.console import Stop
+from lab.scenario import Expectation
+from lab.tap import parse_text
+
+TAP = """\
+TAP version 13
+# collected: m.a
+# collected: m.b
+# collected: m.c
+# collected: m.d
+1..4
+ok 1 m.a
+# call: E   assert 1 == 0
+not ok 2 m.b
+"""
+
+CONSOLE = """\
+[    1.0] Linux version 7.2
+[    2.0] vfio-lab: test-start m.a
+[    2.1] DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000
+[    2.2] vfio-lab: test-end m.a pass
+[    2.3] vfio-lab: test-start m.b
+[    2.4] WARNING: CPU: 0 PID: 9 at drivers/vfio/vfio_iommu_type1.c:1 vfio_x+0x1/0x2
+[    2.5] vfio-lab: test-end m.b fail
+[    2.6] vfio-lab: test-start m.c
+[    2.7] sysrq: Trigger a crash
+[    2.8] Kernel panic - not syncing: sysrq triggered crash
+"""
+
+
+def by_name(recs):
+    return {r.name: r for r in recs}
+
+
+def test_a_panic_makes_the_running_test_an_error_and_the_rest_not_run():
+    lines = CONSOLE.splitlines()
+    stop = Stop("panic", "Kernel panic - not syncing: sysrq triggered crash", "m.c")
+    recs = by_name(triage.records(parse_text(TAP), None, lines, stop))
+    assert [r.outcome for r in recs.values()] == ["pass", "error", "error", "notrun"]
+    assert recs["m.c"].reason == "panic: Kernel panic - not syncing: sysrq triggered crash"
+    assert recs["m.c"].kernel == ["panic: Kernel panic - not syncing: sysrq triggered crash"]
+    assert any("console: [    2.8] Kernel panic" in d for d in recs["m.c"].diagnostics)
+    assert recs["m.d"].reason == "not run: the guest stopped during m.c"
+
+
+def test_a_kernel_warning_turns_a_failure_into_an_error_and_keeps_what_the_test_said():
+    recs = by_name(triage.records(parse_text(TAP), CONSOLE.splitlines(), [], None))
+    b = recs["m.b"]
+    assert b.outcome == "error"
+    assert b.reason.startswith("kernel warning during the test: WARNING: CPU: 0 PID: 9")
+    assert b.reason.endswith("(the test itself: fail)")
+    assert b.diagnostics == ["call: E   assert 1 == 0"]
+
+
+def test_an_iommu_fault_is_attributed_but_not_an_error():
+    recs = by_name(triage.records(parse_text(TAP), CONSOLE.splitlines(), [], None))
+    a = recs["m.a"]
+    assert a.outcome == "pass"
+    assert a.kernel == ["iommu fault: DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"]
+    assert a.dmesg == ["[    2.1] DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"]
+
+
+def test_lines_outside_tests_belong_to_none():
+    slices = triage.by_test(CONSOLE.splitlines())
+    assert slices[""] == ["[    1.0] Linux version 7.2"]
+    assert triage.last_running(CONSOLE.splitlines()) == "m.c"
+
+
+def test_without_a_collected_header_missing_tests_are_numbered():
+    recs = triage.records(parse_text("1..3\nok 1 a\n"), [], [], None)
+    assert [(r.name, r.outcome) for r in recs] == [
+        ("a", "pass"),
+        ("(test 2)", "notrun"),
+        ("(test 3)", "notrun"),
+    ]
+
+
+def test_slices_are_capped_head_and_tail():
+    lines = [f"line {i}" for i in range(100)]
+    capped = triage.cap(lines)
+    assert capped[:2] == ["line 0", "line 1"] and capped[-1] == "line 99"
+    assert "[... 40 lines ...]" in capped
+
+
+def test_expectations_make_xfail_and_xpass_only_where_they_match():
+    recs = [
+        triage.TestRecord("m.bug", "fail", "boom"),
+        triage.TestRecord("m.fixed", "pass"),
+        triage.TestRecord("m.other", "fail"),
+    ]
+    known = [
+        Expectation(test="m.bug", reason="tracked", link="https://lore/x"),
+        Expectation(test="m.fixed", reason="was broken", cells="*=y"),
+    ]
+    triage.expect(recs, "7.2-x=y", known)
+    assert [r.outcome for r in recs] == ["xfail", "xpass", "fail"]
+    assert recs[0].reason == "known failure: tracked (was fail: boom)"
+    assert recs[0].expectation["link"] == "https://lore/x"
+    assert recs[1].reason == "expected to fail (was broken), but passed"
+    other_cell = [triage.TestRecord("m.fixed", "pass")]
+    triage.expect(other_cell, "7.2-x=n", known)
+    assert other_cell[0].outcome == "pass"
+
+
+def test_verdicts():
+    def v(*outcomes, problems=()):
+        return triage.verdict([triage.TestRecord(f"t{i}", o) for i, o in enumerate(outcomes)], list(problems))
+
+    assert v("pass", "skip", "xfail") == "pass"
+    assert v("pass", "fail") == "fail"
+    assert v("xpass") == "fail"
+    assert v("pass", "notrun") == "error"
+    assert v("error", "fail") == "error"
+    assert v("pass", problems=["kernel mismatch"]) == "error"
+    assert v() == "error"
