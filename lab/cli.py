@@ -15,6 +15,7 @@ from types import FrameType
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from lab import compare, doctor, reports, repro, running, scenario
+from lab import tap as tap_mod
 from lab.cache import Cache
 from lab.errors import LabError, UsageError
 from lab.kernels import KERNEL_SOURCES, KernelArtifact, parse_kernel_spec
@@ -29,6 +30,7 @@ from lab.scenario import Cell
 from lab.schema import describe
 from lab.session import CellBooter, check_port_free, vm_config
 from lab.ssh import GuestSSH
+from lab.triage import UNEXPECTED
 
 EXIT_INTERRUPTED = 130
 DEFAULT_GDB_PORT = 1234
@@ -162,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("old", type=Path, metavar="OLD_RUN_DIR")
     cmp.add_argument("new", type=Path, metavar="NEW_RUN_DIR")
+
+    tap = sub.add_parser(
+        "tap",
+        help="parse a TAP/KTAP file (a cell's results.tap, kselftest output) and summarize it",
+    )
+    tap.add_argument("tap_file", type=Path, metavar="FILE")
 
     sub.add_parser("doctor", help="check every prerequisite and say how to fix what is missing")
     sub.add_parser("schema", help="document every scenario field, its default, and the registries")
@@ -446,6 +454,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_UNEXPECTED if result.regressions else EXIT_OK
 
 
+def cmd_tap(args: argparse.Namespace) -> int:
+    try:
+        text = args.tap_file.read_bytes().decode(errors="replace")
+    except OSError as e:
+        raise UsageError(f"{args.tap_file}: {e.strerror}") from None
+    parsed = tap_mod.parse_text(text)
+    counts = ", ".join(f"{k} {v}" for k, v in parsed.counts().items() if v)
+    print(f"{args.tap_file}: {len(parsed.results)} results ({counts or 'none'})")
+    for name, r in parsed.flat():
+        if r.outcome in UNEXPECTED:
+            print(f"  {r.outcome}: {name}" + (f" ({r.reason})" if r.reason else ""))
+    for problem in parsed.problems():
+        print(f"  problem: {problem}")
+    if parsed.garbage:
+        print(f"  {parsed.garbage} lines that are not TAP were skipped")
+    bad = parsed.problems() or any(r.outcome in UNEXPECTED for _, r in parsed.flat())
+    return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     checks = doctor.all_checks(Cache())
     print(doctor.report(checks))
@@ -476,6 +503,7 @@ COMMANDS = {
     "list": cmd_list,
     "report": cmd_report,
     "compare": cmd_compare,
+    "tap": cmd_tap,
     "doctor": cmd_doctor,
     "schema": cmd_schema,
 }

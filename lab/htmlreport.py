@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from lab.rundir import CellData, Row, RunData, cell_facts, matrix
-from lab.triage import TestRecord
+from lab.triage import TestRecord, printable
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
@@ -48,6 +48,9 @@ function apply() {
 }
 for (const id of ['#only-diff', '#only-unexpected', '#filter']) q(id).addEventListener('input', apply);
 window.addEventListener('load', () => {
+  // report.html#differing or #unexpected: open the page filtered.
+  q('#only-diff').checked ||= location.hash === '#differing';
+  q('#only-unexpected').checked ||= location.hash === '#unexpected';
   apply();
   // For tests that load the page in a real browser: what was laid out, not just parsed.
   document.body.dataset.rendered = rows.length;
@@ -74,7 +77,7 @@ def render(run: RunData) -> str:
         "<h2>Details</h2>",
         *(_details(i, row, run) for i, row in enumerate(rows)),
     ]
-    return (
+    return printable(
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(body)

@@ -6,18 +6,15 @@ Both are rewritten after every cell, from the same data `vfio-lab report` reads 
 from __future__ import annotations
 
 import os
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from lab import htmlreport
 from lab.rundir import CellData, RunData
-from lab.triage import TestRecord
+from lab.triage import TestRecord, printable
 
 JUNIT = "junit.xml"
 HTML = "report.html"
-# XML 1.0 cannot carry most control characters; a dying UART prints plenty.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def write_all(run: RunData) -> None:
@@ -37,7 +34,7 @@ def junit_xml(run: RunData) -> str:
     for cell in run.cells:
         suites.append(_suite(cell, run))
     ET.indent(suites)
-    return _NOT_XML.sub("?", ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"
+    return printable(ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"
 
 
 def _suite(cell: CellData, run: RunData) -> ET.Element:

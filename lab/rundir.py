@@ -32,6 +32,9 @@ class RunData:
 
 
 # -- the matrix: tests x cells ----------------------------------------------------------
+FACT_SHARE = 0.25
+
+
 @dataclass
 class Row:
     test: str
@@ -45,15 +48,17 @@ class Row:
 
 
 def cell_facts(cell: CellData) -> dict[str, str]:
-    """Diagnostics with one value across all of a cell's tests (container_provider...):
-    facts about the cell, shown once, not differences between tests."""
+    """Diagnostics that many of a cell's tests record, all with one value
+    (container_provider...): facts about the cell, shown once, not differences
+    between tests."""
     values: dict[str, set[str]] = {}
     seen: dict[str, int] = {}
     for rec in cell.records:
         for k, v in rec.diagnostic_map().items():
             values.setdefault(k, set()).add(v)
             seen[k] = seen.get(k, 0) + 1
-    return {k: next(iter(v)) for k, v in values.items() if len(v) == 1 and seen[k] > 1}
+    common = max(2, len(cell.records) * FACT_SHARE)
+    return {k: next(iter(v)) for k, v in values.items() if len(v) == 1 and seen[k] >= common}
 
 
 def matrix(run: RunData) -> list[Row]:

@@ -19,7 +19,7 @@ from lab.cache import Cache, file_sha256, tree_digest
 from lab.console import ConsoleWatch, Stop
 from lab.errors import InfraError
 from lab.machine import Machine
-from lab.payload import RUNTIME_DIR, TapStream, collect_dmesg, run_payload
+from lab.payload import PYTEST_RAN, RUNTIME_DIR, TapStream, collect_dmesg, run_payload
 from lab.progress import SILENT, Progress
 from lab.results import CellResult, RunResults, empty_counts
 from lab.scenario import Cell, Scenario, expand
@@ -246,13 +246,16 @@ class ScenarioRun:
                 self.progress,
             )
             stop = run.stop
+            # A panicking guest drops SSH (no exit status) a moment before QEMU
+            # (-no-reboot) finishes exiting.
+            grace = CRASH_GRACE_S if stop is None and run.pytest_status not in PYTEST_RAN else 0.0
         except InfraError:
-            # A panicking guest drops SSH a moment before QEMU (-no-reboot) finishes exiting.
             if machine.exit_status(wait=CRASH_GRACE_S) is None:
                 raise
+            grace = 0.0
         finally:
             stream.close()
-        crashed = machine.exit_status()
+        crashed = machine.exit_status(wait=grace)
         if crashed is not None:
             result.problems.append(crash_report(crashed, cell_dir / "console.log"))
             stop = stop or _death(console.read_lines(cell_dir / "console.log"))

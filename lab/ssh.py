@@ -231,15 +231,6 @@ class GuestSSH:
         with self._sftp(f"copy {local}") as sftp:
             sftp.put(str(local), remote)
 
-    def fetch_text(self, remote: str, local: Path) -> bool:
-        """Copy a guest file to `local`; False when the guest has no such file."""
-        with self._sftp(f"fetch {remote}") as sftp:
-            try:
-                sftp.get(remote, str(local))
-            except FileNotFoundError:
-                return False
-        return True
-
     def close(self) -> None:
         if self.client is not None:
             self.client.close()

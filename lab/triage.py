@@ -37,6 +37,9 @@ ALARMS = (
     ("vfio", re.compile(r"(?:^|\]\s*)((?:vfio(?!-lab)[-_\w]*|iommufd)\b.*)"), False),
 )
 UNEXPECTED = ("fail", "error", "xpass", "notrun")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 SLICE_HEAD, SLICE_TAIL = 20, 40
 CONSOLE_TAIL = 25
 
@@ -66,6 +69,11 @@ class TestRecord:
         if not isinstance(d, dict):
             raise TypeError(f"a test record is an object, not {type(d).__name__}")
         return TestRecord(**d)
+
+
+def printable(text: str) -> str:
+    """Guest text made fit for XML and HTML: terminal colours dropped, control bytes as ?."""
+    return _UNPRINTABLE.sub("?", _ANSI.sub("", text))
 
 
 def by_test(lines: list[str]) -> dict[str, list[str]]:

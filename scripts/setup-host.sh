@@ -18,6 +18,7 @@ PACKAGES=(
     make flex bison bc libelf-dev libssl-dev xz-utils  # building kernels from source
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
+    chromium          # the test suite renders report.html in a real (headless) browser
 )
 
 SUDO=""

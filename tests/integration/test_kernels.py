@@ -7,12 +7,14 @@ two kernels (about 7 min cold on 2 cores, much less with a warm ccache) and boot
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab.tap import TapResult, parse_text
-from tests.conftest import lab
+from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
 
@@ -50,23 +52,19 @@ def _tap(cell: dict) -> dict[str, TapResult]:
     return {r.name: r for r in tap.results}
 
 
-def test_iommufd_compat_matrix_shows_what_the_container_switch_changes(tmp_path):
+@pytest.fixture(scope="module")
+def compat_run(tmp_path_factory):
     """Builds debian:7.2 twice, boots both, runs the whole payload in all five modes."""
+    root = tmp_path_factory.mktemp("compat") / "results"
     # --retries 1: under TCG the guest's virtio-net has been seen to stall once in a while
     # (NETDEV WATCHDOG); the lab gives up on such an attempt at once and tries again.
-    done = lab(
-        "run",
-        "scenarios/iommufd-compat.yaml",
-        "--results",
-        str(tmp_path / "results"),
-        "--retries",
-        "1",
-    )
+    done = lab("run", "scenarios/iommufd-compat.yaml", "--results", str(root), "--retries", "1")
     assert done.returncode == 0, done.stdout + done.stderr
-    cells = {
-        c["name"]: c
-        for c in json.loads((tmp_path / "results" / "latest" / "summary.json").read_text())["cells"]
-    }
+    return (root / "latest").resolve()
+
+
+def test_iommufd_compat_matrix_shows_what_the_container_switch_changes(compat_run):
+    cells = {c["name"]: c for c in json.loads((compat_run / "summary.json").read_text())["cells"]}
     on, off = cells["7.2-iommufd_vfio_container=y"], cells["7.2-iommufd_vfio_container=n"]
     for cell in (on, off):
         assert cell["verdict"] == "pass" and cell["counts"]["fail"] == 0
@@ -91,3 +89,81 @@ def test_iommufd_compat_matrix_shows_what_the_container_switch_changes(tmp_path)
     bar = "vfio_dma_mapping_mmio_test.vfio_type1_iommu.map_full_bar"
     assert tap_off[bar].diagnostic("unmapped") == "0x100000"
     assert tap_on[bar].diagnostic("errno") is not None
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    """Debian's chromium, headless, with nothing that reaches out or needs a desktop."""
+    return subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",  # CI runs as root
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_report_of_the_two_cell_run_renders_in_chromium(compat_run, tmp_path):
+    report = compat_run / "report.html"
+    url = report.as_uri()
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", url, profile=tmp_path / "p1")
+    assert dom.returncode == 0, dom.stderr
+    tests = json.loads((compat_run / "7.2-iommufd_vfio_container=y" / "tests.json").read_text())
+    body = re.search(r"<body([^>]*)>", dom.stdout)
+    assert body is not None, dom.stdout[:2000]
+    # Set by the page's script after layout: every row is there, and the table has a size.
+    assert f'data-rendered="{len(tests)}"' in body.group(1)
+    height = re.search(r'data-matrix-height="(\d+)"', body.group(1))
+    assert height is not None and int(height.group(1)) > 20 * len(tests)
+    assert dom.stdout.count("<th>7.2-iommufd_vfio_container=") == 2
+    seed = "vfio_dma_mapping_test.vfio_type1_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
+    row = re.search(
+        rf"<tr class=\"([^\"]*)\" data-test=\"{re.escape(seed)}\">(.*?)</tr>", dom.stdout
+    )
+    assert row is not None and "differs" in row.group(1).split()
+    assert "iopte_size: 4K" in row.group(2) and "iopte_size: 1G" in row.group(2)
+    shot = compat_run / "report.png"
+    filtered = f"{url}#differing"  # the rows that differ, at the top of the picture
+    taken = chromium(
+        "--window-size=1400,1000", f"--screenshot={shot}", filtered, profile=tmp_path / "p2"
+    )
+    assert taken.returncode == 0, taken.stderr
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == 1400
+    assert len(png) > 20_000  # a rendered page, not a blank one
+
+
+def test_kernel_crash_in_one_cell_is_its_error_and_the_next_cell_runs(tmp_path):
+    """The crash payload panics 7.2 with IOMMUFD_VFIO_CONTAINER=y and spares =n."""
+    scenario = tmp_path / "crash-pair.yaml"
+    scenario.write_text(
+        (REPO / "scenarios" / "iommufd-compat.yaml").read_text()
+        + f"payload:\n  tests: {REPO}/tests/fixtures/crash_payload\n"
+        "  test_timeout: 600\n  stall_timeout: 600\n"
+    )
+    root = tmp_path / "results"
+    done = lab("run", str(scenario), "--results", str(root), "--jobs", "1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    summary = json.loads((root / "latest" / "summary.json").read_text())
+    on, off = summary["cells"]
+    assert on["name"] == "7.2-iommufd_vfio_container=y" and on["verdict"] == "error"
+    tests = {r["name"]: r for r in json.loads((Path(on["dir"]) / "tests.json").read_text())}
+    crash = tests["crash_test.crash_the_kernel"]
+    assert crash["outcome"] == "error"
+    assert "panic: Kernel panic - not syncing: sysrq triggered crash" in crash["kernel"]
+    assert tests["crash_test.after"]["outcome"] == "notrun"
+    assert on["wall_s"] < 90  # seen at once, not after the 600 s timeouts
+    assert off["verdict"] == "pass" and off["counts"]["pass"] == 3
+    junit = (root / "latest" / "junit.xml").read_text()
+    assert "Kernel panic - not syncing: sysrq triggered crash" in junit

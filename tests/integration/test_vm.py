@@ -158,18 +158,80 @@ def test_ctrl_c_during_boot_leaves_nothing_behind(results):
     assert s["interrupted"] is True and s["exit_code"] == 130
 
 
-def test_guest_crash_is_an_error_with_the_console_tail(results):
-    payload = REPO / "tests" / "fixtures" / "crash_payload"
-    start = time.monotonic()
-    done = lab("run", "--payload", str(payload), "--results", str(results))
+def records(cell: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads((Path(cell["dir"]) / "tests.json").read_text())}
+
+
+def run_fixture_payload(results: Path, tmp_path: Path, payload: str, timeouts: str):
+    """Run a payload from tests/fixtures on the stock kernel: exit 1, its one cell an error
+    of the payload (not of the infrastructure); returns the run's output and the cell."""
+    scenario = tmp_path / f"{payload}.yaml"
+    scenario.write_text(f"payload:\n  tests: {REPO}/tests/fixtures/{payload}\n{timeouts}")
+    done = lab("run", str(scenario), "--results", str(results))
     assert done.returncode == 1, done.stdout + done.stderr
     (cell,) = summary(results)["cells"]
-    assert cell["verdict"] == "error"
-    problems = "\n".join(cell["problems"])
-    assert "QEMU exited during the payload" in problems
-    assert "! Kernel panic - not syncing: sysrq triggered crash" in problems
-    # panic=-1 and -no-reboot: QEMU exits at the panic, no timeout is waited for.
-    assert time.monotonic() - start < 120
+    assert cell["verdict"] == "error" and cell["infra_error"] is None
+    return done, cell
+
+
+def test_guest_crash_is_an_error_of_the_test_that_crashed_it(results, tmp_path):
+    timeouts = "  test_timeout: 600\n  stall_timeout: 600\n"
+    done, cell = run_fixture_payload(results, tmp_path, "crash_payload", timeouts)
+    tests = records(cell)
+    assert tests["crash_test.before"]["outcome"] == "pass"
+    crash = tests["crash_test.crash_the_kernel"]
+    assert crash["outcome"] == "error"
+    assert crash["reason"] == "panic: Kernel panic - not syncing: sysrq triggered crash"
+    assert "panic: Kernel panic - not syncing: sysrq triggered crash" in crash["kernel"]
+    assert any("sysrq: Trigger a crash" in line for line in crash["console"])
+    assert tests["crash_test.after"]["outcome"] == "notrun"
+    assert cell["unexpected"] == ["crash_test.crash_the_kernel: error", "crash_test.after: notrun"]
+    # Seen on the console at once (panic=-1, -no-reboot): no 600 s timeout was waited for.
+    assert cell["wall_s"] < 90
+    assert "crash_test.crash_the_kernel: error" in done.stdout
+
+
+def test_hung_test_is_an_error_after_its_timeout_and_the_guest_is_killed(results, tmp_path):
+    _, cell = run_fixture_payload(results, tmp_path, "hang_payload", "  test_timeout: 10\n")
+    tests = records(cell)
+    assert tests["hang_test.before"]["outcome"] == "pass"
+    hang = tests["hang_test.hang"]
+    assert hang["outcome"] == "error"
+    assert hang["reason"] == (
+        "hang: hang_test.hang still running after the per-test timeout of 10 s"
+    )
+    assert any(line.startswith("console: ") for line in hang["diagnostics"])
+    assert tests["hang_test.after"]["outcome"] == "notrun"
+    assert tests["hang_test.after"]["reason"] == "not run: the guest stopped during hang_test.hang"
+    assert "stopped early: hang" in " ".join(cell["problems"])
+
+
+def test_compare_two_real_runs_that_differ_by_one_test(results, tmp_path):
+    """The second run's payload has one more test, which fails: exactly that is reported."""
+    failing = REPO / "tests" / "fixtures" / "failing_payload"
+    before = tmp_path / "before"
+    shutil.copytree(failing, before)
+    source = (before / "failing_test.py").read_text()
+    cut = source.index("def test_ident_is_wrong_on_purpose")
+    (before / "failing_test.py").write_text(source[:cut])
+    old_root, new_root = results / "old", results / "new"
+    assert lab("run", "--payload", str(before), "--results", str(old_root)).returncode == 0
+    assert lab("run", "--payload", str(failing), "--results", str(new_root)).returncode == 1
+    old, new = (old_root / "latest").resolve(), (new_root / "latest").resolve()
+    done = lab("compare", str(old), str(new))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "new failures and errors (1):",
+        "  debian-stock  failing_test.ident_is_wrong_on_purpose  absent -> fail",
+        "regressions: yes",
+    ]
+    back = lab("compare", str(new), str(old))
+    assert back.returncode == 0
+    assert back.stdout.splitlines()[1:] == [
+        "tests that vanished (1):",
+        "  debian-stock  failing_test.ident_is_wrong_on_purpose  fail -> absent",
+        "regressions: none",
+    ]
 
 
 def test_shell_command_sees_vfio_pci_and_its_status_propagates(results):

@@ -71,7 +71,12 @@ def sample_cells() -> dict[str, list[TestRecord]]:
                 "crash_test.crash_the_kernel",
                 "xfail",
                 reason="known failure: sysrq",
-                expectation={"test": "crash_test.*", "cells": "*", "reason": "sysrq", "link": "https://lore.kernel.org/x"},
+                expectation={
+                    "test": "crash_test.*",
+                    "cells": "*",
+                    "reason": "sysrq",
+                    "link": "https://lore.kernel.org/x",
+                },
             ),
         ],
     }

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from lab.cli import main
+from tests.conftest import REPO
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -147,14 +148,46 @@ def test_negative_retries_is_exit_2(capsys):
     assert code == 2 and "--retries: -1 is negative" in err
 
 
-def test_non_positive_stall_timeout_is_exit_2_with_its_line(capsys, tmp_path):
-    path = tmp_path / "stall.yaml"
-    path.write_text("payload:\n  stall_timeout: 0\n")
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("payload:\n  stall_timeout: 0\n", "2: payload.stall_timeout: must be positive"),
+        ("payload:\n  test_timeout: -1\n", "2: payload.test_timeout: must be positive"),
+        (
+            "expectations:\n  - test: 'a.*'\n    reason: ' '\n",
+            "3: expectations[0].reason: must not be empty",
+        ),
+        ("expectations:\n  - reason: known\n", "2: expectations[0].test: required key is missing"),
+        (
+            "expectations:\n  - test: a\n    reason: r\n    url: x\n",
+            "4: expectations[0].url: unknown key; known keys: cells, link, reason, test",
+        ),
+    ],
+)
+def test_bad_payload_timeouts_and_expectations_are_exit_2_with_their_line(
+    capsys, tmp_path, text, where
+):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
     code, _, err = run(capsys, "list", str(path))
     assert code == 2
-    assert f"{path}:2: payload.stall_timeout: must be positive" in err
+    assert f"{path}:{where}" in err
 
 
 def test_shell_overlay_that_is_not_a_file_is_exit_2(capsys, tmp_path):
     code, _, err = run(capsys, "shell", "--overlay", str(tmp_path / "gone.qcow2"), "--", "true")
     assert code == 2 and f"--overlay: {tmp_path / 'gone.qcow2'} is not a file" in err
+
+
+def test_tap_command_summarizes_and_names_what_is_missing(capsys, tmp_path):
+    code, out, _ = run(capsys, "tap", str(REPO / "tests" / "golden" / "tap" / "truncated.tap"))
+    assert code == 1
+    assert "1 results (pass 1, notrun 2)" in out
+    assert "problem: the output ends inside the subtests of 'two': it was cut short" in out
+    corrupt = tmp_path / "results.tap"
+    corrupt.write_bytes(b"\x7fELF\x00\x01\xff\xfe garbage\nok\n\x00\x00")
+    code, out, _ = run(capsys, "tap", str(corrupt))
+    assert code == 1 and "lines that are not TAP were skipped" in out
+    assert "problem: no TAP plan" in out
+    code, _, err = run(capsys, "tap", str(tmp_path / "missing.tap"))
+    assert code == 2 and "missing.tap: No such file or directory" in err

@@ -53,7 +53,9 @@ def test_each_kind_of_difference_is_listed_once(tmp_path):
 
 
 def test_cli_compare_exit_codes_and_text(tmp_path):
-    a, b = two_runs(tmp_path, {"c": [rec("t.a"), rec("t.b")]}, {"c": [rec("t.a"), rec("t.b", "fail")]})
+    a, b = two_runs(
+        tmp_path, {"c": [rec("t.a"), rec("t.b")]}, {"c": [rec("t.a"), rec("t.b", "fail")]}
+    )
     done = lab("compare", str(a), str(b))
     assert done.returncode == 1, done.stderr
     assert "new failures and errors (1):\n  c  t.b  pass -> fail" in done.stdout
@@ -72,7 +74,9 @@ def test_compare_and_report_refuse_what_is_not_a_run_directory(tmp_path):
     assert "Traceback" not in done.stderr
     (a / "c" / "tests.json").write_text("{truncated")
     done = lab("report", str(a))
-    assert done.returncode == 2 and f"{a / 'c' / 'tests.json'}: unreadable or not JSON" in done.stderr
+    assert (
+        done.returncode == 2 and f"{a / 'c' / 'tests.json'}: unreadable or not JSON" in done.stderr
+    )
     (a / "c" / "tests.json").write_text(json.dumps([{"bogus": 1}]))
     done = lab("report", str(a))
     assert done.returncode == 2 and "not a list of test records" in done.stderr
@@ -88,4 +92,4 @@ def test_report_writes_both_files_again(tmp_path):
     done = lab("report", str(a))
     assert done.returncode == 0
     assert (a / "report.html").read_text().startswith("<!DOCTYPE html>")
-    assert "<testsuite name=\"c\"" in (a / "junit.xml").read_text()
+    assert '<testsuite name="c"' in (a / "junit.xml").read_text()

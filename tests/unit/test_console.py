@@ -66,3 +66,38 @@ def test_console_watch_gives_up_without_progress(tmp_path, monkeypatch):
     assert watch.verdict() is None
     now[0] += 2
     assert watch.verdict() == "no progress on the console or over SSH for 30 s"
+
+
+def test_console_watch_stops_at_a_panic_naming_the_running_test(tmp_path):
+    from lab.console import ConsoleWatch, Stop
+
+    log = tmp_path / "console.log"
+    log.write_text("[ 1.0] vfio-lab: test-start m.a\n[ 1.1] vfio-lab: test-end m.a pass\n")
+    watch = ConsoleWatch(log, stall_s=60, test_s=60)
+    assert watch.verdict() is None and watch.running is None
+    with log.open("a") as f:
+        f.write("[ 2.0] vfio-lab: test-start m.crash\n[ 2.1] Kernel panic - not syn")
+    assert watch.verdict() is None and watch.running == "m.crash"  # half a line waits
+    with log.open("a") as f:
+        f.write("cing: sysrq triggered crash\n")
+    assert watch.verdict() == "Kernel panic - not syncing: sysrq triggered crash"
+    assert watch.stop == Stop(
+        "panic", "Kernel panic - not syncing: sysrq triggered crash", "m.crash"
+    )
+
+
+def test_console_watch_gives_a_test_its_timeout_from_its_start_marker(tmp_path, monkeypatch):
+    from lab import console
+
+    now = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    log = tmp_path / "console.log"
+    log.write_text("[ 1.0] vfio-lab: test-start m.slow\n")
+    watch = console.ConsoleWatch(log, stall_s=300, test_s=10)
+    assert watch.verdict() is None
+    now[0] += 9
+    watch.progress()
+    assert watch.verdict() is None
+    now[0] += 2
+    assert watch.verdict() == "m.slow still running after the per-test timeout of 10 s"
+    assert watch.stop is not None and (watch.stop.kind, watch.stop.test) == ("hang", "m.slow")

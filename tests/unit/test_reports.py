@@ -25,7 +25,12 @@ def test_junit_has_a_suite_per_cell_with_counts_and_kernel_lines(tmp_path):
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     assert list(suites) == ["7.2-iommufd_vfio_container=y", "7.2-iommufd_vfio_container=n"]
     y = suites["7.2-iommufd_vfio_container=y"]
-    assert (y.get("tests"), y.get("failures"), y.get("errors"), y.get("skipped")) == ("5", "0", "2", "0")
+    assert (y.get("tests"), y.get("failures"), y.get("errors"), y.get("skipped")) == (
+        "5",
+        "0",
+        "2",
+        "0",
+    )
     crash = next(c for c in y.iter("testcase") if c.get("name") == "crash_the_kernel")
     error = crash.find("error")
     assert error is not None and "Kernel panic" in error.get("message", "")
@@ -51,7 +56,9 @@ def test_html_golden(tmp_path, golden):
 def test_html_is_self_contained_and_highlights_differing_rows(tmp_path):
     run_dir = write_run(tmp_path, sample_cells())
     html = (run_dir / reports.HTML).read_text()
-    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", html.replace("https://lore.kernel.org/x", ""))
+    assert not re.search(
+        r"""(src|href)=['"]?(https?:)?//""", html.replace("https://lore.kernel.org/x", "")
+    )
     assert "<link" not in html and "@import" not in html
     rows = re.findall(r"<tr class='([^']*)' data-test='([^']*)'>", html)
     by_test = {test: classes.split() for classes, test in rows}

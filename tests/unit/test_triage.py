@@ -61,8 +61,12 @@ def test_an_iommu_fault_is_attributed_but_not_an_error():
     recs = by_name(triage.records(parse_text(TAP), CONSOLE.splitlines(), [], None))
     a = recs["m.a"]
     assert a.outcome == "pass"
-    assert a.kernel == ["iommu fault: DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"]
-    assert a.dmesg == ["[    2.1] DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"]
+    assert a.kernel == [
+        "iommu fault: DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"
+    ]
+    assert a.dmesg == [
+        "[    2.1] DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x102000"
+    ]
 
 
 def test_lines_outside_tests_belong_to_none():
@@ -109,7 +113,9 @@ def test_expectations_make_xfail_and_xpass_only_where_they_match():
 
 def test_verdicts():
     def v(*outcomes, problems=()):
-        return triage.verdict([triage.TestRecord(f"t{i}", o) for i, o in enumerate(outcomes)], list(problems))
+        return triage.verdict(
+            [triage.TestRecord(f"t{i}", o) for i, o in enumerate(outcomes)], list(problems)
+        )
 
     assert v("pass", "skip", "xfail") == "pass"
     assert v("pass", "fail") == "fail"
