@@ -96,6 +96,33 @@ def cold(tmp: Path) -> dict[str, Any]:
     return lab_run(tmp / "results-cold", env)
 
 
+def triage(tmp: Path) -> dict[str, Any]:
+    """How fast a dying guest is told: a kernel panic (seen on the console at once) and a
+    hung test (killed after a 10 s per-test timeout), each in one stock-kernel cell; and
+    how long `vfio-lab report` takes to write junit.xml and report.html for a run."""
+    fixtures = REPO / "tests" / "fixtures"
+    out: dict[str, Any] = {}
+    for name, payload, timeout in (("panic", "crash_payload", 600), ("hang", "hang_payload", 10)):
+        scenario = tmp / f"{name}.yaml"
+        scenario.write_text(f"payload:\n  tests: {fixtures / payload}\n  test_timeout: {timeout}\n")
+        code, wall, summary = timed_run(dict(os.environ), tmp / f"results-{name}", str(scenario))
+        (cell,) = summary["cells"]
+        out[name] = {
+            "exit_code": code,
+            "test_timeout_s": timeout,
+            "boot_to_ssh_s": cell["boot_to_ssh_s"],
+            "cell_wall_s": cell["wall_s"],
+            "run_wall_s": wall,
+            "unexpected": cell["unexpected"],
+        }
+    run_dir = (tmp / "results-0" / "latest").resolve()
+    start = time.monotonic()
+    subprocess.run([*VFIO_LAB, "report", str(run_dir)], cwd=REPO, capture_output=True, check=True)
+    tests = sum(len(json.loads(p.read_text())) for p in run_dir.glob("*/tests.json"))
+    out["report"] = {"tests": tests, "wall_s": round(time.monotonic() - start, 2)}
+    return out
+
+
 def warm_make_run() -> dict[str, Any]:
     start = time.monotonic()
     done = subprocess.run(["make", "run"], cwd=REPO, capture_output=True, text=True, check=False)
@@ -127,6 +154,8 @@ def main() -> int:
             print(f"warm: vfio-lab run {i + 1}/{args.repeat}", file=sys.stderr)
             runs.append(lab_run(Path(tmp) / f"results-{i}", dict(os.environ)))
         report["warm_runs"] = runs
+        print("triage: a panicking and a hanging payload, report writing", file=sys.stderr)
+        report["triage"] = triage(Path(tmp))
     report["accelerator"] = runs[-1]["accelerator"]
     boots = sorted(r["boot_to_ssh_s"] for r in runs)
     report["boot_to_ssh_s_median"] = boots[len(boots) // 2]

@@ -195,7 +195,10 @@ class ScenarioRun:
         recs = triage.records(stream.parser, dmesg, console_lines, stop)
         triage.expect(recs, cell.name, self.scenario.expectations)
         result.counts = triage.counts(recs)
-        result.problems = stream.parser.problems() + result.problems
+        kernel_log = dmesg if dmesg is not None else console_lines
+        result.problems = (
+            stream.parser.problems() + result.problems + triage.outside_alarms(kernel_log)
+        )
         result.verdict = triage.verdict(recs, result.problems)
         result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
         self.results.set_records(cell.name, recs)

@@ -108,6 +108,12 @@ def alarms(lines: list[str]) -> list[tuple[str, str, bool]]:
     return found
 
 
+def outside_alarms(lines: list[str]) -> list[str]:
+    """Serious kernel alarms outside every test (boot, binding): the cell's problems."""
+    outside = by_test(lines).get("", [])
+    return [f"kernel {kind} outside any test: {line}" for kind, line, bad in alarms(outside) if bad]
+
+
 def cap(lines: list[str]) -> list[str]:
     if len(lines) <= SLICE_HEAD + SLICE_TAIL:
         return lines

@@ -206,6 +206,28 @@ def test_hung_test_is_an_error_after_its_timeout_and_the_guest_is_killed(results
     assert "stopped early: hang" in " ".join(cell["problems"])
 
 
+def test_known_failure_is_xfail_and_the_run_passes(results, tmp_path):
+    scenario = tmp_path / "known.yaml"
+    scenario.write_text(
+        f"payload:\n  tests: {REPO}/tests/fixtures/failing_payload\n"
+        "expectations:\n"
+        "  - test: failing_test.*_on_purpose\n"
+        "    cells: debian-*\n"
+        "    reason: edu's ID is not 0xdeadbeef\n"
+        "    link: https://example.invalid/edu-ident\n"
+    )
+    done = lab("run", str(scenario), "--results", str(results))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (cell,) = summary(results)["cells"]
+    assert cell["verdict"] == "pass" and cell["unexpected"] == []
+    assert (cell["counts"]["pass"], cell["counts"]["xfail"]) == (1, 1)
+    known = records(cell)["failing_test.ident_is_wrong_on_purpose"]
+    assert known["reason"].startswith("known failure: edu's ID is not 0xdeadbeef (was fail")
+    assert known["expectation"]["link"] == "https://example.invalid/edu-ident"
+    junit = (results / "latest" / "junit.xml").read_text()
+    assert '<skipped message="XFAIL: known failure: edu' in junit
+
+
 def test_compare_two_real_runs_that_differ_by_one_test(results, tmp_path):
     """The second run's payload has one more test, which fails: exactly that is reported."""
     failing = REPO / "tests" / "fixtures" / "failing_payload"

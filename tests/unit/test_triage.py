@@ -75,6 +75,17 @@ def test_lines_outside_tests_belong_to_none():
     assert triage.last_running(CONSOLE.splitlines()) == "m.c"
 
 
+def test_serious_alarms_outside_tests_are_the_cells_problems():
+    boot = [
+        "[ 0.5] WARNING: CPU: 0 PID: 1 at drivers/iommu/intel/dmar.c:1 x+0x1/0x2",
+        "[ 0.6] DMAR: [DMA Read NO_PASID] Request device [00:03.0] fault addr 0x0",
+        *CONSOLE.splitlines(),
+    ]
+    assert triage.outside_alarms(boot) == [
+        "kernel warning outside any test: WARNING: CPU: 0 PID: 1 at drivers/iommu/intel/dmar.c:1 x+0x1/0x2"
+    ]
+
+
 def test_without_a_collected_header_missing_tests_are_numbered():
     recs = triage.records(parse_text("1..3\nok 1 a\n"), [], [], None)
     assert [(r.name, r.outcome) for r in recs] == [
