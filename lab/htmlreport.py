@@ -23,7 +23,8 @@ tr.differs td.test{border-left:4px solid #e0a000}tr.differs{background:#fff7df}
 .o{font-weight:600;padding:0 4px;border-radius:3px;white-space:nowrap}
 .o-pass{color:#176317}.o-skip{color:#666}.o-xfail{color:#6a4c93}
 .o-fail,.o-xpass{color:#fff;background:#c0392b}.o-error,.o-notrun{color:#fff;background:#7b1fa2}
-.o-absent{color:#aaa}.diag{font:12px monospace;color:#8a5a00}
+.r-fail,.r-xpass{background:#fdecea}.r-error,.r-notrun{background:#f3e5f5}
+.r-absent{color:#aaa}.diag{font:12px monospace;color:#8a5a00}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:4px;overflow-x:auto;font-size:12px;margin:2px 0}
 pre.alarm{background:#fdecea;border-color:#f5c6cb}
 details{margin:2px 0 6px 1em}summary{cursor:pointer}
@@ -140,13 +141,13 @@ def _matrix_table(run: RunData, rows: list[Row]) -> str:
 
 def _matrix_cell(rec: TestRecord | None, keys: list[str]) -> str:
     if rec is None:
-        return "<td class=o-absent>absent</td>"
+        return "<td class=r-absent>absent</td>"
     diags = rec.diagnostic_map()
     shown = "".join(
         f"<br><span class=diag>{escape(k)}: {escape(diags.get(k, '-'))}</span>" for k in keys
     )
     alarm = " <span title='kernel lines attributed'>&#9888;</span>" if rec.kernel else ""
-    return f"<td class='o-{rec.outcome}'>{_badge(rec.outcome)}{alarm}{shown}</td>"
+    return f"<td class='r-{rec.outcome}'>{_badge(rec.outcome)}{alarm}{shown}</td>"
 
 
 def _details(i: int, row: Row, run: RunData) -> str:

@@ -41,6 +41,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
 _UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 SLICE_HEAD, SLICE_TAIL = 20, 40
+NOT_KEYS = ("setup", "call", "teardown", "console")
 CONSOLE_TAIL = 25
 
 
@@ -60,9 +61,10 @@ class TestRecord:
         return self.outcome in UNEXPECTED
 
     def diagnostic_map(self) -> dict[str, str]:
-        """The `key: value` diagnostics (iopte_size, container_provider, errno...)."""
+        """The `key: value` diagnostics (iopte_size, container_provider, errno...), not the
+        failure text the payload prefixes with its phase, nor the console lines."""
         pairs = (d.split(": ", 1) for d in self.diagnostics if ": " in d)
-        return {k: v for k, v in pairs if re.fullmatch(r"[\w.-]+", k)}
+        return {k: v for k, v in pairs if re.fullmatch(r"[\w.-]+", k) and k not in NOT_KEYS}
 
     @staticmethod
     def from_dict(d: Any) -> TestRecord:
