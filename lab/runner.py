@@ -24,7 +24,7 @@ from lab.progress import SILENT, Progress
 from lab.results import CellResult, RunResults, empty_counts
 from lab.scenario import Cell, Scenario, expand
 from lab.session import CellBooter, Prepared
-from lab.tap import TapResult
+from lab.tap import TapParser, TapResult
 
 CRASH_GRACE_S = 5.0
 
@@ -184,21 +184,18 @@ class ScenarioRun:
         )
         record = provenance(cell, prepared, self.opts.pytest_args)
         (cell_dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-        stream = TapStream(cell_dir / "results.tap", self._on_result(cell))
         with self.booter.boot(cell, prepared, cell_dir, gdb_port=self.opts.gdb_port) as machine:
             result.boot_to_ssh_s = round(machine.boot_to_ssh_s or 0.0, 2)
             result.qemu_version = _qemu_version(machine)
             self._check_guest(machine, prepared, result)
-            dmesg, stop = self._payload(machine, cell_dir, prepared, stream, result)
+            tap, dmesg, stop = self._payload(machine, cell, cell_dir, prepared, result)
         # Only now, with QEMU gone, is the console complete (a panic's trace included).
         console_lines = console.read_lines(cell_dir / "console.log")
-        recs = triage.records(stream.parser, dmesg, console_lines, stop)
+        recs = triage.records(tap, dmesg, console_lines, stop)
         triage.expect(recs, cell.name, self.scenario.expectations)
         result.counts = triage.counts(recs)
         kernel_log = dmesg if dmesg is not None else console_lines
-        result.problems = (
-            stream.parser.problems() + result.problems + triage.outside_alarms(kernel_log)
-        )
+        result.problems = tap.problems() + result.problems + triage.outside_alarms(kernel_log)
         result.verdict = triage.verdict(recs, result.problems)
         result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
         self.results.set_records(cell.name, recs)
@@ -227,15 +224,17 @@ class ScenarioRun:
     def _payload(
         self,
         machine: Machine,
+        cell: Cell,
         cell_dir: Path,
         prepared: Prepared,
-        stream: TapStream,
         result: CellResult,
-    ) -> tuple[list[str] | None, Stop | None]:
-        """Run the payload; returns the guest's dmesg (None if it has none to give) and why
-        the run was stopped early, if it was. A guest that dies is told by its console."""
+    ) -> tuple[TapParser, list[str] | None, Stop | None]:
+        """Run the payload; returns its TAP, the guest's dmesg (None if it has none to give)
+        and why the run was stopped early, if it was. A guest that dies is told by its
+        console."""
         p = self.scenario.payload
         watch = ConsoleWatch(cell_dir / "console.log", p.stall_timeout, p.test_timeout)
+        stream = TapStream(cell_dir / "results.tap", self._on_result(cell))
         stop = None
         try:
             run = run_payload(
@@ -266,8 +265,9 @@ class ScenarioRun:
             result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
             self.progress(machine.cfg.name, f"stopping the guest: {stop.message}")
             machine.ssh.close()  # a hung guest gets no `sync`: it is killed
-            return None, stop
-        return (None if crashed is not None else collect_dmesg(machine.ssh, cell_dir)), None
+            return stream.parser, None, stop
+        dmesg = None if crashed is not None else collect_dmesg(machine.ssh, cell_dir)
+        return stream.parser, dmesg, None
 
 
 def _death(console_lines: list[str]) -> Stop:
@@ -290,7 +290,7 @@ def _placeholders(cell_dir: Path, result: CellResult) -> None:
     why = result.infra_error.splitlines()[0] if result.infra_error else "not produced"
     for name in ("results.tap", "dmesg.txt", "console.log", "qemu-argv.json"):
         path = cell_dir / name
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:
             path.write_text(f"# {name} missing: {why}\n" if name != "qemu-argv.json" else "[]\n")
 
 
