@@ -36,10 +36,14 @@ class Comparison:
     vanished: list[Change] = field(default_factory=list)
     cells_appeared: list[str] = field(default_factory=list)
     cells_vanished: list[str] = field(default_factory=list)
+    # Cells whose new run ended in an infrastructure error (no tests to compare at all):
+    # a regression when the old run of that cell had none.
+    cells_broken: list[str] = field(default_factory=list)
+    cells_still_broken: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> bool:
-        return bool(self.new_failures)
+        return bool(self.new_failures or self.cells_broken)
 
 
 def compare(old: RunData, new: RunData) -> Comparison:
@@ -48,10 +52,20 @@ def compare(old: RunData, new: RunData) -> Comparison:
     new_cells = {c.name: c.by_name() for c in new.cells}
     result.cells_vanished = [c for c in old_cells if c not in new_cells]
     result.cells_appeared = [c for c in new_cells if c not in old_cells]
+    _infra(result, old, new)
     for cell, after in new_cells.items():
         if cell in old_cells:
             _compare_cell(result, cell, old_cells[cell], after)
     return result
+
+
+def _infra(out: Comparison, old: RunData, new: RunData) -> None:
+    was_broken = {c.name for c in old.cells if c.summary.get("infra_error")}
+    for cell in new.cells:
+        if error := cell.summary.get("infra_error"):
+            line = f"{cell.name}: {str(error).splitlines()[0]}"
+            broken = out.cells_still_broken if cell.name in was_broken else out.cells_broken
+            broken.append(line)
 
 
 def _compare_cell(
@@ -107,6 +121,13 @@ def render(c: Comparison, old: RunData, new: RunData) -> str:
     ):
         if cells:
             lines.append(f"{title}: {', '.join(cells)}")
+    for title, broken in (
+        ("cells now failing for infrastructure reasons", c.cells_broken),
+        ("cells still failing for infrastructure reasons", c.cells_still_broken),
+    ):
+        if broken:
+            lines.append(f"{title} ({len(broken)}):")
+            lines += [f"  {b}" for b in broken]
     if len(lines) == 1:
         lines.append("no differences")
     lines.append("regressions: yes" if c.regressions else "regressions: none")

@@ -8,6 +8,8 @@ alarms, the dmesg slice and the console excerpt the triage attributed to it.
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
+from urllib.parse import quote
 
 from lab.rundir import CellData, Row, RunData, cell_facts, matrix
 from lab.triage import TestRecord, printable
@@ -69,7 +71,8 @@ def render(run: RunData) -> str:
         f"<h1>{escape(title)}</h1>",
         f"<p class=muted>accelerator {escape(str(s.get('accelerator')))} "
         f"({escape(str(s.get('accelerator_reason')))}); exit code {escape(str(s.get('exit_code')))}"
-        "</p>",
+        + ("; <b>interrupted</b>" if s.get("interrupted") else "")
+        + "</p>",
         "<h2>Cells</h2>",
         _cells_table(run),
         f"<h2>Tests &times; cells</h2><p>{len(rows)} tests, {differing} differ between cells.</p>",
@@ -91,7 +94,10 @@ def _badge(outcome: str) -> str:
 
 
 def _cells_table(run: RunData) -> str:
-    head = "<tr><th>cell<th>verdict<th>counts<th>kernel<th>facts<th>boot<th>wall<th>problems</tr>"
+    head = (
+        "<tr><th>cell<th>verdict<th>counts<th>kernel<th>facts<th>boot<th>wall<th>files"
+        "<th>problems</tr>"
+    )
     out = []
     for cell in run.cells:
         s = cell.summary
@@ -103,10 +109,19 @@ def _cells_table(run: RunData) -> str:
             f"<tr><td>{escape(cell.name)}<td>{_badge(str(s.get('verdict')))}"
             f"<td>{escape(counts)}<td>{escape(str(s.get('kernel_release') or s.get('kernel')))}"
             f"<td class=diag>{facts}<td>{_seconds(s.get('boot_to_ssh_s'))}"
-            f"<td>{_seconds(s.get('wall_s'))}"
+            f"<td>{_seconds(s.get('wall_s'))}<td>{_files(cell)}"
             f"<td>{''.join(f'<pre>{escape(str(p))}</pre>' for p in problems)}</tr>"
         )
     return f"<table id=cells>{head}{''.join(out)}</table>"
+
+
+CELL_FILES = ("console.log", "dmesg.txt", "results.tap", "payload.log", "tests.json")
+
+
+def _files(cell: CellData) -> str:
+    """Links to the cell's raw files, relative: the run directory moves as a whole."""
+    where = Path(str(cell.summary.get("dir", ""))).name
+    return " ".join(f"<a href='{escape(quote(f'{where}/{f}'))}'>{f}</a>" for f in CELL_FILES)
 
 
 def _seconds(value: object) -> str:

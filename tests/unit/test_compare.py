@@ -52,6 +52,22 @@ def test_each_kind_of_difference_is_listed_once(tmp_path):
     assert c.regressions
 
 
+def test_a_cell_that_stopped_booting_is_a_regression(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    old = write_run(tmp_path / "x", {"c": [rec("t.a")], "d": []}, infra={"d": "boot timeout"})
+    new = write_run(
+        tmp_path / "y", {"c": [], "d": []}, infra={"c": "no SSH answer\ntail", "d": "boot timeout"}
+    )
+    c = compare.compare(load_run(old), load_run(new))
+    assert c.cells_broken == ["c: no SSH answer"]
+    assert c.cells_still_broken == ["d: boot timeout"]
+    assert c.regressions
+    text = compare.render(c, load_run(old), load_run(new))
+    assert "cells now failing for infrastructure reasons (1):\n  c: no SSH answer" in text
+    assert not compare.compare(load_run(old), load_run(old)).regressions
+
+
 def test_cli_compare_exit_codes_and_text(tmp_path):
     a, b = two_runs(
         tmp_path, {"c": [rec("t.a"), rec("t.b")]}, {"c": [rec("t.a"), rec("t.b", "fail")]}
