@@ -181,7 +181,7 @@ def _cell_details(cell: CellData, rec: TestRecord | None) -> str:
     if rec.expectation:
         link = rec.expectation.get("link", "")
         target = f" <a href='{escape(link)}'>{escape(link)}</a>" if link else ""
-        blocks.append(f"<p>known failure: {escape(rec.expectation['reason'])}{target}</p>")
+        blocks.append(f"<p>known failure: {escape(rec.expectation.get('reason', ''))}{target}</p>")
     for title, lines, css in (
         ("diagnostics", rec.diagnostics, ""),
         ("kernel alarms", rec.kernel, "alarm"),

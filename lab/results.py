@@ -11,6 +11,7 @@ from typing import Any
 
 from lab import reports
 from lab.rundir import CellData, RunData
+from lab.scenario import Expectation
 from lab.tap import OUTCOMES
 from lab.triage import TestRecord
 
@@ -59,6 +60,7 @@ class RunResults:
         }
         self.cells: list[CellResult] = []
         self.records: dict[str, list[TestRecord]] = {}
+        self.expectations: list[Expectation] = []  # the scenario's known failures
         self._lock = threading.Lock()
 
     def set_accelerator(self, accel: str, reason: str) -> None:
@@ -89,8 +91,24 @@ class RunResults:
         code = 130 if interrupted else self.exit_code
         self.data["exit_code"] = code
         self.data["interrupted"] = interrupted
+        self.data["unused_expectations"] = self.unused_expectations()
         self.write()
         return code
+
+    def unused_expectations(self) -> list[str]:
+        """Known failures that matched no test in this run: fixed, renamed, or not run
+        here (--only, -k); worth a look before they hide a real failure."""
+        used = {
+            (r.expectation["test"], r.expectation["cells"])
+            for recs in self.records.values()
+            for r in recs
+            if r.expectation
+        }
+        return [
+            f"{e.test} (cells {e.cells})"
+            for e in self.expectations
+            if (e.test, e.cells) not in used
+        ]
 
     def write(self) -> None:
         _atomic(self.run_dir / "summary.json", json.dumps(self.data, indent=2) + "\n")
@@ -128,6 +146,8 @@ def table(results: RunResults) -> str:
         lines += [f"{c.name}: unexpected {u}" for u in c.unexpected[:UNEXPECTED_SHOWN]]
         if len(c.unexpected) > UNEXPECTED_SHOWN:
             lines.append(f"{c.name}: ... {len(c.unexpected) - UNEXPECTED_SHOWN} more unexpected")
+    if unused := results.data.get("unused_expectations"):
+        lines.append(f"expectations that matched no test: {', '.join(unused)}")
     lines.append(
         f"report: {results.run_dir / reports.HTML}  junit: {results.run_dir / reports.JUNIT}"
     )

@@ -106,6 +106,7 @@ class ScenarioRun:
         self.results = RunResults(
             self.run_dir, scenario.name, self.run_id, "pending", "not chosen yet"
         )
+        self.results.expectations = scenario.expectations
         self.booter = CellBooter(
             cache,
             progress,

@@ -76,3 +76,23 @@ def test_table_lists_cells_and_errors(tmp_path):
     assert lines[1].split()[:7] == ["debian-stock", "pass", "18", "0", "0", "0", "26"]
     assert "broken: no SSH answer within 1 s" in text
     assert "accelerator: tcg (auto: KVM unusable)" in text
+
+
+def test_expectations_that_matched_nothing_are_named(tmp_path):
+    from lab.scenario import Expectation
+    from lab.triage import TestRecord
+
+    r = RunResults(tmp_path, "s", "id", "tcg", "")
+    r.expectations = [
+        Expectation(test="t.known", reason="tracked"),
+        Expectation(test="t.gone_*", reason="fixed upstream", cells="*=y"),
+    ]
+    exp = {"test": "t.known", "cells": "*", "reason": "tracked", "link": ""}
+    known = TestRecord("t.known", "xfail", expectation=exp)
+    r.set_records("a", [known])
+    r.add(cell(tmp_path, "a", "pass"))
+    r.finish()
+    assert json.loads((tmp_path / "summary.json").read_text())["unused_expectations"] == [
+        "t.gone_* (cells *=y)"
+    ]
+    assert "expectations that matched no test: t.gone_* (cells *=y)" in table(r)
