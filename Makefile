@@ -4,12 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCENARIO ?= scenarios/quick.yaml
 
-.PHONY: setup host venv run test unit integration lint type format bench doctor clean
+.PHONY: setup setup-test host host-test venv run test unit integration lint type format bench doctor clean
 
 setup: host venv
 
+# The suite also needs what no lab run does (a browser for the HTML report).
+setup-test: host-test venv
+
 host:
 	./scripts/setup-host.sh
+
+host-test:
+	./scripts/setup-host.sh --test
 
 venv: $(VENV)/.installed
 
@@ -23,13 +29,13 @@ run: setup
 	$(BIN)/vfio-lab run $(SCENARIO)
 
 # The whole suite, as CI runs it: lint, types, unit tests, then real VMs.
-test: setup
+test: setup-test
 	$(BIN)/tox run -e lint,type,unit,integration
 
 unit: venv
 	$(BIN)/pytest -m "not vm"
 
-integration: setup
+integration: setup-test
 	$(BIN)/pytest -m vm
 
 lint: venv

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vfio-lab needs, only those missing; safe to run again.
 # Also makes sure apt's lists know the stock kernel package the default scenario boots.
+# --test adds what only the test suite needs.
 set -euo pipefail
 
 PACKAGES=(
@@ -18,8 +19,13 @@ PACKAGES=(
     make flex bison bc libelf-dev libssl-dev xz-utils  # building kernels from source
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
-    chromium          # the test suite renders report.html in a real (headless) browser
 )
+TEST_PACKAGES=(
+    chromium          # the suite renders report.html in a real (headless) browser
+)
+if [ "${1:-}" = "--test" ]; then
+    PACKAGES+=("${TEST_PACKAGES[@]}")
+fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -33,7 +39,8 @@ for pkg in "${PACKAGES[@]}"; do
 done
 
 has_kernel_candidate() {
-    apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'
+    # No grep -q: it would stop reading early, and pipefail would count apt-cache's SIGPIPE.
+    apt-cache policy linux-image-amd64 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null
 }
 
 if [ ${#missing[@]} -gt 0 ] || ! has_kernel_candidate; then
