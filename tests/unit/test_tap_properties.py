@@ -9,6 +9,10 @@ from hypothesis import strategies as st
 
 from lab.tap import TapParser, parse_text
 
+# No per-example deadline: a busy CI machine must not turn slowness into a failure.
+settings.register_profile("vfio-lab", deadline=None, print_blob=True)
+settings.load_profile("vfio-lab")
+
 OUTCOME_LINES = {
     "pass": ("ok", ""),
     "fail": ("not ok", ""),
