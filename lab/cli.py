@@ -462,15 +462,15 @@ def cmd_tap(args: argparse.Namespace) -> int:
     parsed = tap_mod.parse_text(text)
     counts = ", ".join(f"{k} {v}" for k, v in parsed.counts().items() if v)
     print(f"{args.tap_file}: {len(parsed.results)} results ({counts or 'none'})")
-    for name, r in parsed.flat():
-        if r.outcome in UNEXPECTED:
-            print(f"  {r.outcome}: {name}" + (f" ({r.reason})" if r.reason else ""))
-    for problem in parsed.problems():
+    unexpected = [(name, r) for name, r in parsed.flat() if r.outcome in UNEXPECTED]
+    for name, r in unexpected:
+        print(f"  {r.outcome}: {name}" + (f" ({r.reason})" if r.reason else ""))
+    problems = parsed.problems()
+    for problem in problems:
         print(f"  problem: {problem}")
     if parsed.garbage:
         print(f"  {parsed.garbage} lines that are not TAP were skipped")
-    bad = parsed.problems() or any(r.outcome in UNEXPECTED for _, r in parsed.flat())
-    return EXIT_UNEXPECTED if bad else EXIT_OK
+    return EXIT_UNEXPECTED if problems or unexpected else EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

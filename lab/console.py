@@ -7,14 +7,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# The kernel's words for "something went badly wrong", most severe first.
-CRASH_PATTERNS = (
-    re.compile(r"Kernel panic - not syncing:.*"),
-    re.compile(r"BUG: .*"),
-    re.compile(r"Oops: .*"),
-    re.compile(r"general protection fault.*"),
-    re.compile(r"WARNING: CPU: .*"),
-)
+# The kernel's words for "something went badly wrong", by kind, most severe first.
+KERNEL_CRASHES = {
+    "panic": re.compile(r"Kernel panic - not syncing:.*"),
+    "bug": re.compile(r"BUG: .*"),
+    "oops": re.compile(r"Oops: .*"),
+    "gpf": re.compile(r"general protection fault.*"),
+    "warning": re.compile(r"WARNING: CPU: .*"),
+}
+CRASH_PATTERNS = tuple(KERNEL_CRASHES.values())
 
 
 def crash_lines(lines: list[str]) -> list[str]:
@@ -29,7 +30,7 @@ def crash_lines(lines: list[str]) -> list[str]:
 
 # The guest's network is gone: SSH to it will never answer again.
 NETWORK_DEAD = re.compile(r"NETDEV WATCHDOG: .*")
-PANIC = CRASH_PATTERNS[0]
+PANIC = KERNEL_CRASHES["panic"]
 # The payload's /dev/kmsg markers (guest_tests/tap_report.py) around every test.
 MARKER = re.compile(r"vfio-lab: test-(?P<what>start|end) (?P<name>\S+)")
 

@@ -260,8 +260,9 @@ class ScenarioRun:
             stream.close()
         crashed = machine.exit_status(wait=grace)
         if crashed is not None:
-            result.problems.append(crash_report(crashed, cell_dir / "console.log"))
-            stop = stop or _death(console.read_lines(cell_dir / "console.log"))
+            dying_words = console.read_lines(cell_dir / "console.log")
+            result.problems.append(crash_report(crashed, dying_words))
+            stop = stop or _death(dying_words)
         if stop is not None:
             result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
             self.progress(machine.cfg.name, f"stopping the guest: {stop.message}")
@@ -278,9 +279,8 @@ def _death(console_lines: list[str]) -> Stop:
     return Stop("panic" if alarms else "died", message, triage.last_running(console_lines))
 
 
-def crash_report(exit_code: int, console_log: Path) -> str:
+def crash_report(exit_code: int, lines: list[str]) -> str:
     """What the console says about a guest that died: the kernel's alarm lines, then the tail."""
-    lines = console.read_lines(console_log)
     alarms = "".join(f"\n  ! {line}" for line in console.crash_lines(lines))
     tail = "".join(f"\n  | {line}" for line in lines[-15:])
     return f"QEMU exited during the payload (exit code {exit_code}){alarms}\nconsole tail:{tail}"

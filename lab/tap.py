@@ -118,13 +118,13 @@ class TapParser:
         raw = line.rstrip("\r\n").replace("\t", "    ")
         stripped = raw.strip()
         if self._yaml is not None:
-            self._feed_yaml(raw, stripped)
+            self._feed_yaml(self._yaml, raw, stripped)
             return
         if not stripped:
             return
         indent = len(raw) - len(raw.lstrip(" "))
-        if stripped == "---" and self._last_result() is not None:
-            self._yaml = (self._last_result(), indent)  # type: ignore[assignment]
+        if stripped == "---" and (last := self._last_result()) is not None:
+            self._yaml = (last, indent)
             return
         if self._structural(stripped):
             self._settle(indent)
@@ -202,8 +202,8 @@ class TapParser:
         )
         top.pending = []
 
-    def _feed_yaml(self, raw: str, stripped: str) -> None:
-        result, indent = self._yaml  # type: ignore[misc]
+    def _feed_yaml(self, block: tuple[TapResult, int], raw: str, stripped: str) -> None:
+        result, indent = block
         if stripped == "...":
             self._yaml = None
         else:

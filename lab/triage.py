@@ -15,17 +15,18 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lab.console import MARKER, Stop
+from lab.console import KERNEL_CRASHES, MARKER, Stop
 from lab.scenario import Expectation
 from lab.tap import OUTCOMES, TapParser
 
 # (kind, pattern, serious): serious alarms make the test an error; the others are
 # shown with it (a DMAR fault is what some tests provoke on purpose).
 ALARMS = (
-    ("panic", re.compile(r"Kernel panic - not syncing:.*"), True),
-    ("oops", re.compile(r"Oops: .*"), True),
-    ("bug", re.compile(r"BUG: .*"), True),
-    ("gpf", re.compile(r"general protection fault.*"), True),
+    ("panic", KERNEL_CRASHES["panic"], True),
+    ("oops", KERNEL_CRASHES["oops"], True),
+    ("bug", KERNEL_CRASHES["bug"], True),
+    ("gpf", KERNEL_CRASHES["gpf"], True),
+    # Wider than the console's crash line: lockdep's and KASAN's warnings count too.
     ("warning", re.compile(r"WARNING: .*"), True),
     ("hung task", re.compile(r"INFO: task .* blocked for more than .*"), True),
     ("rcu stall", re.compile(r"rcu: INFO: .*detected stalls.*"), True),
@@ -140,8 +141,9 @@ def records(
         tail = [f"console: {line}" for line in console[-CONSOLE_TAIL:]]
         out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail))
         reported.add(running)
-    missing = [n for n in collected(tap) if n not in reported]
-    if not collected(tap) and tap.plan is not None:
+    names = collected(tap)
+    missing = [n for n in names if n not in reported]
+    if not names and tap.plan is not None:
         missing = [f"(test {i})" for i in range(len(tap.results) + 1, tap.plan + 1)]
     why = f"not run: the guest stopped during {running}" if running else "not run"
     out += [TestRecord(name, "notrun", why) for name in missing]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from lab.console import crash_lines
+from lab.console import crash_lines, read_lines
 from lab.runner import crash_report
 
 CONSOLE = """\
@@ -30,11 +30,11 @@ def test_clean_console_has_no_crash():
 def test_crash_report_names_the_panic_and_keeps_the_tail(tmp_path):
     log = tmp_path / "console.log"
     log.write_text(CONSOLE)
-    report = crash_report(0, log)
+    report = crash_report(0, read_lines(log))
     assert report.startswith("QEMU exited during the payload (exit code 0)")
     assert "! Kernel panic - not syncing: sysrq triggered crash" in report
     assert report.rstrip().endswith("write_sysrq_trigger+0x24/0x40")
-    assert crash_report(0, tmp_path / "missing.log").endswith("console tail:")
+    assert crash_report(0, read_lines(tmp_path / "missing.log")).endswith("console tail:")
 
 
 def test_console_watch_gives_up_on_a_dead_network(tmp_path):
