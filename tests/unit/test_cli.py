@@ -23,22 +23,6 @@ def test_missing_scenario_file_is_exit_2(capsys, tmp_path):
     assert f"{tmp_path / 'nope.yaml'}: <file>: no such scenario file" in err
 
 
-def test_unknown_key_is_exit_2_with_file_line_field(capsys, tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\nmachine:\n  cpu: 4\n")
-    code, _, err = run(capsys, "run", str(path))
-    assert code == 2
-    assert f"{path}:3: machine.cpu: unknown key" in err
-
-
-def test_wrong_type_is_exit_2(capsys, tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("machine:\n  boot_timeout: soon\n")
-    code, _, err = run(capsys, "list", str(path))
-    assert code == 2
-    assert f"{path}:2: machine.boot_timeout: expected a number" in err
-
-
 def test_bad_flag_is_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", "--accel", "hvf"])
@@ -149,27 +133,33 @@ def test_negative_retries_is_exit_2(capsys):
 
 
 @pytest.mark.parametrize(
-    ("text", "where"),
+    ("command", "text", "where"),
     [
-        ("payload:\n  stall_timeout: 0\n", "2: payload.stall_timeout: must be positive"),
-        ("payload:\n  test_timeout: -1\n", "2: payload.test_timeout: must be positive"),
+        ("run", "name: bad\nmachine:\n  cpu: 4\n", "3: machine.cpu: unknown key"),
+        ("list", "machine:\n  boot_timeout: soon\n", "2: machine.boot_timeout: expected a number"),
+        ("list", "payload:\n  stall_timeout: 0\n", "2: payload.stall_timeout: must be positive"),
+        ("list", "payload:\n  test_timeout: -1\n", "2: payload.test_timeout: must be positive"),
         (
+            "list",
             "expectations:\n  - test: 'a.*'\n    reason: ' '\n",
             "3: expectations[0].reason: must not be empty",
         ),
-        ("expectations:\n  - reason: known\n", "2: expectations[0].test: required key is missing"),
         (
+            "list",
+            "expectations:\n  - reason: known\n",
+            "2: expectations[0].test: required key is missing",
+        ),
+        (
+            "list",
             "expectations:\n  - test: a\n    reason: r\n    url: x\n",
             "4: expectations[0].url: unknown key; known keys: cells, link, reason, test",
         ),
     ],
 )
-def test_bad_payload_timeouts_and_expectations_are_exit_2_with_their_line(
-    capsys, tmp_path, text, where
-):
+def test_bad_scenario_is_exit_2_with_file_line_field(capsys, tmp_path, command, text, where):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    code, _, err = run(capsys, "list", str(path))
+    code, _, err = run(capsys, command, str(path))
     assert code == 2
     assert f"{path}:{where}" in err
 
