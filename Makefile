@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SCENARIO ?= scenarios/quick.yaml
+SCENARIO ?= quick
 
 .PHONY: setup setup-test host host-test venv run test unit integration lint type format bench doctor clean
 
@@ -39,15 +39,17 @@ integration: setup-test
 	$(BIN)/pytest -m vm
 
 lint: venv
-	$(BIN)/ruff check lab guest_tests tests benchmarks
-	$(BIN)/ruff format --check lab guest_tests tests benchmarks
+	$(BIN)/ruff check lab tests benchmarks
+	$(BIN)/ruff format --check lab tests benchmarks
+	$(BIN)/lint-imports
 
 format: venv
-	$(BIN)/ruff format lab guest_tests tests benchmarks
-	$(BIN)/ruff check --fix lab guest_tests tests benchmarks
+	$(BIN)/ruff format lab tests benchmarks
+	$(BIN)/ruff check --fix lab tests benchmarks
 
 type: venv
 	$(BIN)/mypy
+	MYPYPATH=lab/data/guest_tests $(BIN)/mypy --config-file /dev/null --strict --python-version 3.11 -p vfiolib
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-VFIO_LAB = [sys.executable, "-m", "lab.cli"]
+VFIO_LAB = [sys.executable, "-m", "lab"]
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import REPO, machine, timed_run, write_report
 
-SCENARIO = REPO / "scenarios" / "iommufd-compat.yaml"
+SCENARIO = REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml"
 
 
 def run(env: dict[str, str], results: Path, *args: str) -> dict[str, Any]:

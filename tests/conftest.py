@@ -17,7 +17,7 @@ GOLDEN = REPO / "tests" / "golden"
 def lab(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """The real CLI in a subprocess, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "lab.cli", *args],
+        [sys.executable, "-m", "lab", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.tap import TapResult, parse_text
+from lab.results.tap import TapResult, parse_text
 from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
@@ -58,7 +58,7 @@ def compat_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("compat") / "results"
     # --retries 1: under TCG the guest's virtio-net has been seen to stall once in a while
     # (NETDEV WATCHDOG); the lab gives up on such an attempt at once and tries again.
-    done = lab("run", "scenarios/iommufd-compat.yaml", "--results", str(root), "--retries", "1")
+    done = lab("run", "iommufd-compat", "--results", str(root), "--retries", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     return (root / "latest").resolve()
 
@@ -148,7 +148,7 @@ def test_kernel_crash_in_one_cell_is_its_error_and_the_next_cell_runs(tmp_path):
     """The crash payload panics 7.2 with IOMMUFD_VFIO_CONTAINER=y and spares =n."""
     scenario = tmp_path / "crash-pair.yaml"
     scenario.write_text(
-        (REPO / "scenarios" / "iommufd-compat.yaml").read_text()
+        (REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml").read_text()
         + f"payload:\n  tests: {REPO}/tests/fixtures/crash_payload\n"
         "  test_timeout: 600\n  stall_timeout: 600\n"
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.cache import Cache
+from lab.core.cache import Cache
 from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
@@ -65,7 +65,7 @@ def tap_lines(cell_dir: str) -> list[str]:
 
 
 def test_quick_scenario_runs_the_payload(results):
-    done = lab("run", "scenarios/quick.yaml", "--results", str(results))
+    done = lab("run", "quick", "--results", str(results))
     assert done.returncode == 0, done.stdout + done.stderr
     s = summary(results)
     assert s["scenario"] == "quick" and s["exit_code"] == 0
@@ -138,7 +138,7 @@ def test_boot_timeout_is_an_infra_error_with_the_console_tail(results, tmp_path)
 
 def test_ctrl_c_during_boot_leaves_nothing_behind(results):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.cli", "run", "--results", str(results)],
+        [sys.executable, "-m", "lab", "run", "--results", str(results)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -280,7 +280,7 @@ def test_interactive_shell_qmp_console_and_gdb(results, tmp_path):
     port = free_tcp_port()
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.cli", "shell", "-q", "--gdb", str(port)],
+        [sys.executable, "-m", "lab", "shell", "-q", "--gdb", str(port)],
         cwd=REPO,
         stdin=slave,
         stdout=slave,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab.results import CellResult, RunResults
-from lab.triage import TestRecord, counts, verdict
+from lab.results.records import TestRecord
+from lab.results.summary import CellResult, RunResults
+from lab.run.triage import counts, verdict
 
 
 def rec(name: str, outcome: str = "pass", *diags: str, **kw: object) -> TestRecord:

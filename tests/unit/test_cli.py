@@ -118,13 +118,14 @@ def test_jobs_must_be_positive_and_not_with_gdb(capsys):
 
 
 def test_default_jobs_respects_cores_and_memory(monkeypatch):
-    from lab import runner, scenario
+    from lab.run import matrix
+    from lab.spec import scenario
 
     s = scenario.load(scenario.DEFAULT_SCENARIO)  # 2 vCPUs, 4 GiB per guest
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
-    assert runner.default_jobs(s) == 1
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 64)
-    assert 1 <= runner.default_jobs(s) <= 32  # now memory is the limit
+    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 2)
+    assert matrix.default_jobs(s) == 1
+    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 64)
+    assert 1 <= matrix.default_jobs(s) <= 32  # now memory is the limit
 
 
 def test_negative_retries_is_exit_2(capsys):

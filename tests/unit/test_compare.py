@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from lab import compare
-from lab.rundir import load_run
+from lab.results import compare
+from lab.results.rundir import load_run
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from lab.console import crash_lines, read_lines
-from lab.runner import crash_report
+from lab.run.cell import crash_report
+from lab.vm.console import crash_lines, read_lines
 
 CONSOLE = """\
 [    8.59] sysrq: Trigger a crash
@@ -38,7 +38,7 @@ def test_crash_report_names_the_panic_and_keeps_the_tail(tmp_path):
 
 
 def test_console_watch_gives_up_on_a_dead_network(tmp_path):
-    from lab.console import ConsoleWatch
+    from lab.vm.console import ConsoleWatch
 
     log = tmp_path / "console.log"
     log.write_text("[ 1.0] vfio-lab: test-start a\n")
@@ -54,7 +54,7 @@ def test_console_watch_gives_up_on_a_dead_network(tmp_path):
 
 
 def test_console_watch_gives_up_without_progress(tmp_path, monkeypatch):
-    from lab import console
+    from lab.vm import console
 
     now = [1000.0]
     monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
@@ -69,7 +69,7 @@ def test_console_watch_gives_up_without_progress(tmp_path, monkeypatch):
 
 
 def test_console_watch_stops_at_a_panic_naming_the_running_test(tmp_path):
-    from lab.console import ConsoleWatch, Stop
+    from lab.vm.console import ConsoleWatch, Stop
 
     log = tmp_path / "console.log"
     log.write_text("[ 1.0] vfio-lab: test-start m.a\n[ 1.1] vfio-lab: test-end m.a pass\n")
@@ -87,7 +87,7 @@ def test_console_watch_stops_at_a_panic_naming_the_running_test(tmp_path):
 
 
 def test_console_watch_gives_a_test_its_timeout_from_its_start_marker(tmp_path, monkeypatch):
-    from lab import console
+    from lab.vm import console
 
     now = [1000.0]
     monkeypatch.setattr(console.time, "monotonic", lambda: now[0])

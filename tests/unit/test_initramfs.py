@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from lab.errors import BuildError
-from lab.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
+from lab.build.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
+from lab.core.errors import BuildError
 
 DEP = """\
 kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko
@@ -46,7 +46,7 @@ def test_module_list_recipe(tmp_path):
 def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
     import subprocess
 
-    from lab.kbuild import build_initramfs_builtin
+    from lab.build.kbuild import build_initramfs_builtin
 
     out = tmp_path / "initramfs.cpio"
     build_initramfs_builtin("7.2.13-vfio-lab", out, tmp_path / "log")

@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from lab.kconfig import (
-    available_fragments,
+from lab.build.kconfig import (
     fragment_text,
     kconfig_dependencies,
     mismatches,
-    option_name,
     parse_config,
     requested,
 )
+from lab.spec.kernelspec import available_fragments, option_name
 
 CONFIG = """\
 #

@@ -4,9 +4,9 @@ import hashlib
 
 import pytest
 
-from lab.errors import InfraError
-from lab.kernels import KernelArtifact
-from lab.provenance import GuestFacts, mismatches, parse_facts
+from lab.build.kernels import KernelArtifact
+from lab.core.errors import InfraError
+from lab.run.provenance import GuestFacts, mismatches, parse_facts
 
 
 def artifact(tmp_path, release="7.2.13-vfio-lab", config=b"CONFIG_IOMMUFD=y\n") -> KernelArtifact:

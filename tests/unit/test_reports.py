@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from lab import reports
-from lab.rundir import load_run, matrix
+from lab.results import reports
+from lab.results.rundir import load_run, matrix
 from tests.unit.run_fixtures import rec, sample_cells, write_run
 
 

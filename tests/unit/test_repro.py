@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from lab import repro
-from lab.cache import file_sha256, tree_digest
-from lab.errors import UsageError
-from lab.kernels import KernelArtifact
-from lab.keys import LabKeys
-from lab.payload import RUNTIME_DIR
-from lab.rootfs import RootfsImage
-from lab.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
-from lab.session import Prepared
+from lab.build.kernels import KernelArtifact
+from lab.build.keys import LabKeys
+from lab.build.rootfs import RootfsImage
+from lab.core.cache import file_sha256, tree_digest
+from lab.core.errors import UsageError
+from lab.run import repro
+from lab.run.booter import Prepared
+from lab.run.payload import RUNTIME_DIR
+from lab.spec.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
 
 
 def write_cell(tmp_path: Path, **kernel: str) -> tuple[Path, Prepared]:

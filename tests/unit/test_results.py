@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from lab.results import CellResult, RunResults, empty_counts, table
+from lab.results.summary import CellResult, RunResults, empty_counts, table
 
 
 def cell(root, name: str, v: str, infra: str | None = None, **counts: int) -> CellResult:
@@ -79,8 +79,8 @@ def test_table_lists_cells_and_errors(tmp_path):
 
 
 def test_expectations_that_matched_nothing_are_named(tmp_path):
-    from lab.scenario import Expectation
-    from lab.triage import TestRecord
+    from lab.results.records import TestRecord
+    from lab.spec.scenario import Expectation
 
     r = RunResults(tmp_path, "s", "id", "tcg", "")
     r.expectations = [

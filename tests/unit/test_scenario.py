@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import scenario
-from lab.errors import ScenarioError
-from lab.schema import parse_size
+from lab.core.errors import ScenarioError
+from lab.spec import scenario
+from lab.spec.schema import parse_size
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:

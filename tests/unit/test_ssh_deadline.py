@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lab import ssh
-from lab.ssh import GuestSSH, GuestTimeout
+from lab.vm import ssh
+from lab.vm.ssh import GuestSSH, GuestTimeout
 
 
 class HangingTransport:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lab.tap import TapParser, parse_text
+from lab.results.tap import TapParser, parse_text
 from tests.conftest import REPO
 
 SAMPLE = """\

@@ -7,15 +7,15 @@ import shutil
 import subprocess
 import sys
 
-from lab.payload import pytest_argv
-from lab.tap import parse_text
+from lab.results.tap import parse_text
+from lab.run.payload import pytest_argv
 from tests.conftest import REPO
 
 
 def run_sample(tmp_path, *extra, pass_fds=()):
     work = tmp_path / "tests"
     shutil.copytree(REPO / "tests" / "fixtures" / "tap_sample", work)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lab" / "data" / "guest_tests"))
     done = subprocess.run(
         [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q", *extra],
         cwd=work,

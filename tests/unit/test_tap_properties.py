@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.tap import TapParser, parse_text
+from lab.results.tap import TapParser, parse_text
 
 # No per-example deadline: a busy CI machine must not turn slowness into a failure.
 settings.register_profile("vfio-lab", deadline=None, print_blob=True)

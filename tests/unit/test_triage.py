@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from lab import triage
-from lab.console import Stop
-from lab.scenario import Expectation
-from lab.tap import parse_text
+from lab.results.records import TestRecord
+from lab.results.tap import parse_text
+from lab.run import triage
+from lab.spec.scenario import Expectation
+from lab.vm.console import Stop
 
 TAP = """\
 TAP version 13
@@ -104,9 +105,9 @@ def test_slices_are_capped_head_and_tail():
 
 def test_expectations_make_xfail_and_xpass_only_where_they_match():
     recs = [
-        triage.TestRecord("m.bug", "fail", "boom"),
-        triage.TestRecord("m.fixed", "pass"),
-        triage.TestRecord("m.other", "fail"),
+        TestRecord("m.bug", "fail", "boom"),
+        TestRecord("m.fixed", "pass"),
+        TestRecord("m.other", "fail"),
     ]
     known = [
         Expectation(test="m.bug", reason="tracked", link="https://lore/x"),
@@ -117,7 +118,7 @@ def test_expectations_make_xfail_and_xpass_only_where_they_match():
     assert recs[0].reason == "known failure: tracked (was fail: boom)"
     assert recs[0].expectation["link"] == "https://lore/x"
     assert recs[1].reason == "expected to fail (was broken), but passed"
-    other_cell = [triage.TestRecord("m.fixed", "pass")]
+    other_cell = [TestRecord("m.fixed", "pass")]
     triage.expect(other_cell, "7.2-x=n", known)
     assert other_cell[0].outcome == "pass"
 
@@ -125,7 +126,7 @@ def test_expectations_make_xfail_and_xpass_only_where_they_match():
 def test_verdicts():
     def v(*outcomes, problems=()):
         return triage.verdict(
-            [triage.TestRecord(f"t{i}", o) for i, o in enumerate(outcomes)], list(problems)
+            [TestRecord(f"t{i}", o) for i, o in enumerate(outcomes)], list(problems)
         )
 
     assert v("pass", "skip", "xfail") == "pass"

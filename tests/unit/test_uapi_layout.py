@@ -13,8 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from lab.apt import PrivateApt
-from lab.cache import Cache
+from lab.build.apt import PrivateApt
+from lab.core.cache import Cache
 from vfiolib import uapi
 
 HEADERS = {

@@ -1,0 +1,97 @@
+"""A private apt setup for kernel sources from other Debian suites.
+
+It reads the host's mirror but keeps its own sources list, lists and archive cache
+under the lab's cache, so nothing of the host's apt configuration changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from lab.core.cache import Cache
+from lab.core.proc import capture, run_logged
+from lab.core.progress import SILENT, Progress
+
+SUITES = ("bookworm", "bookworm-backports", "trixie-backports", "sid")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+LISTS_MAX_AGE_S = 24 * 3600
+
+
+def host_mirror(etc: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror the lab fetches from, for kernel sources and the root filesystem
+    alike: $VFIO_LAB_MIRROR, else the host's (deb822 or one-line sources), else
+    deb.debian.org."""
+    if env := os.environ.get("VFIO_LAB_MIRROR"):
+        return env
+    for path in sorted(etc.glob("sources.list.d/*.sources")):
+        for m in re.finditer(r"^URIs:\s*(\S+)", path.read_text(), re.MULTILINE):
+            if "security" not in m.group(1):
+                return m.group(1).rstrip("/")
+    one_line = etc / "sources.list"
+    if one_line.exists():
+        for m in re.finditer(
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", one_line.read_text(), re.MULTILINE
+        ):
+            if "security" not in m.group(1):
+                return m.group(1).rstrip("/")
+    return DEFAULT_MIRROR
+
+
+class PrivateApt:
+    def __init__(self, cache: Cache, mirror: str | None = None) -> None:
+        self.cache = cache
+        self.root = cache.root / "apt"
+        self.mirror = mirror or host_mirror()
+
+    def options(self) -> list[str]:
+        return [
+            "-o", f"Dir::Etc::sourcelist={self.root / 'sources.list'}",
+            "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State::Lists={self.root / 'lists'}",
+            "-o", f"Dir::Cache={self.root / 'cache'}",
+            "-o", "APT::Sandbox::User=root",
+        ]  # fmt: skip
+
+    def sources_text(self) -> str:
+        return "".join(f"deb {self.mirror} {suite} main\n" for suite in SUITES)
+
+    def update(self, progress: Progress = SILENT) -> None:
+        """Refresh the private lists when the sources changed or the lists are a day old;
+        one run at a time, so two runs starting together do not write the lists at once."""
+        with self.cache.lock("apt-lists"):
+            self._update(progress)
+
+    def _update(self, progress: Progress) -> None:
+        for d in ("lists/partial", "cache/archives/partial"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        sources = self.root / "sources.list"
+        stamp = self.root / "lists" / ".updated"
+        fresh = stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
+        if sources.exists() and sources.read_text() == self.sources_text() and fresh:
+            return
+        sources.write_text(self.sources_text())
+        progress("apt", f"updating private lists for {', '.join(SUITES)} from {self.mirror}")
+        run_logged(
+            ["apt-get", "-q", *self.options(), "update"],
+            artifact="apt lists",
+            log=self.root / "update.log",
+        )
+        stamp.touch()
+
+    def candidate(self, package: str) -> str | None:
+        out = capture(["apt-cache", *self.options(), "policy", package], artifact="apt lists")
+        m = re.search(r"Candidate:\s*(\S+)", out)
+        return m.group(1) if m and m.group(1) != "(none)" else None
+
+    def download(self, package: str, version: str, dest: Path) -> Path:
+        run_logged(
+            ["apt-get", "-q", *self.options(), "download", f"{package}={version}"],
+            artifact=package,
+            log=dest / "download.log",
+            cwd=dest,
+        )
+        (deb,) = dest.glob(f"{package}_*.deb")
+        return deb

@@ -1,0 +1,320 @@
+"""Kernel builders, one per kernel source, and the artifacts they produce for a cell.
+
+A spec is written `SOURCE[:ARG]` in a scenario's `kernels:` list (lab.spec.kernelspec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lab.build.apt import SUITES, PrivateApt
+from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
+from lab.build.initramfs import build_initramfs
+from lab.build.kbuild import (
+    SourceTree,
+    build_dir_for,
+    build_initramfs_builtin,
+    build_key,
+    check_options_exist,
+    compile_kernel,
+    merge_config,
+    store_artifact,
+)
+from lab.core.cache import Cache, CorruptCacheFile, content_key, file_sha256, tree_digest
+from lab.core.errors import BuildError, MissingPrerequisite
+from lab.core.proc import capture, run_logged
+from lab.core.progress import SILENT, Progress
+from lab.core.registry import Registry
+from lab.spec.kernelspec import (
+    DEBIAN_SERIES,
+    NO_CONFIG,
+    CellConfig,
+    DebianSourceKind,
+    DebianStockKind,
+    KernelSourceKind,
+    KernelSpec,
+    LocalTreeKind,
+    SpecError,
+)
+
+
+@dataclass(frozen=True)
+class KernelArtifact:
+    """A bootable kernel: what a cell needs, and what identifies it for provenance."""
+
+    spec: str
+    release: str  # `uname -r` in the guest
+    identity: str  # e.g. the Debian package and version
+    vmlinuz: Path
+    initramfs: Path
+    vmlinuz_sha256: str
+    resolved_spec: str = ""  # a spec that names exactly this kernel again (for repro)
+    build_s: float | None = None  # wall time of the build that made it (None: fetched)
+
+    @property
+    def config(self) -> Path:
+        """The kernel's .config, beside the image."""
+        return self.vmlinuz.parent / "config"
+
+    def save(self, path: Path) -> None:
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def placeholder(cls, spec: str) -> KernelArtifact:
+        """Stands in for an artifact not built yet, in `--dry-run` output."""
+        root = Path(f"<kernel {spec}>")
+        return cls(
+            spec, "<release>", "<identity>", root / "vmlinuz", root / "initramfs.cpio", "", spec
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> KernelArtifact:
+        """Read an artifact.json back; a damaged one is an infrastructure error naming the
+        file (the cache is the lab's own state), not a traceback."""
+        try:
+            d = json.loads(path.read_text())
+            return cls(
+                spec=d["spec"],
+                release=d["release"],
+                identity=d["identity"],
+                vmlinuz=Path(d["vmlinuz"]),
+                initramfs=Path(d["initramfs"]),
+                vmlinuz_sha256=d["vmlinuz_sha256"],
+                resolved_spec=d.get("resolved_spec", d["spec"]),
+                build_s=d.get("build_s"),
+            )
+        except KeyError as e:
+            raise CorruptCacheFile(path, f"no {e.args[0]!r} field") from e
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            # ValueError covers bad JSON and bad UTF-8; TypeError and AttributeError a
+            # document that is not an object, or fields of the wrong type.
+            raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
+
+
+class KernelBuilder(KernelSourceKind):
+    """Provides the kernel a spec of its source names: fetched, or built and cached."""
+
+    def prepare(
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
+    ) -> KernelArtifact:
+        raise NotImplementedError
+
+
+class DebianStock(DebianStockKind, KernelBuilder):
+    """Debian's own kernel image package, as the host's apt sources serve it."""
+
+    default_package = "linux-image-amd64"
+
+    def prepare(
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
+    ) -> KernelArtifact:
+        package, _, pinned = spec.arg.partition("=")
+        if pinned:
+            version = pinned
+        else:
+            package, version = resolve_debian_image(package or self.default_package)
+        key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
+        entry = cache.entry("kernels", key)
+
+        def fetch(scratch: Path) -> None:
+            progress("kernel", f"fetching {package} {version} (cache key {key})")
+            self._build(spec, package, version, scratch, entry)
+
+        with cache.lock(f"kernel-{key}"):
+            cache.ensure("kernels", key, fetch, progress)
+        # The pin is known here whatever wrote the cache entry, so repro can always name it.
+        artifact = KernelArtifact.load(entry / "artifact.json")
+        return dataclasses.replace(artifact, resolved_spec=f"{self.name}:{package}={version}")
+
+    def _build(
+        self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path
+    ) -> None:
+        log = scratch / "build.log"
+        run_logged(
+            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}"],
+            artifact="kernel",
+            log=log,
+            cwd=scratch,
+        )
+        (deb,) = scratch.glob("*.deb")
+        tree = scratch / "tree"
+        run_logged(["dpkg-deb", "-x", deb, tree], artifact="kernel", log=log)
+        deb.unlink()
+        (vmlinuz,) = (tree / "boot").glob("vmlinuz-*")
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        vmlinuz.rename(scratch / "vmlinuz")
+        build_initramfs(tree, release, scratch / "initramfs.cpio", log)
+        (tree / "boot").joinpath(f"config-{release}").rename(scratch / "config")
+        shutil.rmtree(tree)
+        KernelArtifact(
+            spec=spec.label,
+            release=release,
+            identity=f"{package}={version}",
+            vmlinuz=entry / "vmlinuz",
+            initramfs=entry / "initramfs.cpio",
+            vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
+        ).save(scratch / "artifact.json")
+
+
+def resolve_debian_image(package: str) -> tuple[str, str]:
+    """Follow a meta package (linux-image-amd64) to the concrete image package and version."""
+    try:
+        policy = capture(["apt-cache", "policy", package], artifact="kernel")
+    except BuildError:
+        raise MissingPrerequisite("apt-cache", "apt-get install apt") from None
+    candidate = re.search(r"Candidate:\s*(\S+)", policy)
+    if not candidate or candidate.group(1) == "(none)":
+        raise MissingPrerequisite(
+            f"Debian package {package} in the apt lists", "apt-get update (see `vfio-lab doctor`)"
+        )
+    depends = capture(
+        ["apt-cache", "depends", f"{package}={candidate.group(1)}"], artifact="kernel"
+    )
+    concrete = re.search(r"Depends:\s*(linux-image-\S+)", depends)
+    if not concrete:
+        return package, candidate.group(1)
+    return resolve_debian_image(concrete.group(1))
+
+
+class SourceBuilt(KernelBuilder):
+    """A kernel built from a source tree with the lab's config fragments."""
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        raise NotImplementedError
+
+    def pin(self, spec: KernelSpec, tree: SourceTree) -> str:
+        """A spec that names exactly this tree again."""
+        return spec.label
+
+    def prepare(
+        self,
+        spec: KernelSpec,
+        cache: Cache,
+        progress: Progress = SILENT,
+        cfg: CellConfig = NO_CONFIG,
+    ) -> KernelArtifact:
+        tree = self.tree(spec, cache, progress)
+        check_options_exist(tree, cfg)
+        build_dir = build_dir_for(tree, cache)
+        # The build directory is shared by every config of the tree, and a build already
+        # uses every core: one merge-and-build at a time, across cells and processes.
+        with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
+            log = tmp / "build.log"
+            merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
+            key = build_key(tree, (build_dir / ".config").read_text())
+            entry = cache.entry("kernels", key)
+            # "kernel-build" covers every source-built entry: ensure runs under it.
+            cache.ensure(
+                "kernels",
+                key,
+                lambda scratch: self._build(
+                    spec, tree, build_dir, log, cache, scratch, entry, progress
+                ),
+                progress,
+            )
+        artifact = KernelArtifact.load(entry / "artifact.json")
+        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, tree))
+
+    def _build(
+        self,
+        spec: KernelSpec,
+        tree: SourceTree,
+        build_dir: Path,
+        log: Path,
+        cache: Cache,
+        scratch: Path,
+        entry: Path,
+        progress: Progress,
+    ) -> None:
+        started = time.monotonic()
+        built = compile_kernel(tree, build_dir, cache, log, progress)
+        store_artifact(built, scratch)
+        build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log)
+        seconds = round(time.monotonic() - started, 1)
+        progress("kernel", f"built {built.release} in {seconds:.0f} s")
+        shutil.copy2(log, scratch / "build.log")
+        KernelArtifact(
+            spec=spec.label,
+            release=built.release,
+            identity=tree.identity,
+            vmlinuz=entry / "vmlinuz",
+            initramfs=entry / "initramfs.cpio",
+            vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
+            build_s=seconds,
+        ).save(scratch / "artifact.json")
+
+
+class DebianSource(DebianSourceKind, SourceBuilt):
+    """Debian's linux-source-X.Y package, from bookworm, trixie-backports or sid."""
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        m = DEBIAN_SERIES.match(spec.arg)
+        assert m is not None
+        series, pinned = m.group(1), m.group(2)
+        package = f"linux-source-{series}"
+        apt = PrivateApt(cache)
+        apt.update(progress)
+        version = pinned or apt.candidate(package)
+        if version is None:
+            raise SpecError(f"{apt.mirror} serves no {package} in {', '.join(SUITES)}")
+        key = content_key(["debian-source", package, version])
+        entry = cache.entry("src", key)
+
+        def unpack(scratch: Path) -> None:
+            progress("kernel", f"fetching and unpacking {package} {version}")
+            _unpack_source(apt, package, version, series, scratch)
+
+        with cache.lock(f"src-{key}"):
+            cache.ensure("src", key, unpack, progress)
+        return SourceTree(identity=f"{package}={version}", path=entry / "linux")
+
+    def pin(self, spec: KernelSpec, tree: SourceTree) -> str:
+        return f"{self.name}:{spec.arg.partition('=')[0]}={tree.identity.partition('=')[2]}"
+
+
+def _unpack_source(apt: PrivateApt, package: str, version: str, series: str, scratch: Path) -> None:
+    deb = apt.download(package, version, scratch)
+    log = scratch / "unpack.log"
+    run_logged(["dpkg-deb", "-x", deb, scratch / "deb"], artifact=package, log=log)
+    tarball = scratch / "deb" / "usr" / "src" / f"linux-source-{series}.tar.xz"
+    run_logged(["tar", "-xJf", tarball, "-C", scratch], artifact=package, log=log)
+    (scratch / f"linux-source-{series}").rename(scratch / "linux")
+    shutil.rmtree(scratch / "deb")
+    deb.unlink()
+
+
+class LocalTree(LocalTreeKind, SourceBuilt):
+    """A developer's own kernel checkout, built out of tree (O=) so the checkout stays clean."""
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        path = Path(spec.arg)
+        try:
+            head = capture(["git", "-C", path, "rev-parse", "HEAD"], artifact="kernel").strip()
+            diff = capture(["git", "-C", path, "diff", "HEAD"], artifact="kernel")
+        except BuildError:
+            raise SpecError(
+                f"local:{spec.arg} is not a git checkout; its identity is its commit"
+            ) from None
+        dirty = f"+{content_key([diff])}" if diff else ""
+        return SourceTree(identity=f"git:{head}{dirty}", path=path)
+
+
+# One builder per source of lab.spec.kernelspec.KERNEL_SOURCES (a unit test keeps them in step).
+KERNEL_BUILDERS: Registry[KernelBuilder] = Registry(
+    "kernel source", {b.name: b() for b in (DebianStock, DebianSource, LocalTree)}
+)

@@ -1,0 +1,72 @@
+"""The `vfio-lab` command line: the only place errors become messages and exit codes.
+
+One module per group of commands; each registers its subcommands and their handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+
+from qemu.qmp import QMPError
+
+from lab.cli import info, reports, repro, run, shell, vms
+from lab.cli.common import Parser, exit_code
+from lab.core.errors import LabError, UsageError
+from lab.core.exitcodes import EXIT_CRASH, EXIT_INFRA, EXIT_INTERRUPTED
+
+COMMAND_GROUPS = (run, shell, repro, vms, reports, info)
+BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="vfio-lab", description="Test VFIO and IOMMUFD in disposable QEMU guests.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
+    return p
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwinds like Ctrl-C, so every `finally` stops its QEMU and removes its overlay.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `shell -- CMD ARGS...`: everything after `--` is the guest's, never the lab's.
+    remote = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.remote = remote
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return exit_code(args, _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    try:
+        if args.remote and not getattr(args, "takes_remote", False):
+            raise UsageError("only `vfio-lab shell` takes a command after --")
+        code: int = args.func(args)
+        return code
+    except LabError as e:
+        print(f"vfio-lab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except QMPError as e:
+        # QEMU's monitor failed us (a connect race, a dead QEMU): the lab's part, not a test's.
+        print(f"vfio-lab: error: QMP: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_INFRA
+    except KeyboardInterrupt:
+        print("vfio-lab: interrupted; guests stopped and overlays removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print(f"vfio-lab: crashed: {BUG_REPORT}", file=sys.stderr)
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

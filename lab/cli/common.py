@@ -1,0 +1,102 @@
+"""What several commands share: scenario and boot arguments, cell selection, running cells."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lab.cli import doctor
+from lab.core.cache import Cache
+from lab.core.errors import UsageError
+from lab.core.exitcodes import for_bisect
+from lab.core.progress import Progress
+from lab.results.summary import table
+from lab.run.matrix import RunOptions, ScenarioRun
+from lab.spec import scenario
+from lab.spec.scenario import Cell, Scenario
+
+DEFAULT_GDB_PORT = 1234
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def scenario_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        default="quick",
+        help="a scenario file, or the name of a built-in one (default: quick)",
+    )
+
+
+def boot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
+    )
+    p.add_argument(
+        "--gdb",
+        nargs="?",
+        type=int,
+        const=DEFAULT_GDB_PORT,
+        metavar="PORT",
+        help=f"start QEMU's gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT})",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def bisect_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bisect",
+        action="store_true",
+        help="exit codes for `git bisect run`: infrastructure failures skip (125), "
+        "usage errors and crashes stop the bisection",
+    )
+
+
+def load_scenario(name: str, payload: Path | None = None) -> Scenario:
+    """A scenario by path or built-in name, with --payload applied."""
+    s = scenario.load(scenario.locate(name))
+    if payload is not None:
+        if not payload.is_dir():
+            raise UsageError(f"--payload: {payload} is not a directory")
+        s.payload.tests = payload.resolve()
+    return s
+
+
+def selected(s: Scenario, patterns: list[str]) -> list[Cell]:
+    cells = scenario.select(scenario.expand(s), patterns)
+    if not cells:
+        names = ", ".join(c.name for c in scenario.expand(s))
+        raise UsageError(
+            f"--only {' '.join(patterns)} matches no cell of {s.file}; its cells: {names}"
+        )
+    return cells
+
+
+def run_cells(s: Scenario, opts: RunOptions, quiet: bool, cells: list[Cell] | None = None) -> int:
+    """Run cells into a new run directory; the table is printed however the run ends."""
+    doctor.require_qemu(s.machine.qemu)
+    cache = Cache()
+    cache.sweep()
+    run = ScenarioRun(s, opts, cache, Progress(quiet=quiet))
+    results = run.start()
+    interrupted = False
+    try:
+        run.run(cells)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        code = results.finish(interrupted=interrupted)
+        print(table(results))
+    return code
+
+
+def exit_code(args: argparse.Namespace, code: int) -> int:
+    """`code`, or what it means to `git bisect run` under --bisect."""
+    return for_bisect(code) if getattr(args, "bisect", False) else code

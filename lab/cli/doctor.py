@@ -1,0 +1,159 @@
+"""`vfio-lab doctor`: every prerequisite, its state, and the command that fixes it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.cache import Cache
+from lab.core.errors import MissingPrerequisite
+from lab.vm.binary import version_text, version_tuple
+
+MIN_FREE_GIB = 5
+MIN_QEMU = (7, 2)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _tool(name: str, package: str) -> Callable[[], Check]:
+    def check() -> Check:
+        path = shutil.which(name) or (
+            f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+        )
+        return Check(name, path is not None, path or "not found", f"apt-get install {package}")
+
+    return check
+
+
+def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
+    fix = "apt-get install --no-install-recommends qemu-system-x86"
+    if not shutil.which(binary):
+        return Check(binary, False, "not found", fix)
+    ok = version_tuple(binary) >= MIN_QEMU
+    return Check(binary, ok, version_text(binary) or "no version", "" if ok else fix)
+
+
+def check_busybox() -> Check:
+    path = Path("/bin/busybox")
+    # A dynamic busybox would find no libc in the initramfs; a static one has no ELF interpreter.
+    ok = path.exists() and b"ld-linux" not in path.read_bytes()[:4096]
+    return Check(
+        "busybox (static)",
+        ok,
+        str(path) if path.exists() else "not found",
+        "apt-get install busybox-static",
+    )
+
+
+def check_libelf() -> Check:
+    ok = Path("/usr/include/libelf.h").exists() or Path("/usr/include/gelf.h").exists()
+    return Check("libelf headers", ok, "for objtool in kernel builds", "apt-get install libelf-dev")
+
+
+def check_apt_lists() -> Check:
+    out = subprocess.run(
+        ["apt-cache", "policy", "linux-image-amd64"], capture_output=True, text=True, check=False
+    )
+    m = re.search(r"Candidate:\s*(\S+)", out.stdout)
+    ok = bool(m) and m is not None and m.group(1) != "(none)"
+    detail = f"linux-image-amd64 {m.group(1)}" if ok and m else "no candidate for linux-image-amd64"
+    return Check("apt lists (stock kernel)", ok, detail, "apt-get update")
+
+
+def check_python_modules() -> Check:
+    missing = [m for m in ("paramiko", "yaml", "qemu.qmp") if importlib.util.find_spec(m) is None]
+    return Check(
+        "python modules",
+        not missing,
+        "missing: " + ", ".join(missing) if missing else "paramiko, pyyaml, qemu.qmp",
+        "make setup",
+    )
+
+
+def check_root() -> Check:
+    ok = os.geteuid() == 0
+    return Check(
+        "root", ok, "running as root" if ok else "debootstrap needs root", "run as root (sudo)"
+    )
+
+
+def check_cache(cache: Cache) -> Check:
+    cache.root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache.root).free / (1 << 30)
+    ok = free >= MIN_FREE_GIB and os.access(cache.root, os.W_OK)
+    return Check(
+        "cache",
+        ok,
+        f"{cache.root} ({free:.1f} GiB free)",
+        f"free {MIN_FREE_GIB} GiB or set VFIO_LAB_CACHE",
+    )
+
+
+def check_kvm(cache: Cache) -> Check:
+    if not os.path.exists("/dev/kvm"):
+        return Check("kvm", True, "no /dev/kvm: guests run under TCG")
+    verdicts = [
+        json.loads(p.read_text()) for p in sorted((cache.root / "kvm-probe").glob("*.json"))
+    ]
+    if not verdicts:
+        return Check(
+            "kvm", True, "/dev/kvm exists; not probed yet (the first run boots a kernel under it)"
+        )
+    works, why = verdicts[-1]
+    return Check("kvm", True, f"{'usable' if works else 'unusable, TCG is used'}: {why}")
+
+
+def all_checks(cache: Cache) -> list[Check]:
+    checks: list[Callable[[], Check]] = [
+        check_root,
+        check_qemu,
+        _tool("qemu-img", "qemu-utils"),
+        _tool("debootstrap", "debootstrap"),
+        _tool("mkfs.ext4", "e2fsprogs"),
+        _tool("depmod", "kmod"),
+        _tool("cpio", "cpio"),
+        _tool("ssh-keygen", "openssh-client"),
+        check_busybox,
+        _tool("flex", "flex"),
+        _tool("bison", "bison"),
+        _tool("bc", "bc"),
+        _tool("ccache", "ccache"),
+        check_libelf,
+        check_apt_lists,
+        check_python_modules,
+        lambda: check_cache(cache),
+        lambda: check_kvm(cache),
+    ]
+    return [c() for c in checks]
+
+
+def require_qemu(binary: str) -> None:
+    """Before a run: QEMU first, since nothing works without it."""
+    check = check_qemu(binary)
+    if not check.ok:
+        raise MissingPrerequisite(f"{binary} ({check.detail})", check.fix)
+
+
+def report(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        mark = "ok " if c.ok else "MISSING"
+        line = f"{mark:7} {c.name.ljust(width)}  {c.detail}"
+        if not c.ok:
+            line += f"\n        fix: {c.fix}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""`vfio-lab doctor` and `vfio-lab schema`: what the lab needs, and what a scenario may say."""
+
+from __future__ import annotations
+
+import argparse
+
+from lab.cli import doctor
+from lab.core.cache import Cache
+from lab.core.exitcodes import EXIT_INFRA, EXIT_OK
+from lab.spec import scenario
+from lab.spec.kernelspec import KERNEL_SOURCES
+from lab.spec.schema import describe
+from lab.spec.variants import DEVICES, IOMMU_MODELS
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser(
+        "doctor", help="check every prerequisite and say how to fix what is missing"
+    ).set_defaults(func=cmd_doctor)
+    sub.add_parser(
+        "schema", help="document every scenario field, its default, and the registries"
+    ).set_defaults(func=cmd_schema)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor.all_checks(Cache())
+    print(doctor.report(checks))
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_INFRA
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print("Scenario fields (key, default, meaning):")
+    for key, default, doc in describe(scenario.Scenario):
+        print(f"  {key:24} {default:22} {doc}")
+    for title, registry in (
+        ("IOMMU models", IOMMU_MODELS),
+        ("devices", DEVICES),
+        ("kernel sources", KERNEL_SOURCES),
+    ):
+        print(f"{title}:")
+        for name, variant in registry.items():
+            print(f"  {name:24} {variant.doc}")
+    print(f"built-in scenarios: {', '.join(scenario.builtin_names())}")
+    return EXIT_OK

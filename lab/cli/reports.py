@@ -1,0 +1,68 @@
+"""`vfio-lab report`, `compare` and `tap`: reading what runs left."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lab.core.errors import UsageError
+from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
+from lab.results import compare, reports
+from lab.results import tap as tap_mod
+from lab.results.records import UNEXPECTED
+from lab.results.rundir import load_run
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rpt = sub.add_parser(
+        "report", help="write a run directory's junit.xml and report.html again from its results"
+    )
+    rpt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rpt.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser(
+        "compare", help="what changed between two runs; exit 1 on new failures or errors"
+    )
+    cmp.add_argument("old", type=Path, metavar="OLD_RUN_DIR")
+    cmp.add_argument("new", type=Path, metavar="NEW_RUN_DIR")
+    cmp.set_defaults(func=cmd_compare)
+
+    tap = sub.add_parser(
+        "tap",
+        help="parse a TAP/KTAP file (a cell's results.tap, kselftest output) and summarize it",
+    )
+    tap.add_argument("tap_file", type=Path, metavar="FILE")
+    tap.set_defaults(func=cmd_tap)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run = load_run(args.run_dir)
+    reports.write_all(run)
+    print(f"{args.run_dir / reports.HTML}\n{args.run_dir / reports.JUNIT}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    old, new = load_run(args.old), load_run(args.new)
+    result = compare.compare(old, new)
+    print(compare.render(result, old, new))
+    return EXIT_UNEXPECTED if result.regressions else EXIT_OK
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    try:
+        text = args.tap_file.read_bytes().decode(errors="replace")
+    except OSError as e:
+        raise UsageError(f"{args.tap_file}: {e.strerror}") from None
+    parsed = tap_mod.parse_text(text)
+    counts = ", ".join(f"{k} {v}" for k, v in parsed.counts().items() if v)
+    print(f"{args.tap_file}: {len(parsed.results)} results ({counts or 'none'})")
+    unexpected = [(name, r) for name, r in parsed.flat() if r.outcome in UNEXPECTED]
+    for name, r in unexpected:
+        print(f"  {r.outcome}: {name}" + (f" ({r.reason})" if r.reason else ""))
+    problems = parsed.problems()
+    for problem in problems:
+        print(f"  problem: {problem}")
+    if parsed.garbage:
+        print(f"  {parsed.garbage} lines that are not TAP were skipped")
+    return EXIT_UNEXPECTED if problems or unexpected else EXIT_OK

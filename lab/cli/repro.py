@@ -1,0 +1,57 @@
+"""`vfio-lab repro RUN_DIR/CELL`: one cell of an earlier run, again, as it was."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from lab.cli.common import bisect_arg, run_cells
+from lab.core.cache import Cache
+from lab.core.progress import Progress
+from lab.run import repro
+from lab.run.booter import CellBooter
+from lab.run.matrix import RunOptions
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rep = sub.add_parser("repro", help="re-run exactly one cell of an earlier run")
+    rep.add_argument("cell_dir", type=Path, metavar="RUN_DIR/CELL")
+    rep.add_argument(
+        "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
+    )
+    rep.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+    rep.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    bisect_arg(rep)
+    rep.set_defaults(func=cmd_repro)
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    p = repro.plan(args.cell_dir, args.keyword)
+    for note in p.notes:
+        print(f"vfio-lab: note: {note}", file=sys.stderr)
+    argv = json.loads((args.cell_dir / "qemu-argv.json").read_text() or "[]")
+    print(f"# the run's QEMU command line:\n{shlex.join(argv)}")
+    shell = [
+        "vfio-lab",
+        "shell",
+        str(p.scenario_file),
+        "--cell",
+        p.cell.name,
+        "--kernel",
+        p.cell.kernel.label,
+        "--payload",
+        str(p.cell.scenario.payload_dir),
+    ]
+    print(f"# a shell in the same setup:\n{shlex.join(shell)}")
+    accel = p.record["accelerator"]
+    print(f"vfio-lab: note: using the run's accelerator, {accel}", file=sys.stderr)
+    booter = CellBooter(Cache(), Progress(quiet=args.quiet), accel=accel)
+    for note in repro.drift(p.record, booter.prepare(p.cell), p.cell.scenario.payload_dir):
+        print(f"vfio-lab: drift: {note}", file=sys.stderr)
+    opts = RunOptions(results_root=args.results, accel=accel, pytest_args=p.pytest_args)
+    return run_cells(p.cell.scenario, opts, args.quiet, [p.cell])

@@ -1,0 +1,131 @@
+"""`vfio-lab run` (and `--dry-run`) and `vfio-lab list`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from lab.build.kernels import KernelArtifact
+from lab.cli.common import (
+    bisect_arg,
+    boot_args,
+    load_scenario,
+    run_cells,
+    scenario_arg,
+    selected,
+)
+from lab.core.errors import UsageError
+from lab.core.exitcodes import EXIT_OK
+from lab.run.booter import check_port_free, vm_config
+from lab.run.matrix import RunOptions, default_jobs
+from lab.spec.scenario import Scenario
+from lab.spec.variants import Accel
+from lab.vm.qemu import build_argv
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="run a scenario's cells and collect results")
+    scenario_arg(run)
+    boot_args(run)
+    bisect_arg(run)
+    run.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+    run.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
+    run.add_argument(
+        "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
+    )
+    run.add_argument(
+        "-j", "--jobs", type=int, help="cells run at once (default: what cores and memory hold)"
+    )
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-run a cell up to N times when it fails for infrastructure reasons (boot, SSH, stall)",
+    )
+    only_arg(run)
+    run.add_argument(
+        "--dry-run",
+        "--show-command",
+        dest="dry_run",
+        action="store_true",
+        help="print each cell's QEMU command; boot nothing",
+    )
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="print a scenario's cells without running anything")
+    scenario_arg(lst)
+    only_arg(lst)
+    lst.set_defaults(func=cmd_list)
+
+
+def only_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only cells whose name matches (repeatable)",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    s = load_scenario(args.scenario, args.payload)
+    if args.dry_run:
+        return dry_run(s, args.accel, args.only)
+    if args.gdb is not None:
+        check_port_free(args.gdb)
+    opts = RunOptions(
+        results_root=args.results,
+        accel=args.accel,
+        pytest_args=["-k", args.keyword] if args.keyword else [],
+        gdb_port=args.gdb,
+        jobs=_jobs(s, args.jobs, args.gdb),
+        retries=_non_negative("--retries", args.retries),
+    )
+    return run_cells(s, opts, args.quiet, selected(s, args.only))
+
+
+def _non_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise UsageError(f"{flag}: {value} is negative")
+    return value
+
+
+def _jobs(s: Scenario, asked: int | None, gdb: int | None) -> int:
+    if asked is not None and asked < 1:
+        raise UsageError(f"--jobs: {asked} is not a positive number")
+    if gdb is not None and asked not in (None, 1):
+        raise UsageError("--gdb serves one guest at a time; it cannot go with --jobs")
+    return 1 if gdb is not None else asked or default_jobs(s)
+
+
+def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
+    chosen = accel or s.accel
+    shown: Accel = "kvm" if chosen == "kvm" else "tcg"
+    print(
+        f"# accelerator: {chosen}"
+        + (" (shown as tcg; probed at run time)" if chosen == "auto" else "")
+    )
+    print(
+        "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
+    )
+    for cell in selected(s, only):
+        kernel = KernelArtifact.placeholder(cell.kernel.label)
+        cfg = vm_config(
+            cell, kernel, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
+        )
+        print(f"# cell {cell.name}")
+        print(shlex.join(build_argv(cfg)))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    s = load_scenario(args.scenario)
+    print(f"{s.name}: {s.description}".rstrip(": "))
+    for cell in selected(s, args.only):
+        print(f"  {cell.name}")
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""The foundation every layer stands on: errors, registries, the cache, processes, progress."""

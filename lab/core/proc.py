@@ -1,0 +1,108 @@
+"""Running host tools: argv lists only, output kept in a log, failures as BuildError."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lab.core.errors import BuildError
+from lab.core.progress import SILENT, Progress
+
+TAIL_LINES = 30
+STOP_WAIT_S = 10.0
+
+
+def die_with_lab(signal_name: str = "KILL") -> list[str]:
+    """An argv prefix: the kernel signals the child when the thread that started it dies,
+    even by SIGKILL, when no `finally` runs. setpriv sets that up between fork and exec,
+    which Python's preexec_fn cannot do safely in a threaded process."""
+    return ["setpriv", "--pdeathsig", signal_name, "--"]
+
+
+def run_logged(
+    argv: Sequence[str | Path],
+    *,
+    artifact: str,
+    log: Path,
+    progress: Progress = SILENT,
+    show: Callable[[str], bool] = lambda line: False,
+    on_line: Callable[[str], None] | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run `argv`, appending its output to `log`; lines for which `show` is true become progress,
+    and `on_line` sees every line (for progress of its own, such as counting).
+
+    Raises BuildError with the log's tail when the command fails.
+    """
+    args = [str(a) for a in argv]
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(args)}\n")
+        out.flush()
+        if shutil.which(args[0]) is None:
+            raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)")
+        # Its own session: the lab stops the whole group itself (make and its compilers),
+        # on Ctrl-C, SIGTERM or an error; TERM lets make clean up after itself.
+        proc = subprocess.Popen(
+            [*die_with_lab("TERM"), *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                tail.append(line.rstrip("\n"))
+                if show(line):
+                    progress(artifact, line.strip())
+                if on_line is not None:
+                    on_line(line)
+            proc.wait()
+        finally:
+            stop_group(proc)
+    if proc.returncode != 0:
+        raise BuildError(artifact, f"{args[0]} exited {proc.returncode}; log: {log}", list(tail))
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    """End `proc` and every process of its session, if still running: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=STOP_WAIT_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def capture(argv: Sequence[str | Path], *, artifact: str, cwd: Path | None = None) -> str:
+    """Run a short query command and return its stdout; BuildError on failure."""
+    args = [str(a) for a in argv]
+    try:
+        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)") from None
+    if done.returncode != 0:
+        raise BuildError(
+            artifact,
+            f"{' '.join(args)} exited {done.returncode}",
+            done.stderr.splitlines()[-TAIL_LINES:],
+        )
+    return done.stdout

@@ -1,0 +1,82 @@
+"""Native iommufd: an IOAS on /dev/iommu, and a device cdev bound and attached to it."""
+
+from __future__ import annotations
+
+import ctypes as C
+import glob
+import os
+
+from vfiolib import libc
+from vfiolib import uapi as U
+
+PAGE_4K = 4096
+
+
+class Iommufd:
+    """The DMA-mapping side of the `iommufd` mode, with the same calls as a type1 Container."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/dev/iommu", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            alloc = U.new(U.iommu_ioas_alloc)
+            libc.ioctl(self.fd, U.IOMMU_IOAS_ALLOC, alloc)
+            self.ioas_id = int(alloc.out_ioas_id)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def map_dma(self, vaddr: int, iova: int, size: int, flags: int | None = None) -> None:
+        if flags is None:
+            flags = U.IOMMU_IOAS_MAP_READABLE | U.IOMMU_IOAS_MAP_WRITEABLE
+        args = U.new(
+            U.iommu_ioas_map,
+            flags=flags | U.IOMMU_IOAS_MAP_FIXED_IOVA,
+            ioas_id=self.ioas_id,
+            user_va=vaddr,
+            length=size,
+            iova=iova,
+        )
+        libc.ioctl(self.fd, U.IOMMU_IOAS_MAP, args)
+
+    def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+        args = U.new(U.iommu_ioas_unmap, ioas_id=self.ioas_id, iova=iova, length=size)
+        libc.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, args)
+        return int(args.length)
+
+    def info(self) -> tuple[int, list[tuple[int, int]]]:
+        """(page-size bitmap from the IOVA alignment, valid IOVA ranges), like Container.info."""
+        probe = U.new(U.iommu_ioas_iova_ranges, ioas_id=self.ioas_id)
+        try:
+            libc.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, probe)
+        except OSError as e:
+            if e.errno != 90:  # EMSGSIZE: num_iovas now says how many there are
+                raise
+        count = int(probe.num_iovas)
+        ranges = (U.iommu_iova_range * max(count, 1))()
+        query = U.new(
+            U.iommu_ioas_iova_ranges,
+            ioas_id=self.ioas_id,
+            num_iovas=count,
+            allowed_iovas=C.addressof(ranges),
+        )
+        libc.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, query)
+        align = int(query.out_iova_alignment) or PAGE_4K
+        return align, [(int(r.start), int(r.last)) for r in ranges[:count]]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_cdev(bdf: str) -> int:
+    """The device's /dev/vfio/devices/vfioN, found through sysfs."""
+    (node,) = glob.glob(f"/sys/bus/pci/devices/{bdf}/vfio-dev/vfio*")
+    return os.open(f"/dev/vfio/devices/{os.path.basename(node)}", os.O_RDWR | os.O_CLOEXEC)
+
+
+def bind_and_attach(device_fd: int, iommufd: Iommufd) -> int:
+    """VFIO_DEVICE_BIND_IOMMUFD then VFIO_DEVICE_ATTACH_IOMMUFD_PT to the IOAS; returns the dev id."""
+    bind = U.new(U.vfio_device_bind_iommufd, iommufd=iommufd.fd)
+    libc.ioctl(device_fd, U.VFIO_DEVICE_BIND_IOMMUFD, bind)
+    attach = U.new(U.vfio_device_attach_iommufd_pt, pt_id=iommufd.ioas_id)
+    libc.ioctl(device_fd, U.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach)
+    return int(bind.out_devid)

@@ -1,0 +1,134 @@
+"""`vfio-lab compare OLD NEW`: what changed between two runs, test by test and cell by cell.
+
+Every test lands in at most one list; new failures and errors are regressions, the
+exit code a nightly job gates on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lab.results.rundir import RunData
+from lab.results.records import UNEXPECTED, TestRecord
+
+
+@dataclass(frozen=True)
+class Change:
+    cell: str
+    test: str
+    old: str | None  # outcome, None where the test was absent
+    new: str | None
+    detail: str = ""
+
+    def line(self) -> str:
+        moved = f"{self.old or 'absent'} -> {self.new or 'absent'}"
+        detail = f": {self.detail}" if self.detail else ""
+        return f"  {self.cell}  {self.test}  {moved}{detail}"
+
+
+@dataclass
+class Comparison:
+    new_failures: list[Change] = field(default_factory=list)
+    fixes: list[Change] = field(default_factory=list)
+    other_changes: list[Change] = field(default_factory=list)
+    changed_diagnostics: list[Change] = field(default_factory=list)
+    appeared: list[Change] = field(default_factory=list)
+    vanished: list[Change] = field(default_factory=list)
+    cells_appeared: list[str] = field(default_factory=list)
+    cells_vanished: list[str] = field(default_factory=list)
+    # Cells whose new run ended in an infrastructure error (no tests to compare at all):
+    # a regression when the old run of that cell had none.
+    cells_broken: list[str] = field(default_factory=list)
+    cells_still_broken: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> bool:
+        return bool(self.new_failures or self.cells_broken)
+
+
+def compare(old: RunData, new: RunData) -> Comparison:
+    result = Comparison()
+    old_cells = {c.name: c.by_name() for c in old.cells}
+    new_cells = {c.name: c.by_name() for c in new.cells}
+    result.cells_vanished = [c for c in old_cells if c not in new_cells]
+    result.cells_appeared = [c for c in new_cells if c not in old_cells]
+    _infra(result, old, new)
+    for cell, after in new_cells.items():
+        if cell in old_cells:
+            _compare_cell(result, cell, old_cells[cell], after)
+    return result
+
+
+def _infra(out: Comparison, old: RunData, new: RunData) -> None:
+    was_broken = {c.name for c in old.cells if c.summary.get("infra_error")}
+    for cell in new.cells:
+        if error := cell.summary.get("infra_error"):
+            line = f"{cell.name}: {str(error).splitlines()[0]}"
+            broken = out.cells_still_broken if cell.name in was_broken else out.cells_broken
+            broken.append(line)
+
+
+def _compare_cell(
+    out: Comparison, cell: str, before: dict[str, TestRecord], after: dict[str, TestRecord]
+) -> None:
+    out.vanished += [Change(cell, t, r.outcome, None) for t, r in before.items() if t not in after]
+    for test, new in after.items():
+        old = before.get(test)
+        if old is None:
+            target = out.new_failures if new.unexpected else out.appeared
+            target.append(Change(cell, test, None, new.outcome, new.reason))
+        elif old.outcome != new.outcome:
+            _outcome_change(out, Change(cell, test, old.outcome, new.outcome, new.reason))
+        else:
+            out.changed_diagnostics += _diagnostic_changes(cell, test, old, new)
+
+
+def _outcome_change(out: Comparison, change: Change) -> None:
+    was_bad, is_bad = change.old in UNEXPECTED, change.new in UNEXPECTED
+    if is_bad and not was_bad:
+        out.new_failures.append(change)
+    elif was_bad and not is_bad:
+        out.fixes.append(change)
+    else:
+        out.other_changes.append(change)
+
+
+def _diagnostic_changes(cell: str, test: str, old: TestRecord, new: TestRecord) -> list[Change]:
+    a, b = old.diagnostic_map(), new.diagnostic_map()
+    return [
+        Change(cell, test, old.outcome, new.outcome, f"{k}: {a.get(k, '-')} -> {b.get(k, '-')}")
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def render(c: Comparison, old: RunData, new: RunData) -> str:
+    lines = [f"compare {old.dir} -> {new.dir}"]
+    for title, changes in (
+        ("new failures and errors", c.new_failures),
+        ("fixes", c.fixes),
+        ("other result changes", c.other_changes),
+        ("changed diagnostics", c.changed_diagnostics),
+        ("tests that appeared", c.appeared),
+        ("tests that vanished", c.vanished),
+    ):
+        if changes:
+            lines.append(f"{title} ({len(changes)}):")
+            lines += [ch.line() for ch in changes]
+    for title, cells in (
+        ("cells that appeared", c.cells_appeared),
+        ("cells that vanished", c.cells_vanished),
+    ):
+        if cells:
+            lines.append(f"{title}: {', '.join(cells)}")
+    for title, broken in (
+        ("cells now failing for infrastructure reasons", c.cells_broken),
+        ("cells still failing for infrastructure reasons", c.cells_still_broken),
+    ):
+        if broken:
+            lines.append(f"{title} ({len(broken)}):")
+            lines += [f"  {b}" for b in broken]
+    if len(lines) == 1:
+        lines.append("no differences")
+    lines.append("regressions: yes" if c.regressions else "regressions: none")
+    return "\n".join(lines)

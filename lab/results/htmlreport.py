@@ -1,0 +1,195 @@
+"""report.html: one self-contained page (no external assets) for a run.
+
+The tests x cells matrix comes first, rows whose result or per-test diagnostics differ
+between cells highlighted; below it, per test and cell, the diagnostics, the kernel's
+alarms, the dmesg slice and the console excerpt the triage attributed to it.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
+from lab.results.records import TestRecord, printable
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.5em 0 .4em}
+h3{font-size:1em;margin:1.2em 0 .3em;font-family:monospace}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
+th{background:#f0f0f0;position:sticky;top:0}
+#matrix td.test{font-family:monospace;white-space:nowrap}
+tr.differs td.test{border-left:4px solid #e0a000}tr.differs{background:#fff7df}
+.o{font-weight:600;padding:0 4px;border-radius:3px;white-space:nowrap}
+.o-pass{color:#176317}.o-skip{color:#666}.o-xfail{color:#6a4c93}
+.o-fail,.o-xpass{color:#fff;background:#c0392b}.o-error,.o-notrun{color:#fff;background:#7b1fa2}
+.r-fail,.r-xpass{background:#fdecea}.r-error,.r-notrun{background:#f3e5f5}
+.r-absent{color:#aaa}.diag{font:12px monospace;color:#8a5a00}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:4px;overflow-x:auto;font-size:12px;margin:2px 0}
+pre.alarm{background:#fdecea;border-color:#f5c6cb}
+details{margin:2px 0 6px 1em}summary{cursor:pointer}
+.controls{margin:.6em 0}.controls label{margin-right:1.2em}.muted{color:#777}
+"""
+
+JS = """
+const q = (s) => document.querySelector(s);
+const rows = [...document.querySelectorAll('#matrix tbody tr')];
+function apply() {
+  const d = q('#only-diff').checked, u = q('#only-unexpected').checked;
+  const f = q('#filter').value.toLowerCase();
+  let shown = 0;
+  for (const r of rows) {
+    const show = (!d || r.classList.contains('differs')) &&
+      (!u || r.classList.contains('unexpected')) &&
+      (!f || r.dataset.test.toLowerCase().includes(f));
+    r.hidden = !show;
+    shown += show;
+  }
+  q('#shown').textContent = shown;
+}
+for (const id of ['#only-diff', '#only-unexpected', '#filter']) q(id).addEventListener('input', apply);
+window.addEventListener('load', () => {
+  // report.html#differing or #unexpected: open the page filtered.
+  q('#only-diff').checked ||= location.hash === '#differing';
+  q('#only-unexpected').checked ||= location.hash === '#unexpected';
+  apply();
+  // For tests that load the page in a real browser: what was laid out, not just parsed.
+  document.body.dataset.rendered = rows.length;
+  document.body.dataset.matrixHeight = Math.round(q('#matrix').getBoundingClientRect().height);
+});
+"""
+
+
+def render(run: RunData) -> str:
+    rows = matrix(run)
+    s = run.summary
+    title = f"vfio-lab: {s.get('scenario', '?')} {s.get('run_id', '')}"
+    differing = sum(r.differs for r in rows)
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p class=muted>accelerator {escape(str(s.get('accelerator')))} "
+        f"({escape(str(s.get('accelerator_reason')))}); exit code {escape(str(s.get('exit_code')))}"
+        + ("; <b>interrupted</b>" if s.get("interrupted") else "")
+        + "</p>",
+        "<h2>Cells</h2>",
+        _cells_table(run),
+        f"<h2>Tests &times; cells</h2><p>{len(rows)} tests, {differing} differ between cells.</p>",
+        _controls(),
+        _matrix_table(run, rows),
+        "<h2>Details</h2>",
+        *(_details(i, row, run) for i, row in enumerate(rows)),
+    ]
+    return printable(
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + f"\n<script>{JS}</script>\n</body></html>\n"
+    )
+
+
+def _badge(outcome: str) -> str:
+    return f"<span class='o o-{outcome}'>{escape(outcome.upper())}</span>"
+
+
+def _cells_table(run: RunData) -> str:
+    head = (
+        "<tr><th>cell<th>verdict<th>counts<th>kernel<th>facts<th>boot<th>wall<th>files"
+        "<th>problems</tr>"
+    )
+    out = []
+    for cell in run.cells:
+        s = cell.summary
+        counts = ", ".join(f"{k} {v}" for k, v in s.get("counts", {}).items() if v)
+        facts = "<br>".join(escape(f"{k}: {v}") for k, v in sorted(cell_facts(cell).items()))
+        problems = [s["infra_error"]] if s.get("infra_error") else []
+        problems += s.get("problems", [])
+        out.append(
+            f"<tr><td>{escape(cell.name)}<td>{_badge(str(s.get('verdict')))}"
+            f"<td>{escape(counts)}<td>{escape(str(s.get('kernel_release') or s.get('kernel')))}"
+            f"<td class=diag>{facts}<td>{_seconds(s.get('boot_to_ssh_s'))}"
+            f"<td>{_seconds(s.get('wall_s'))}<td>{_files(cell)}"
+            f"<td>{''.join(f'<pre>{escape(str(p))}</pre>' for p in problems)}</tr>"
+        )
+    return f"<table id=cells>{head}{''.join(out)}</table>"
+
+
+CELL_FILES = ("console.log", "dmesg.txt", "results.tap", "payload.log", "tests.json")
+
+
+def _files(cell: CellData) -> str:
+    """Links to the cell's raw files, relative: the run directory moves as a whole."""
+    where = Path(str(cell.summary.get("dir", ""))).name
+    return " ".join(f"<a href='{escape(quote(f'{where}/{f}'))}'>{f}</a>" for f in CELL_FILES)
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.1f} s" if isinstance(value, int | float) else "-"
+
+
+def _controls() -> str:
+    return (
+        "<div class=controls><label><input type=checkbox id=only-diff> only rows that differ"
+        "</label><label><input type=checkbox id=only-unexpected> only unexpected results</label>"
+        "<label>filter <input id=filter size=30></label> <span id=shown></span> shown</div>"
+    )
+
+
+def _matrix_table(run: RunData, rows: list[Row]) -> str:
+    head = "".join(f"<th>{escape(c.name)}</th>" for c in run.cells)
+    body = []
+    for i, row in enumerate(rows):
+        classes = " ".join(
+            c for c, on in (("differs", row.differs), ("unexpected", row.unexpected)) if on
+        )
+        cells = "".join(_matrix_cell(rec, row.changed_keys) for rec in row.cells)
+        body.append(
+            f"<tr class='{classes}' data-test='{escape(row.test)}'>"
+            f"<td class=test><a href='#t{i}'>{escape(row.test)}</a></td>{cells}</tr>"
+        )
+    return (
+        f"<table id=matrix><thead><tr><th>test</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _matrix_cell(rec: TestRecord | None, keys: list[str]) -> str:
+    if rec is None:
+        return "<td class=r-absent>absent</td>"
+    diags = rec.diagnostic_map()
+    shown = "".join(
+        f"<br><span class=diag>{escape(k)}: {escape(diags.get(k, '-'))}</span>" for k in keys
+    )
+    alarm = " <span title='kernel lines attributed'>&#9888;</span>" if rec.kernel else ""
+    return f"<td class='r-{rec.outcome}'>{_badge(rec.outcome)}{alarm}{shown}</td>"
+
+
+def _details(i: int, row: Row, run: RunData) -> str:
+    parts = [f"<section id=t{i}><h3>{escape(row.test)}</h3>"]
+    for cell, rec in zip(run.cells, row.cells, strict=True):
+        parts.append(_cell_details(cell, rec))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _cell_details(cell: CellData, rec: TestRecord | None) -> str:
+    if rec is None:
+        return f"<details><summary>{escape(cell.name)}: absent</summary></details>"
+    head = f"{escape(cell.name)}: {_badge(rec.outcome)} {escape(rec.reason)}"
+    blocks = []
+    if rec.expectation:
+        link = rec.expectation.get("link", "")
+        target = f" <a href='{escape(link)}'>{escape(link)}</a>" if link else ""
+        blocks.append(f"<p>known failure: {escape(rec.expectation.get('reason', ''))}{target}</p>")
+    for title, lines, css in (
+        ("diagnostics", rec.diagnostics, ""),
+        ("kernel alarms", rec.kernel, "alarm"),
+        ("dmesg while it ran", rec.dmesg, ""),
+        ("console while it ran", rec.console, ""),
+    ):
+        if lines:
+            text = escape("\n".join(lines))
+            blocks.append(f"<div>{title}:<pre class='{css}'>{text}</pre></div>")
+    is_open = " open" if rec.unexpected or rec.kernel else ""
+    return f"<details{is_open}><summary>{head}</summary>{''.join(blocks)}</details>"

@@ -1,0 +1,82 @@
+"""What a run leaves for people and CI besides summary.json: junit.xml and report.html.
+
+Both are rewritten after every cell, from the same data `vfio-lab report` reads back.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from lab.core.files import write_atomic
+from lab.results import htmlreport
+from lab.results.rundir import CellData, RunData
+from lab.results.records import TestRecord, printable
+
+JUNIT = "junit.xml"
+HTML = "report.html"
+
+
+def write_all(run: RunData) -> None:
+    write_atomic(run.dir / JUNIT, junit_xml(run))
+    write_atomic(run.dir / HTML, htmlreport.render(run))
+
+
+# -- junit.xml -----------------------------------------------------------------------------
+def junit_xml(run: RunData) -> str:
+    suites = ET.Element("testsuites", name=f"vfio-lab {run.summary.get('scenario', '')}")
+    for cell in run.cells:
+        suites.append(_suite(cell, run))
+    ET.indent(suites)
+    return printable(ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"
+
+
+def _suite(cell: CellData, run: RunData) -> ET.Element:
+    recs = cell.records
+    n = {o: sum(r.outcome == o for r in recs) for o in ("fail", "xpass", "error", "notrun")}
+    skipped = sum(r.outcome in ("skip", "xfail") for r in recs)
+    s = cell.summary
+    suite = ET.Element(
+        "testsuite",
+        name=cell.name,
+        tests=str(len(recs) + bool(s.get("infra_error"))),
+        failures=str(n["fail"] + n["xpass"]),
+        errors=str(n["error"] + n["notrun"] + bool(s.get("infra_error"))),
+        skipped=str(skipped),
+        time=str(s.get("wall_s", 0)),
+    )
+    props = ET.SubElement(suite, "properties")
+    for key in ("kernel", "kernel_release", "container_provider", "qemu_version", "verdict"):
+        ET.SubElement(props, "property", name=key, value=str(s.get(key)))
+    ET.SubElement(props, "property", name="accelerator", value=str(run.summary.get("accelerator")))
+    if s.get("infra_error"):
+        case = ET.SubElement(suite, "testcase", classname=cell.name, name="(cell)")
+        error = ET.SubElement(case, "error", message=str(s["infra_error"]).splitlines()[0])
+        error.text = str(s["infra_error"])
+    for rec in recs:
+        suite.append(_case(cell.name, rec))
+    return suite
+
+
+def _case(cell: str, rec: TestRecord) -> ET.Element:
+    module, _, rest = rec.name.partition(".")
+    case = ET.Element("testcase", classname=f"{cell}.{module}", name=rest or rec.name)
+    tag = {
+        "fail": "failure",
+        "xpass": "failure",
+        "error": "error",
+        "notrun": "error",
+        "skip": "skipped",
+        "xfail": "skipped",
+    }.get(rec.outcome)
+    if tag is not None:
+        why = rec.reason or (rec.diagnostics[-1] if rec.diagnostics else "")
+        message = f"{rec.outcome.upper()}: {why}" if why else rec.outcome.upper()
+        element = ET.SubElement(case, tag, message=message)
+        if tag != "skipped":
+            element.text = "\n".join([*rec.diagnostics, *(f"kernel {k}" for k in rec.kernel)])
+    if rec.dmesg:
+        ET.SubElement(case, "system-out").text = "\n".join(rec.dmesg)
+    if rec.console and rec.outcome in ("error", "notrun", "fail"):
+        ET.SubElement(case, "system-err").text = "\n".join(rec.console)
+    return case

@@ -1,0 +1,155 @@
+"""Run results: summary.json rewritten as each cell finishes, and the terminal table."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.core.exitcodes import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED
+from lab.core.files import write_atomic
+from lab.results import reports
+from lab.results.rundir import CellData, RunData
+from lab.spec.scenario import Expectation
+from lab.results.tap import OUTCOMES
+from lab.results.records import TestRecord
+
+
+
+@dataclass
+class CellResult:
+    name: str
+    kernel: str
+    verdict: str  # pass | fail | error
+    counts: dict[str, int]
+    dir: str
+    wall_s: float
+    boot_to_ssh_s: float | None = None
+    artifacts_s: float | None = None  # preparing kernel and root filesystem (a build when cold)
+    infra_error: str | None = None
+    problems: list[str] = field(default_factory=list)
+    kernel_release: str | None = None
+    kernel_identity: str | None = None
+    qemu_version: str | None = None
+    guest_release: str | None = None
+    kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
+    container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
+    kernel_build_s: float | None = None  # when this cell's kernel was built from source
+    earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
+    unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
+
+
+def empty_counts() -> dict[str, int]:
+    return dict.fromkeys(OUTCOMES, 0)
+
+
+class RunResults:
+    def __init__(
+        self, run_dir: Path, scenario: str, run_id: str, accelerator: str, accel_reason: str
+    ) -> None:
+        self.run_dir = run_dir
+        self.data: dict[str, Any] = {
+            "scenario": scenario,
+            "run_id": run_id,
+            "accelerator": accelerator,
+            "accelerator_reason": accel_reason,
+            "exit_code": None,
+            "cells": [],
+        }
+        self.cells: list[CellResult] = []
+        self.records: dict[str, list[TestRecord]] = {}
+        self.expectations: list[Expectation] = []  # the scenario's known failures
+        self._lock = threading.Lock()
+
+    def set_accelerator(self, accel: str, reason: str) -> None:
+        self.data["accelerator"], self.data["accelerator_reason"] = accel, reason
+        self.write_summary()
+
+    def set_records(self, cell: str, records: list[TestRecord]) -> None:
+        self.records[cell] = records
+
+    def add(self, cell: CellResult) -> None:
+        """A finished cell: its tests.json, then the run's summary and reports, rewritten."""
+        with self._lock:
+            self.cells.append(cell)
+            self.data["cells"].append(asdict(cell))
+            records = self.records.setdefault(cell.name, [])
+            write_atomic(Path(cell.dir) / "tests.json", json.dumps([asdict(r) for r in records]))
+            self.write()
+
+    @property
+    def exit_code(self) -> int:
+        if any(c.infra_error for c in self.cells):
+            return EXIT_INFRA
+        if any(c.verdict != "pass" for c in self.cells):
+            return EXIT_UNEXPECTED
+        return EXIT_OK
+
+    def finish(self, interrupted: bool = False) -> int:
+        code = EXIT_INTERRUPTED if interrupted else self.exit_code
+        self.data["exit_code"] = code
+        self.data["interrupted"] = interrupted
+        self.data["unused_expectations"] = self.unused_expectations()
+        self.write()
+        return code
+
+    def unused_expectations(self) -> list[str]:
+        """Known failures that matched no test in this run: fixed, renamed, or not run
+        here (--only, -k); worth a look before they hide a real failure."""
+        used = {
+            (r.expectation["test"], r.expectation["cells"])
+            for recs in self.records.values()
+            for r in recs
+            if r.expectation
+        }
+        return [
+            f"{e.test} (cells {e.cells})"
+            for e in self.expectations
+            if (e.test, e.cells) not in used
+        ]
+
+    def write_summary(self) -> None:
+        write_atomic(self.run_dir / "summary.json", json.dumps(self.data, indent=2) + "\n")
+
+    def write(self) -> None:
+        """summary.json and the reports: after each cell and at the end of the run."""
+        self.write_summary()
+        reports.write_all(self.run_data())
+
+    def run_data(self) -> RunData:
+        cells = [CellData(c, self.records.get(c["name"], [])) for c in self.data["cells"]]
+        return RunData(self.run_dir, self.data, cells)
+
+
+TABLE_OUTCOMES = ("pass", "fail", "error", "notrun", "skip", "xfail", "xpass")
+UNEXPECTED_SHOWN = 10
+
+
+def table(results: RunResults) -> str:
+    header = ["cell", "verdict", *TABLE_OUTCOMES, "boot", "wall"]
+    rows = [header]
+    for c in results.cells:
+        boot = f"{c.boot_to_ssh_s:.1f}s" if c.boot_to_ssh_s is not None else "-"
+        counts = [str(c.counts.get(k, 0)) for k in TABLE_OUTCOMES]
+        rows.append([c.name, c.verdict, *counts, boot, f"{c.wall_s:.1f}s"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for c in results.cells:
+        if c.infra_error:
+            lines.append(f"{c.name}: {c.infra_error}")
+        lines += [f"{c.name}: {p}" for p in c.problems]
+        lines += [f"{c.name}: unexpected {u}" for u in c.unexpected[:UNEXPECTED_SHOWN]]
+        if len(c.unexpected) > UNEXPECTED_SHOWN:
+            lines.append(f"{c.name}: ... {len(c.unexpected) - UNEXPECTED_SHOWN} more unexpected")
+    if unused := results.data.get("unused_expectations"):
+        lines.append(f"expectations that matched no test: {', '.join(unused)}")
+    lines.append(
+        f"report: {results.run_dir / reports.HTML}  junit: {results.run_dir / reports.JUNIT}"
+    )
+    lines.append(
+        f"accelerator: {results.data['accelerator']} ({results.data['accelerator_reason']})"
+    )
+    lines.append(f"results: {results.run_dir}")
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""One cell through its stages: prepare -> boot -> payload -> triage -> record.
+
+- prepare: the kernel, root filesystem and keys (built or fetched, cached), the accelerator;
+- boot: QEMU on a fresh overlay until SSH answers, the runtime copied in, devices bound;
+- payload: pytest in the guest, its TAP streamed into results.tap, the console watched;
+- triage: one record per test, the kernel's lines attributed, expectations applied;
+- record: the cell's result and records handed to the run's results.
+
+An infrastructure failure at any stage ends the cell as an `error` with the reason;
+the other cells go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.core.cache import file_sha256, tree_digest
+from lab.core.errors import InfraError
+from lab.core.progress import Progress
+from lab.results.records import UNEXPECTED, TestRecord
+from lab.results.summary import CellResult, empty_counts
+from lab.results.tap import TapParser, TapResult
+from lab.run import provenance as provenance_mod
+from lab.run import triage
+from lab.run.booter import CellBooter, Prepared
+from lab.run.payload import PYTEST_RAN, RUNTIME_DIR, TapStream, collect_dmesg, run_payload
+from lab.spec.scenario import Cell
+from lab.vm import console
+from lab.vm.binary import qemu_version
+from lab.vm.console import ConsoleWatch, Stop
+from lab.vm.guest import Guest
+
+CRASH_GRACE_S = 5.0
+
+
+@dataclass
+class PayloadOutcome:
+    tap: TapParser
+    dmesg: list[str] | None  # None: the guest could not give it (it died, or was killed)
+    stop: Stop | None  # why the payload ended early, if it did
+
+
+class CellRun:
+    def __init__(
+        self,
+        cell: Cell,
+        cell_dir: Path,
+        booter: CellBooter,
+        pytest_args: list[str],
+        progress: Progress,
+        gdb_port: int | None = None,
+    ) -> None:
+        self.cell = cell
+        self.dir = cell_dir
+        self.booter = booter
+        self.pytest_args = pytest_args
+        self.progress = progress
+        self.gdb_port = gdb_port
+
+    def run(self) -> tuple[CellResult, list[TestRecord]]:
+        self.dir.mkdir()
+        started = time.monotonic()
+        result = CellResult(
+            name=self.cell.name,
+            kernel=self.cell.kernel.label,
+            verdict="error",
+            counts=empty_counts(),
+            dir=str(self.dir),
+            wall_s=0.0,
+        )
+        records: list[TestRecord] = []
+        try:
+            prepared = self.prepare(result)
+            outcome = self.boot_and_test(prepared, result)
+            records = self.triage(outcome, result)
+        except InfraError as e:
+            result.infra_error = str(e)
+            result.verdict = "error"
+            self.progress(self.cell.name, f"infrastructure error: {str(e).splitlines()[0]}")
+        finally:
+            result.wall_s = round(time.monotonic() - started, 2)
+            _placeholders(self.dir, result)
+        return result, records
+
+    # -- prepare ---------------------------------------------------------------------------
+    def prepare(self, result: CellResult) -> Prepared:
+        started = time.monotonic()
+        prepared = self.booter.prepare(self.cell)
+        result.artifacts_s = round(time.monotonic() - started, 2)
+        result.kernel_build_s = prepared.kernel.build_s
+        result.kernel_release = prepared.kernel.release
+        result.kernel_identity = prepared.kernel.identity
+        result.qemu_version = qemu_version(self.cell.scenario.machine.qemu)
+        record = provenance(self.cell, prepared, self.pytest_args)
+        (self.dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        return prepared
+
+    # -- boot, then the payload --------------------------------------------------------------
+    def boot_and_test(self, prepared: Prepared, result: CellResult) -> PayloadOutcome:
+        with self.booter.ready(self.cell, prepared, self.dir, gdb_port=self.gdb_port) as ready:
+            guest = ready.guest
+            result.boot_to_ssh_s = round(guest.boot_to_ssh_s or 0.0, 2)
+            self._check_guest(guest, prepared, result)
+            outcome = self.payload(guest, result)
+        if guest.machine.abnormal and outcome.dmesg is not None:
+            result.problems.append(guest.machine.abnormal)
+        return outcome
+
+    def _check_guest(self, guest: Guest, prepared: Prepared, result: CellResult) -> None:
+        facts = provenance_mod.read_facts(guest.ssh)
+        result.guest_release = facts.release
+        result.container_provider = facts.container_provider
+        wrong = provenance_mod.mismatches(facts, prepared.kernel)
+        result.kernel_verified = not wrong
+        result.problems += wrong
+
+    def payload(self, guest: Guest, result: CellResult) -> PayloadOutcome:
+        """Run the payload; a guest that dies under it is told by its console."""
+        p = self.cell.scenario.payload
+        watch = ConsoleWatch(self.dir / "console.log", p.stall_timeout, p.test_timeout)
+        stream = TapStream(self.dir / "results.tap", self._on_result())
+        stop = None
+        self.progress(self.cell.name, "running pytest")
+        try:
+            run = run_payload(
+                guest.ssh,
+                self.cell.scenario,
+                self.pytest_args,
+                stream,
+                watch,
+                self.dir / "payload.log",
+            )
+            stop = run.stop
+            # A panicking guest drops SSH (no exit status) a moment before QEMU
+            # (-no-reboot) finishes exiting.
+            grace = CRASH_GRACE_S if stop is None and run.pytest_status not in PYTEST_RAN else 0.0
+        except InfraError:
+            if guest.machine.exit_status(wait=CRASH_GRACE_S) is None:
+                raise
+            grace = 0.0
+        finally:
+            stream.close()
+        crashed = guest.machine.exit_status(wait=grace)
+        if crashed is not None:
+            dying_words = console.read_lines(self.dir / "console.log")
+            result.problems.append(crash_report(crashed, dying_words))
+            stop = stop or _death(dying_words)
+        if stop is not None:
+            result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
+            self.progress(self.cell.name, f"stopping the guest: {stop.message}")
+            guest.abandon()
+            return PayloadOutcome(stream.parser, None, stop)
+        return PayloadOutcome(stream.parser, collect_dmesg(guest.ssh, self.dir), None)
+
+    def _on_result(self) -> Callable[[TapResult], None]:
+        def tell(r: TapResult) -> None:
+            if r.outcome in UNEXPECTED:
+                self.progress(self.cell.name, f"{r.outcome}: {r.name}")
+
+        return tell
+
+    # -- triage ----------------------------------------------------------------------------
+    def triage(self, outcome: PayloadOutcome, result: CellResult) -> list[TestRecord]:
+        # Only now, with QEMU gone, is the console complete (a panic's trace included).
+        console_lines = console.read_lines(self.dir / "console.log")
+        recs = triage.records(outcome.tap, outcome.dmesg, console_lines, outcome.stop)
+        triage.expect(recs, self.cell.name, self.cell.scenario.expectations)
+        result.counts = triage.counts(recs)
+        kernel_log = outcome.dmesg if outcome.dmesg is not None else console_lines
+        result.problems = (
+            outcome.tap.problems() + result.problems + triage.outside_alarms(kernel_log)
+        )
+        result.verdict = triage.verdict(recs, result.problems)
+        result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
+        c = result.counts
+        self.progress(
+            self.cell.name,
+            f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, "
+            f"{c['notrun']} not run, {c['skip']} skipped",
+        )
+        return recs
+
+
+def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[str, Any]:
+    """Everything `vfio-lab repro` needs to boot the same thing again, and to notice drift."""
+    s = cell.scenario
+    return {
+        "cell": cell.name,
+        "scenario_file": str(s.file.resolve()),
+        "scenario_snapshot": "../scenario.yaml",
+        "kernel": {
+            "spec": cell.kernel.label,
+            "resolved_spec": prepared.kernel.resolved_spec,
+            "identity": prepared.kernel.identity,
+            "release": prepared.kernel.release,
+            "vmlinuz_sha256": prepared.kernel.vmlinuz_sha256,
+            "initramfs_sha256": file_sha256(prepared.kernel.initramfs),
+        },
+        "rootfs_key": prepared.image.key,
+        "payload": {
+            "tests": str(s.payload_dir),
+            "tests_digest": tree_digest(s.payload_dir),
+            "runtime_digest": tree_digest(RUNTIME_DIR),
+        },
+        "config": {
+            "fragments": list(cell.config.fragments),
+            "overrides": [list(o) for o in cell.config.overrides],
+        },
+        "pytest_args": s.payload.args + pytest_args,
+        "accelerator": prepared.accel,
+    }
+
+
+def _death(console_lines: list[str]) -> Stop:
+    """A guest that died under the payload without the watch seeing it first."""
+    alarms = console.crash_lines(console_lines)
+    message = alarms[0] if alarms else "QEMU exited during the payload"
+    return Stop("panic" if alarms else "died", message, triage.last_running(console_lines))
+
+
+def crash_report(exit_code: int, lines: list[str]) -> str:
+    """What the console says about a guest that died: the kernel's alarm lines, then the tail."""
+    alarms = "".join(f"\n  ! {line}" for line in console.crash_lines(lines))
+    tail = "".join(f"\n  | {line}" for line in lines[-15:])
+    return f"QEMU exited during the payload (exit code {exit_code}){alarms}\nconsole tail:{tail}"
+
+
+def _placeholders(cell_dir: Path, result: CellResult) -> None:
+    """Every cell directory has the same files; one the cell never got to says why."""
+    why = result.infra_error.splitlines()[0] if result.infra_error else "not produced"
+    for name in ("results.tap", "dmesg.txt", "console.log", "qemu-argv.json"):
+        path = cell_dir / name
+        if not path.exists() or path.stat().st_size == 0:
+            path.write_text(f"# {name} missing: {why}\n" if name != "qemu-argv.json" else "[]\n")

@@ -1,0 +1,139 @@
+"""Running a scenario's matrix: its cells one after another or in parallel, with retries,
+into one run directory whose results are rewritten as each cell finishes."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.core.cache import Cache
+from lab.core.progress import SILENT, Progress
+from lab.results.records import TestRecord
+from lab.results.summary import CellResult, RunResults
+from lab.run.booter import CellBooter
+from lab.run.cell import CellRun
+from lab.spec.scenario import Cell, Scenario, expand
+from lab.vm.accel import AccelChoice
+
+
+@dataclass
+class RunOptions:
+    results_root: Path
+    accel: str | None = None  # overrides the scenario's
+    pytest_args: list[str] = field(default_factory=list)
+    gdb_port: int | None = None
+    jobs: int = 1
+    retries: int = 0  # attempts more for a cell that failed for infrastructure reasons
+
+
+def default_jobs(s: Scenario) -> int:
+    """As many cells at once as the cores and memory hold: each guest gets its vCPUs and
+    RAM, and the host keeps 2 GiB for itself."""
+    cores = os.cpu_count() or 1
+    meminfo = Path("/proc/meminfo").read_text()
+    total = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) << 10  # type: ignore[union-attr]
+    by_memory = (total - (2 << 30)) // (s.machine.memory + (512 << 20))
+    return max(1, min(cores // s.machine.cpus, by_memory))
+
+
+def cell_dirname(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
+
+
+def new_run_dir(results_root: Path) -> tuple[str, Path]:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    run_dir = results_root / run_id
+    run_dir.mkdir(parents=True)
+    latest = results_root / "latest"
+    tmp = results_root / f".latest-{run_id}"
+    tmp.symlink_to(run_id)
+    os.replace(tmp, latest)
+    return run_id, run_dir
+
+
+class ScenarioRun:
+    def __init__(
+        self, scenario: Scenario, opts: RunOptions, cache: Cache, progress: Progress = SILENT
+    ) -> None:
+        self.scenario = scenario
+        self.opts = opts
+        self.cache = cache
+        self.progress = progress
+        self._results: RunResults | None = None
+        self.booter = CellBooter(cache, progress, accel=opts.accel, on_accel=self._on_accel)
+
+    def _on_accel(self, choice: AccelChoice) -> None:
+        self.results.set_accelerator(choice.accel, choice.reason)
+
+    @property
+    def results(self) -> RunResults:
+        if self._results is None:
+            raise RuntimeError("the run has not started")
+        return self._results
+
+    def start(self) -> RunResults:
+        """The run directory, with the scenario as it was, and its (empty) results."""
+        run_id, run_dir = new_run_dir(self.opts.results_root)
+        (run_dir / "scenario.yaml").write_bytes(self.scenario.file.read_bytes())
+        self._results = RunResults(run_dir, self.scenario.name, run_id, "pending", "not chosen yet")
+        self._results.expectations = self.scenario.expectations
+        return self._results
+
+    def run(self, cells: list[Cell] | None = None) -> RunResults:
+        """Run every cell, `jobs` at a time; a cell's failure does not stop the others."""
+        cells = expand(self.scenario) if cells is None else cells
+        if self._results is None:
+            self.start()
+        if self.opts.jobs <= 1 or len(cells) == 1:
+            for i, cell in enumerate(cells, 1):
+                self.progress("run", f"cell {i}/{len(cells)}: {cell.name}")
+                self._record(*self.run_cell(cell))
+            return self.results
+        self.progress("run", f"{len(cells)} cells, {self.opts.jobs} at a time")
+        with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
+            futures = [pool.submit(self.run_cell, cell) for cell in cells]
+            try:
+                for future in as_completed(futures):
+                    self._record(*future.result())
+            except KeyboardInterrupt:
+                # Worker threads never see Ctrl-C: stop their guests so they unwind now.
+                pool.shutdown(wait=False, cancel_futures=True)
+                self.booter.stop_all()
+                raise
+        return self.results
+
+    def _record(self, result: CellResult, records: list[TestRecord]) -> None:
+        """The record stage: results are written as each cell finishes."""
+        self.results.set_records(result.name, records)
+        self.results.add(result)
+
+    def run_cell(self, cell: Cell) -> tuple[CellResult, list[TestRecord]]:
+        """One cell, tried again (in its own directory) while it fails for infrastructure
+        reasons and retries are left; earlier attempts' errors stay in the result."""
+        earlier: list[str] = []
+        for attempt in range(self.opts.retries + 1):
+            suffix = f".retry{attempt}" if attempt else ""
+            cell_dir = self.results.run_dir / (cell_dirname(cell.name) + suffix)
+            attempt_run = CellRun(
+                cell,
+                cell_dir,
+                self.booter,
+                self.opts.pytest_args,
+                self.progress,
+                self.opts.gdb_port,
+            )
+            result, records = attempt_run.run()
+            if result.infra_error is None or attempt == self.opts.retries:
+                break
+            earlier.append(result.infra_error.splitlines()[0])
+            self.progress(
+                cell.name,
+                f"retrying after an infrastructure error ({attempt + 1}/{self.opts.retries})",
+            )
+        result.earlier_attempts = earlier
+        return result, records

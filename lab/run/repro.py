@@ -1,0 +1,100 @@
+"""`vfio-lab repro RUN_DIR/CELL`: the same cell again, from what the run recorded.
+
+The cell's provenance.json names the scenario, the exact kernel (a pinned spec and
+its digests), the root filesystem key, the payload digests and the pytest arguments.
+Whatever cannot be had exactly as recorded is said, with why, before the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.core.cache import file_sha256, tree_digest
+from lab.core.errors import UsageError
+from lab.run.booter import Prepared
+from lab.run.payload import RUNTIME_DIR
+from lab.spec import scenario as scenario_mod
+from lab.spec.kernelspec import CellConfig, parse_kernel_spec
+from lab.spec.scenario import Cell, Scenario
+
+
+@dataclass
+class ReproPlan:
+    cell: Cell
+    record: dict[str, Any]
+    scenario_file: Path
+    pytest_args: list[str]
+    notes: list[str]
+
+
+def read_provenance(cell_dir: Path) -> dict[str, Any]:
+    path = cell_dir / "provenance.json"
+    if not cell_dir.is_dir():
+        raise UsageError(f"{cell_dir}: no such directory")
+    if not path.is_file():
+        raise UsageError(f"{cell_dir} is not a cell directory of a run (it has no provenance.json)")
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+        record["kernel"]["resolved_spec"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is corrupt ({e})") from None
+    return record
+
+
+def plan(cell_dir: Path, keyword: str | None) -> ReproPlan:
+    record = read_provenance(cell_dir)
+    notes: list[str] = []
+    scenario_file = Path(record["scenario_file"])
+    if not scenario_file.is_file():
+        scenario_file = (cell_dir / record["scenario_snapshot"]).resolve()
+        notes.append(f"the scenario file is gone; using the run's snapshot {scenario_file}")
+    s: Scenario = scenario_mod.load(scenario_file)
+    tests = Path(record["payload"]["tests"])
+    if tests.is_dir():
+        s.payload.tests = tests
+    else:
+        notes.append(f"the recorded payload {tests} is gone; using {s.payload_dir}")
+    s.payload.args = []  # the recorded arguments already include the scenario's
+    args = list(record["pytest_args"]) + (["-k", keyword] if keyword else [])
+    recorded = record.get("config", {})
+    config = CellConfig(
+        fragments=tuple(recorded.get("fragments", [])),
+        overrides=tuple((k, v) for k, v in recorded.get("overrides", [])),
+    )
+    cell = Cell(
+        name=record["cell"],
+        kernel=parse_kernel_spec(record["kernel"]["resolved_spec"]),
+        scenario=s,
+        config=config,
+    )
+    return ReproPlan(cell, record, scenario_file, args, notes)
+
+
+def drift(record: dict[str, Any], prepared: Prepared, payload_dir: Path) -> list[str]:
+    """Differences between what the run used and what this repro will boot, with the reason."""
+    notes = []
+    k = record["kernel"]
+    if prepared.kernel.vmlinuz_sha256 != k["vmlinuz_sha256"]:
+        notes.append(
+            f"kernel image differs from the run's (sha256 {k['vmlinuz_sha256'][:12]} -> "
+            f"{prepared.kernel.vmlinuz_sha256[:12]}): {k['identity']} was fetched again and "
+            "the archive now serves a different build"
+        )
+    if file_sha256(prepared.kernel.initramfs) != k["initramfs_sha256"]:
+        notes.append("initramfs differs from the run's: images/initramfs/ changed since the run")
+    if prepared.image.key != record["rootfs_key"]:
+        notes.append(
+            f"root filesystem differs (key {record['rootfs_key']} -> {prepared.image.key}): "
+            "images/rootfs/ or the lab's keys changed since the run"
+        )
+    p = record["payload"]
+    if tree_digest(payload_dir) != p["tests_digest"]:
+        notes.append(f"the guest tests in {payload_dir} changed since the run")
+    if tree_digest(RUNTIME_DIR) != p["runtime_digest"]:
+        notes.append(
+            "the guest runtime (guest_tests/vfiolib, the TAP plugin) changed since the run"
+        )
+    return notes

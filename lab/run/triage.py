@@ -1,0 +1,168 @@
+"""Per-test triage: what each test came to, and what the kernel said while it ran.
+
+The payload brackets every test with `/dev/kmsg` markers, so every kernel line in
+dmesg or on the console belongs to the test that was running (or to none). A test
+with a serious kernel alarm (panic, Oops, BUG, WARNING...) is an error whatever
+its assertion said: the kernel broke, not the test. A test the guest died or hung
+under is an error carrying the console's last lines; the collected tests after it
+are `notrun`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import asdict
+
+from lab.results.records import TestRecord
+from lab.results.tap import OUTCOMES, TapParser
+from lab.spec.scenario import Expectation
+from lab.vm.console import KERNEL_CRASHES, MARKER, Stop
+
+# (kind, pattern, serious): serious alarms make the test an error; the others are
+# shown with it (a DMAR fault is what some tests provoke on purpose).
+ALARMS = (
+    ("panic", KERNEL_CRASHES["panic"], True),
+    ("oops", KERNEL_CRASHES["oops"], True),
+    ("bug", KERNEL_CRASHES["bug"], True),
+    ("gpf", KERNEL_CRASHES["gpf"], True),
+    # Wider than the console's crash line: lockdep's and KASAN's warnings count too.
+    ("warning", re.compile(r"WARNING: .*"), True),
+    ("hung task", re.compile(r"INFO: task .* blocked for more than .*"), True),
+    ("rcu stall", re.compile(r"rcu: INFO: .*detected stalls.*"), True),
+    (
+        "iommu fault",
+        re.compile(r"DMAR: \[DMA .*|AMD-Vi: .*IO_PAGE_FAULT.*|virtio_iommu.*fault.*"),
+        False,
+    ),
+    ("vfio", re.compile(r"(?:^|\]\s*)((?:vfio(?!-lab)[-_\w]*|iommufd)\b.*)"), False),
+)
+SLICE_HEAD, SLICE_TAIL = 20, 40
+CONSOLE_TAIL = 25
+
+
+def by_test(lines: list[str]) -> dict[str, list[str]]:
+    """Kernel lines by the test that was running when they were printed; the key ""
+    holds those outside every test (boot, binding, between tests)."""
+    out: dict[str, list[str]] = {}
+    running = ""
+    for line in lines:
+        if m := MARKER.search(line):
+            running = m.group("name") if m.group("what") == "start" else ""
+            continue
+        out.setdefault(running, []).append(line)
+    return out
+
+
+def last_running(lines: list[str]) -> str | None:
+    """The test whose start marker has no end marker: the one a dead guest was running."""
+    running: str | None = None
+    for line in lines:
+        if m := MARKER.search(line):
+            running = m.group("name") if m.group("what") == "start" else None
+    return running
+
+
+def alarms(lines: list[str]) -> list[tuple[str, str, bool]]:
+    found = []
+    for line in lines:
+        for kind, pattern, serious in ALARMS:
+            if m := pattern.search(line):
+                found.append((kind, (m.group(m.lastindex or 0)).strip(), serious))
+                break
+    return found
+
+
+def outside_alarms(lines: list[str]) -> list[str]:
+    """Serious kernel alarms outside every test (boot, binding): the cell's problems."""
+    outside = by_test(lines).get("", [])
+    return [f"kernel {kind} outside any test: {line}" for kind, line, bad in alarms(outside) if bad]
+
+
+def cap(lines: list[str]) -> list[str]:
+    if len(lines) <= SLICE_HEAD + SLICE_TAIL:
+        return lines
+    skipped = len(lines) - SLICE_HEAD - SLICE_TAIL
+    return [*lines[:SLICE_HEAD], f"[... {skipped} lines ...]", *lines[-SLICE_TAIL:]]
+
+
+def collected(tap: TapParser) -> list[str]:
+    prefix = "collected: "
+    return [n[len(prefix) :] for n in tap.notes if n.startswith(prefix)]
+
+
+def records(
+    tap: TapParser, dmesg: list[str] | None, console: list[str], stop: Stop | None
+) -> list[TestRecord]:
+    """One record per test: reported, interrupted, or never run. `dmesg` is None when the
+    guest could not give it (it died): the console then speaks for the kernel."""
+    out = [TestRecord(name, r.outcome, r.reason, r.diagnostics + r.yaml) for name, r in tap.flat()]
+    reported = {r.name for r in out}
+    running = stop.test if stop is not None else None
+    if stop is not None and running and running not in reported:
+        tail = [f"console: {line}" for line in console[-CONSOLE_TAIL:]]
+        out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail))
+        reported.add(running)
+    names = collected(tap)
+    missing = [n for n in names if n not in reported]
+    if not names and tap.plan is not None:
+        missing = [f"(test {i})" for i in range(len(tap.results) + 1, tap.plan + 1)]
+    why = f"not run: the guest stopped during {running}" if running else "not run"
+    out += [TestRecord(name, "notrun", why) for name in missing]
+    _attribute(out, by_test(dmesg if dmesg is not None else console), by_test(console))
+    return out
+
+
+def _attribute(
+    out: list[TestRecord], kernel: dict[str, list[str]], console: dict[str, list[str]]
+) -> None:
+    for rec in out:
+        lines = kernel.get(rec.name, [])
+        rec.dmesg = cap(lines)
+        rec.console = cap(console.get(rec.name, []))
+        found = alarms(lines if lines else console.get(rec.name, []))
+        rec.kernel = [f"{kind}: {line}" for kind, line, _ in found]
+        serious = [(kind, line) for kind, line, s in found if s]
+        if serious and rec.outcome not in ("error", "notrun"):
+            was = f" (the test itself: {rec.outcome})"
+            rec.reason = f"kernel {serious[0][0]} during the test: {serious[0][1]}{was}"
+            rec.outcome = "error"
+
+
+def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -> None:
+    """Known failures: a matching test that fails or errs is XFAIL, one that passes XPASS."""
+    for rec in recs:
+        exp = next(
+            (
+                e
+                for e in expectations
+                if fnmatch.fnmatchcase(rec.name, e.test) and fnmatch.fnmatchcase(cell, e.cells)
+            ),
+            None,
+        )
+        if exp is None:
+            continue
+        rec.expectation = asdict(exp)
+        if rec.outcome in ("fail", "error"):
+            was = f" (was {rec.outcome}: {rec.reason})" if rec.reason else f" (was {rec.outcome})"
+            rec.outcome, rec.reason = "xfail", f"known failure: {exp.reason}{was}"
+        elif rec.outcome == "pass":
+            rec.outcome, rec.reason = "xpass", f"expected to fail ({exp.reason}), but passed"
+
+
+def counts(recs: list[TestRecord]) -> dict[str, int]:
+    c = dict.fromkeys(OUTCOMES, 0)
+    for r in recs:
+        if "/" not in r.name:  # a subtest's result is its parent's business
+            c[r.outcome] += 1
+    return c
+
+
+def verdict(recs: list[TestRecord], problems: list[str]) -> str:
+    """pass: nothing unexpected; fail: an unexpected fail or pass; error: the rest."""
+    outcomes = {r.outcome for r in recs}
+    if problems or not recs or outcomes & {"error", "notrun"}:
+        return "error"
+    if outcomes & {"fail", "xpass"}:
+        return "fail"
+    return "pass"

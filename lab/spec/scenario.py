@@ -1,0 +1,284 @@
+"""Scenario files: the typed model, loading, cross-field rules, and expansion into cells."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lab.core.data import GUEST_TESTS, SCENARIOS
+from lab.core.errors import ScenarioError, UsageError
+from lab.core.registry import Registry, UnknownVariant
+from lab.spec import schema
+from lab.spec.kernelspec import (
+    KERNEL_SOURCES,
+    NO_CONFIG,
+    CellConfig,
+    KernelSpec,
+    available_fragments,
+    option_name,
+    parse_kernel_spec,
+)
+from lab.spec.schema import KValue, Size, doc_field
+from lab.spec.variants import DEVICES, IOMMU_MODELS
+
+DEFAULT_SCENARIO = SCENARIOS / "quick.yaml"
+DEFAULT_PAYLOAD = GUEST_TESTS
+HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
+# What the guest's own kernel and userspace need besides the reserved hugepages.
+MIN_FREE_MEMORY = 768 << 20
+
+
+@dataclass
+class DeviceSpec:
+    type: str = doc_field("PCI device model, from the device registry (`vfio-lab schema`)")
+    dma_mask: int = doc_field(
+        "the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1
+    )
+
+
+@dataclass
+class MachineSpec:
+    memory: Size = doc_field("guest RAM, e.g. 2G or 3072M", Size(2 << 30))
+    cpus: int = doc_field("guest vCPUs", 2)
+    iommu: str = doc_field("virtual IOMMU model, from the IOMMU registry", "intel-iommu")
+    hugepages: dict[str, int] = doc_field(
+        "hugepages reserved on the guest kernel command line, by size (2M, 1G)", {}
+    )
+    cmdline: list[str] = doc_field("extra guest kernel command-line words", [])
+    boot_timeout: float = doc_field("seconds from QEMU start until SSH must answer", 120.0)
+    qemu: str = doc_field("the QEMU system emulator binary", "qemu-system-x86_64")
+
+
+@dataclass
+class Payload:
+    tests: Path | None = doc_field(
+        "directory of guest tests to copy in; default: guest_tests/", None
+    )
+    args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
+    timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
+    stall_timeout: float = doc_field(
+        "seconds without console or SSH output before the guest is given up on", 300.0
+    )
+    test_timeout: float = doc_field(
+        "seconds one test may run; then the guest is killed, the test is an error "
+        "and the tests after it are not run",
+        120.0,
+    )
+
+
+@dataclass
+class Expectation:
+    test: str = doc_field("glob over test names, e.g. 'vfio_dma_mapping_test.*_1gb.*'")
+    reason: str = doc_field("why it fails; shown with the XFAIL")
+    cells: str = doc_field("glob over the cells it fails in", "*")
+    link: str = doc_field("where it is tracked: a lore thread, a bug", "")
+
+
+@dataclass
+class Scenario:
+    name: str = doc_field("scenario name used in results; default: the file name", "")
+    description: str = doc_field("free text shown by `vfio-lab list`", "")
+    accel: Literal["auto", "kvm", "tcg"] = doc_field(
+        "accelerator: auto uses KVM only if it really runs a guest", "auto"
+    )
+    kernels: list[str] = doc_field(
+        "kernel axis, one cell per entry (see kernel sources)", ["debian-stock"]
+    )
+    fragments: list[str] = doc_field(
+        "config fragments from images/kernel/ applied to every source-built kernel", []
+    )
+    config: dict[str, list[KValue]] = doc_field(
+        "config axis: OPTION: [values], one cell per combination (source-built kernels)", {}
+    )
+    machine: MachineSpec = doc_field("the guest machine", factory=MachineSpec)
+    devices: list[DeviceSpec] = doc_field("PCI devices behind the IOMMU", [])
+    payload: Payload = doc_field("what runs in the guest", factory=Payload)
+    expectations: list[Expectation] = doc_field(
+        "known failures: a matching test that fails is XFAIL, one that passes is XPASS", []
+    )
+    file: Path = dataclasses.field(default=Path("<none>"), init=False, repr=False)
+    lines: dict[str, int] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def error(self, field: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, self.lines.get(field), field, message)
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.payload.tests or DEFAULT_PAYLOAD
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix: a scenario with every axis fixed."""
+
+    name: str
+    kernel: KernelSpec
+    scenario: Scenario
+    config: CellConfig = NO_CONFIG
+    kernel_field: str = "kernels[0]"  # where its kernel came from, for errors
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+
+
+def locate(text: str) -> Path:
+    """A scenario file's path, or where the built-in scenario of that name lives."""
+    path = Path(text)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in text:
+        return path
+    builtin = SCENARIOS / f"{text}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise UsageError(
+        f"{text}: no such scenario file, and no built-in scenario of that name "
+        f"(built-in: {', '.join(builtin_names())})"
+    )
+
+
+def load(file: Path) -> Scenario:
+    file = Path(file)
+    node = schema.load_yaml_node(file)
+    ctx = schema.Context(file.resolve())
+    scenario = schema.load_dataclass(Scenario, node, ctx)
+    scenario.file = file
+    scenario.lines = ctx.lines
+    if not scenario.name:
+        scenario.name = file.stem
+    if not scenario.devices:
+        scenario.devices = [DeviceSpec(type="edu")]
+    validate(scenario)
+    return scenario
+
+
+def validate(s: Scenario) -> None:
+    """Rules between fields and against the registries, after the types are known."""
+    _check_registry(s, "machine.iommu", s.machine.iommu, IOMMU_MODELS)
+    for i, dev in enumerate(s.devices):
+        _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
+        if not 0 < dev.dma_mask < (1 << 64):
+            raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
+    s.kernels = [_resolve_local(s, spec) for spec in s.kernels]
+    for i, spec in enumerate(s.kernels):
+        try:
+            parse_kernel_spec(spec)
+        except UsageError as e:
+            raise s.error(f"kernels[{i}]", str(e)) from None
+    if not s.kernels:
+        raise s.error("kernels", "at least one kernel is needed")
+    if len(set(s.kernels)) != len(s.kernels):
+        raise s.error("kernels", "a kernel is listed twice")
+    _validate_config(s)
+    _validate_machine(s)
+    if not s.payload_dir.is_dir():
+        raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
+    if s.payload.timeout <= 0:
+        raise s.error("payload.timeout", "must be positive")
+    for name in ("stall_timeout", "test_timeout"):
+        if getattr(s.payload, name) <= 0:
+            raise s.error(f"payload.{name}", "must be positive")
+    for i, known in enumerate(s.expectations):
+        for name in ("test", "reason"):
+            if not getattr(known, name).strip():
+                raise s.error(f"expectations[{i}].{name}", "must not be empty")
+
+
+def _resolve_local(s: Scenario, spec: str) -> str:
+    """`local:PATH` is relative to the scenario file, like every path in it."""
+    source, _, arg = spec.partition(":")
+    if source != "local" or not arg:
+        return spec
+    return f"local:{(s.file.parent / arg).resolve()}"
+
+
+def _validate_config(s: Scenario) -> None:
+    known = available_fragments()
+    for i, name in enumerate(s.fragments):
+        if name not in known:
+            raise s.error(
+                f"fragments[{i}]",
+                f"no fragment {name!r} in images/kernel/; available: {', '.join(known)}",
+            )
+    seen: dict[str, str] = {}
+    for option, values in s.config.items():
+        field = f"config.{option}"
+        try:
+            canonical = option_name(option)
+        except ValueError as e:
+            raise s.error(field, str(e)) from None
+        if canonical in seen:
+            raise s.error(field, f"contradictory axes: {seen[canonical]} names the same option")
+        seen[canonical] = option
+        if not values:
+            raise s.error(field, "an axis needs at least one value")
+        if len(set(values)) != len(values):
+            raise s.error(field, f"contradictory axis: a value is listed twice in {values}")
+    if s.fragments or s.config:
+        for spec in s.kernels:
+            if not KERNEL_SOURCES[parse_kernel_spec(spec).source].configurable:
+                where = "config" if s.config else "fragments"
+                raise s.error(
+                    where,
+                    f"{spec} is a prebuilt kernel: it cannot take the scenario's {where}; "
+                    "use debian:X.Y or local:PATH",
+                )
+
+
+def _validate_machine(s: Scenario) -> None:
+    m = s.machine
+    if m.cpus < 1:
+        raise s.error("machine.cpus", "must be at least 1")
+    if m.boot_timeout <= 0:
+        raise s.error("machine.boot_timeout", "must be positive")
+    reserved = 0
+    for size, count in m.hugepages.items():
+        if size not in HUGEPAGE_SIZES:
+            raise s.error(
+                f"machine.hugepages.{size}", f"size must be one of {', '.join(HUGEPAGE_SIZES)}"
+            )
+        if count < 0:
+            raise s.error(f"machine.hugepages.{size}", "count must not be negative")
+        reserved += HUGEPAGE_SIZES[size] * count
+    if m.memory < reserved + MIN_FREE_MEMORY:
+        need = (reserved + MIN_FREE_MEMORY) >> 20
+        raise s.error(
+            "machine.memory", f"{m.memory >> 20} MiB is too small: hugepages need {need} MiB"
+        )
+
+
+def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:
+    try:
+        registry[name]
+    except UnknownVariant as e:
+        raise s.error(field, str(e)) from None
+
+
+def expand(s: Scenario) -> list[Cell]:
+    """The matrix: kernels x every combination of the config axis, in file order."""
+    options = list(s.config)
+    combos = list(itertools.product(*(s.config[o] for o in options)))
+    cells = []
+    for i, spec_text in enumerate(s.kernels):
+        spec = parse_kernel_spec(spec_text)
+        label = KERNEL_SOURCES[spec.source].cell_label(spec.arg)
+        for combo in combos:
+            overrides = tuple(zip(options, combo, strict=True))
+            name = label + "".join(
+                f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides
+            )
+            cfg = CellConfig(fragments=tuple(s.fragments), overrides=overrides)
+            cells.append(
+                Cell(name=name, kernel=spec, scenario=s, config=cfg, kernel_field=f"kernels[{i}]")
+            )
+    return cells
+
+
+def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """Cells whose name matches any of the glob patterns (all when none are given)."""
+    if not patterns:
+        return cells
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]

@@ -1,0 +1,117 @@
+"""The variants a machine is built from: accelerators, IOMMU models and PCI devices.
+
+Each variant is a small class returning its argv pieces; the registries at the
+bottom are the one place that lists which exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from lab.core.registry import Registry
+
+Accel = Literal["kvm", "tcg"]
+
+
+def qemu_escape(value: str) -> str:
+    """QEMU option values use ',' as separator; a literal comma is written ',,'."""
+    return value.replace(",", ",,")
+
+
+class IommuModel:
+    name: ClassVar[str]
+    doc: ClassVar[str]
+
+    def machine_options(self, accel: Accel) -> list[str]:
+        return []
+
+    def device_argv(self) -> list[str]:
+        return []
+
+    def kernel_cmdline(self) -> list[str]:
+        return []
+
+
+class IntelIommu(IommuModel):
+    name = "intel-iommu"
+    doc = "emulated VT-d with interrupt remapping and caching mode (what vfio needs)"
+
+    def machine_options(self, accel: Accel) -> list[str]:
+        # With KVM the in-kernel IOAPIC cannot be remapped; QEMU insists on a split irqchip.
+        return ["kernel-irqchip=split"] if accel == "kvm" else []
+
+    def device_argv(self) -> list[str]:
+        return ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+
+    def kernel_cmdline(self) -> list[str]:
+        # Debian kernels do not turn VT-d on by default.
+        return ["intel_iommu=on"]
+
+
+class VirtioIommu(IommuModel):
+    name = "virtio-iommu"
+    doc = "paravirtual virtio-iommu-pci"
+
+    def device_argv(self) -> list[str]:
+        return ["-device", "virtio-iommu-pci"]
+
+
+class NoIommu(IommuModel):
+    name = "none"
+    doc = "no IOMMU: vfio works only in no-IOMMU mode"
+
+
+@dataclass(frozen=True)
+class PciId:
+    vendor: int
+    device: int
+
+    def __str__(self) -> str:
+        return f"{self.vendor:04x}:{self.device:04x}"
+
+
+class PciDevice:
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    pci_id: ClassVar[PciId]
+
+    def device_argv(self, dma_mask: int) -> list[str]:
+        raise NotImplementedError
+
+
+class Edu(PciDevice):
+    name = "edu"
+    doc = "QEMU's educational device: 1 MiB BAR0, a 4 KiB DMA engine, INTx and MSI"
+    pci_id = PciId(0x1234, 0x11E8)
+
+    def device_argv(self, dma_mask: int) -> list[str]:
+        return ["-device", f"edu,dma_mask={dma_mask:#x}"]
+
+
+class AccelModel:
+    name: ClassVar[Accel]
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Tcg(AccelModel):
+    name = "tcg"
+
+    def argv(self) -> list[str]:
+        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+class Kvm(AccelModel):
+    name = "kvm"
+
+    def argv(self) -> list[str]:
+        return ["-accel", "kvm", "-cpu", "host"]
+
+
+IOMMU_MODELS: Registry[IommuModel] = Registry(
+    "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu, NoIommu)}
+)
+DEVICES: Registry[PciDevice] = Registry("device", {d.name: d() for d in (Edu,)})
+ACCELS: Registry[AccelModel] = Registry("accelerator", {a.name: a() for a in (Tcg, Kvm)})

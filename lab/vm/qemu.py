@@ -1,0 +1,78 @@
+"""The QEMU command line as a pure function of a typed machine configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.spec.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, qemu_escape
+
+BASE_CMDLINE = ("console=ttyS0", "root=/dev/vda", "rw", "panic=-1")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    type: str
+    dma_mask: int = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    name: str
+    accel: Accel
+    kernel: Path
+    initrd: Path
+    disk: Path
+    console_log: Path
+    qmp_socket: Path
+    ssh_port: int
+    memory_mib: int = 2048
+    cpus: int = 2
+    iommu: str = "intel-iommu"
+    devices: tuple[DeviceConfig, ...] = (DeviceConfig("edu"),)
+    hugepages: tuple[tuple[str, int], ...] = ()
+    extra_cmdline: tuple[str, ...] = ()
+    qemu: str = "qemu-system-x86_64"
+    user_qmp_socket: Path | None = None  # a second monitor for `vfio-lab qmp`
+    gdb_port: int | None = None
+
+
+def kernel_cmdline(cfg: VMConfig) -> str:
+    words = list(BASE_CMDLINE) + IOMMU_MODELS[cfg.iommu].kernel_cmdline()
+    for size, count in cfg.hugepages:
+        words += [f"hugepagesz={size}", f"hugepages={count}"]
+    return " ".join(words + list(cfg.extra_cmdline))
+
+
+def build_argv(cfg: VMConfig) -> list[str]:
+    iommu = IOMMU_MODELS[cfg.iommu]
+    machine = ",".join(["q35", *iommu.machine_options(cfg.accel)])
+    argv = [
+        cfg.qemu,
+        "-name", f"guest={qemu_escape(cfg.name)},process=vfio-lab",
+        "-machine", machine,
+        *ACCELS[cfg.accel].argv(),
+        "-m", f"{cfg.memory_mib}M",
+        "-smp", str(cfg.cpus),
+        "-nodefaults", "-display", "none", "-no-reboot",
+        *iommu.device_argv(),
+        "-kernel", str(cfg.kernel),
+        "-initrd", str(cfg.initrd),
+        "-append", kernel_cmdline(cfg),
+        "-drive", f"file={qemu_escape(str(cfg.disk))},format=qcow2,if=none,id=root,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root",
+        # restrict=on: the guest reaches nothing on the host or beyond (not the host's
+        # loopback through 10.0.2.2, not other VMs' forwards); the SSH forward still works.
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-chardev", f"file,id=console,path={qemu_escape(str(cfg.console_log))}",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{qemu_escape(str(cfg.qmp_socket))},server=on,wait=off",
+    ]  # fmt: skip
+    for dev in cfg.devices:
+        argv += DEVICES[dev.type].device_argv(dev.dma_mask)
+    if cfg.user_qmp_socket is not None:
+        argv += ["-qmp", f"unix:{qemu_escape(str(cfg.user_qmp_socket))},server=on,wait=off"]
+    if cfg.gdb_port is not None:
+        argv += ["-gdb", f"tcp:127.0.0.1:{cfg.gdb_port}"]
+    return argv
