@@ -20,44 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.core.cache import Cache
 from tests.conftest import REPO, lab
+from tests.integration.conftest import lab_qemus, summary
 
 pytestmark = pytest.mark.vm
-
-
-def lab_qemus() -> set[int]:
-    """PIDs of lab QEMU processes (their -name carries process=vfio-lab)."""
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv[0].endswith(b"qemu-system-x86_64") and any(
-                b"process=vfio-lab" in a for a in argv
-            ):
-                pids.add(int(proc.name))
-    return pids
-
-
-def vm_scratch() -> set[str]:
-    return {p.name for p in Cache().tmp.glob("vm-*")}
-
-
-@pytest.fixture
-def results(tmp_path):
-    """A results root, and after the test: nothing of the run may be left running or on disk."""
-    scratch, qemus = vm_scratch(), lab_qemus()
-    root = tmp_path / "results"
-    yield root
-    assert lab_qemus() - qemus == set(), "a QEMU process outlived its run"
-    assert vm_scratch() - scratch == set(), "an overlay directory outlived its run"
-
-
-def summary(root: Path) -> dict:
-    return json.loads((root / "latest" / "summary.json").read_text())
 
 
 def tap_lines(cell_dir: str) -> list[str]:

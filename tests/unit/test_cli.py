@@ -182,3 +182,55 @@ def test_tap_command_summarizes_and_names_what_is_missing(capsys, tmp_path):
     assert "problem: no TAP plan" in out
     code, _, err = run(capsys, "tap", str(tmp_path / "missing.tap"))
     assert code == 2 and "missing.tap: No such file or directory" in err
+
+
+def test_builtin_scenarios_are_found_by_name_from_anywhere(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "list", "iommufd-compat")
+    assert code == 0
+    assert "7.2-iommufd_vfio_container=y" in out
+
+
+def test_unknown_scenario_name_lists_the_builtin_ones(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "list", "quik")
+    assert code == 2
+    assert "quik: no such scenario file, and no built-in scenario of that name" in err
+    assert "built-in: dmabuf, iommufd-compat, nightly, quick" in err
+
+
+def test_a_crash_of_the_lab_is_exit_4_with_a_request_for_a_bug_report(capsys, monkeypatch):
+    def broken(args):
+        raise ZeroDivisionError("a lab bug")
+
+    monkeypatch.setattr("lab.cli.info.cmd_schema", broken)
+    code, _, err = run(capsys, "schema")
+    assert code == 4
+    assert "ZeroDivisionError: a lab bug" in err  # the traceback
+    assert "this is a bug in vfio-lab; please report it" in err
+
+
+def test_a_qmp_failure_is_an_infrastructure_error(capsys, monkeypatch):
+    from qemu.qmp.protocol import ConnectError
+
+    def racing(args):
+        raise ConnectError("Failed to establish connection", OSError("refused"))
+
+    monkeypatch.setattr("lab.cli.info.cmd_schema", racing)
+    code, _, err = run(capsys, "schema")
+    assert code == 3
+    assert "QMP: ConnectError" in err
+
+
+@pytest.mark.parametrize(
+    ("code", "bisect"), [(0, 0), (1, 1), (2, 128), (3, 125), (4, 128), (130, 128)]
+)
+def test_bisect_exit_codes(capsys, monkeypatch, code, bisect):
+    monkeypatch.setattr("lab.cli.run.cmd_run", lambda args: code)
+    assert main(["run", "--bisect"]) == bisect
+    assert main(["run"]) == code
+
+
+def test_bisect_maps_an_error_raised_before_any_cell(capsys, tmp_path):
+    code, _, _ = run(capsys, "run", "--bisect", str(tmp_path / "missing.yaml"))
+    assert code == 128  # a scenario error stops the bisection

@@ -35,9 +35,12 @@ def machine(tmp_path, qemu) -> Machine:
 
 def test_qemu_dying_at_start_raises_launch_error(tmp_path):
     qemu = fake_qemu(
-        tmp_path, "echo \"qemu-system-x86_64: -device edu: Bus 'pcie.0' is full\" >&2; exit 1"
+        tmp_path,
+        "sleep 0.5; echo \"qemu-system-x86_64: -device edu: Bus 'pcie.0' is full\" >&2; exit 1",
     )
-    (tmp_path / "qmp.sock").write_text("")  # a stale socket of an earlier QEMU
+    # A socket file nobody listens on: qemu.qmp's ConnectError (not an OSError) while
+    # QEMU starts is retried, and QEMU's death still ends it as a LaunchError.
+    (tmp_path / "qmp.sock").write_text("")
     with pytest.raises(LaunchError) as info, machine(tmp_path, qemu):
         pass
     e = info.value
