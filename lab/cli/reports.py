@@ -21,10 +21,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rpt.set_defaults(func=cmd_report)
 
     cmp = sub.add_parser(
-        "compare", help="what changed between two runs; exit 1 on new failures or errors"
+        "compare",
+        help="what changed between two runs; exit 1 on regressions (new failures, lost coverage)",
     )
     cmp.add_argument("old", type=Path, metavar="OLD_RUN_DIR")
     cmp.add_argument("new", type=Path, metavar="NEW_RUN_DIR")
+    cmp.add_argument(
+        "--accept-lost",
+        action="store_true",
+        help="lost coverage (a test that ran now skips or is gone, a cell is gone) is listed "
+        "but is not a regression",
+    )
     cmp.set_defaults(func=cmd_compare)
 
     tap = sub.add_parser(
@@ -44,7 +51,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     old, new = load_run(args.old), load_run(args.new)
-    result = compare.compare(old, new)
+    result = compare.compare(old, new, accept_lost=args.accept_lost)
     print(compare.render(result, old, new))
     return EXIT_UNEXPECTED if result.regressions else EXIT_OK
 

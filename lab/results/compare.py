@@ -1,7 +1,9 @@
 """`vfio-lab compare OLD NEW`: what changed between two runs, test by test and cell by cell.
 
-Every test lands in at most one list; new failures and errors are regressions, the
-exit code a nightly job gates on.
+Every test lands in at most one list. Regressions, the exit code a nightly job gates on:
+new failures and errors, cells that stopped booting, and lost coverage: a test that ran
+and now skips (a kernel that lost /dev/iommu), a test or a cell that vanished. Lost
+coverage can be accepted (`--accept-lost`) when it was meant, e.g. a smaller matrix.
 """
 
 from __future__ import annotations
@@ -31,23 +33,34 @@ class Comparison:
     new_failures: list[Change] = field(default_factory=list)
     fixes: list[Change] = field(default_factory=list)
     other_changes: list[Change] = field(default_factory=list)
+    # Tests that ran before and now skip, or are gone from a cell that is still there.
+    lost_coverage: list[Change] = field(default_factory=list)
     changed_diagnostics: list[Change] = field(default_factory=list)
     appeared: list[Change] = field(default_factory=list)
-    vanished: list[Change] = field(default_factory=list)
     cells_appeared: list[str] = field(default_factory=list)
     cells_vanished: list[str] = field(default_factory=list)
     # Cells whose new run ended in an infrastructure error (no tests to compare at all):
     # a regression when the old run of that cell had none.
     cells_broken: list[str] = field(default_factory=list)
     cells_still_broken: list[str] = field(default_factory=list)
+    accept_lost: bool = False
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.lost_coverage or self.cells_vanished)
 
     @property
     def regressions(self) -> bool:
-        return bool(self.new_failures or self.cells_broken)
+        lost = self.lost and not self.accept_lost
+        return bool(self.new_failures or self.cells_broken or lost)
 
 
-def compare(old: RunData, new: RunData) -> Comparison:
-    result = Comparison()
+# Outcomes that say the test really ran: going from one of these to a skip loses coverage.
+RAN = ("pass", "fail", "error", "xfail", "xpass")
+
+
+def compare(old: RunData, new: RunData, accept_lost: bool = False) -> Comparison:
+    result = Comparison(accept_lost=accept_lost)
     old_cells = {c.name: c.by_name() for c in old.cells}
     new_cells = {c.name: c.by_name() for c in new.cells}
     result.cells_vanished = [c for c in old_cells if c not in new_cells]
@@ -71,7 +84,9 @@ def _infra(out: Comparison, old: RunData, new: RunData) -> None:
 def _compare_cell(
     out: Comparison, cell: str, before: dict[str, TestRecord], after: dict[str, TestRecord]
 ) -> None:
-    out.vanished += [Change(cell, t, r.outcome, None) for t, r in before.items() if t not in after]
+    out.lost_coverage += [
+        Change(cell, t, r.outcome, None) for t, r in before.items() if t not in after
+    ]
     for test, new in after.items():
         old = before.get(test)
         if old is None:
@@ -87,6 +102,8 @@ def _outcome_change(out: Comparison, change: Change) -> None:
     was_bad, is_bad = change.old in UNEXPECTED, change.new in UNEXPECTED
     if is_bad and not was_bad:
         out.new_failures.append(change)
+    elif change.old in RAN and change.new == "skip":
+        out.lost_coverage.append(change)
     elif was_bad and not is_bad:
         out.fixes.append(change)
     else:
@@ -107,10 +124,10 @@ def render(c: Comparison, old: RunData, new: RunData) -> str:
     for title, changes in (
         ("new failures and errors", c.new_failures),
         ("fixes", c.fixes),
+        ("lost coverage: tests that ran and now skip or are gone", c.lost_coverage),
         ("other result changes", c.other_changes),
         ("changed diagnostics", c.changed_diagnostics),
         ("tests that appeared", c.appeared),
-        ("tests that vanished", c.vanished),
     ):
         if changes:
             lines.append(f"{title} ({len(changes)}):")
@@ -130,5 +147,7 @@ def render(c: Comparison, old: RunData, new: RunData) -> str:
             lines += [f"  {b}" for b in broken]
     if len(lines) == 1:
         lines.append("no differences")
+    if c.lost and c.accept_lost:
+        lines.append("lost coverage accepted (--accept-lost)")
     lines.append("regressions: yes" if c.regressions else "regressions: none")
     return "\n".join(lines)

@@ -173,7 +173,10 @@ class CellRun:
         result.counts = triage.counts(recs)
         kernel_log = outcome.dmesg if outcome.dmesg is not None else console_lines
         result.problems = (
-            outcome.tap.problems() + result.problems + triage.outside_alarms(kernel_log)
+            outcome.tap.problems()
+            + triage.duplicates(outcome.tap)
+            + result.problems
+            + triage.outside_alarms(kernel_log)
         )
         result.verdict = triage.verdict(recs, result.problems)
         result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]

@@ -76,6 +76,11 @@ class Expectation:
     reason: str = doc_field("why it fails; shown with the XFAIL")
     cells: str = doc_field("glob over the cells it fails in", "*")
     link: str = doc_field("where it is tracked: a lore thread, a bug", "")
+    kernel: bool = doc_field(
+        "the known failure is a kernel splat (WARN, Oops, BUG...) attributed to the test; "
+        "without it, a splat stays an error even when the test is a known failure",
+        False,
+    )
 
 
 @dataclass

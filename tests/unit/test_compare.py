@@ -45,9 +45,10 @@ def test_each_kind_of_difference_is_listed_once(tmp_path):
     names = lambda changes: [ch.test for ch in changes]  # noqa: E731
     assert names(c.new_failures) == ["t.regress", "t.new_broken"]
     assert names(c.fixes) == ["t.fixed"]
-    assert names(c.other_changes) == ["t.skipped"]
+    assert names(c.lost_coverage) == ["t.gone", "t.skipped"]
+    assert names(c.other_changes) == []
     assert [ch.detail for ch in c.changed_diagnostics] == ["iopte_size: 1G -> 4K"]
-    assert names(c.appeared) == ["t.new"] and names(c.vanished) == ["t.gone"]
+    assert names(c.appeared) == ["t.new"]
     assert (c.cells_appeared, c.cells_vanished) == (["new-only"], ["old-only"])
     assert c.regressions
 
@@ -66,6 +67,36 @@ def test_a_cell_that_stopped_booting_is_a_regression(tmp_path):
     text = compare.render(c, load_run(old), load_run(new))
     assert "cells now failing for infrastructure reasons (1):\n  c: no SSH answer" in text
     assert not compare.compare(load_run(old), load_run(old)).regressions
+
+
+def test_a_test_that_now_skips_is_a_regression_unless_accepted(tmp_path):
+    a, b = two_runs(
+        tmp_path,
+        {"c": [rec("t.iommufd"), rec("t.gone"), rec("t.was_skipped", "skip")]},
+        {
+            "c": [
+                rec("t.iommufd", "skip", reason="CONFIG_IOMMUFD not set"),
+                rec("t.was_skipped", "skip"),
+            ]
+        },
+    )
+    done = lab("compare", str(a), str(b))
+    assert done.returncode == 1, done.stderr
+    assert "lost coverage: tests that ran and now skip or are gone (2):" in done.stdout
+    assert "  c  t.iommufd  pass -> skip: CONFIG_IOMMUFD not set" in done.stdout
+    assert "  c  t.gone  pass -> absent" in done.stdout
+    accepted = lab("compare", "--accept-lost", str(a), str(b))
+    assert accepted.returncode == 0, accepted.stdout
+    assert "lost coverage accepted (--accept-lost)" in accepted.stdout
+    # Skipping before and after is no change; a skip that starts to run is no loss.
+    assert lab("compare", str(b), str(a)).returncode == 0
+
+
+def test_a_vanished_cell_is_lost_coverage(tmp_path):
+    a, b = two_runs(tmp_path, {"c": [rec("t.a")], "d": [rec("t.a")]}, {"c": [rec("t.a")]})
+    c = compare.compare(load_run(a), load_run(b))
+    assert c.cells_vanished == ["d"] and c.regressions
+    assert not compare.compare(load_run(a), load_run(b), accept_lost=True).regressions
 
 
 def test_cli_compare_exit_codes_and_text(tmp_path):

@@ -62,3 +62,32 @@ def test_tap_is_also_streamed_to_a_file_descriptor(tmp_path):
     assert done.returncode == 1
     with os.fdopen(read_end) as stream:
         assert stream.read() == text
+
+
+PARAMETRIZED = """
+import pytest
+
+@pytest.mark.parametrize("size", [4096, 8192])
+@pytest.mark.parametrize("iommu_mode", ["iommufd"])
+def test_map(iommu_mode, size):
+    pass
+"""
+
+
+def test_every_parameter_is_part_of_the_name(tmp_path):
+    work = tmp_path / "tests"
+    work.mkdir()
+    (work / "user_test.py").write_text(PARAMETRIZED)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lab" / "data" / "guest_tests"))
+    done = subprocess.run(
+        [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout
+    names = [r.name for r in parse_text((tmp_path / "out.tap").read_text()).results]
+    # The lab's own parameter (the IOMMU mode) first, then the user's, as upstream names them.
+    assert names == ["user_test.iommufd_4096.map", "user_test.iommufd_8192.map"]

@@ -123,6 +123,30 @@ def test_expectations_make_xfail_and_xpass_only_where_they_match():
     assert other_cell[0].outcome == "pass"
 
 
+def splatted(name: str) -> TestRecord:
+    """A test that failed its assertion and hit a kernel WARN meanwhile (as triage makes it)."""
+    rec = TestRecord(name, "fail", "assert 1 == 2")
+    triage._attribute([rec], {name: ["WARNING: CPU: 0 PID: 1 at drivers/iommu/x.c:1"]}, {})
+    assert rec.outcome == "error"
+    return rec
+
+
+def test_a_known_failure_does_not_hide_a_kernel_splat():
+    rec = splatted("m.known")
+    triage.expect([rec], "c", [Expectation(test="m.known", reason="asserts wrongly")])
+    assert rec.outcome == "error"
+    assert "not covered by the known failure 'asserts wrongly'" in rec.reason
+    assert rec.expectation is not None  # matched, shown, but not applied
+
+
+def test_an_expectation_for_the_splat_itself_makes_it_xfail():
+    rec = splatted("m.known")
+    known = Expectation(test="m.known", reason="WARN in x.c, fixed upstream", kernel=True)
+    triage.expect([rec], "c", [known])
+    assert rec.outcome == "xfail"
+    assert rec.reason.startswith("known failure: WARN in x.c, fixed upstream (was error: kernel")
+
+
 def test_verdicts():
     def v(*outcomes, problems=()):
         return triage.verdict(
@@ -136,3 +160,9 @@ def test_verdicts():
     assert v("error", "fail") == "error"
     assert v("pass", problems=["kernel mismatch"]) == "error"
     assert v() == "error"
+
+
+def test_a_test_name_reported_twice_is_a_problem_of_the_cell():
+    tap = parse_text("TAP version 13\n1..3\nok 1 m.a\nok 2 m.b\nnot ok 3 m.a\n")
+    assert triage.duplicates(tap) == ["test name reported 2 times: m.a"]
+    assert triage.duplicates(parse_text("TAP version 13\n1..1\nok 1 m.a\n")) == []

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+# The lab's own parameters name the variant in this order (upstream's <mode>_<variant>);
+# any other parameter follows, so two parametrizations never share a name.
 VARIANT_PARAMS = ("iommu_mode", "backing", "irq")
 # When setup, call and teardown report differently, the worst one names the test's result.
 RANK = {"pass": 1, "skip": 1, "xfail": 1, "xpass": 1, "fail": 2, "error": 3}
@@ -33,7 +35,8 @@ def tap_name(item: Any) -> str:
     module = item.module.__name__.rsplit(".", 1)[-1]
     case = item.originalname.removeprefix("test_")
     params = getattr(getattr(item, "callspec", None), "params", {})
-    variant = "_".join(str(params[p]) for p in VARIANT_PARAMS if p in params)
+    order = [p for p in VARIANT_PARAMS if p in params] + [p for p in params if p not in VARIANT_PARAMS]
+    variant = "_".join(str(params[p]) for p in order)
     return f"{module}.{variant}.{case}" if variant else f"{module}.{case}"
 
 
