@@ -76,17 +76,30 @@ class PciDevice:
     doc: ClassVar[str]
     pci_id: ClassVar[PciId]
 
-    def device_argv(self, dma_mask: int) -> list[str]:
+    def device_argv(self, dma_mask: int, index: int) -> list[str]:
+        """The device's argv; `index` is its position in the scenario's device list."""
         raise NotImplementedError
+
+
+def root_port_argv(index: int) -> tuple[str, list[str]]:
+    """A PCIe root port of its own for device `index`: (the bus to put the device on, argv).
+    Alone below a port, a device without FLR can still be reset (a secondary bus reset),
+    which is the reset vfio-pci offers for it."""
+    port = f"rp{index}"
+    return port, ["-device", f"pcie-root-port,id={port},chassis={index + 1}"]
 
 
 class Edu(PciDevice):
     name = "edu"
-    doc = "QEMU's educational device: 1 MiB BAR0, a 4 KiB DMA engine, INTx and MSI"
+    doc = (
+        "QEMU's educational device: 1 MiB BAR0, a 4 KiB DMA engine, INTx and MSI; "
+        "behind a PCIe root port of its own, so it can be reset"
+    )
     pci_id = PciId(0x1234, 0x11E8)
 
-    def device_argv(self, dma_mask: int) -> list[str]:
-        return ["-device", f"edu,dma_mask={dma_mask:#x}"]
+    def device_argv(self, dma_mask: int, index: int) -> list[str]:
+        bus, port = root_port_argv(index)
+        return [*port, "-device", f"edu,bus={bus},dma_mask={dma_mask:#x}"]
 
 
 class AccelModel:

@@ -69,8 +69,8 @@ def build_argv(cfg: VMConfig) -> list[str]:
         "-serial", "chardev:console",
         "-qmp", f"unix:{qemu_escape(str(cfg.qmp_socket))},server=on,wait=off",
     ]  # fmt: skip
-    for dev in cfg.devices:
-        argv += DEVICES[dev.type].device_argv(dev.dma_mask)
+    for index, dev in enumerate(cfg.devices):
+        argv += DEVICES[dev.type].device_argv(dev.dma_mask, index)
     if cfg.user_qmp_socket is not None:
         argv += ["-qmp", f"unix:{qemu_escape(str(cfg.user_qmp_socket))},server=on,wait=off"]
     if cfg.gdb_port is not None:

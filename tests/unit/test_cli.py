@@ -52,7 +52,7 @@ def test_dry_run_prints_the_argv_and_boots_nothing(capsys):
     argv = shlex.split(command[0])
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
-    assert "edu,dma_mask=0xffffffffffffffff" in argv
+    assert "edu,bus=rp0,dma_mask=0xffffffffffffffff" in argv
 
 
 def test_list_prints_cells(capsys):
@@ -153,7 +153,7 @@ def test_negative_retries_is_exit_2(capsys):
         (
             "list",
             "expectations:\n  - test: a\n    reason: r\n    url: x\n",
-            "4: expectations[0].url: unknown key; known keys: cells, link, reason, test",
+            "4: expectations[0].url: unknown key; known keys: cells, kernel, link, reason, test",
         ),
     ],
 )

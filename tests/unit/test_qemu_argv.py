@@ -51,11 +51,17 @@ def test_commas_in_paths_are_doubled():
 
 
 def test_edu_dma_mask_and_device_order():
-    argv = build_argv(config(devices=(DeviceConfig("edu", 0xFFFFFFF),)))
-    assert argv[-2:] == ["-device", "edu,dma_mask=0xfffffff"]
+    argv = build_argv(config(devices=(DeviceConfig("edu", 0xFFFFFFF), DeviceConfig("edu"))))
+    # Each edu alone behind a root port of its own: resettable by a secondary bus reset.
+    assert argv[-8:] == [
+        "-device", "pcie-root-port,id=rp0,chassis=1",
+        "-device", "edu,bus=rp0,dma_mask=0xfffffff",
+        "-device", "pcie-root-port,id=rp1,chassis=2",
+        "-device", "edu,bus=rp1,dma_mask=0xffffffffffffffff",
+    ]  # fmt: skip
     # intel-iommu must come before the devices it translates for
     assert argv.index("intel-iommu,intremap=on,caching-mode=on") < argv.index(
-        "edu,dma_mask=0xfffffff"
+        "edu,bus=rp0,dma_mask=0xfffffff"
     )
 
 

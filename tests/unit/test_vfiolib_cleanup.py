@@ -1,4 +1,6 @@
-"""vfiolib releases what it opened when setup fails mid-way (fakes at the os/ioctl seam)."""
+"""vfiolib against a fake kernel at the os/ioctl seam: it releases what it opened when setup
+fails mid-way, and refuses what the real kernel must never give (a group that is not
+viable, a short config read, type1 info without IOVA ranges)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from vfiolib import vfio
 
 
 class FakeKernel:
-    def __init__(self, fail_on: int) -> None:
+    def __init__(self, fail_on: int, viable: bool = True) -> None:
         self.fail_on = fail_on
+        self.viable = viable
         self.open_fds: set[int] = set()
         self.next_fd = 100
 
@@ -29,13 +32,15 @@ class FakeKernel:
             raise OSError(errno.EBUSY, "fake failure")
         if request == U.VFIO_GROUP_GET_DEVICE_FD:
             return self.open("device", 0)
+        if request == U.VFIO_GROUP_GET_STATUS and self.viable:
+            arg.flags = U.VFIO_GROUP_FLAGS_VIABLE
         return {U.VFIO_GET_API_VERSION: 0, U.VFIO_CHECK_EXTENSION: 1}.get(request, 0)
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    def install(fail_on: int) -> FakeKernel:
-        k = FakeKernel(fail_on)
+    def install(fail_on: int, viable: bool = True) -> FakeKernel:
+        k = FakeKernel(fail_on, viable)
         monkeypatch.setattr(vfio.os, "open", k.open)
         monkeypatch.setattr(vfio.os, "close", k.close)
         monkeypatch.setattr(vfio.libc, "ioctl", k.ioctl)
@@ -76,3 +81,40 @@ def test_iommufd_mode_failed_attach_closes_everything(fake, monkeypatch):
     with pytest.raises(OSError, match="fake failure"):
         vfio.VfioPciDevice("0000:00:03.0", "iommufd")
     assert k.open_fds == set()
+
+
+def test_a_group_that_is_not_viable_is_refused_and_everything_closed(fake):
+    k = fake(fail_on=-1, viable=False)
+    with pytest.raises(OSError, match="IOMMU group 7 is not viable"):
+        vfio.VfioPciDevice("0000:00:03.0", "vfio_type1v2_iommu")
+    assert k.open_fds == set()
+
+
+def test_two_devices_share_one_container(fake, monkeypatch):
+    k = fake(fail_on=-1)
+    container = vfio.open_iommu("vfio_type1v2_iommu")
+    a = vfio.VfioPciDevice("0000:00:03.0", container)
+    b = vfio.VfioPciDevice("0000:00:04.0", container)
+    assert a.iommu is b.iommu is container and a.mode == "vfio_type1v2_iommu"
+    a.close()
+    b.close()
+    assert len(k.open_fds) == 1, "closing the devices must leave the shared container open"
+    container.close()
+    assert k.open_fds == set()
+
+
+def test_a_short_config_read_is_an_error(fake, monkeypatch):
+    fake(fail_on=-1)
+    dev = vfio.VfioPciDevice("0000:00:03.0", "vfio_type1v2_iommu")
+    monkeypatch.setattr(vfio.os, "pread", lambda fd, n, off: b"\x34")
+    with pytest.raises(OSError, match="config read at 0x0: 1 of 2 bytes"):
+        dev.config_read(0, 2)
+
+
+def test_type1_info_without_iova_ranges_is_an_error(fake, monkeypatch):
+    fake(fail_on=-1)
+    container = vfio.Container("vfio_type1v2_iommu")
+    head = U.new(U.vfio_iommu_type1_info, flags=0, iova_pgsizes=0x1000)
+    monkeypatch.setattr(vfio, "info_with_caps", lambda *a, **k: bytes(head))
+    with pytest.raises(OSError, match="no IOVA-range capability"):
+        container.info()

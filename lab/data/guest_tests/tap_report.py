@@ -35,7 +35,9 @@ def tap_name(item: Any) -> str:
     module = item.module.__name__.rsplit(".", 1)[-1]
     case = item.originalname.removeprefix("test_")
     params = getattr(getattr(item, "callspec", None), "params", {})
-    order = [p for p in VARIANT_PARAMS if p in params] + [p for p in params if p not in VARIANT_PARAMS]
+    order = [p for p in VARIANT_PARAMS if p in params] + [
+        p for p in params if p not in VARIANT_PARAMS
+    ]
     variant = "_".join(str(params[p]) for p in order)
     return f"{module}.{variant}.{case}" if variant else f"{module}.{case}"
 

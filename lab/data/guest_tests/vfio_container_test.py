@@ -15,7 +15,7 @@ def test_container_setup(edu_bdf, iommu_mode, diag):
     group = vfio.Group(vfio.iommu_group(edu_bdf))
     container = vfio.Container(iommu_mode)
     try:
-        assert group.status() & U.VFIO_GROUP_FLAGS_VIABLE, "the edu group is not viable"
+        group.check_viable()
         container.attach(group)
         assert group.status() & U.VFIO_GROUP_FLAGS_CONTAINER_SET
         fd = group.device_fd(edu_bdf)
@@ -23,11 +23,11 @@ def test_container_setup(edu_bdf, iommu_mode, diag):
             assert vfio.device_info(fd).flags & U.VFIO_DEVICE_FLAGS_PCI
         finally:
             os.close(fd)
-        pgsizes, ranges = container.info()
+        info = container.info()
         diag("container_provider", vfio.container_provider())
-        diag("iova_pgsizes", hex(pgsizes))
-        diag("iova_ranges", " ".join(f"{s:#x}-{e:#x}" for s, e in ranges))
-        assert pgsizes & 0x1000, "4 KiB IOVA pages must be supported"
+        diag("iova_pgsizes", hex(info.pgsizes))
+        diag("iova_ranges", " ".join(f"{s:#x}-{e:#x}" for s, e in info.ranges))
+        assert info.pgsizes & 0x1000, "4 KiB IOVA pages must be supported"
     finally:
         container.close()
         group.close()

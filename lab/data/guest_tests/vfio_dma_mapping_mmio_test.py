@@ -1,33 +1,44 @@
 """Mirrors upstream's vfio_dma_mapping_mmio_test: DMA-mapping an mmap'ed PCI BAR.
 
-type1 (VFIO's own container) maps MMIO; iommufd never does (it pins pages, and a BAR
-mmap has none): that includes type1 served by iommufd's /dev/vfio/vfio, which is how
-CONFIG_IOMMUFD_VFIO_CONTAINER changes what type1 users see (shared/seeds/000).
+As upstream asserts it: the type1 modes (vfio_type1_iommu, vfio_type1v2_iommu) map MMIO;
+the iommufd modes refuse it (iommufd pins pages, and a BAR mmap has none). With
+CONFIG_IOMMUFD_VFIO_CONTAINER=y the type1 modes are served by iommufd and refuse too:
+a real change for type1 users (P2P mappings are lost, shared/seeds/000), declared as a
+known failure in the scenarios that build such kernels, not absorbed here.
 """
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from vfiolib import vfio
 from vfiolib.vfio import Mapping
 
-
-def served_by_iommufd(mode: str) -> bool:
-    return mode.startswith("iommufd") or vfio.container_provider() == "iommufd"
+GIB = 1 << 30
+PAGE = 4096
+TYPE1 = ("vfio_type1_iommu", "vfio_type1v2_iommu")
 
 
 def map_and_check(device, iommu_mode, bar: Mapping, size: int, iova: int, diag) -> None:
-    diag("vaddr_offset_alignment", hex(bar.addr % max(size, 4096)))
-    if served_by_iommufd(iommu_mode):
-        with pytest.raises(OSError) as refused:
+    diag("vaddr_offset_alignment", hex(bar.addr % max(size, PAGE)))
+    if iommu_mode in TYPE1:
+        try:
             device.map_dma(bar.addr, iova, size)
-        diag("errno", refused.value.errno)
+        except OSError as e:
+            diag("errno", errno.errorcode.get(e.errno, e.errno))
+            raise AssertionError(f"{iommu_mode} must map MMIO; the kernel said: {e}") from e
+        unmapped = device.unmap_dma(iova, size)
+        diag("unmapped", hex(unmapped))
+        assert unmapped == size
         return
-    device.map_dma(bar.addr, iova, size)
-    unmapped = device.unmap_dma(iova, size)
-    diag("unmapped", hex(unmapped))
-    assert unmapped == size
+    with pytest.raises(OSError) as refused:
+        device.map_dma(bar.addr, iova, size)
+    diag("errno", errno.errorcode.get(refused.value.errno, refused.value.errno))
+    # Nothing was mapped, so there is nothing to unmap either.
+    with pytest.raises(OSError) as nothing:
+        device.unmap_dma(iova, size)
+    diag("unmap_errno", errno.errorcode.get(nothing.value.errno, nothing.value.errno))
 
 
 def test_map_full_bar(device, iommu_mode, iova_allocator, diag):
@@ -39,17 +50,17 @@ def test_map_full_bar(device, iommu_mode, iova_allocator, diag):
 
 def test_map_partial_bar(device, iommu_mode, iova_allocator, diag):
     bar = device.mmap(0)
-    half = bar.size // 2
-    map_and_check(device, iommu_mode, bar, half, iova_allocator.alloc(half, align=half), diag)
+    if bar.size < 2 * PAGE:
+        pytest.skip(f"BAR0 too small for a partial mapping (size={bar.size:#x})")
+    map_and_check(device, iommu_mode, bar, PAGE, iova_allocator.alloc(PAGE), diag)
 
 
 def test_map_bar_misaligned(device, iommu_mode, iova_allocator, diag):
-    # vaddr % align != offset % align: the kernel cannot use a huge pfnmap for this mmap.
+    # vaddr % 1 GiB == one page, as upstream: no huge pfnmap can back this mmap.
     region = device.region(0)
-    bar = Mapping(device.fd, region, align=region.size, misalign=4096)
+    size = min(region.size, GIB)
+    bar = Mapping(device.fd, region, align=GIB, misalign=PAGE)
     try:
-        map_and_check(
-            device, iommu_mode, bar, bar.size, iova_allocator.alloc(bar.size, align=bar.size), diag
-        )
+        map_and_check(device, iommu_mode, bar, size, iova_allocator.alloc(size, align=size), diag)
     finally:
         bar.close()

@@ -17,9 +17,16 @@ TYPE1_V1 = ("vfio_type1_iommu", "iommufd_compat_type1")
 
 @pytest.fixture(params=list(memory.BACKINGS))
 def backing(request):
+    """Hugepage backings need pages the scenario reserved (machine.hugepages): none reserved
+    is a skip; reserved but none free is a failure (something leaked or ate them)."""
     page, _ = memory.BACKINGS[request.param]
-    if page > memory.PAGE_4K and memory.hugepages_free(page) < 1:
-        pytest.skip(f"no free {page >> 20} MiB hugepages reserved in the guest (machine.hugepages)")
+    if page > memory.PAGE_4K:
+        size = f"{page >> 20} MiB"
+        reserved = memory.hugepages_reserved(page)
+        if reserved == 0:
+            pytest.skip(f"no {size} hugepages reserved in the guest (machine.hugepages)")
+        if memory.hugepages_free(page) < 1:
+            pytest.fail(f"{reserved} {size} hugepages reserved (machine.hugepages), none free")
     return request.param
 
 
@@ -34,7 +41,13 @@ def test_dma_map_unmap(device, iommu_mode, backing, iova_allocator, diag):
         unmapped = device.unmap_dma(iova, buf.size)
         diag("unmapped", hex(unmapped))
         assert unmapped == buf.size
-        if iopte.unavailable() is None and iommu_mode not in TYPE1_V1:
-            assert size == buf.page_size, (
-                f"IOPTE of {iopte.human(size)} for a {iopte.human(buf.page_size)} page"
+        if iopte.unavailable() is None:
+            after = iopte.iopte_size(device.bdf, iova)
+            diag("iopte_after_unmap", iopte.human(after))
+            assert after is None, (
+                f"IOVA {iova:#x} is still mapped ({iopte.human(after)}) after unmap"
             )
+            if iommu_mode not in TYPE1_V1:
+                assert size == buf.page_size, (
+                    f"IOPTE of {iopte.human(size)} for a {iopte.human(buf.page_size)} page"
+                )

@@ -18,9 +18,7 @@ from vfiolib.iommufd import Iommufd, bind_and_attach, open_cdev
 
 @pytest.fixture
 def cdev(edu_bdf):
-    reason = vfio.mode_unavailable("iommufd")
-    if reason:
-        pytest.skip(reason)
+    vfio.require_mode("iommufd")
     fd = open_cdev(edu_bdf)
     yield fd
     os.close(fd)

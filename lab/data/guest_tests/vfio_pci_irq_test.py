@@ -1,4 +1,9 @@
-"""Mirrors upstream's vfio_pci_irq_test (in vfio_pci_device_test.c): eventfd interrupts."""
+"""Mirrors upstream's vfio_pci_irq_test (in vfio_pci_device_test.c): eventfd interrupts.
+
+Upstream's variants are MSI and MSI-X; the lab adds INTx, which edu also has. Each
+variant enables as many vectors as the device offers (at most 16, as upstream), checks
+none fires before it is triggered, triggers each from software and sees it fire once.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,28 @@ import pytest
 
 from vfiolib.irq import Interrupts, irq_count
 
+MAX_TEST_MSI = 16  # upstream's bound, e.g. to stay within IRTE limits
+
 
 @pytest.fixture(params=["intx", "msi", "msix"])
 def irq(request, default_device, diag):
     count = irq_count(default_device, request.param)
     diag("vectors", count)
     if count == 0:
-        pytest.skip(f"the device has no {request.param.upper()} (edu offers INTx and one MSI)")
+        # A property of the device, not of the kernel: edu has INTx and MSI, no MSI-X.
+        pytest.skip(f"the device has no {request.param.upper()}")
     return request.param
 
 
-def test_enable_trigger_disable(default_device, irq):
-    with Interrupts(default_device, irq) as interrupts:
-        assert interrupts.wait(timeout=0.2) == 0, "fired before it was triggered"
-        interrupts.trigger()
-        assert interrupts.wait() == 1
+def test_enable_trigger_disable(default_device, irq, diag):
+    count = min(irq_count(default_device, irq), MAX_TEST_MSI)
+    with Interrupts(default_device, irq, count) as interrupts:
+        for vector in range(count):
+            assert interrupts.wait(vector, timeout=0.2) == 0, f"vector {vector} fired untriggered"
+            interrupts.trigger(vector)
+            assert interrupts.wait(vector) == 1, f"vector {vector} did not fire"
+    diag("vectors_tested", count)
     # Disabled and released: enabling again must work.
     with Interrupts(default_device, irq) as again:
         again.trigger()
         assert again.wait() == 1
-
-
-def test_irq_count(default_device, irq):
-    assert irq_count(default_device, irq) >= 1

@@ -20,11 +20,14 @@ def _feature(device: VfioPciDevice, flags: int, payload: bytes) -> int:
 
 
 def supported(device: VfioPciDevice) -> bool:
+    """Whether the device exports dma-bufs. ENOTTY: the kernel has no such feature;
+    EOPNOTSUPP: the device's driver cannot. Anything else (EINVAL: a malformed probe) is
+    an error of its own, not an answer."""
     flags = U.VFIO_DEVICE_FEATURE_PROBE | U.VFIO_DEVICE_FEATURE_GET | U.VFIO_DEVICE_FEATURE_DMA_BUF
     try:
         _feature(device, flags, b"")
     except OSError as e:
-        if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+        if e.errno in (errno.ENOTTY, errno.EOPNOTSUPP):
             return False
         raise
     return True

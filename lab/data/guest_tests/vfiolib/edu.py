@@ -78,7 +78,9 @@ class Edu:
         if self.irq is not None:
             if not self.irq.wait(timeout=timeout):
                 raise EduError(f"no completion MSI within {timeout} s")
-            self.ack_irq()
+            status = self.ack_irq()
+            if not status & IRQ_DMA:
+                raise EduError(f"an MSI whose status {status:#x} does not say DMA ({IRQ_DMA:#x})")
             return
         deadline = time.monotonic() + timeout
         while self.bar.read64(DMA_CMD) & DMA_RUN:

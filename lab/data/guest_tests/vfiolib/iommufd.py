@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import ctypes as C
+import errno
 import glob
 import os
+from dataclasses import dataclass
 
 from vfiolib import libc
 from vfiolib import uapi as U
 
 PAGE_4K = 4096
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class IommuInfo:
+    """What a container or an IOAS says about its IOVA space, with one meaning for both."""
+
+    pgsizes: int  # bitmap of the IOVA page sizes it maps with (bit n: 2**n bytes)
+    ranges: list[tuple[int, int]]  # valid IOVAs, inclusive
 
 
 class Iommufd:
     """The DMA-mapping side of the `iommufd` mode, with the same calls as a type1 Container."""
+
+    mode = "iommufd"
 
     def __init__(self) -> None:
         self.fd = os.open("/dev/iommu", os.O_RDWR | os.O_CLOEXEC)
@@ -25,9 +38,8 @@ class Iommufd:
             os.close(self.fd)
             raise
 
-    def map_dma(self, vaddr: int, iova: int, size: int, flags: int | None = None) -> None:
-        if flags is None:
-            flags = U.IOMMU_IOAS_MAP_READABLE | U.IOMMU_IOAS_MAP_WRITEABLE
+    def map_dma(self, vaddr: int, iova: int, size: int, writable: bool = True) -> None:
+        flags = U.IOMMU_IOAS_MAP_READABLE | (U.IOMMU_IOAS_MAP_WRITEABLE if writable else 0)
         args = U.new(
             U.iommu_ioas_map,
             flags=flags | U.IOMMU_IOAS_MAP_FIXED_IOVA,
@@ -38,18 +50,23 @@ class Iommufd:
         )
         libc.ioctl(self.fd, U.IOMMU_IOAS_MAP, args)
 
-    def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+    def unmap_dma(self, iova: int, size: int) -> int:
         args = U.new(U.iommu_ioas_unmap, ioas_id=self.ioas_id, iova=iova, length=size)
         libc.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, args)
         return int(args.length)
 
-    def info(self) -> tuple[int, list[tuple[int, int]]]:
-        """(page-size bitmap from the IOVA alignment, valid IOVA ranges), like Container.info."""
+    def unmap_all(self) -> int:
+        """iommufd's way of saying all: IOVA 0, length U64_MAX."""
+        return self.unmap_dma(0, U64_MAX)
+
+    def info(self) -> IommuInfo:
+        """The IOAS's IOVA ranges, and its page sizes as the bitmap type1 reports: every
+        power of two from the IOVA alignment iommufd requires up."""
         probe = U.new(U.iommu_ioas_iova_ranges, ioas_id=self.ioas_id)
         try:
             libc.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, probe)
         except OSError as e:
-            if e.errno != 90:  # EMSGSIZE: num_iovas now says how many there are
+            if e.errno != errno.EMSGSIZE:  # num_iovas now says how many there are
                 raise
         count = int(probe.num_iovas)
         ranges = (U.iommu_iova_range * max(count, 1))()
@@ -61,7 +78,9 @@ class Iommufd:
         )
         libc.ioctl(self.fd, U.IOMMU_IOAS_IOVA_RANGES, query)
         align = int(query.out_iova_alignment) or PAGE_4K
-        return align, [(int(r.start), int(r.last)) for r in ranges[:count]]
+        return IommuInfo(
+            U64_MAX & ~(align - 1), [(int(r.start), int(r.last)) for r in ranges[:count]]
+        )
 
     def close(self) -> None:
         os.close(self.fd)

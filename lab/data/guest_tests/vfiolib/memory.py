@@ -62,6 +62,27 @@ class Buffer:
         self.close()
 
 
+def hugepages_reserved(page_size: int, cmdline: str | None = None) -> int:
+    """How many pages of `page_size` the kernel command line reserves (the lab writes
+    `hugepagesz=2M hugepages=32` from the scenario's machine.hugepages)."""
+    if cmdline is None:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+    size, count = None, 0
+    for word in cmdline.split():
+        key, _, val = word.partition("=")
+        if key == "hugepagesz":
+            size = _parse_size(val)
+        elif key == "hugepages" and size == page_size:
+            count = int(val)
+    return count
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1:].upper() in units else int(text)
+
+
 def hugepages_free(page_size: int) -> int:
     kib = page_size // 1024
     try:

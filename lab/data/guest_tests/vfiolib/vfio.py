@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as C
+import errno
 import os
 import subprocess
 from dataclasses import dataclass
 
 from vfiolib import kconfig, libc
 from vfiolib import uapi as U
-from vfiolib.iommufd import Iommufd, bind_and_attach, open_cdev
+from vfiolib.iommufd import Iommufd, IommuInfo, bind_and_attach, open_cdev
 
 # Upstream's names (tools/testing/selftests/vfio/lib): the container each mode opens
 # and the IOMMU type it sets; `iommufd` uses the device cdev instead.
@@ -29,19 +30,31 @@ TYPE1_MODES = (
 )
 
 
-def mode_unavailable(mode: str) -> str | None:
-    """Why the running kernel cannot provide `mode`, or None when it can."""
+def require_mode(mode: str) -> None:
+    """Skip `mode` when this kernel's config does not build it; fail when the config
+    promises it and the device node is missing."""
     if mode.startswith("vfio_type1"):
-        if not os.path.exists("/dev/vfio/vfio"):
-            return kconfig.explain(
-                "CONFIG_VFIO_CONTAINER", "CONFIG_IOMMUFD_VFIO_CONTAINER", what="/dev/vfio/vfio"
-            )
-        return None
-    if not os.path.exists("/dev/iommu"):
-        return kconfig.explain("CONFIG_IOMMUFD", what="/dev/iommu")
-    if mode == "iommufd" and not os.path.isdir("/dev/vfio/devices"):
-        return kconfig.explain("CONFIG_VFIO_DEVICE_CDEV", what="/dev/vfio/devices")
-    return None
+        kconfig.require(
+            os.path.exists("/dev/vfio/vfio"),
+            "CONFIG_VFIO_CONTAINER",
+            "CONFIG_IOMMUFD_VFIO_CONTAINER",
+            what="/dev/vfio/vfio",
+        )
+        return
+    kconfig.require(os.path.exists("/dev/iommu"), "CONFIG_IOMMUFD", what="/dev/iommu")
+    if mode == "iommufd":
+        kconfig.require(
+            os.path.isdir("/dev/vfio/devices"), "CONFIG_VFIO_DEVICE_CDEV", what="/dev/vfio/devices"
+        )
+
+
+def mode_available(mode: str) -> bool:
+    """Whether the kernel offers `mode` right now (for choosing a default, not for verdicts)."""
+    if mode.startswith("vfio_type1"):
+        return os.path.exists("/dev/vfio/vfio")
+    return os.path.exists("/dev/iommu") and (
+        mode != "iommufd" or os.path.isdir("/dev/vfio/devices")
+    )
 
 
 def container_provider() -> str:
@@ -91,28 +104,34 @@ class Container:
             libc.ioctl(self.fd, U.VFIO_SET_IOMMU, self.iommu_type)
             self.iommu_set = True
 
-    def map_dma(self, vaddr: int, iova: int, size: int, flags: int | None = None) -> None:
-        if flags is None:
-            flags = U.VFIO_DMA_MAP_FLAG_READ | U.VFIO_DMA_MAP_FLAG_WRITE
+    def map_dma(self, vaddr: int, iova: int, size: int, writable: bool = True) -> None:
+        flags = U.VFIO_DMA_MAP_FLAG_READ | (U.VFIO_DMA_MAP_FLAG_WRITE if writable else 0)
         args = U.new(U.vfio_iommu_type1_dma_map, flags=flags, vaddr=vaddr, iova=iova, size=size)
         libc.ioctl(self.fd, U.VFIO_IOMMU_MAP_DMA, args)
 
-    def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
+    def unmap_dma(self, iova: int, size: int) -> int:
         """Returns how many bytes the kernel says it unmapped."""
+        return self._unmap(iova, size, 0)
+
+    def unmap_all(self) -> int:
+        return self._unmap(0, 0, U.VFIO_DMA_UNMAP_FLAG_ALL)
+
+    def _unmap(self, iova: int, size: int, flags: int) -> int:
         args = U.new(U.vfio_iommu_type1_dma_unmap, flags=flags, iova=iova, size=size)
         libc.ioctl(self.fd, U.VFIO_IOMMU_UNMAP_DMA, args)
         return int(args.size)
 
-    def info(self) -> tuple[int, list[tuple[int, int]]]:
-        """(IOVA page-size bitmap, valid IOVA ranges) from VFIO_IOMMU_GET_INFO and its caps."""
+    def info(self) -> IommuInfo:
+        """The IOVA page sizes and ranges from VFIO_IOMMU_GET_INFO and its capability chain.
+        Every kernel since 5.4 gives the IOVA-range capability (VFIO's container and
+        iommufd's alike): its absence is an error, not "all of the IOVA space"."""
         buf = info_with_caps(self.fd, U.VFIO_IOMMU_GET_INFO, U.vfio_iommu_type1_info)
         info = U.vfio_iommu_type1_info.from_buffer_copy(buf)
-        ranges = []
-        if info.flags & U.VFIO_IOMMU_INFO_CAPS:
-            for cap_id, off in walk_caps(buf, info.cap_offset):
-                if cap_id == U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE:
-                    ranges = _iova_ranges(buf, off)
-        return int(info.iova_pgsizes), ranges or [(0, (1 << 64) - 1)]
+        caps = walk_caps(buf, info.cap_offset) if info.flags & U.VFIO_IOMMU_INFO_CAPS else []
+        found = [off for cap_id, off in caps if cap_id == U.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE]
+        if not found:
+            raise OSError(errno.ENODATA, "VFIO_IOMMU_GET_INFO gave no IOVA-range capability")
+        return IommuInfo(int(info.iova_pgsizes), _iova_ranges(buf, found[0]))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -166,6 +185,14 @@ class Group:
         st = U.new(U.vfio_group_status)
         libc.ioctl(self.fd, U.VFIO_GROUP_GET_STATUS, st)
         return int(st.flags)
+
+    def check_viable(self) -> None:
+        """A group is usable only when every device in it is bound to a VFIO-safe driver."""
+        if not self.status() & U.VFIO_GROUP_FLAGS_VIABLE:
+            raise OSError(
+                errno.EPERM,
+                f"IOMMU group {self.number} is not viable (a device of it has a host driver)",
+            )
 
     def set_container(self, container: Container) -> None:
         fd = C.c_int32(container.fd)
@@ -240,39 +267,49 @@ def mmap_aligned(fd: int, offset: int, size: int, align: int = 0, misalign: int 
             libc.munmap(addr + size, reserve + span - (addr + size))
 
 
+Iommu = Container | Iommufd
+
+
+def open_iommu(mode: str) -> Iommu:
+    """Upstream's iommu_init(): the container or IOAS a mode maps DMA through; several
+    devices can share it."""
+    return Iommufd() if mode == "iommufd" else Container(mode)
+
+
 class VfioPciDevice:
-    """A vfio-pci device opened in one IOMMU mode; `close` releases everything it opened."""
+    """A vfio-pci device attached to an IOMMU (a mode's container or IOAS, opened here and
+    owned, or one shared with other devices); `close` releases everything it opened."""
 
-    # Assigned from a conditional over the two openers, whose tuple types mypy cannot join.
-    iommu: Container | Iommufd
-
-    def __init__(self, bdf: str, mode: str) -> None:
+    def __init__(self, bdf: str, iommu: str | Iommu) -> None:
         self.bdf = bdf
-        self.mode = mode
         self._stack = contextlib.ExitStack()
         try:
-            self.iommu, self.fd = self._open_iommufd() if mode == "iommufd" else self._open_legacy()
+            if isinstance(iommu, str):
+                iommu = open_iommu(iommu)
+                self._stack.callback(iommu.close)
+            self.iommu = iommu
+            self.mode = iommu.mode
+            self.fd = self._open_cdev() if isinstance(iommu, Iommufd) else self._open_group()
         except BaseException:
             self._stack.close()
             raise
 
-    def _open_legacy(self) -> tuple[Container, int]:
-        container = Container(self.mode)
-        self._stack.callback(container.close)
+    def _open_group(self) -> int:
+        assert isinstance(self.iommu, Container)
         group = Group(iommu_group(self.bdf))
         self._stack.callback(group.close)
-        container.attach(group)
+        group.check_viable()
+        self.iommu.attach(group)
         fd = group.device_fd(self.bdf)
         self._stack.callback(os.close, fd)
-        return container, fd
+        return fd
 
-    def _open_iommufd(self) -> tuple[Iommufd, int]:
-        ioas = Iommufd()
-        self._stack.callback(ioas.close)
+    def _open_cdev(self) -> int:
+        assert isinstance(self.iommu, Iommufd)
         fd = open_cdev(self.bdf)
         self._stack.callback(os.close, fd)
-        bind_and_attach(fd, ioas)
-        return ioas, fd
+        bind_and_attach(fd, self.iommu)
+        return fd
 
     def __enter__(self) -> VfioPciDevice:
         return self
@@ -304,11 +341,15 @@ class VfioPciDevice:
     def config_read(self, offset: int, size: int) -> int:
         cfg = self.region(U.VFIO_PCI_CONFIG_REGION_INDEX)
         data = os.pread(self.fd, size, cfg.offset + offset)
+        if len(data) != size:
+            raise OSError(errno.EIO, f"config read at {offset:#x}: {len(data)} of {size} bytes")
         return int.from_bytes(data, "little")
 
     def config_write(self, offset: int, size: int, value: int) -> None:
         cfg = self.region(U.VFIO_PCI_CONFIG_REGION_INDEX)
-        os.pwrite(self.fd, value.to_bytes(size, "little"), cfg.offset + offset)
+        done = os.pwrite(self.fd, value.to_bytes(size, "little"), cfg.offset + offset)
+        if done != size:
+            raise OSError(errno.EIO, f"config write at {offset:#x}: {done} of {size} bytes")
 
     def set_bus_master(self, on: bool = True) -> None:
         """edu's DMA silently copies nothing unless Bus Master (command bit 2) is set."""
@@ -323,8 +364,8 @@ class VfioPciDevice:
     def reset(self) -> None:
         libc.ioctl(self.fd, U.VFIO_DEVICE_RESET)
 
-    def map_dma(self, vaddr: int, iova: int, size: int, flags: int | None = None) -> None:
-        self.iommu.map_dma(vaddr, iova, size, flags)
+    def map_dma(self, vaddr: int, iova: int, size: int, writable: bool = True) -> None:
+        self.iommu.map_dma(vaddr, iova, size, writable)
 
-    def unmap_dma(self, iova: int, size: int, flags: int = 0) -> int:
-        return self.iommu.unmap_dma(iova, size, flags)
+    def unmap_dma(self, iova: int, size: int) -> int:
+        return self.iommu.unmap_dma(iova, size)
