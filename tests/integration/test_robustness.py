@@ -28,11 +28,18 @@ ONE_TEST = ["-k", "vfio_container_test and vfio_type1v2_iommu"]
 
 
 def copy_source(dest: Path) -> Path:
-    """The project as a source tree would ship it: no venv, caches or results."""
-    ignore = shutil.ignore_patterns(
-        ".venv", ".tox", "results", "__pycache__", "*.egg-info", "build", ".*_cache", ".git"
-    )
-    shutil.copytree(REPO, dest, ignore=ignore)
+    """The project as git has it (committed or not, but nothing ignored): what a source
+    tree of the project ships."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
     return dest
 
 

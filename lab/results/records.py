@@ -1,0 +1,50 @@
+"""Test records: what each test of a cell came to, with what the kernel said meanwhile."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+UNEXPECTED = ("fail", "error", "xpass", "notrun")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+NOT_KEYS = ("setup", "call", "teardown", "console")
+
+
+@dataclass
+class TestRecord:
+    __test__ = False  # a record, not a pytest test class
+
+    name: str
+    outcome: str
+    reason: str = ""
+    diagnostics: list[str] = field(default_factory=list)
+    kernel: list[str] = field(default_factory=list)  # attributed alarms, "kind: line"
+    dmesg: list[str] = field(default_factory=list)  # the kernel's lines while it ran
+    console: list[str] = field(default_factory=list)  # the console while it ran
+    expectation: dict[str, str] | None = None  # the known failure it matched
+
+    @property
+    def unexpected(self) -> bool:
+        return self.outcome in UNEXPECTED
+
+    def diagnostic_map(self) -> dict[str, str]:
+        """The `key: value` diagnostics (iopte_size, container_provider, errno...), not the
+        failure text the payload prefixes with its phase, nor the console lines."""
+        pairs = (d.split(": ", 1) for d in self.diagnostics if ": " in d)
+        return {k: v for k, v in pairs if re.fullmatch(r"[\w.-]+", k) and k not in NOT_KEYS}
+
+    @staticmethod
+    def from_dict(d: Any) -> TestRecord:
+        if not isinstance(d, dict):
+            raise TypeError(f"a test record is an object, not {type(d).__name__}")
+        return TestRecord(**d)
+
+
+def printable(text: str) -> str:
+    """Guest text made fit for XML and HTML: terminal colours dropped, control bytes as ?."""
+    return _UNPRINTABLE.sub("?", _ANSI.sub("", text))
+
+
