@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.results.rundir import RunData
 from lab.results.records import UNEXPECTED, TestRecord
+from lab.results.rundir import RunData
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
 from lab.results.records import TestRecord, printable
+from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}

@@ -46,5 +46,3 @@ class TestRecord:
 def printable(text: str) -> str:
     """Guest text made fit for XML and HTML: terminal colours dropped, control bytes as ?."""
     return _UNPRINTABLE.sub("?", _ANSI.sub("", text))
-
-

@@ -6,12 +6,11 @@ Both are rewritten after every cell, from the same data `vfio-lab report` reads 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from lab.core.files import write_atomic
 from lab.results import htmlreport
-from lab.results.rundir import CellData, RunData
 from lab.results.records import TestRecord, printable
+from lab.results.rundir import CellData, RunData
 
 JUNIT = "junit.xml"
 HTML = "report.html"

@@ -11,11 +11,10 @@ from typing import Any
 from lab.core.exitcodes import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED
 from lab.core.files import write_atomic
 from lab.results import reports
-from lab.results.rundir import CellData, RunData
-from lab.spec.scenario import Expectation
-from lab.results.tap import OUTCOMES
 from lab.results.records import TestRecord
-
+from lab.results.rundir import CellData, RunData
+from lab.results.tap import OUTCOMES
+from lab.spec.scenario import Expectation
 
 
 @dataclass
