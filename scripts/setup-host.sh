@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vfio-lab needs, only those missing; safe to run again.
 # Also makes sure apt's lists know the stock kernel package the default scenario boots.
-# --test adds what only the test suite needs.
+# --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
+# --test adds what only the test suite needs (the lab's QEMU included).
 set -euo pipefail
 
 PACKAGES=(
@@ -20,12 +21,16 @@ PACKAGES=(
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
 )
+QEMU_PACKAGES=(     # lab/build/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
+    libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build
+)
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser
 )
-if [ "${1:-}" = "--test" ]; then
-    PACKAGES+=("${TEST_PACKAGES[@]}")
-fi
+case "${1:-}" in
+    --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+    --qemu) PACKAGES+=("${QEMU_PACKAGES[@]}") ;;
+esac
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -16,6 +16,8 @@ from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 
 SUITES = ("bookworm", "bookworm-backports", "trixie-backports", "sid")
+# Source packages (the lab's own QEMU) come from these.
+SOURCE_SUITES = ("trixie",)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LISTS_MAX_AGE_S = 24 * 3600
 
@@ -56,7 +58,8 @@ class PrivateApt:
         ]  # fmt: skip
 
     def sources_text(self) -> str:
-        return "".join(f"deb {self.mirror} {suite} main\n" for suite in SUITES)
+        binaries = "".join(f"deb {self.mirror} {suite} main\n" for suite in SUITES)
+        return binaries + "".join(f"deb-src {self.mirror} {s} main\n" for s in SOURCE_SUITES)
 
     def update(self, progress: Progress = SILENT) -> None:
         """Refresh the private lists when the sources changed or the lists are a day old;
@@ -85,6 +88,17 @@ class PrivateApt:
         out = capture(["apt-cache", *self.options(), "policy", package], artifact="apt lists")
         m = re.search(r"Candidate:\s*(\S+)", out)
         return m.group(1) if m and m.group(1) != "(none)" else None
+
+    def source(self, package: str, version: str, dest: Path) -> Path:
+        """Download a source package (.dsc, tarballs) into `dest`; returns the .dsc."""
+        run_logged(
+            ["apt-get", "-q", *self.options(), "source", "--download-only", f"{package}={version}"],
+            artifact=f"{package} source",
+            log=dest / "download.log",
+            cwd=dest,
+        )
+        (dsc,) = dest.glob(f"{package}_*.dsc")
+        return dsc
 
     def download(self, package: str, version: str, dest: Path) -> Path:
         run_logged(

@@ -60,6 +60,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"vfio-lab: error: QMP: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INFRA
     except KeyboardInterrupt:
+        # Everything is stopped by now, and the process is about to exit: one more Ctrl-C
+        # must not turn exit 130 into a death by signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("vfio-lab: interrupted; guests stopped and overlays removed", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:

@@ -80,8 +80,8 @@ def selected(s: Scenario, patterns: list[str]) -> list[Cell]:
 
 def run_cells(s: Scenario, opts: RunOptions, quiet: bool, cells: list[Cell] | None = None) -> int:
     """Run cells into a new run directory; the table is printed however the run ends."""
-    doctor.require_qemu(s.machine.qemu)
     cache = Cache()
+    doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
     run = ScenarioRun(s, opts, cache, Progress(quiet=quiet))
     results = run.start()

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.build import qemu as qemu_build
 from lab.core.cache import Cache
 from lab.core.errors import MissingPrerequisite
-from lab.vm.binary import version_text, version_tuple
+from lab.core.versions import version_text, version_tuple
 
 MIN_FREE_GIB = 5
 MIN_QEMU = (7, 2)
@@ -44,6 +45,20 @@ def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
         return Check(binary, False, "not found", fix)
     ok = version_tuple(binary) >= MIN_QEMU
     return Check(binary, ok, version_text(binary) or "no version", "" if ok else fix)
+
+
+def check_lab_qemu(cache: Cache) -> Check:
+    """The lab's own QEMU (machine.qemu: lab): built already, or buildable here."""
+    built = sorted((cache.root / "qemu").glob("*/qemu.json"))
+    if built:
+        info = json.loads(built[-1].read_text())
+        patches = ", ".join(info.get("patches", [])) or "no patches"
+        return Check("lab qemu", True, f"built: {info.get('version')} with {patches}")
+    missing = qemu_build.missing_build_depends()
+    detail = f"not built yet (machine.qemu: lab builds {qemu_build.VERSION} on first use)"
+    if missing:
+        return Check("lab qemu", False, detail, "scripts/setup-host.sh --qemu")
+    return Check("lab qemu", True, detail)
 
 
 def check_busybox() -> Check:
@@ -135,16 +150,21 @@ def all_checks(cache: Cache) -> list[Check]:
         check_apt_lists,
         check_python_modules,
         lambda: check_cache(cache),
+        lambda: check_lab_qemu(cache),
         lambda: check_kvm(cache),
     ]
     return [c() for c in checks]
 
 
-def require_qemu(binary: str) -> None:
-    """Before a run: QEMU first, since nothing works without it."""
-    check = check_qemu(binary)
+def require_qemu(choice: str, cache: Cache) -> None:
+    """Before a run: the QEMU machine.qemu names, first, since nothing works without it."""
+    check = (
+        check_lab_qemu(cache)
+        if choice == "lab"
+        else check_qemu("qemu-system-x86_64" if choice == "system" else choice)
+    )
     if not check.ok:
-        raise MissingPrerequisite(f"{binary} ({check.detail})", check.fix)
+        raise MissingPrerequisite(f"{check.name} ({check.detail})", check.fix)
 
 
 def report(checks: list[Check]) -> str:

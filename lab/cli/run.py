@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from lab.build.kernels import KernelArtifact
+from lab.build.qemu import describe_qemu, provide_qemu
 from lab.cli.common import (
     bisect_arg,
     boot_args,
@@ -15,6 +16,7 @@ from lab.cli.common import (
     scenario_arg,
     selected,
 )
+from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
 from lab.run.booter import check_port_free, vm_config
@@ -110,13 +112,17 @@ def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
         f"# accelerator: {chosen}"
         + (" (shown as tcg; probed at run time)" if chosen == "auto" else "")
     )
+    print(f"# qemu: {s.machine.qemu}: {describe_qemu(s.machine.qemu)}")
     print(
         "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
+    )
+    binary = (
+        "<lab qemu>" if s.machine.qemu == "lab" else provide_qemu(s.machine.qemu, Cache()).binary
     )
     for cell in selected(s, only):
         kernel = KernelArtifact.placeholder(cell.kernel.label)
         cfg = vm_config(
-            cell, kernel, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
+            cell, kernel, binary, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
         )
         print(f"# cell {cell.name}")
         print(shlex.join(build_argv(cfg)))

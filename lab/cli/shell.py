@@ -69,8 +69,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise UsageError(f"--overlay: {args.overlay} is not a file")
     if args.gdb is not None:
         check_port_free(args.gdb)
-    doctor.require_qemu(s.machine.qemu)
     cache = Cache()
+    doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
     booter = CellBooter(cache, Progress(quiet=args.quiet), accel=args.accel)
     prepared = booter.prepare(cell)

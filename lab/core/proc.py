@@ -92,14 +92,17 @@ def stop_group(proc: subprocess.Popen[str]) -> None:
         proc.stdout.close()
 
 
-def capture(argv: Sequence[str | Path], *, artifact: str, cwd: Path | None = None) -> str:
-    """Run a short query command and return its stdout; BuildError on failure."""
+def capture(
+    argv: Sequence[str | Path], *, artifact: str, cwd: Path | None = None, check: bool = True
+) -> str:
+    """Run a short query command and return its stdout; BuildError on failure (with `check`:
+    a non-zero exit; always: a command that is not there)."""
     args = [str(a) for a in argv]
     try:
         done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)") from None
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         raise BuildError(
             artifact,
             f"{' '.join(args)} exited {done.returncode}",

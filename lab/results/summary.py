@@ -31,7 +31,10 @@ class CellResult:
     problems: list[str] = field(default_factory=list)
     kernel_release: str | None = None
     kernel_identity: str | None = None
+    qemu: str | None = None  # system | lab | path (machine.qemu)
     qemu_version: str | None = None
+    qemu_patches: list[str] = field(default_factory=list)  # the lab's patches in that QEMU
+    qemu_build_s: float | None = None  # when this cell built the lab's QEMU
     guest_release: str | None = None
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none

@@ -20,18 +20,19 @@ from lab.build import rootfs
 from lab.build.kbuild import UnknownOption
 from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
+from lab.build.qemu import QemuBinary, provide_qemu
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import bind_devices, install_runtime
 from lab.spec.kernelspec import SpecError
 from lab.spec.scenario import Cell
-from lab.spec.variants import Accel
+from lab.spec.variants import Accel, DeviceConfig
 from lab.vm import accel as accel_mod
 from lab.vm import inventory
 from lab.vm.guest import Guest
 from lab.vm.machine import Machine
-from lab.vm.qemu import DeviceConfig, VMConfig, build_argv
+from lab.vm.qemu import VMConfig, build_argv
 from lab.vm.ssh import GuestSSH
 
 
@@ -40,12 +41,26 @@ class Prepared:
     keys: LabKeys
     image: rootfs.RootfsImage
     kernel: KernelArtifact
+    qemu: QemuBinary
     accel: Accel
+
+
+def device_configs(cell: Cell) -> tuple[DeviceConfig, ...]:
+    return tuple(
+        DeviceConfig(
+            d.type,
+            d.dma_mask,
+            d.bar.size if d.bar else 0,
+            d.bar.index if d.bar else 1,
+        )
+        for d in cell.scenario.devices
+    )
 
 
 def vm_config(
     cell: Cell,
     kernel: KernelArtifact,
+    qemu: str,
     accel: Accel,
     disk: Path,
     scratch: Path,
@@ -67,10 +82,10 @@ def vm_config(
         memory_mib=m.memory >> 20,
         cpus=m.cpus,
         iommu=m.iommu,
-        devices=tuple(DeviceConfig(d.type, d.dma_mask) for d in cell.scenario.devices),
+        devices=device_configs(cell),
         hugepages=tuple(sorted(m.hugepages.items())),
         extra_cmdline=tuple(m.cmdline),
-        qemu=m.qemu,
+        qemu=qemu,
         user_qmp_socket=scratch / "qmp-user.sock",
         gdb_port=gdb_port,
     )
@@ -101,6 +116,7 @@ class CellBooter:
         self.on_accel = on_accel
         self._accel: accel_mod.AccelChoice | None = None
         self._shared: tuple[LabKeys, rootfs.RootfsImage] | None = None
+        self._qemu: dict[str, QemuBinary] = {}
         self._lock = threading.Lock()  # cells may be prepared from several threads
         self.active: set[Guest] = set()
 
@@ -123,15 +139,22 @@ class CellBooter:
         except SpecError as e:
             raise cell.scenario.error(cell.kernel_field, str(e)) from None
         with self._lock:
-            accel = self._choose_accel(cell, kernel)
-        return Prepared(keys, image, kernel, accel)
+            qemu = self._provide_qemu(cell.scenario.machine.qemu)
+            accel = self._choose_accel(cell, kernel, qemu)
+        return Prepared(keys, image, kernel, qemu, accel)
 
-    def _choose_accel(self, cell: Cell, kernel: KernelArtifact) -> Accel:
+    def _provide_qemu(self, choice: str) -> QemuBinary:
+        """Once per booter: the lab's QEMU may need building (and a build uses every core)."""
+        if choice not in self._qemu:
+            self._qemu[choice] = provide_qemu(choice, self.cache, self.progress)
+        return self._qemu[choice]
+
+    def _choose_accel(self, cell: Cell, kernel: KernelArtifact, qemu: QemuBinary) -> Accel:
         if self._accel is None:
             requested = self.accel_override or cell.scenario.accel
             self._accel = accel_mod.choose(
                 requested,
-                cell.scenario.machine.qemu,
+                qemu.binary,
                 kernel.vmlinuz,
                 kernel.vmlinuz_sha256,
                 self.cache,
@@ -161,6 +184,7 @@ class CellBooter:
             cfg = vm_config(
                 cell,
                 prepared.kernel,
+                prepared.qemu.binary,
                 prepared.accel,
                 overlay,
                 scratch,

@@ -31,7 +31,6 @@ from lab.run.booter import CellBooter, Prepared
 from lab.run.payload import PYTEST_RAN, RUNTIME_DIR, TapStream, collect_dmesg, run_payload
 from lab.spec.scenario import Cell
 from lab.vm import console
-from lab.vm.binary import qemu_version
 from lab.vm.console import ConsoleWatch, Stop
 from lab.vm.guest import Guest
 
@@ -95,7 +94,10 @@ class CellRun:
         result.kernel_build_s = prepared.kernel.build_s
         result.kernel_release = prepared.kernel.release
         result.kernel_identity = prepared.kernel.identity
-        result.qemu_version = qemu_version(self.cell.scenario.machine.qemu)
+        result.qemu = prepared.qemu.origin
+        result.qemu_version = prepared.qemu.version
+        result.qemu_patches = list(prepared.qemu.patches)
+        result.qemu_build_s = prepared.qemu.build_s
         record = provenance(self.cell, prepared, self.pytest_args)
         (self.dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         return prepared
@@ -216,6 +218,12 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
         },
         "pytest_args": s.payload.args + pytest_args,
         "accelerator": prepared.accel,
+        "qemu": {
+            "choice": s.machine.qemu,
+            "binary": prepared.qemu.binary,
+            "version": prepared.qemu.version,
+            "patches": list(prepared.qemu.patches),
+        },
     }
 
 

@@ -77,13 +77,15 @@ def pytest_argv(python: str, tap: str) -> list[str]:
 
 
 def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
-    dma_mask = scenario.devices[0].dma_mask
+    edu = scenario.devices[0]
     env = {
         "PYTHONPATH": GUEST_RUNTIME,
         "PYTHONDONTWRITEBYTECODE": "1",
         "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
-        "VFIO_LAB_EDU_DMA_MASK": hex(dma_mask),
+        "VFIO_LAB_EDU_DMA_MASK": hex(edu.dma_mask),
     }
+    if edu.bar is not None:
+        env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index}"
     argv = [*pytest_argv("python3", GUEST_TAP), f"--tap-fd={TAP_FD}"]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -97,4 +97,11 @@ def drift(record: dict[str, Any], prepared: Prepared, payload_dir: Path) -> list
         notes.append(
             "the guest runtime (guest_tests/vfiolib, the TAP plugin) changed since the run"
         )
+    q = record.get("qemu")
+    now = (prepared.qemu.version, list(prepared.qemu.patches))
+    if q is not None and (q["version"], q["patches"]) != now:
+        notes.append(
+            f"QEMU differs: {q['version']} with {q['patches'] or 'no patches'} -> "
+            f"{now[0]} with {now[1] or 'no patches'} (machine.qemu: {q['choice']})"
+        )
     return notes

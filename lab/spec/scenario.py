@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,15 @@ DEFAULT_PAYLOAD = GUEST_TESTS
 HUGEPAGE_SIZES = {"2M": 2 << 20, "1G": 1 << 30}
 # What the guest's own kernel and userspace need besides the reserved hugepages.
 MIN_FREE_MEMORY = 768 << 20
+QEMU_CHOICES = ("system", "lab")  # or a path
+RAM_BAR_SIZES = (4 << 10, 64 << 30)
+RAM_BARS_MAX = 128 << 30  # what the lab sizes q35's 64-bit window for
+
+
+@dataclass
+class RamBarSpec:
+    size: Size = doc_field("its size: a power of two from 4K to 64G, e.g. 1G")
+    index: int = doc_field("its BAR number, 1 to 4 (a 64-bit BAR takes the next slot too)", 1)
 
 
 @dataclass
@@ -37,6 +48,9 @@ class DeviceSpec:
     type: str = doc_field("PCI device model, from the device registry (`vfio-lab schema`)")
     dma_mask: int = doc_field(
         "the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1
+    )
+    bar: RamBarSpec | None = doc_field(
+        "a RAM-backed 64-bit prefetchable BAR (the tweaked edu; needs machine.qemu: lab)", None
     )
 
 
@@ -50,7 +64,11 @@ class MachineSpec:
     )
     cmdline: list[str] = doc_field("extra guest kernel command-line words", [])
     boot_timeout: float = doc_field("seconds from QEMU start until SSH must answer", 120.0)
-    qemu: str = doc_field("the QEMU system emulator binary", "qemu-system-x86_64")
+    qemu: str = doc_field(
+        "system (Debian's qemu-system-x86_64), lab (built by the lab from Debian's newer "
+        "source with the lab's patches: the tweaked edu), or the path of a QEMU binary",
+        "system",
+    )
 
 
 @dataclass
@@ -167,6 +185,8 @@ def validate(s: Scenario) -> None:
         _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
         if not 0 < dev.dma_mask < (1 << 64):
             raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
+    _validate_qemu(s)
+    _validate_ram_bars(s)
     s.kernels = [_resolve_local(s, spec) for spec in s.kernels]
     for i, spec in enumerate(s.kernels):
         try:
@@ -252,6 +272,43 @@ def _validate_machine(s: Scenario) -> None:
         need = (reserved + MIN_FREE_MEMORY) >> 20
         raise s.error(
             "machine.memory", f"{m.memory >> 20} MiB is too small: hugepages need {need} MiB"
+        )
+
+
+def _validate_qemu(s: Scenario) -> None:
+    """`system`, `lab`, a command on PATH, or a path relative to the scenario file."""
+    q = s.machine.qemu
+    if q in QEMU_CHOICES or shutil.which(q):
+        return
+    path = (s.file.parent / q).resolve()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise s.error(
+            "machine.qemu",
+            f"{q!r} is neither {' nor '.join(QEMU_CHOICES)} nor an executable QEMU binary",
+        )
+    s.machine.qemu = str(path)
+
+
+def _validate_ram_bars(s: Scenario) -> None:
+    total = 0
+    for i, dev in enumerate(s.devices):
+        if dev.bar is None:
+            continue
+        field = f"devices[{i}].bar"
+        if not DEVICES[dev.type].ram_bar:
+            raise s.error(field, f"a {dev.type} has no RAM BAR to size")
+        if s.machine.qemu == "system":
+            raise s.error(field, "Debian's QEMU has no such BAR; set machine.qemu: lab")
+        low, high = RAM_BAR_SIZES
+        size = dev.bar.size
+        if size & (size - 1) or not low <= size <= high:
+            raise s.error(f"{field}.size", f"{size:#x} is not a power of two from 4K to 64G")
+        if not 1 <= dev.bar.index <= 4:
+            raise s.error(f"{field}.index", "must be 1 to 4 (BAR 0 holds the registers)")
+        total += size
+    if total > RAM_BARS_MAX:
+        raise s.error(
+            "devices", f"RAM BARs of {total >> 30} GiB do not fit the guest's 64-bit PCI window"
         )
 
 

@@ -71,12 +71,23 @@ class PciId:
         return f"{self.vendor:04x}:{self.device:04x}"
 
 
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One PCI device as the QEMU argv needs it."""
+
+    type: str
+    dma_mask: int = (1 << 64) - 1
+    ram_bar_size: int = 0  # the lab QEMU's edu: a RAM-backed 64-bit BAR of this size
+    ram_bar_index: int = 1
+
+
 class PciDevice:
     name: ClassVar[str]
     doc: ClassVar[str]
     pci_id: ClassVar[PciId]
+    ram_bar: ClassVar[bool] = False  # whether it can carry the lab QEMU's RAM BAR
 
-    def device_argv(self, dma_mask: int, index: int) -> list[str]:
+    def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
         """The device's argv; `index` is its position in the scenario's device list."""
         raise NotImplementedError
 
@@ -96,10 +107,14 @@ class Edu(PciDevice):
         "behind a PCIe root port of its own, so it can be reset"
     )
     pci_id = PciId(0x1234, 0x11E8)
+    ram_bar = True
 
-    def device_argv(self, dma_mask: int, index: int) -> list[str]:
+    def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
         bus, port = root_port_argv(index)
-        return [*port, "-device", f"edu,bus={bus},dma_mask={dma_mask:#x}"]
+        props = f"edu,bus={bus},dma_mask={dev.dma_mask:#x}"
+        if dev.ram_bar_size:
+            props += f",ram-bar-size={dev.ram_bar_size:#x},ram-bar-index={dev.ram_bar_index}"
+        return [*port, "-device", props]
 
 
 class AccelModel:

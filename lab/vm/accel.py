@@ -20,8 +20,8 @@ from pathlib import Path
 from lab.core.cache import Cache, content_key
 from lab.core.errors import InfraError
 from lab.core.files import write_atomic
+from lab.core.versions import version_text
 from lab.spec.variants import Accel
-from lab.vm.binary import version_text
 
 PROBE_SECONDS = 20.0
 BOOT_MARK = "Linux version"

@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.spec.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, qemu_escape
+from lab.spec.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, DeviceConfig, qemu_escape
 
 BASE_CMDLINE = ("console=ttyS0", "root=/dev/vda", "rw", "panic=-1")
-
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    type: str
-    dma_mask: int = (1 << 64) - 1
+HOLE64_DEFAULT = 32 << 30  # q35's pci-hole64-size when nobody sets it
 
 
 @dataclass(frozen=True)
@@ -44,6 +39,15 @@ def kernel_cmdline(cfg: VMConfig) -> str:
     return " ".join(words + list(cfg.extra_cmdline))
 
 
+def hole64_size(devices: tuple[DeviceConfig, ...]) -> int | None:
+    """q35's 64-bit PCI window, when the RAM BARs need more than its default: twice their
+    total, a power of two, so that each fits at its natural alignment."""
+    total = sum(d.ram_bar_size for d in devices)
+    if total <= HOLE64_DEFAULT // 2:
+        return None
+    return 1 << (2 * total - 1).bit_length()
+
+
 def build_argv(cfg: VMConfig) -> list[str]:
     iommu = IOMMU_MODELS[cfg.iommu]
     machine = ",".join(["q35", *iommu.machine_options(cfg.accel)])
@@ -69,8 +73,10 @@ def build_argv(cfg: VMConfig) -> list[str]:
         "-serial", "chardev:console",
         "-qmp", f"unix:{qemu_escape(str(cfg.qmp_socket))},server=on,wait=off",
     ]  # fmt: skip
+    if (hole := hole64_size(cfg.devices)) is not None:
+        argv += ["-global", f"q35-pcihost.pci-hole64-size={hole}"]
     for index, dev in enumerate(cfg.devices):
-        argv += DEVICES[dev.type].device_argv(dev.dma_mask, index)
+        argv += DEVICES[dev.type].device_argv(dev, index)
     if cfg.user_qmp_socket is not None:
         argv += ["-qmp", f"unix:{qemu_escape(str(cfg.user_qmp_socket))},server=on,wait=off"]
     if cfg.gdb_port is not None:

@@ -85,7 +85,7 @@ def test_wheel_installed_outside_the_checkout_lists_shows_and_runs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     (cell,) = summary(elsewhere / "results")["cells"]
     assert cell["counts"]["pass"] == 1, cell
-    provenance = json.loads((Path(cell["dir"]) / "provenance.json").read_text())
+    provenance = json.loads((elsewhere / cell["dir"] / "provenance.json").read_text())
     # The payload came out of the installed package, not out of the checkout.
     assert provenance["payload"]["tests"].startswith(str(venv)), provenance["payload"]
 

@@ -229,11 +229,19 @@ def test_compare_two_real_runs_that_differ_by_one_test(results, tmp_path):
         "  debian-stock  failing_test.ident_is_wrong_on_purpose  absent -> fail",
         "regressions: yes",
     ]
+    # Backwards, the test is gone: lost coverage, a regression unless it is accepted.
     back = lab("compare", str(new), str(old))
-    assert back.returncode == 0
-    assert back.stdout.splitlines()[1:] == [
-        "tests that vanished (1):",
+    assert back.returncode == 1
+    lost = [
+        "lost coverage: tests that ran and now skip or are gone (1):",
         "  debian-stock  failing_test.ident_is_wrong_on_purpose  fail -> absent",
+    ]
+    assert back.stdout.splitlines()[1:] == [*lost, "regressions: yes"]
+    accepted = lab("compare", "--accept-lost", str(new), str(old))
+    assert accepted.returncode == 0
+    assert accepted.stdout.splitlines()[1:] == [
+        *lost,
+        "lost coverage accepted (--accept-lost)",
         "regressions: none",
     ]
 

@@ -30,14 +30,23 @@ def test_bad_flag_is_exit_2(capsys):
     assert "invalid choice: 'hvf'" in capsys.readouterr().err
 
 
-def test_missing_qemu_is_exit_3_with_the_doctor_fix(capsys, tmp_path):
-    path = tmp_path / "noqemu.yaml"
-    path.write_text("machine:\n  qemu: /nonexistent/qemu-system-x86_64\n")
-    code, _, err = run(capsys, "run", str(path), "--results", str(tmp_path / "results"))
+def test_missing_system_qemu_is_exit_3_with_the_doctor_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("lab.cli.doctor.shutil.which", lambda name: None)
+    code, _, err = run(capsys, "run", "--results", str(tmp_path / "results"))
     assert code == 3
-    assert "/nonexistent/qemu-system-x86_64" in err
+    assert "qemu-system-x86_64 (not found)" in err
     assert "apt-get install --no-install-recommends qemu-system-x86" in err
     assert "vfio-lab doctor" in err
+
+
+def test_lab_qemu_shows_in_the_dry_run_without_building(capsys):
+    code, out, _ = run(capsys, "run", "--dry-run", "edu-bigbar")
+    assert code == 0
+    assert "# qemu: lab: the lab's build of qemu 1:10.0.13" in out
+    assert "0001-hw-misc-edu-add-an-optional-RAM-backed-64-bit-BAR.patch" in out
+    argv = shlex.split(next(line for line in out.splitlines() if not line.startswith("#")))
+    assert argv[0] == "<lab qemu>"
+    assert "edu,bus=rp0,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,ram-bar-index=1" in argv
 
 
 def test_missing_payload_dir_is_exit_2(capsys, tmp_path):
@@ -155,6 +164,37 @@ def test_negative_retries_is_exit_2(capsys):
             "expectations:\n  - test: a\n    reason: r\n    url: x\n",
             "4: expectations[0].url: unknown key; known keys: cells, kernel, link, reason, test",
         ),
+        (
+            "run",
+            "machine:\n  qemu: /nonexistent/qemu-system-x86_64\n",
+            "2: machine.qemu: '/nonexistent/qemu-system-x86_64' is neither system nor lab",
+        ),
+        (
+            "list",
+            "devices:\n  - type: edu\n    bar: {size: 1G}\n",
+            "3: devices[0].bar: Debian's QEMU has no such BAR; set machine.qemu: lab",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    bar: {size: 3G}\n",
+            "4: devices[0].bar.size: 0xc0000000 is not a power of two from 4K to 64G",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    bar: {size: 2K}\n",
+            "4: devices[0].bar.size: 0x800 is not a power of two from 4K to 64G",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    bar:\n      size: 1G\n      index: 5\n",
+            "6: devices[0].bar.index: must be 1 to 4",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n"
+            + "".join("  - type: edu\n    bar: {size: 64G}\n" for _ in range(3)),
+            "2: devices: RAM BARs of 192 GiB do not fit the guest's 64-bit PCI window",
+        ),
     ],
 )
 def test_bad_scenario_is_exit_2_with_file_line_field(capsys, tmp_path, command, text, where):
@@ -196,7 +236,7 @@ def test_unknown_scenario_name_lists_the_builtin_ones(capsys, monkeypatch, tmp_p
     code, _, err = run(capsys, "list", "quik")
     assert code == 2
     assert "quik: no such scenario file, and no built-in scenario of that name" in err
-    assert "built-in: dmabuf, iommufd-compat, nightly, quick" in err
+    assert "built-in: dmabuf, edu-bigbar, iommufd-compat, nightly, quick" in err
 
 
 def test_a_crash_of_the_lab_is_exit_4_with_a_request_for_a_bug_report(capsys, monkeypatch):

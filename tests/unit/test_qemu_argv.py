@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab.spec.variants import qemu_escape
-from lab.vm.qemu import DeviceConfig, VMConfig, build_argv, kernel_cmdline
+from lab.spec.variants import DeviceConfig, qemu_escape
+from lab.vm.qemu import VMConfig, build_argv, kernel_cmdline
 
 
 def config(**overrides) -> VMConfig:

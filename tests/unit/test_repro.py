@@ -9,6 +9,7 @@ import pytest
 
 from lab.build.kernels import KernelArtifact
 from lab.build.keys import LabKeys
+from lab.build.qemu import QemuBinary
 from lab.build.rootfs import RootfsImage
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
@@ -46,13 +47,20 @@ def write_cell(tmp_path: Path, **kernel: str) -> tuple[Path, Prepared]:
         },
         "pytest_args": ["-k", "dma"],
         "accelerator": "tcg",
+        "qemu": {
+            "choice": "system",
+            "binary": "qemu-system-x86_64",
+            "version": "7.2.22",
+            "patches": [],
+        },
     }
     (cell / "provenance.json").write_text(json.dumps(record))
     artifact = KernelArtifact(
         "debian-stock", "6.1.0-56-amd64", "x", vmlinuz, initramfs, file_sha256(vmlinuz)
     )
     keys = LabKeys(tmp_path / "k", tmp_path / "h")
-    return cell, Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "abc"), artifact, "tcg")
+    qemu = QemuBinary("qemu-system-x86_64", "system", "7.2.22")
+    return cell, Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "abc"), artifact, qemu, "tcg")
 
 
 def test_plan_pins_the_kernel_and_keeps_the_arguments(tmp_path):
@@ -80,6 +88,16 @@ def test_drift_says_what_changed_and_why(tmp_path):
         "kernel image differs" in n and "archive now serves a different build" in n for n in notes
     )
     assert any("root filesystem differs (key old -> abc)" in n for n in notes)
+
+
+def test_drift_names_a_different_qemu(tmp_path):
+    cell_dir, prepared = write_cell(tmp_path)
+    record = repro.read_provenance(cell_dir)
+    record["qemu"] |= {"choice": "lab", "version": "10.0.13", "patches": ["0001-edu.patch"]}
+    notes = repro.drift(record, prepared, DEFAULT_PAYLOAD)
+    assert notes == [
+        "QEMU differs: 10.0.13 with ['0001-edu.patch'] -> 7.2.22 with no patches (machine.qemu: lab)"
+    ]
 
 
 def test_missing_scenario_file_falls_back_to_the_snapshot(tmp_path):

@@ -9,12 +9,15 @@ on those whose config promises it and lack it.
 from __future__ import annotations
 
 import ctypes as C
+import errno
 import os
 
 import pytest
 
-from vfiolib import dmabuf, kconfig, libc
+from vfiolib import dmabuf, kconfig, libc, memory, vfio
 from vfiolib import edu as E
+from vfiolib.iommufd import Iommufd
+from vfiolib.iova import IovaAllocator
 
 SLICE = 0x1000
 
@@ -61,3 +64,82 @@ def test_mmap_then_revoke_on_release(default_device, exported, diag):
     if not isinstance(after, OSError):
         libc.munmap(after, SLICE)
     assert isinstance(after, OSError), "a dma-buf of a released device can still be mapped"
+
+
+# -- the tweaked edu's RAM BAR (devices[].bar): ranges beyond one register page ----------
+MIB = 1 << 20
+
+
+@pytest.fixture
+def ram_bar(default_device, edu_ram_bar):
+    kconfig.require(
+        dmabuf.supported(default_device),
+        "CONFIG_VFIO_PCI_DMABUF",
+        what="VFIO_DEVICE_FEATURE_DMA_BUF",
+    )
+    return E.ram_bar(default_device, edu_ram_bar)
+
+
+def exported_size(device, region, ranges) -> int:
+    fd = dmabuf.export(device, region.index, ranges)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def test_export_ram_bar_ranges(default_device, ram_bar, diag):
+    """One range deep in the BAR, several ranges at once, and two dma-bufs over the same
+    bytes: each dma-buf is as long as its ranges together."""
+    one = [(ram_bar.size // 2, 2 * MIB)]
+    several = [(0, SLICE), (MIB, 2 * SLICE), (ram_bar.size - SLICE, SLICE)]
+    sizes = {
+        "single": exported_size(default_device, ram_bar, one),
+        "multiple": exported_size(default_device, ram_bar, several),
+    }
+    first = dmabuf.export(default_device, ram_bar.index, [(0, 2 * SLICE)])
+    second = dmabuf.export(default_device, ram_bar.index, [(SLICE, 2 * SLICE)])
+    try:
+        sizes["overlapping"] = os.lseek(first, 0, os.SEEK_END) + os.lseek(second, 0, os.SEEK_END)
+    finally:
+        os.close(first)
+        os.close(second)
+    for name, size in sizes.items():
+        diag(f"dmabuf_size_{name}", hex(size))
+    assert sizes == {"single": 2 * MIB, "multiple": 4 * SLICE, "overlapping": 4 * SLICE}
+
+
+def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, diag):
+    """A range of the BAR exported as a dma-buf and mapped into the device's own IOAS
+    (IOMMU_IOAS_MAP_FILE): edu's DMA through that IOVA lands in the BAR."""
+    if not isinstance(default_device.iommu, Iommufd):
+        vfio.require_mode("iommufd")  # skips or fails by the config, naming the option
+    ioas = default_device.iommu
+    length = 2 * MIB
+    offset = ram_bar.size - length
+    fd = dmabuf.export(default_device, ram_bar.index, [(offset, length)])
+    allocator = IovaAllocator(ioas.info().ranges, edu_dma_mask)
+    iova = allocator.alloc(length, align=length)
+    try:
+        try:
+            ioas.map_file(fd, 0, length, iova)
+        except OSError as e:
+            diag("map_file_errno", errno.errorcode.get(e.errno, e.errno))
+            pytest.skip(f"this kernel's iommufd does not import VFIO dma-bufs ({e.strerror})")
+        bar = default_device.mmap(ram_bar.index)
+        edu = E.Edu(default_device, edu_dma_mask)
+        with memory.Buffer(E.CHUNK) as src:
+            src_iova = allocator.alloc(src.size)
+            default_device.map_dma(src.addr, src_iova, src.size)
+            pattern = os.urandom(E.CHUNK)
+            src.write(0, pattern)
+            bar.write(offset, b"\0" * E.CHUNK)
+            edu.to_device(src_iova, E.CHUNK)
+            edu.from_device(iova, E.CHUNK)
+            landed = bar.read(offset, E.CHUNK) == pattern
+            default_device.unmap_dma(src_iova, src.size)
+        diag("bytes_verified", E.CHUNK if landed else 0)
+        assert landed, "the DMA through the imported dma-buf did not land in the BAR"
+        assert ioas.unmap_dma(iova, length) == length
+    finally:
+        os.close(fd)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from vfiolib.irq import Interrupts
-from vfiolib.vfio import Mapping, VfioPciDevice
+from vfiolib.vfio import Mapping, Region, VfioPciDevice
 
 EDU_ID = (0x1234, 0x11E8)
 IDENT = 0x00
@@ -31,6 +31,15 @@ CHUNK = BUF_SIZE // 2
 
 class EduError(Exception):
     pass
+
+
+def ram_bar(device: VfioPciDevice, promised: tuple[int, int]) -> Region:
+    """The RAM BAR the scenario promised (size, index), checked to be there as promised."""
+    size, index = promised
+    region = device.region(index)
+    if region.size != size:
+        raise EduError(f"BAR{index} is {region.size:#x} bytes; the scenario promised {size:#x}")
+    return region
 
 
 class Edu:

@@ -33,6 +33,17 @@ def edu_dma_mask() -> int:
     return int(os.environ.get("VFIO_LAB_EDU_DMA_MASK", hex((1 << 64) - 1)), 0)
 
 
+@pytest.fixture(scope="session")
+def edu_ram_bar() -> tuple[int, int]:
+    """(size, BAR index) of the RAM BAR the scenario gave edu (devices[].bar, the lab's
+    QEMU); skipped where it gave none, since stock edu has only its register BAR."""
+    text = os.environ.get("VFIO_LAB_EDU_RAM_BAR", "")
+    if not text:
+        pytest.skip("edu has no RAM BAR in this scenario (devices[].bar, machine.qemu: lab)")
+    size, index = (int(x, 0) for x in text.split(":"))
+    return size, index
+
+
 @pytest.fixture(params=vfio.MODES)
 def iommu_mode(request: pytest.FixtureRequest) -> str:
     vfio.require_mode(request.param)

@@ -50,6 +50,21 @@ class Iommufd:
         )
         libc.ioctl(self.fd, U.IOMMU_IOAS_MAP, args)
 
+    def map_file(self, fd: int, start: int, length: int, iova: int) -> None:
+        """Map `length` bytes of a file (a memfd, or a VFIO dma-buf on kernels that accept
+        one) from `start`, at `iova`, readable and writable."""
+        flags = U.IOMMU_IOAS_MAP_READABLE | U.IOMMU_IOAS_MAP_WRITEABLE | U.IOMMU_IOAS_MAP_FIXED_IOVA
+        args = U.new(
+            U.iommu_ioas_map_file,
+            flags=flags,
+            ioas_id=self.ioas_id,
+            fd=fd,
+            start=start,
+            length=length,
+            iova=iova,
+        )
+        libc.ioctl(self.fd, U.IOMMU_IOAS_MAP_FILE, args)
+
     def unmap_dma(self, iova: int, size: int) -> int:
         args = U.new(U.iommu_ioas_unmap, ioas_id=self.ioas_id, iova=iova, length=size)
         libc.ioctl(self.fd, U.IOMMU_IOAS_UNMAP, args)

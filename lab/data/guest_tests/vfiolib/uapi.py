@@ -56,6 +56,7 @@ VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
 VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
 
 VFIO_PCI_BAR0_REGION_INDEX = 0
+VFIO_PCI_BAR5_REGION_INDEX = 5
 VFIO_PCI_CONFIG_REGION_INDEX = 7
 VFIO_PCI_NUM_REGIONS = 9
 
@@ -189,6 +190,7 @@ IOMMU_IOAS_ALLOC = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 1)
 IOMMU_IOAS_IOVA_RANGES = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 4)
 IOMMU_IOAS_MAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 5)
 IOMMU_IOAS_UNMAP = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 6)
+IOMMU_IOAS_MAP_FILE = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + 0xF)
 
 IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
 IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
@@ -232,6 +234,18 @@ class iommu_ioas_map(C.Structure):
 
 class iommu_ioas_unmap(C.Structure):
     _fields_ = [("size", u32), ("ioas_id", u32), ("iova", u64), ("length", u64)]
+
+
+class iommu_ioas_map_file(C.Structure):
+    _fields_ = [
+        ("size", u32),
+        ("flags", u32),
+        ("ioas_id", u32),
+        ("fd", C.c_int32),
+        ("start", u64),
+        ("length", u64),
+        ("iova", u64),
+    ]
 
 
 _S = TypeVar("_S", bound=C.Structure)
@@ -278,6 +292,7 @@ IOMMUFD_STRUCTS = {
         iommu_ioas_iova_ranges,
         iommu_ioas_map,
         iommu_ioas_unmap,
+        iommu_ioas_map_file,
     )
 }
 CONSTANTS = {

@@ -224,6 +224,12 @@ class Mapping:
     def write32(self, off: int, value: int) -> None:
         C.c_uint32.from_address(self.addr + off).value = value
 
+    def read(self, off: int, length: int) -> bytes:
+        return C.string_at(self.addr + off, length)
+
+    def write(self, off: int, data: bytes) -> None:
+        C.memmove(self.addr + off, data, len(data))
+
     def read64(self, off: int) -> int:
         return int(C.c_uint64.from_address(self.addr + off).value)
 
@@ -360,6 +366,17 @@ class VfioPciDevice:
         m = Mapping(self.fd, self.region(index), align)
         self._stack.callback(m.close)
         return m
+
+    def largest_bar(self) -> Region:
+        """The largest BAR the device lets us mmap, read and write: the one upstream's
+        mmio test maps (largest_mapped_bar)."""
+        want = U.VFIO_REGION_INFO_FLAG_READ | U.VFIO_REGION_INFO_FLAG_WRITE
+        want |= U.VFIO_REGION_INFO_FLAG_MMAP
+        bars = [self.region(i) for i in range(U.VFIO_PCI_BAR5_REGION_INDEX + 1)]
+        usable = [b for b in bars if b.size and b.flags & want == want]
+        if not usable:
+            raise OSError(errno.ENODEV, f"{self.bdf} has no BAR to mmap")
+        return max(usable, key=lambda b: b.size)
 
     def reset(self) -> None:
         libc.ioctl(self.fd, U.VFIO_DEVICE_RESET)

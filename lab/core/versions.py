@@ -1,4 +1,4 @@
-"""The QEMU binary a machine runs: its version, asked once per binary."""
+"""Versions of the emulator binaries the lab runs, asked once per binary."""
 
 from __future__ import annotations
 

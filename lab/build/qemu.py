@@ -1,0 +1,263 @@
+"""The lab's own QEMU: Debian's qemu source package with the lab's patches (the tweaked
+edu among them), only the x86_64 system emulator, built with ccache and cached.
+
+Debian bookworm's QEMU is 7.2: no igb, and an edu with one 1 MiB register BAR. trixie's
+10.0 builds on bookworm with a newer meson (a wheel from PyPI) and bookworm's own
+firmware (seabios, iPXE), found through --firmwarepath.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from lab.build.apt import PrivateApt
+from lab.core.cache import Cache, content_key, tree_digest
+from lab.core.data import IMAGES
+from lab.core.errors import BuildError
+from lab.core.proc import capture, run_logged
+from lab.core.progress import SILENT, Progress
+from lab.core.registry import Registry
+from lab.core.versions import qemu_version
+
+PACKAGE = "qemu"
+VERSION = "1:10.0.13+ds-0+deb13u1"  # trixie's; known to build on bookworm
+MESON = "meson==1.5.0"  # QEMU 10.0 needs >= 1.5; bookworm has 1.0
+PATCHES = IMAGES / "qemu" / "patches"
+# Only what the lab's guests use; whatever has no -dev package installed is left out anyway.
+CONFIGURE = (
+    "--target-list=x86_64-softmmu",
+    "--disable-install-blobs",
+    "--disable-docs",
+    "--disable-werror",
+    "--disable-tools",
+    "--disable-gtk",
+    "--disable-sdl",
+    "--disable-vnc",
+    "--disable-spice",
+    "--disable-opengl",
+    "--enable-slirp",
+    "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu",
+)
+# Debian packages the build needs beyond those of a kernel build (scripts/setup-host.sh).
+BUILD_DEPENDS = ("libglib2.0-dev", "libpixman-1-dev", "libslirp-dev", "libfdt-dev", "ninja-build")
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+@dataclass(frozen=True)
+class QemuBinary:
+    """The emulator a cell runs, and what says which one it was."""
+
+    binary: str  # a path, or a command on PATH
+    origin: str  # system | lab | path
+    version: str  # e.g. 10.0.13, or 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)
+    patches: tuple[str, ...] = ()  # the lab's patches it carries, in order
+    build_s: float | None = None  # the build that made it, if this call built it
+
+
+class QemuSource:
+    name: ClassVar[str]
+    doc: ClassVar[str]
+
+    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What it is, without building anything (for --dry-run)."""
+        raise NotImplementedError
+
+
+class SystemQemu(QemuSource):
+    name = "system"
+    doc = "Debian's qemu-system-x86_64 (7.2 on bookworm)"
+    binary = "qemu-system-x86_64"
+
+    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
+        return QemuBinary(self.binary, self.name, qemu_version(self.binary))
+
+    def describe(self) -> str:
+        return f"{self.binary} {qemu_version(self.binary)}"
+
+
+class BuiltQemu(QemuSource):
+    name = "lab"
+    doc = f"built by the lab from Debian's qemu {VERSION} with images/qemu/patches"
+
+    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
+        return ensure_lab_qemu(cache, progress)
+
+    def describe(self) -> str:
+        return f"the lab's build of qemu {VERSION} with {', '.join(series()) or 'no patches'}"
+
+
+QEMU_SOURCES: Registry[QemuSource] = Registry(
+    "QEMU", {s.name: s() for s in (SystemQemu, BuiltQemu)}
+)
+
+
+def provide_qemu(choice: str, cache: Cache, progress: Progress = SILENT) -> QemuBinary:
+    """The QEMU a scenario's machine.qemu names: a registered source, or a path."""
+    if choice in QEMU_SOURCES:
+        return QEMU_SOURCES[choice].provide(cache, progress)
+    return QemuBinary(choice, "path", qemu_version(choice))
+
+
+def describe_qemu(choice: str) -> str:
+    return QEMU_SOURCES[choice].describe() if choice in QEMU_SOURCES else choice
+
+
+def series() -> list[str]:
+    """The patches in the order the series file lists them."""
+    lines = (PATCHES / "series").read_text().splitlines()
+    return [p for line in lines if (p := line.split("#", 1)[0].strip())]
+
+
+def qemu_key() -> str:
+    gcc = capture(["gcc", "--version"], artifact="qemu").splitlines()[0]
+    return content_key(["lab-qemu", VERSION, tree_digest(PATCHES), *CONFIGURE, gcc])
+
+
+def ensure_lab_qemu(cache: Cache, progress: Progress = SILENT) -> QemuBinary:
+    """The lab's QEMU from the cache, built first if it is missing or damaged."""
+    key = qemu_key()
+    built: list[float] = []
+
+    def build(scratch: Path) -> None:
+        started = time.monotonic()
+        _build(cache, scratch, progress)
+        built.append(round(time.monotonic() - started, 1))
+
+    with cache.lock(f"qemu-{key}"):
+        entry = cache.ensure("qemu", key, build, progress)
+    info = json.loads((entry / "qemu.json").read_text())
+    return QemuBinary(
+        str(entry / "qemu-system-x86_64"),
+        BuiltQemu.name,
+        str(info["version"]),
+        tuple(info["patches"]),
+        built[0] if built else None,
+    )
+
+
+def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
+    missing = missing_build_depends()
+    if missing:
+        raise BuildError(
+            "qemu",
+            f"missing build dependencies: {' '.join(missing)} "
+            "(scripts/setup-host.sh --qemu, or apt-get install them)",
+        )
+    # One source directory for every build of this version: the same paths each time,
+    # so ccache serves a rebuild after a patch changed.
+    work = cache.entry("qemu-build", content_key([PACKAGE, VERSION]))
+    log = scratch / "build.log"
+    with cache.lock("qemu-build"):
+        src = _fresh_source(cache, work, log, progress)
+        _apply_patches(src, log, progress)
+        _configure(src, cache, log, progress)
+        _ninja(src, cache, log, progress)
+        shutil.copy2(src / "build" / "qemu-system-x86_64", scratch / "qemu-system-x86_64")
+    version = qemu_version(str(scratch / "qemu-system-x86_64"))
+    info = {"version": version, "patches": series(), "package": VERSION}
+    (scratch / "qemu.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def missing_build_depends() -> list[str]:
+    return [p for p in BUILD_DEPENDS if not _installed(p)]
+
+
+def _installed(package: str) -> bool:
+    out = capture(["dpkg-query", "-W", "-f=${Status}", package], artifact="qemu", check=False)
+    return out == "install ok installed"
+
+
+def _fresh_source(cache: Cache, work: Path, log: Path, progress: Progress) -> Path:
+    """Debian's source, unpacked again (so no earlier patch lingers), and meson's wheel."""
+    download = work / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    dsc = next(download.glob(f"{PACKAGE}_*.dsc"), None)
+    if dsc is None:
+        apt = PrivateApt(cache)
+        apt.update(progress)
+        progress("qemu", f"fetching the {PACKAGE} {VERSION} source package")
+        dsc = apt.source(PACKAGE, VERSION, download)
+    src = work / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    progress("qemu", f"unpacking {dsc.name}")
+    run_logged(["dpkg-source", "-x", dsc, src], artifact="qemu", log=log)
+    wheels = src / "python" / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    run_logged(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels, MESON],
+        artifact="qemu",
+        log=log,
+    )
+    return src
+
+
+def _apply_patches(src: Path, log: Path, progress: Progress) -> None:
+    for name in series():
+        patch = PATCHES / name
+        progress("qemu", f"applying {name}")
+        try:
+            run_logged(
+                ["patch", "-p1", "--forward", "--batch", "-i", patch],
+                artifact="qemu",
+                log=log,
+                cwd=src,
+            )
+        except BuildError as e:
+            raise BuildError("qemu", f"patch {patch} does not apply", e.log_tail) from None
+
+
+def _env(cache: Cache) -> dict[str, str]:
+    # meson finds ccache on PATH by itself; the lab's ccache directory is shared with kernels.
+    return dict(os.environ, CCACHE_DIR=str(cache.root / "ccache"))
+
+
+def _configure(src: Path, cache: Cache, log: Path, progress: Progress) -> None:
+    progress("qemu", "configuring (x86_64-softmmu only)")
+    run_logged(
+        ["./configure", "--python=/usr/bin/python3", *CONFIGURE],
+        artifact="qemu",
+        log=log,
+        cwd=src,
+        env=_env(cache),
+    )
+
+
+def _ninja(src: Path, cache: Cache, log: Path, progress: Progress) -> None:
+    jobs = os.cpu_count() or 1
+    progress("qemu", f"building qemu-system-x86_64 with {jobs} jobs (ccache); log: {log}")
+    run_logged(
+        ["ninja", "-C", src / "build", f"-j{jobs}", "qemu-system-x86_64"],
+        artifact="qemu",
+        log=log,
+        env=_env(cache),
+        on_line=NinjaProgress(progress),
+    )
+
+
+class NinjaProgress:
+    """ninja's `[N/M]` lines, told every 10% of the way."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.told = -1
+
+    def __call__(self, line: str) -> None:
+        m = _NINJA_STEP.match(line)
+        if not m:
+            return
+        done, total = int(m.group(1)), int(m.group(2))
+        tenth = done * 10 // max(total, 1)
+        if tenth > self.told:
+            self.told = tenth
+            self.progress("qemu", f"{done}/{total} build steps")

@@ -1,0 +1,82 @@
+"""The lab's own QEMU and its tweaked edu, for real: built from Debian's source with the
+lab's patch, booted with a 1 GiB RAM BAR, and the tests only that BAR makes possible.
+
+The smallest setup that proves it: the edu-bigbar scenario's IOMMUFD_VFIO_CONTAINER=n
+cell (VFIO's own container maps MMIO), and only the tests about the big BAR.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lab
+
+pytestmark = pytest.mark.vm
+
+CELL = "7.2-iommufd_vfio_container=n"
+TESTS = "vfio_dma_mapping_mmio_test or vfio_pci_p2p_test or vfio_pci_dmabuf_test"
+
+
+@pytest.fixture(scope="module")
+def bigbar_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bigbar") / "results"
+    done = lab("run", "edu-bigbar", "--only", CELL, "-k", TESTS, "--results", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads((root / "latest" / "summary.json").read_text())
+
+
+def records(cell: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in json.loads((Path(cell["dir"]) / "tests.json").read_text())}
+
+
+def diags(record: dict) -> dict[str, str]:
+    return dict(d.split(": ", 1) for d in record["diagnostics"] if ": " in d)
+
+
+def test_the_cell_ran_the_lab_qemu_with_the_edu_patch(bigbar_run):
+    (cell,) = bigbar_run["cells"]
+    assert cell["qemu"] == "lab" and cell["qemu_version"].startswith("10.0.")
+    assert cell["qemu_patches"] == ["0001-hw-misc-edu-add-an-optional-RAM-backed-64-bit-BAR.patch"]
+    argv = json.loads((Path(cell["dir"]) / "qemu-argv.json").read_text())
+    assert any("ram-bar-size=0x40000000,ram-bar-index=1" in a for a in argv)
+
+
+def test_mmio_maps_the_1g_bar_and_records_its_iopte(bigbar_run):
+    (cell,) = bigbar_run["cells"]
+    recs = records(cell)
+    for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu"):
+        full = recs[f"vfio_dma_mapping_mmio_test.{mode}.map_full_bar"]
+        assert full["outcome"] == "pass", full
+        d = diags(full)
+        assert (d["bar_index"], d["bar_size"], d["unmapped"]) == ("1", "0x40000000", "0x40000000")
+        assert d["iopte_size"] in ("4K", "2M", "1G")
+        misaligned = recs[f"vfio_dma_mapping_mmio_test.{mode}.map_bar_misaligned"]
+        assert misaligned["outcome"] == "pass" and "iopte_size" in diags(misaligned)
+    for mode in ("iommufd_compat_type1", "iommufd"):
+        refused = recs[f"vfio_dma_mapping_mmio_test.{mode}.map_full_bar"]
+        assert refused["outcome"] == "pass" and diags(refused)["errno"] == "EFAULT"
+
+
+def test_p2p_dma_into_and_out_of_the_bar_verifies_its_bytes(bigbar_run):
+    (cell,) = bigbar_run["cells"]
+    recs = records(cell)
+    for mode in ("vfio_type1_iommu", "vfio_type1v2_iommu"):
+        for case in ("dma_into_bar", "dma_from_bar"):
+            rec = recs[f"vfio_pci_p2p_test.{mode}.{case}"]
+            assert rec["outcome"] == "pass", rec
+            assert diags(rec)["bytes_verified"] == "2048"
+
+
+def test_dmabuf_ranges_of_the_bar(bigbar_run):
+    (cell,) = bigbar_run["cells"]
+    recs = records(cell)
+    ranges = recs["vfio_pci_dmabuf_test.export_ram_bar_ranges"]
+    assert ranges["outcome"] == "pass", ranges
+    assert diags(ranges)["dmabuf_size_single"] == "0x200000"
+    imported = recs["vfio_pci_dmabuf_test.dma_through_an_imported_dmabuf"]
+    assert imported["outcome"] == "pass" or (
+        imported["outcome"] == "skip" and "does not import VFIO dma-bufs" in imported["reason"]
+    ), imported
