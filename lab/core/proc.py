@@ -47,7 +47,7 @@ def run_logged(
     with log.open("a") as out:
         out.write(f"$ {' '.join(args)}\n")
         out.flush()
-        if shutil.which(args[0]) is None:
+        if not _runnable(args[0], cwd):
             raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)")
         # Its own session: the lab stops the whole group itself (make and its compilers),
         # on Ctrl-C, SIGTERM or an error; TERM lets make clean up after itself.
@@ -75,6 +75,13 @@ def run_logged(
             stop_group(proc)
     if proc.returncode != 0:
         raise BuildError(artifact, f"{args[0]} exited {proc.returncode}; log: {log}", list(tail))
+
+
+def _runnable(program: str, cwd: Path | None) -> bool:
+    """Whether `program` can be run: a command on PATH, or a path (relative ones from `cwd`)."""
+    if "/" in program and cwd is not None:
+        program = str(cwd / program)
+    return shutil.which(program) is not None
 
 
 def stop_group(proc: subprocess.Popen[str]) -> None:

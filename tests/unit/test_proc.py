@@ -67,3 +67,11 @@ def test_failure_carries_the_log_tail(tmp_path):
 def test_a_missing_tool_is_named(tmp_path):
     with pytest.raises(BuildError, match="no-such-tool not found"):
         run_logged(["no-such-tool"], artifact="k", log=tmp_path / "l")
+
+
+def test_a_relative_program_is_found_from_its_working_directory(tmp_path):
+    script = tmp_path / "configure"
+    script.write_text("#!/bin/sh\necho configured\n")
+    script.chmod(0o755)
+    run_logged(["./configure"], artifact="k", log=tmp_path / "l", cwd=tmp_path)
+    assert "configured" in (tmp_path / "l").read_text()
