@@ -22,7 +22,7 @@ PACKAGES=(
     git               # local:PATH kernel trees are identified by their commit
 )
 QEMU_PACKAGES=(     # lab/build/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
-    libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build
+    libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build dpkg-dev
 )
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser

@@ -136,7 +136,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
             self._build(spec, package, version, scratch, entry)
 
         with cache.lock(f"kernel-{key}"):
-            cache.ensure("kernels", key, fetch, progress)
+            cache.ensure("kernels", key, fetch, progress, legacy="artifact.json")
         # The pin is known here whatever wrote the cache entry, so repro can always name it.
         artifact = KernelArtifact.load(entry / "artifact.json")
         return dataclasses.replace(artifact, resolved_spec=f"{self.name}:{package}={version}")
@@ -226,6 +226,7 @@ class SourceBuilt(KernelBuilder):
                     spec, tree, build_dir, log, cache, scratch, entry, progress
                 ),
                 progress,
+                legacy="artifact.json",
             )
         artifact = KernelArtifact.load(entry / "artifact.json")
         return dataclasses.replace(artifact, resolved_spec=self.pin(spec, tree))
@@ -280,7 +281,7 @@ class DebianSource(DebianSourceKind, SourceBuilt):
             _unpack_source(apt, package, version, series, scratch)
 
         with cache.lock(f"src-{key}"):
-            cache.ensure("src", key, unpack, progress)
+            cache.ensure("src", key, unpack, progress, legacy="linux")
         return SourceTree(identity=f"{package}={version}", path=entry / "linux")
 
     def pin(self, spec: KernelSpec, tree: SourceTree) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lab.build.apt import PrivateApt
-from lab.core.cache import Cache, content_key, tree_digest
+from lab.core.cache import Cache, CorruptCacheFile, content_key, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
 from lab.core.proc import capture, run_logged
@@ -47,7 +47,14 @@ CONFIGURE = (
     "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu",
 )
 # Debian packages the build needs beyond those of a kernel build (scripts/setup-host.sh).
-BUILD_DEPENDS = ("libglib2.0-dev", "libpixman-1-dev", "libslirp-dev", "libfdt-dev", "ninja-build")
+BUILD_DEPENDS = (
+    "libglib2.0-dev",
+    "libpixman-1-dev",
+    "libslirp-dev",
+    "libfdt-dev",
+    "ninja-build",
+    "dpkg-dev",  # dpkg-source unpacks the source package
+)
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -136,14 +143,29 @@ def ensure_lab_qemu(cache: Cache, progress: Progress = SILENT) -> QemuBinary:
 
     with cache.lock(f"qemu-{key}"):
         entry = cache.ensure("qemu", key, build, progress)
-    info = json.loads((entry / "qemu.json").read_text())
+    version, patches = read_info(entry / "qemu.json")
     return QemuBinary(
         str(entry / "qemu-system-x86_64"),
         BuiltQemu.name,
-        str(info["version"]),
-        tuple(info["patches"]),
+        version,
+        patches,
         built[0] if built else None,
     )
+
+
+def read_info(path: Path) -> tuple[str, tuple[str, ...]]:
+    """(version, patches) a build recorded; a file that says otherwise is named."""
+    try:
+        info = json.loads(path.read_text())
+        return str(info["version"]), tuple(str(p) for p in info["patches"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
+
+
+def built_info(cache: Cache) -> tuple[str, tuple[str, ...]] | None:
+    """What the newest finished build of the lab's QEMU is, if there is one."""
+    done = sorted(cache.root.glob("qemu/[!.]*/qemu.json"), key=lambda p: p.stat().st_mtime)
+    return read_info(done[-1]) if done else None
 
 
 def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
@@ -157,7 +179,10 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
     # One source directory for every build of this version: the same paths each time,
     # so ccache serves a rebuild after a patch changed.
     work = cache.entry("qemu-build", content_key([PACKAGE, VERSION]))
-    log = scratch / "build.log"
+    work.mkdir(parents=True, exist_ok=True)
+    # Beside the source, not in the entry's scratch: a failed build's log must outlive it.
+    log = work / "build.log"
+    log.unlink(missing_ok=True)
     with cache.lock("qemu-build"):
         src = _fresh_source(cache, work, log, progress)
         _apply_patches(src, log, progress)
@@ -181,13 +206,17 @@ def _installed(package: str) -> bool:
 def _fresh_source(cache: Cache, work: Path, log: Path, progress: Progress) -> Path:
     """Debian's source, unpacked again (so no earlier patch lingers), and meson's wheel."""
     download = work / "download"
-    download.mkdir(parents=True, exist_ok=True)
-    dsc = next(download.glob(f"{PACKAGE}_*.dsc"), None)
-    if dsc is None:
+    if not download.is_dir():
+        # All of it or nothing: an interrupted download must not pass for a finished one.
         apt = PrivateApt(cache)
         apt.update(progress)
         progress("qemu", f"fetching the {PACKAGE} {VERSION} source package")
-        dsc = apt.source(PACKAGE, VERSION, download)
+        partial = work / "download.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        apt.source(PACKAGE, VERSION, partial)
+        partial.rename(download)
+    (dsc,) = download.glob(f"{PACKAGE}_*.dsc")
     src = work / "src"
     shutil.rmtree(src, ignore_errors=True)
     progress("qemu", f"unpacking {dsc.name}")

@@ -17,7 +17,7 @@ from qemu.qmp import QMPError
 from lab.cli import info, reports, repro, run, shell, vms
 from lab.cli.common import Parser, exit_code
 from lab.core.errors import LabError, UsageError
-from lab.core.exitcodes import EXIT_CRASH, EXIT_INFRA, EXIT_INTERRUPTED
+from lab.core.exitcodes import EXIT_CRASH, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, for_bisect
 
 COMMAND_GROUPS = (run, shell, repro, vms, reports, info)
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
@@ -40,7 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `shell -- CMD ARGS...`: everything after `--` is the guest's, never the lab's.
     remote = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    try:
+        args = build_parser().parse_args(own)
+    except SystemExit as e:  # argparse's usage errors (2) and --help (0)
+        code = e.code if isinstance(e.code, int) else EXIT_USAGE
+        return for_bisect(code) if "--bisect" in own else code
     args.remote = remote
     signal.signal(signal.SIGTERM, _on_sigterm)
     return exit_code(args, _dispatch(args))

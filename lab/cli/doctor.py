@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lab.build import qemu as qemu_build
 from lab.core.cache import Cache
-from lab.core.errors import MissingPrerequisite
+from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple
 
 MIN_FREE_GIB = 5
@@ -49,14 +49,17 @@ def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
 
 def check_lab_qemu(cache: Cache) -> Check:
     """The lab's own QEMU (machine.qemu: lab): built already, or buildable here."""
-    built = sorted((cache.root / "qemu").glob("*/qemu.json"))
-    if built:
-        info = json.loads(built[-1].read_text())
-        patches = ", ".join(info.get("patches", [])) or "no patches"
-        return Check("lab qemu", True, f"built: {info.get('version')} with {patches}")
-    missing = qemu_build.missing_build_depends()
+    try:
+        built = qemu_build.built_info(cache)
+    except LabError as e:
+        return Check("lab qemu", True, f"a damaged build will be rebuilt: {e}")
+    if built is not None:
+        version, patches = built
+        return Check(
+            "lab qemu", True, f"built: {version} with {', '.join(patches) or 'no patches'}"
+        )
     detail = f"not built yet (machine.qemu: lab builds {qemu_build.VERSION} on first use)"
-    if missing:
+    if qemu_build.missing_build_depends():
         return Check("lab qemu", False, detail, "scripts/setup-host.sh --qemu")
     return Check("lab qemu", True, detail)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     p = repro.plan(args.cell_dir, args.keyword)
     for note in p.notes:
         print(f"vfio-lab: note: {note}", file=sys.stderr)
-    argv = json.loads((args.cell_dir / "qemu-argv.json").read_text() or "[]")
+    argv = repro.recorded_argv(args.cell_dir)
     print(f"# the run's QEMU command line:\n{shlex.join(argv)}")
     shell = [
         "vfio-lab",

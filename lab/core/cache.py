@@ -136,11 +136,16 @@ def damage(entry: Path) -> str | None:
     return ", ".join(problems) or None
 
 
+def _adoptable(entry: Path, legacy: str | None) -> bool:
+    return legacy is not None and not (entry / MANIFEST).exists() and (entry / legacy).exists()
+
+
 def _discard(path: Path) -> None:
     """Remove an entry, first moving it off its name so a crash mid-removal cannot leave a
     half-deleted tree where the entry belongs."""
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
     os.rename(path, aside)  # replaces the empty directory mkdtemp made
+    _write_owner(aside)  # so that `sweep` finishes the job if this process dies now
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -223,7 +228,11 @@ class Cache:
         final.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
+            # A half-built entry (a kernel tree, a root filesystem) is big: `sweep` removes
+            # it once its owner is gone.
+            _write_owner(scratch)
             yield scratch
+            (scratch / OWNER).unlink()
             write_manifest(scratch)
             if final.exists():  # a damaged entry being replaced: rename cannot overwrite it
                 _discard(final)
@@ -231,13 +240,28 @@ class Cache:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def ensure(self, kind: str, key: str, build: Callable[[Path], None], progress: Report) -> Path:
+    def ensure(
+        self,
+        kind: str,
+        key: str,
+        build: Callable[[Path], None],
+        progress: Report,
+        legacy: str | None = None,
+    ) -> Path:
         """entry(kind, key), built by `build(scratch)` if it is missing, and rebuilt (saying
         so through `progress`) if it is damaged. The caller holds the entry's lock: the check
-        and the rebuild must not interleave with another process's build."""
+        and the rebuild must not interleave with another process's build.
+
+        `legacy` names the file whose presence marked a complete entry before manifests
+        existed (entries were already built atomically then): such an entry is adopted
+        with a manifest of what it holds, not rebuilt."""
         entry = self.entry(kind, key)
         if entry.exists():
             why = damage(entry)
+            if why is not None and _adoptable(entry, legacy):
+                progress("cache", f"cache entry {kind}/{key} predates manifests; adopting it")
+                write_manifest(entry)
+                why = None
             if why is None:
                 return entry
             progress("cache", f"cache entry {kind}/{key} is damaged ({why}); rebuilding")
@@ -260,13 +284,20 @@ class Cache:
             shutil.rmtree(path, ignore_errors=True)
 
     def sweep(self) -> list[Path]:
-        """Remove the scratch directories under tmp/ whose owner is gone (killed labs leave
-        multi-gigabyte overlays behind), and return them. A directory whose owner is alive
-        is kept; one without an owner is kept while it is young enough to be mid-creation."""
+        """Remove the scratch directories whose owner is gone (killed labs leave
+        multi-gigabyte overlays and half-built entries behind), and return them: those
+        under tmp/, and the hidden build directories beside the entries of each kind. A
+        directory whose owner is alive is kept; one without an owner is kept while it is
+        young enough to be mid-creation (under tmp/) or always (beside entries, where an
+        older lab built without owners)."""
         removed = []
         now = time.time()
         for path in sorted(self.tmp.iterdir()):
             if path.is_dir() and not path.is_symlink() and _abandoned(path, now):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        for path in sorted(self.root.glob("*/.*-*")):
+            if path.is_dir() and _read_owner(path) is not None and _abandoned(path, now):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,10 @@ from lab.core.progress import SILENT, Progress
 
 TAIL_LINES = 30
 STOP_WAIT_S = 10.0
+# Tools running now, from any thread: Ctrl-C in the main thread stops the builds that
+# worker threads are waiting on (see stop_running).
+_RUNNING: set[subprocess.Popen[str]] = set()
+_RUNNING_LOCK = threading.Lock()
 
 
 def die_with_lab(signal_name: str = "KILL") -> list[str]:
@@ -62,6 +67,8 @@ def run_logged(
             start_new_session=True,
         )
         assert proc.stdout is not None
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
         try:
             for line in proc.stdout:
                 out.write(line)
@@ -72,6 +79,8 @@ def run_logged(
                     on_line(line)
             proc.wait()
         finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
             stop_group(proc)
     if proc.returncode != 0:
         raise BuildError(artifact, f"{args[0]} exited {proc.returncode}; log: {log}", list(tail))
@@ -84,19 +93,34 @@ def _runnable(program: str, cwd: Path | None) -> bool:
     return shutil.which(program) is not None
 
 
+def stop_running() -> None:
+    """SIGTERM to every tool run_logged is running, in any thread: their callers then fail
+    fast (a BuildError) instead of finishing a build nobody waits for."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+
+
 def stop_group(proc: subprocess.Popen[str]) -> None:
-    """End `proc` and every process of its session, if still running: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
+    """End `proc` and every process of its session, if still running: SIGTERM, then SIGKILL
+    (at once, if an interrupt arrives while waiting)."""
+    try:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_WAIT_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-    if proc.stdout is not None:
-        proc.stdout.close()
+    finally:
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
 
 
 def capture(

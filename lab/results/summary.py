@@ -83,10 +83,12 @@ class RunResults:
 
     @property
     def exit_code(self) -> int:
+        """A cell whose tests ran and went wrong outweighs one the infrastructure failed:
+        the kernel showed something (and `git bisect run` must hear it as bad, not skip)."""
+        if any(c.verdict != "pass" and not c.infra_error for c in self.cells):
+            return EXIT_UNEXPECTED
         if any(c.infra_error for c in self.cells):
             return EXIT_INFRA
-        if any(c.verdict != "pass" for c in self.cells):
-            return EXIT_UNEXPECTED
         return EXIT_OK
 
     def finish(self, interrupted: bool = False) -> int:

@@ -22,7 +22,8 @@ from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
 from lab.core.cache import Cache
-from lab.core.errors import UsageError
+from lab.core.errors import InfraError, UsageError
+from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import bind_devices, install_runtime
 from lab.spec.kernelspec import SpecError
@@ -119,13 +120,22 @@ class CellBooter:
         self._qemu: dict[str, QemuBinary] = {}
         self._lock = threading.Lock()  # cells may be prepared from several threads
         self.active: set[Guest] = set()
+        self.stopping = threading.Event()
 
     def stop_all(self) -> None:
-        """Stop every guest this booter has running (Ctrl-C with parallel cells)."""
+        """Ctrl-C with parallel cells: no cell prepares or boots from now on, the builds
+        under way stop, and every guest this booter has running is stopped."""
+        self.stopping.set()
+        stop_running()
         for guest in list(self.active):
             guest.machine.shutdown(timeout=2.0)
 
+    def _check_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise InfraError("the run was interrupted")
+
     def prepare(self, cell: Cell) -> Prepared:
+        self._check_stopping()
         with self._lock:
             if self._shared is None:
                 keys = ensure_keys(self.cache)
@@ -177,6 +187,7 @@ class CellBooter:
     ) -> Iterator[Guest]:
         """A ready guest (SSH answers). `disk` reuses an existing overlay; `keep_disk` moves the
         fresh one there when the guest stops instead of deleting it."""
+        self._check_stopping()
         with self.cache.scratch("vm-") as scratch:
             overlay = disk or scratch / "overlay.qcow2"
             if disk is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.core.data import GUEST_TESTS
-from lab.core.errors import GuestCommandError, InfraError
+from lab.core.errors import GuestCommandError, InfraError, UsageError
 from lab.results.tap import TapParser, TapResult
 from lab.spec.scenario import Scenario
 from lab.spec.variants import DEVICES
@@ -21,8 +21,11 @@ GUEST_DIR = "/root/tests"  # the tests to run: guest_tests/ itself, or --payload
 GUEST_TAP = "/root/results.tap"
 GUEST_KCONFIG = "/root/kernel.config"
 TAP_FD = 3
-# pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran.
+# pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran;
+# 4 (bad arguments) and 5 (no test collected, e.g. a -k that matches nothing) are the
+# user's to fix, not the infrastructure's.
 PYTEST_RAN = (0, 1)
+PYTEST_USAGE = (4, 5)
 
 
 @dataclass
@@ -138,6 +141,12 @@ def run_payload(
                 raise
             return PayloadRun(pytest_status=None, stop=watch.stop)
     stream.close()
+    if result.status in PYTEST_USAGE and not stream.parser.results:
+        tail = result.stderr.strip().splitlines()[-3:]
+        raise UsageError(
+            f"pytest in the guest exited {result.status}: no test ran "
+            f"(check -k and payload.args): {' | '.join(tail)}"
+        )
     if result.status not in PYTEST_RAN and not stream.parser.results:
         raise GuestCommandError("pytest", result.status, result.stderr[-4000:])
     return PayloadRun(pytest_status=result.status)

@@ -20,6 +20,19 @@ from lab.spec import scenario as scenario_mod
 from lab.spec.kernelspec import CellConfig, parse_kernel_spec
 from lab.spec.scenario import Cell, Scenario
 
+REQUIRED = (
+    "cell",
+    "scenario_file",
+    "scenario_snapshot",
+    "kernel",
+    "rootfs_key",
+    "payload",
+    "pytest_args",
+    "accelerator",
+)
+REQUIRED_KERNEL = ("resolved_spec", "identity", "vmlinuz_sha256", "initramfs_sha256")
+REQUIRED_PAYLOAD = ("tests", "tests_digest", "runtime_digest")
+
 
 @dataclass
 class ReproPlan:
@@ -38,10 +51,26 @@ def read_provenance(cell_dir: Path) -> dict[str, Any]:
         raise UsageError(f"{cell_dir} is not a cell directory of a run (it has no provenance.json)")
     try:
         record: dict[str, Any] = json.loads(path.read_text())
-        record["kernel"]["resolved_spec"]
+        missing = [k for k in REQUIRED if k not in record]
+        missing += [f"kernel.{k}" for k in REQUIRED_KERNEL if k not in record.get("kernel", {})]
+        missing += [f"payload.{k}" for k in REQUIRED_PAYLOAD if k not in record.get("payload", {})]
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path} is corrupt ({e})") from None
+    if missing:
+        raise UsageError(f"{path} is corrupt (missing {', '.join(missing)})")
     return record
+
+
+def recorded_argv(cell_dir: Path) -> list[str]:
+    """The QEMU command line the cell ran (empty when it never got to boot)."""
+    path = cell_dir / "qemu-argv.json"
+    try:
+        argv = json.loads(path.read_text() or "[]")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path} is unreadable or not JSON ({e})") from None
+    if not isinstance(argv, list):
+        raise UsageError(f"{path} is not a command line (a JSON list)")
+    return [str(a) for a in argv]
 
 
 def plan(cell_dir: Path, keyword: str | None) -> ReproPlan:

@@ -20,6 +20,7 @@ from pathlib import Path
 from lab.core.cache import Cache, content_key
 from lab.core.errors import InfraError
 from lab.core.files import write_atomic
+from lab.core.proc import die_with_lab
 from lab.core.versions import version_text
 from lab.spec.variants import Accel
 
@@ -50,8 +51,13 @@ def probe_kvm(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
         console = tmp / "console.log"
         log = tmp / "qemu.log"
         with log.open("wb") as out:
+            # Dies with the lab even on SIGKILL: a QEMU hung in the decompressor under a
+            # broken KVM would otherwise run forever.
             proc = subprocess.Popen(
-                probe_argv(qemu, kernel, console), stdout=out, stderr=subprocess.STDOUT
+                [*die_with_lab(), *probe_argv(qemu, kernel, console)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             return _watch(proc, console, log)

@@ -337,3 +337,44 @@ def test_sweep_removes_the_scratch_of_a_killed_lab(tmp_path: Path) -> None:
 
 def test_sweep_of_an_empty_cache_removes_nothing(tmp_path: Path) -> None:
     assert Cache(tmp_path).sweep() == []
+
+
+def test_an_entry_from_before_manifests_is_adopted_not_rebuilt(tmp_path):
+    cache = Cache(tmp_path)
+    old = cache.entry("rootfs", "k")
+    old.mkdir(parents=True)
+    (old / "base.qcow2").write_bytes(b"q" * 10)
+    said: list[str] = []
+    built: list[Path] = []
+    entry = cache.ensure(
+        "rootfs", "k", built.append, lambda label, m: said.append(m), legacy="base.qcow2"
+    )
+    assert built == [] and entry == old
+    assert said == ["cache entry rootfs/k predates manifests; adopting it"]
+    (old / "base.qcow2").write_bytes(b"q")  # truncated after adoption: now it is caught
+    cache.ensure("rootfs", "k", lambda s: (s / "base.qcow2").write_bytes(b"new"), lambda *a: None)
+    assert (old / "base.qcow2").read_bytes() == b"new"
+
+
+def test_a_half_built_entry_of_a_dead_lab_is_swept(tmp_path):
+    cache = Cache(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT_BUILD.format(root=tmp_path)], stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == b"building"
+    child.kill()
+    child.wait()
+    (half,) = (tmp_path / "kernels").glob(".k-*")
+    assert half in cache.sweep() and not half.exists()
+    with cache.build("kernels", "mine") as mine:  # a live build is never swept
+        assert mine not in cache.sweep() and mine.exists()
+
+
+SCRIPT_BUILD = """
+import time
+from pathlib import Path
+from lab.core.cache import Cache
+with Cache(Path("{root}")).build("kernels", "k") as scratch:
+    print("building", flush=True)
+    time.sleep(60)
+"""

@@ -6,22 +6,24 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from lab.core.errors import BuildError
-from lab.core.proc import run_logged
+from lab.core.proc import run_logged, stop_running
 from tests.conftest import REPO
 
 LAB_BUILDING = """
 import sys
+import threading
 from pathlib import Path
 import lab.cli  # installs nothing by import; main() would install the SIGTERM handler
 import signal
 signal.signal(signal.SIGTERM, lab.cli._on_sigterm)
-from lab.core.proc import run_logged
+from lab.core.proc import run_logged, stop_running
 try:
     run_logged(["sh", "-c", "sleep 300 & echo $! > {pidfile}; wait"], artifact="t", log=Path("{log}"))
 except KeyboardInterrupt:
@@ -75,3 +77,25 @@ def test_a_relative_program_is_found_from_its_working_directory(tmp_path):
     script.chmod(0o755)
     run_logged(["./configure"], artifact="k", log=tmp_path / "l", cwd=tmp_path)
     assert "configured" in (tmp_path / "l").read_text()
+
+
+def test_stop_running_ends_the_builds_of_other_threads(tmp_path):
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            run_logged(["sh", "-c", "echo start; sleep 60"], artifact="k", log=tmp_path / "l")
+        except BuildError as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=build)
+    started = time.monotonic()
+    worker.start()
+    deadline = time.monotonic() + 10
+    while "start" not in ((tmp_path / "l").read_text() if (tmp_path / "l").exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop_running()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and time.monotonic() - started < 20
+    assert len(errors) == 1 and "exited" in str(errors[0])

@@ -115,3 +115,20 @@ def test_corrupt_provenance_is_a_usage_error(tmp_path):
     (cell_dir / "provenance.json").write_text("{not json")
     with pytest.raises(UsageError, match="is corrupt"):
         repro.plan(cell_dir, None)
+
+
+@pytest.mark.parametrize("drop", ["accelerator", "payload", "rootfs_key"])
+def test_provenance_missing_a_field_is_named(tmp_path, drop):
+    cell_dir, _ = write_cell(tmp_path)
+    record = json.loads((cell_dir / "provenance.json").read_text())
+    del record[drop]
+    (cell_dir / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(UsageError, match=rf"is corrupt \(missing {drop}\b"):
+        repro.plan(cell_dir, None)
+
+
+def test_a_corrupt_recorded_argv_is_a_usage_error(tmp_path):
+    cell_dir, _ = write_cell(tmp_path)
+    (cell_dir / "qemu-argv.json").write_text("[qemu")
+    with pytest.raises(UsageError, match=r"qemu-argv\.json is unreadable or not JSON"):
+        repro.recorded_argv(cell_dir)

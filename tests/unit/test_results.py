@@ -49,9 +49,16 @@ def test_exit_codes(tmp_path):
     assert r.exit_code == 0
     r.add(cell(tmp_path, "b", "fail"))
     assert r.exit_code == 1
+    # A real failure outweighs a cell the infrastructure failed (git bisect: bad, not skip).
     r.add(cell(tmp_path, "c", "error", infra="boot timeout"))
-    assert r.exit_code == 3
+    assert r.exit_code == 1
     assert r.finish(interrupted=True) == 130
+    other = tmp_path / "infra-only"
+    other.mkdir()
+    infra_only = RunResults(other, "s", "id2", "tcg", "")
+    infra_only.add(cell(other, "a", "pass"))
+    infra_only.add(cell(other, "c", "error", infra="boot timeout"))
+    assert infra_only.exit_code == 3
 
 
 def test_table_lists_cells_and_errors(tmp_path):

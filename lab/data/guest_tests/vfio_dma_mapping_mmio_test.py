@@ -29,7 +29,7 @@ def map_and_check(device, iommu_mode, bar: Mapping, size: int, iova: int, diag) 
         except OSError as e:
             diag("errno", errno.errorcode.get(e.errno, e.errno))
             raise AssertionError(f"{iommu_mode} must map MMIO; the kernel said: {e}") from e
-        if iopte.unavailable() is None:
+        if iopte.readable():
             # A huge pfnmap of an aligned BAR lets the IOMMU map it with huge IOPTEs too.
             diag("iopte_size", iopte.human(iopte.iopte_size(device.bdf, iova)))
         unmapped = device.unmap_dma(iova, size)

@@ -37,11 +37,11 @@ def test_dma_map_unmap(device, iommu_mode, backing, iova_allocator, diag):
         diag("iova", hex(iova))
         diag("size", hex(buf.size))
         size = iopte.iopte_size(device.bdf, iova)
-        diag("iopte_size", iopte.human(size) if iopte.unavailable() is None else "unknown")
+        diag("iopte_size", iopte.human(size) if iopte.readable() else "unknown")
         unmapped = device.unmap_dma(iova, buf.size)
         diag("unmapped", hex(unmapped))
         assert unmapped == buf.size
-        if iopte.unavailable() is None:
+        if iopte.readable():
             after = iopte.iopte_size(device.bdf, iova)
             diag("iopte_after_unmap", iopte.human(after))
             assert after is None, (

@@ -7,8 +7,13 @@ tells the level the walk ended at, so 3 is a 1 GiB page, 4 a 2 MiB page, 5 a 4 K
 
 from __future__ import annotations
 
+import glob
 import os
 import re
+
+import pytest
+
+from vfiolib import kconfig
 
 DEBUGFS = "/sys/kernel/debug/iommu/intel"
 _ROW = re.compile(r"^\s*0x([0-9a-fA-F]+)\s*\|\s*(.*)$")
@@ -25,11 +30,17 @@ def dump_path(bdf: str) -> str | None:
     return None
 
 
-def unavailable() -> str | None:
-    """Why IOPTE sizes cannot be read here, or None."""
-    if not os.path.isdir(DEBUGFS):
-        return "no intel-iommu debugfs (CONFIG_INTEL_IOMMU_DEBUGFS, or debugfs not mounted)"
-    return None
+def readable() -> bool:
+    """Whether IOPTEs can be read here: intel-iommu's debugfs is there. Where intel-iommu
+    runs and the config promises the debugfs (CONFIG_INTEL_IOMMU_DEBUGFS), its absence is
+    a failure, not a quiet loss of every IOPTE check; elsewhere (another IOMMU model, a
+    kernel without it) the checks are left out and the sizes recorded as unknown."""
+    if os.path.isdir(DEBUGFS):
+        return True
+    intel = bool(glob.glob("/sys/class/iommu/dmar*"))
+    if intel and kconfig.promising("CONFIG_INTEL_IOMMU_DEBUGFS"):
+        pytest.fail(f"CONFIG_INTEL_IOMMU_DEBUGFS=y promises {DEBUGFS}, but it is absent")
+    return False
 
 
 def leaf_size(text: str, iova: int) -> int | None:
