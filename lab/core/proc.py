@@ -49,7 +49,8 @@ def run_logged(
     args = [str(a) for a in argv]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
+    # Line-buffered: the log can be followed (tail -f) while a long build runs.
+    with log.open("a", buffering=1) as out:
         out.write(f"$ {' '.join(args)}\n")
         out.flush()
         if not _runnable(args[0], cwd):

@@ -84,7 +84,7 @@ def test_stop_running_ends_the_builds_of_other_threads(tmp_path):
 
     def build() -> None:
         try:
-            run_logged(["sh", "-c", "echo start; sleep 60"], artifact="k", log=tmp_path / "l")
+            run_logged(["sh", "-c", "echo started; sleep 60"], artifact="k", log=tmp_path / "l")
         except BuildError as e:
             errors.append(e)
 
@@ -92,7 +92,8 @@ def test_stop_running_ends_the_builds_of_other_threads(tmp_path):
     started = time.monotonic()
     worker.start()
     deadline = time.monotonic() + 10
-    while "start" not in ((tmp_path / "l").read_text() if (tmp_path / "l").exists() else ""):
+    # The line the build printed, not the command line the log starts with.
+    while "\nstarted\n" not in ((tmp_path / "l").read_text() if (tmp_path / "l").exists() else ""):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     stop_running()
