@@ -27,8 +27,8 @@ from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import bind_devices, install_runtime
 from lab.spec.kernelspec import SpecError
-from lab.spec.scenario import Cell
-from lab.spec.variants import Accel, DeviceConfig
+from lab.spec.scenario import Cell, DeviceSpec
+from lab.spec.variants import DEVICES, Accel, DeviceConfig
 from lab.vm import accel as accel_mod
 from lab.vm import inventory
 from lab.vm.guest import Guest
@@ -47,15 +47,14 @@ class Prepared:
 
 
 def device_configs(cell: Cell) -> tuple[DeviceConfig, ...]:
-    return tuple(
-        DeviceConfig(
-            d.type,
-            d.dma_mask,
-            d.bar.size if d.bar else 0,
-            d.bar.index if d.bar else 1,
-        )
-        for d in cell.scenario.devices
-    )
+    return tuple(device_config(d) for d in cell.scenario.devices)
+
+
+def device_config(d: DeviceSpec) -> DeviceConfig:
+    if d.bar is None:
+        return DeviceConfig(d.type, d.dma_mask)
+    index = d.bar.index or DEVICES[d.type].fixed_bar_index or 1
+    return DeviceConfig(d.type, d.dma_mask, d.bar.size, index)
 
 
 def vm_config(

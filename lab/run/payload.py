@@ -87,8 +87,8 @@ def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
         "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
         "VFIO_LAB_EDU_DMA_MASK": hex(edu.dma_mask),
     }
-    if edu.bar is not None:
-        env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index}"
+    if edu.type == "edu" and edu.bar is not None:
+        env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index or 1}"
     argv = [*pytest_argv("python3", GUEST_TAP), f"--tap-fd={TAP_FD}"]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -40,7 +40,11 @@ RAM_BARS_MAX = 128 << 30  # what the lab sizes q35's 64-bit window for
 @dataclass
 class RamBarSpec:
     size: Size = doc_field("its size: a power of two from 4K to 64G, e.g. 1G")
-    index: int = doc_field("its BAR number, 1 to 4 (a 64-bit BAR takes the next slot too)", 1)
+    index: int | None = doc_field(
+        "its BAR number: edu 1 to 4 (default 1; a 64-bit BAR takes the next slot too), "
+        "ivshmem always 2",
+        None,
+    )
 
 
 @dataclass
@@ -50,7 +54,9 @@ class DeviceSpec:
         "the device's DMA address mask (edu: the dma_mask property)", (1 << 64) - 1
     )
     bar: RamBarSpec | None = doc_field(
-        "a RAM-backed 64-bit prefetchable BAR (the tweaked edu; needs machine.qemu: lab)", None
+        "a RAM-backed 64-bit prefetchable BAR: the tweaked edu's (needs machine.qemu: lab), "
+        "or ivshmem's shared memory (required for ivshmem)",
+        None,
     )
 
 
@@ -292,24 +298,41 @@ def _validate_qemu(s: Scenario) -> None:
 def _validate_ram_bars(s: Scenario) -> None:
     total = 0
     for i, dev in enumerate(s.devices):
+        variant = DEVICES[dev.type]
+        if variant.lab_qemu_only and s.machine.qemu == "system":
+            raise s.error(
+                f"devices[{i}].type", f"Debian's QEMU has no {dev.type}; set machine.qemu: lab"
+            )
         if dev.bar is None:
+            if variant.ram_bar_required:
+                raise s.error(f"devices[{i}]", f"a {dev.type} needs bar: {{size: ...}}")
             continue
-        field = f"devices[{i}].bar"
-        if not DEVICES[dev.type].ram_bar:
-            raise s.error(field, f"a {dev.type} has no RAM BAR to size")
-        if s.machine.qemu == "system":
-            raise s.error(field, "Debian's QEMU has no such BAR; set machine.qemu: lab")
-        low, high = RAM_BAR_SIZES
-        size = dev.bar.size
-        if size & (size - 1) or not low <= size <= high:
-            raise s.error(f"{field}.size", f"{size:#x} is not a power of two from 4K to 64G")
-        if not 1 <= dev.bar.index <= 4:
-            raise s.error(f"{field}.index", "must be 1 to 4 (BAR 0 holds the registers)")
-        total += size
+        total += _validate_bar(s, i, dev)
     if total > RAM_BARS_MAX:
         raise s.error(
             "devices", f"RAM BARs of {total >> 30} GiB do not fit the guest's 64-bit PCI window"
         )
+
+
+def _validate_bar(s: Scenario, i: int, dev: DeviceSpec) -> int:
+    """The BAR's size, once it is known to be one this device and this QEMU can have."""
+    assert dev.bar is not None
+    variant, field = DEVICES[dev.type], f"devices[{i}].bar"
+    if not variant.ram_bar:
+        raise s.error(field, f"a {dev.type} has no RAM BAR to size")
+    if s.machine.qemu == "system" and not variant.ram_bar_required:
+        raise s.error(field, "Debian's QEMU has no such BAR; set machine.qemu: lab")
+    low, high = RAM_BAR_SIZES
+    size = dev.bar.size
+    if size & (size - 1) or not low <= size <= high:
+        raise s.error(f"{field}.size", f"{size:#x} is not a power of two from 4K to 64G")
+    index = dev.bar.index
+    fixed = variant.fixed_bar_index
+    if fixed is not None and index not in (None, fixed):
+        raise s.error(f"{field}.index", f"a {dev.type}'s RAM BAR is always BAR{fixed}")
+    if fixed is None and index is not None and not 1 <= index <= 4:
+        raise s.error(f"{field}.index", "must be 1 to 4 (BAR 0 holds the registers)")
+    return size
 
 
 def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:

@@ -77,7 +77,7 @@ class DeviceConfig:
 
     type: str
     dma_mask: int = (1 << 64) - 1
-    ram_bar_size: int = 0  # the lab QEMU's edu: a RAM-backed 64-bit BAR of this size
+    ram_bar_size: int = 0  # a RAM-backed BAR of this size (edu's tweak, ivshmem's memory)
     ram_bar_index: int = 1
 
 
@@ -85,7 +85,10 @@ class PciDevice:
     name: ClassVar[str]
     doc: ClassVar[str]
     pci_id: ClassVar[PciId]
-    ram_bar: ClassVar[bool] = False  # whether it can carry the lab QEMU's RAM BAR
+    ram_bar: ClassVar[bool] = False  # whether `bar` may size a RAM-backed BAR of it
+    ram_bar_required: ClassVar[bool] = False  # whether it has no size of its own
+    fixed_bar_index: ClassVar[int | None] = None  # where its RAM BAR always is
+    lab_qemu_only: ClassVar[bool] = False  # Debian's QEMU 7.2 does not have it
 
     def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
         """The device's argv; `index` is its position in the scenario's device list."""
@@ -117,6 +120,38 @@ class Edu(PciDevice):
         return [*port, "-device", props]
 
 
+class Ivshmem(PciDevice):
+    name = "ivshmem"
+    doc = (
+        "QEMU's ivshmem-plain: BAR2 is RAM, 64-bit prefetchable, sized by bar.size; "
+        "a large-BAR device that Debian's QEMU has too"
+    )
+    pci_id = PciId(0x1AF4, 0x1110)
+    ram_bar = True
+    ram_bar_required = True
+    fixed_bar_index = 2
+
+    def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
+        bus, port = root_port_argv(index)
+        mem = f"ivshmem{index}"
+        return [
+            "-object", f"memory-backend-ram,id={mem},size={dev.ram_bar_size}",
+            *port,
+            "-device", f"ivshmem-plain,memdev={mem},bus={bus}",
+        ]  # fmt: skip
+
+
+class Igb(PciDevice):
+    name = "igb"
+    doc = "Intel 82576 (igb): SR-IOV, MSI-X; emulated since QEMU 8.0 (machine.qemu: lab)"
+    pci_id = PciId(0x8086, 0x10C9)
+    lab_qemu_only = True
+
+    def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
+        bus, port = root_port_argv(index)
+        return [*port, "-device", f"igb,bus={bus}"]
+
+
 class AccelModel:
     name: ClassVar[Accel]
 
@@ -141,5 +176,5 @@ class Kvm(AccelModel):
 IOMMU_MODELS: Registry[IommuModel] = Registry(
     "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu, NoIommu)}
 )
-DEVICES: Registry[PciDevice] = Registry("device", {d.name: d() for d in (Edu,)})
+DEVICES: Registry[PciDevice] = Registry("device", {d.name: d() for d in (Edu, Ivshmem, Igb)})
 ACCELS: Registry[AccelModel] = Registry("accelerator", {a.name: a() for a in (Tcg, Kvm)})

@@ -8,6 +8,7 @@ cell (VFIO's own container maps MMIO), and only the tests about the big BAR.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,23 @@ def test_dmabuf_ranges_of_the_bar(bigbar_run):
     assert imported["outcome"] == "pass" or (
         imported["outcome"] == "skip" and "does not import VFIO dma-bufs" in imported["reason"]
     ), imported
+
+
+def test_ivshmem_and_igb_boot_and_bind_to_vfio_pci(tmp_path):
+    """The other device types: ivshmem's RAM BAR2 (Debian's QEMU has it too) and igb (the
+    lab's QEMU only), each behind its own root port and bound to vfio-pci beside edu."""
+    scenario = tmp_path / "devices.yaml"
+    scenario.write_text(
+        "machine: {qemu: lab}\n"
+        "devices:\n  - type: edu\n  - type: ivshmem\n    bar: {size: 64M}\n  - type: igb\n"
+    )
+    script = "lspci -nk; lspci -vv -d 1af4:1110; lspci -vv -d 8086:10c9"
+    done = lab("shell", str(scenario), "-q", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for pci_id in ("1234:11e8", "1af4:1110", "8086:10c9"):
+        # The device's line in `lspci -nk`, then its indented lines up to the driver's.
+        bound = rf"{pci_id}[^\n]*\n(?:\t[^\n]*\n)*?\tKernel driver in use: vfio-pci\n"
+        assert re.search(bound, out), (pci_id, out)
+    assert "Region 2: Memory at" in out and "(64-bit, prefetchable) [size=64M]" in out
+    assert "Single Root I/O Virtualization (SR-IOV)" in out

@@ -191,6 +191,26 @@ def test_negative_retries_is_exit_2(capsys):
         ),
         (
             "list",
+            "devices:\n  - type: edu\n  - type: igb\n",
+            "3: devices[1].type: Debian's QEMU has no igb; set machine.qemu: lab",
+        ),
+        (
+            "list",
+            "devices:\n  - type: ivshmem\n",
+            "2: devices[0]: a ivshmem needs bar: {size: ...}",
+        ),
+        (
+            "list",
+            "devices:\n  - type: ivshmem\n    bar: {size: 64M, index: 1}\n",
+            "3: devices[0].bar.index: a ivshmem's RAM BAR is always BAR2",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: igb\n    bar: {size: 1M}\n",
+            "4: devices[0].bar: a igb has no RAM BAR to size",
+        ),
+        (
+            "list",
             "machine: {qemu: lab}\ndevices:\n"
             + "".join("  - type: edu\n    bar: {size: 64G}\n" for _ in range(3)),
             "2: devices: RAM BARs of 192 GiB do not fit the guest's 64-bit PCI window",

@@ -80,3 +80,20 @@ def test_matrix_cell_names_survive_qemu_option_parsing():
         argv[argv.index("-name") + 1]
         == "guest=vfio-lab:7.2-iommufd_vfio_container=y,,odd,process=vfio-lab"
     )
+
+
+def test_ivshmem_and_igb_each_behind_their_own_root_port():
+    devices = (
+        DeviceConfig("edu"),
+        DeviceConfig("ivshmem", ram_bar_size=64 << 20, ram_bar_index=2),
+        DeviceConfig("igb"),
+    )
+    argv = build_argv(config(devices=devices))
+    assert argv[-12:] == [
+        "-device", "edu,bus=rp0,dma_mask=0xffffffffffffffff",
+        "-object", "memory-backend-ram,id=ivshmem1,size=67108864",
+        "-device", "pcie-root-port,id=rp1,chassis=2",
+        "-device", "ivshmem-plain,memdev=ivshmem1,bus=rp1",
+        "-device", "pcie-root-port,id=rp2,chassis=3",
+        "-device", "igb,bus=rp2",
+    ]  # fmt: skip
