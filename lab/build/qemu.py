@@ -80,6 +80,10 @@ class QemuSource:
         """What it is, without building anything (for --dry-run)."""
         raise NotImplementedError
 
+    def placeholder(self) -> str:
+        """Its binary as --dry-run shows it, without building anything."""
+        raise NotImplementedError
+
 
 class SystemQemu(QemuSource):
     name = "system"
@@ -92,6 +96,9 @@ class SystemQemu(QemuSource):
     def describe(self) -> str:
         return f"{self.binary} {qemu_version(self.binary)}"
 
+    def placeholder(self) -> str:
+        return self.binary
+
 
 class BuiltQemu(QemuSource):
     name = "lab"
@@ -102,6 +109,9 @@ class BuiltQemu(QemuSource):
 
     def describe(self) -> str:
         return f"the lab's build of qemu {VERSION} with {', '.join(series()) or 'no patches'}"
+
+    def placeholder(self) -> str:
+        return "<lab qemu>"
 
 
 QEMU_SOURCES: Registry[QemuSource] = Registry(
@@ -118,6 +128,10 @@ def provide_qemu(choice: str, cache: Cache, progress: Progress = SILENT) -> Qemu
 
 def describe_qemu(choice: str) -> str:
     return QEMU_SOURCES[choice].describe() if choice in QEMU_SOURCES else choice
+
+
+def qemu_placeholder(choice: str) -> str:
+    return QEMU_SOURCES[choice].placeholder() if choice in QEMU_SOURCES else choice
 
 
 def series() -> list[str]:

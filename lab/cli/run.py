@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 from lab.build.kernels import KernelArtifact
-from lab.build.qemu import describe_qemu, provide_qemu
+from lab.build.qemu import describe_qemu, qemu_placeholder
 from lab.cli.common import (
     bisect_arg,
     boot_args,
@@ -16,7 +16,6 @@ from lab.cli.common import (
     scenario_arg,
     selected,
 )
-from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
 from lab.run.booter import check_port_free, vm_config
@@ -116,9 +115,7 @@ def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
     print(
         "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
     )
-    binary = (
-        "<lab qemu>" if s.machine.qemu == "lab" else provide_qemu(s.machine.qemu, Cache()).binary
-    )
+    binary = qemu_placeholder(s.machine.qemu)
     for cell in selected(s, only):
         kernel = KernelArtifact.placeholder(cell.kernel.label)
         cfg = vm_config(

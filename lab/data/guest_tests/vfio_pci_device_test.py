@@ -76,15 +76,11 @@ def test_reset(default_device, edu_dma_mask, diag):
     edu = E.Edu(default_device, edu_dma_mask)
     assert edu.ident() == E.IDENT_VALUE
     allocator = IovaAllocator(default_device.iommu.info().ranges, edu_dma_mask)
-    with memory.Buffer(E.CHUNK) as src, memory.Buffer(E.CHUNK) as dst:
+    with (
+        memory.dma_mapped(default_device, allocator, E.CHUNK) as (src, src_iova),
+        memory.dma_mapped(default_device, allocator, E.CHUNK) as (dst, dst_iova),
+    ):
         src.write(0, os.urandom(E.CHUNK))
         dst.fill(0)
-        src_iova, dst_iova = allocator.alloc(src.size), allocator.alloc(dst.size)
-        default_device.map_dma(src.addr, src_iova, src.size)
-        default_device.map_dma(dst.addr, dst_iova, dst.size)
-        try:
-            diag("bytes_copied_after_reset", edu.memcpy(src_iova, dst_iova, E.CHUNK))
-            assert dst.read(0, E.CHUNK) == src.read(0, E.CHUNK), "DMA after reset copied wrong"
-        finally:
-            default_device.unmap_dma(src_iova, src.size)
-            default_device.unmap_dma(dst_iova, dst.size)
+        diag("bytes_copied_after_reset", edu.memcpy(src_iova, dst_iova, E.CHUNK))
+        assert dst.read(0, E.CHUNK) == src.read(0, E.CHUNK), "DMA after reset copied wrong"

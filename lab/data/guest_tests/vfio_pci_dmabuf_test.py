@@ -134,16 +134,13 @@ def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, d
             pytest.skip(f"this kernel's iommufd does not import VFIO dma-bufs ({e.strerror})")
         bar = default_device.mmap(ram_bar.index)
         edu = E.Edu(default_device, edu_dma_mask)
-        with memory.Buffer(E.CHUNK) as src:
-            src_iova = allocator.alloc(src.size)
-            default_device.map_dma(src.addr, src_iova, src.size)
+        with memory.dma_mapped(default_device, allocator, E.CHUNK) as (src, src_iova):
             pattern = os.urandom(E.CHUNK)
             src.write(0, pattern)
             bar.write(offset, b"\0" * E.CHUNK)
             edu.to_device(src_iova, E.CHUNK)
             edu.from_device(iova, E.CHUNK)
             landed = bar.read(offset, E.CHUNK) == pattern
-            default_device.unmap_dma(src_iova, src.size)
         diag("bytes_verified", E.CHUNK if landed else 0)
         assert landed, "the DMA through the imported dma-buf did not land in the BAR"
         assert ioas.unmap_dma(iova, length) == length

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
@@ -17,20 +16,12 @@ ROUNDS = 10  # as upstream
 
 @pytest.fixture
 def mapped(device, iova_allocator):
-    """Two mapped buffers (source and destination) and a cleanup that unmaps what is left."""
-    bufs, maps = [], []
-    for _ in range(2):
-        buf = memory.Buffer(SIZE)
-        bufs.append(buf)
-        iova = iova_allocator.alloc(buf.size)
-        device.map_dma(buf.addr, iova, buf.size)
-        maps.append(iova)
-    yield list(zip(bufs, maps, strict=True))
-    for iova in maps:
-        with contextlib.suppress(OSError):  # the test unmapped it itself
-            device.unmap_dma(iova, SIZE)
-    for buf in bufs:
-        buf.close()
+    """Two mapped buffers, source and destination: [(buffer, IOVA), (buffer, IOVA)]."""
+    with (
+        memory.dma_mapped(device, iova_allocator, SIZE) as src,
+        memory.dma_mapped(device, iova_allocator, SIZE) as dst,
+    ):
+        yield [src, dst]
 
 
 def test_memcpy_success(edu, mapped, diag):

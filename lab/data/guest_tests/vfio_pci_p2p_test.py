@@ -39,11 +39,8 @@ def bar_at_iova(device, edu_ram_bar, iova_allocator, diag):
 @pytest.fixture
 def ram(device, iova_allocator):
     """A page of process memory, DMA-mapped: (buffer, its IOVA)."""
-    with memory.Buffer(memory.PAGE_4K) as buf:
-        iova = iova_allocator.alloc(buf.size)
-        device.map_dma(buf.addr, iova, buf.size)
-        yield buf, iova
-        device.unmap_dma(iova, buf.size)
+    with memory.dma_mapped(device, iova_allocator, memory.PAGE_4K) as buf_and_iova:
+        yield buf_and_iova
 
 
 @pytest.mark.parametrize("iommu_mode", TYPE1, indirect=True)

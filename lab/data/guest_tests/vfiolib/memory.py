@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
+import errno
+from collections.abc import Iterator
+from typing import Protocol
 
 from vfiolib import libc
+from vfiolib.iova import IovaAllocator
 
 PAGE_4K = 4096
 SIZE_2M = 2 << 20
@@ -60,6 +65,34 @@ class Buffer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DmaMapper(Protocol):
+    """A device (or its container or IOAS): what maps memory for DMA."""
+
+    def map_dma(self, vaddr: int, iova: int, size: int, writable: bool = True) -> None: ...
+
+    def unmap_dma(self, iova: int, size: int) -> int: ...
+
+
+@contextlib.contextmanager
+def dma_mapped(
+    device: DmaMapper, allocator: IovaAllocator, size: int
+) -> Iterator[tuple[Buffer, int]]:
+    """`size` bytes of process memory mapped for the device's DMA: (buffer, its IOVA),
+    unmapped and freed afterwards. A test may unmap it itself first: type1 then unmaps
+    0 bytes, iommufd says ENOENT, and neither is an error here."""
+    with Buffer(size) as buf:
+        iova = allocator.alloc(buf.size)
+        device.map_dma(buf.addr, iova, buf.size)
+        try:
+            yield buf, iova
+        finally:
+            try:
+                device.unmap_dma(iova, buf.size)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
 
 
 def hugepages_reserved(page_size: int, cmdline: str | None = None) -> int:
