@@ -20,6 +20,7 @@ PACKAGES=(
     make flex bison bc libelf-dev libssl-dev xz-utils  # building kernels from source
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
+    patch             # kernels: [{source, patches}] and the lab QEMU's series
 )
 QEMU_PACKAGES=(     # lab/build/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
     libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build dpkg-dev

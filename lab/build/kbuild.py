@@ -35,10 +35,15 @@ from lab.spec.kernelspec import CellConfig
 _BUILD_PROGRESS = re.compile(r"^\s+(LD|AR)\s+(vmlinux|arch/x86/boot/bzImage)\b|Kernel: .* is ready")
 
 
+# The build directory inside a tree the lab owns (see build_dir_for).
+BUILD_SUBDIR = ".lab-build"
+
+
 @dataclass(frozen=True)
 class SourceTree:
     identity: str  # e.g. linux-source-7.2=7.2.13-1, or a commit plus a diff hash
     path: Path
+    owned: bool = False  # the lab's own copy (a cache entry), not a developer's checkout
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,14 @@ def merge_config(
 def build_dir_for(tree: SourceTree, cache: Cache) -> Path:
     """One persistent out-of-tree build directory per source tree. Kbuild's fixdep records
     which CONFIG_ symbols each object depends on, so after a config flip make recompiles
-    only what uses the flipped options; ccache serves switching back."""
+    only what uses the flipped options; ccache serves switching back.
+
+    In a tree the lab owns, the build directory is a subdirectory of the tree: kbuild then
+    names every source `../...`, so compiler command lines are the same in every copy of
+    the tree, and a patched copy is served from ccache but for what its patches touch.
+    A developer's checkout stays clean: its build directory is in the cache."""
+    if tree.owned:
+        return tree.path / BUILD_SUBDIR
     return cache.entry("kbuild", content_key(["build-dir", tree.identity, compiler_identity()]))
 
 

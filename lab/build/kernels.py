@@ -26,6 +26,7 @@ from lab.build.kbuild import (
     merge_config,
     store_artifact,
 )
+from lab.build.patches import patched_tree
 from lab.core.cache import Cache, CorruptCacheFile, content_key, file_sha256, tree_digest
 from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.proc import capture, run_logged
@@ -208,7 +209,8 @@ class SourceBuilt(KernelBuilder):
         progress: Progress = SILENT,
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
-        tree = self.tree(spec, cache, progress)
+        pristine = self.tree(spec, cache, progress)
+        tree = patched_tree(pristine, spec.patches, cache, progress) if spec.patches else pristine
         check_options_exist(tree, cfg)
         build_dir = build_dir_for(tree, cache)
         # The build directory is shared by every config of the tree, and a build already
@@ -229,7 +231,7 @@ class SourceBuilt(KernelBuilder):
                 legacy="artifact.json",
             )
         artifact = KernelArtifact.load(entry / "artifact.json")
-        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, tree))
+        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, pristine))
 
     def _build(
         self,
@@ -282,7 +284,7 @@ class DebianSource(DebianSourceKind, SourceBuilt):
 
         with cache.lock(f"src-{key}"):
             cache.ensure("src", key, unpack, progress, legacy="linux")
-        return SourceTree(identity=f"{package}={version}", path=entry / "linux")
+        return SourceTree(identity=f"{package}={version}", path=entry / "linux", owned=True)
 
     def pin(self, spec: KernelSpec, tree: SourceTree) -> str:
         return f"{self.name}:{spec.arg.partition('=')[0]}={tree.identity.partition('=')[2]}"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lab.build.apt import PrivateApt
+from lab.build.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
@@ -199,7 +200,7 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
     log.unlink(missing_ok=True)
     with cache.lock("qemu-build"):
         src = _fresh_source(cache, work, log, progress)
-        _apply_patches(src, log, progress)
+        apply_patches([PATCHES / name for name in series()], src, "qemu", log, progress)
         _configure(src, cache, log, progress)
         _ninja(src, cache, log, progress)
         shutil.copy2(src / "build" / "qemu-system-x86_64", scratch / "qemu-system-x86_64")
@@ -243,21 +244,6 @@ def _fresh_source(cache: Cache, work: Path, log: Path, progress: Progress) -> Pa
         log=log,
     )
     return src
-
-
-def _apply_patches(src: Path, log: Path, progress: Progress) -> None:
-    for name in series():
-        patch = PATCHES / name
-        progress("qemu", f"applying {name}")
-        try:
-            run_logged(
-                ["patch", "-p1", "--forward", "--batch", "-i", patch],
-                artifact="qemu",
-                log=log,
-                cwd=src,
-            )
-        except BuildError as e:
-            raise BuildError("qemu", f"patch {patch} does not apply", e.log_tail) from None
 
 
 def _env(cache: Cache) -> dict[str, str]:

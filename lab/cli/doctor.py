@@ -149,6 +149,7 @@ def all_checks(cache: Cache) -> list[Check]:
         _tool("bison", "bison"),
         _tool("bc", "bc"),
         _tool("ccache", "ccache"),
+        _tool("patch", "patch"),
         check_libelf,
         check_apt_lists,
         check_python_modules,

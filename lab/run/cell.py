@@ -13,6 +13,7 @@ the other cells go on.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ class CellRun:
         result.qemu_build_s = prepared.qemu.build_s
         record = provenance(self.cell, prepared, self.pytest_args)
         (self.dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        keep_patches(self.cell, self.dir)
         return prepared
 
     # -- boot, then the payload --------------------------------------------------------------
@@ -205,6 +207,10 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
             "release": prepared.kernel.release,
             "vmlinuz_sha256": prepared.kernel.vmlinuz_sha256,
             "initramfs_sha256": file_sha256(prepared.kernel.initramfs),
+            "patches": [
+                {"file": str(p), "sha256": file_sha256(p), "copy": copy}
+                for p, copy in zip(cell.kernel.patches, patch_copies(cell), strict=True)
+            ],
         },
         "rootfs_key": prepared.image.key,
         "payload": {
@@ -225,6 +231,18 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
             "patches": list(prepared.qemu.patches),
         },
     }
+
+
+def patch_copies(cell: Cell) -> list[str]:
+    """Where the cell's directory keeps a copy of each kernel patch, relative to it."""
+    return [f"patches/{i:02d}-{p.name}" for i, p in enumerate(cell.kernel.patches, 1)]
+
+
+def keep_patches(cell: Cell, cell_dir: Path) -> None:
+    """The patches as they were, so that repro can apply them after the originals changed."""
+    for patch, copy in zip(cell.kernel.patches, patch_copies(cell), strict=True):
+        (cell_dir / copy).parent.mkdir(exist_ok=True)
+        shutil.copyfile(patch, cell_dir / copy)
 
 
 def _death(console_lines: list[str]) -> Stop:

@@ -93,13 +93,30 @@ def plan(cell_dir: Path, keyword: str | None) -> ReproPlan:
         fragments=tuple(recorded.get("fragments", [])),
         overrides=tuple((k, v) for k, v in recorded.get("overrides", [])),
     )
+    patches = [_recorded_patch(cell_dir, p, notes) for p in record["kernel"].get("patches", [])]
     cell = Cell(
         name=record["cell"],
-        kernel=parse_kernel_spec(record["kernel"]["resolved_spec"]),
+        kernel=parse_kernel_spec(record["kernel"]["resolved_spec"], tuple(patches)),
         scenario=s,
         config=config,
     )
     return ReproPlan(cell, record, scenario_file, args, notes)
+
+
+def _recorded_patch(cell_dir: Path, patch: dict[str, str], notes: list[str]) -> Path:
+    """The kernel patch the run applied: its file if unchanged, else the run's copy."""
+    try:
+        path, sha256, copy = Path(patch["file"]), patch["sha256"], cell_dir / patch["copy"]
+    except (KeyError, TypeError) as e:
+        raise UsageError(
+            f"{cell_dir / 'provenance.json'} is corrupt (kernel.patches: {e})"
+        ) from None
+    if path.is_file() and file_sha256(path) == sha256:
+        return path
+    if not copy.is_file() or file_sha256(copy) != sha256:
+        raise UsageError(f"the kernel patch {path} changed or is gone, and so is its copy {copy}")
+    notes.append(f"the patch {path} changed or is gone; using the run's copy {copy}")
+    return copy
 
 
 def drift(record: dict[str, Any], prepared: Prepared, payload_dir: Path) -> list[str]:

@@ -25,10 +25,21 @@ _NAME = re.compile(r"^[A-Z0-9_]+$")
 class KernelSpec:
     source: str
     arg: str
+    patches: tuple[Path, ...] = ()  # applied in order to the source tree
+    name: str = ""  # the kernel's part of cell names, when the scenario gives one
 
     @property
     def label(self) -> str:
+        """The source spec as written (patches are recorded beside it)."""
         return f"{self.source}:{self.arg}" if self.arg else self.source
+
+    @property
+    def cell_label(self) -> str:
+        """The kernel's part of a cell name: a patched kernel is named after its first patch."""
+        if self.name:
+            return self.name
+        label = KERNEL_SOURCES[self.source].cell_label(self.arg)
+        return f"{label}+{self.patches[0].stem}" if self.patches else label
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class KernelSourceKind:
     name: ClassVar[str]
     doc: ClassVar[str]
     configurable: ClassVar[bool] = False  # whether fragments and config options apply
+    # Why patches cannot apply to this source; empty when they can.
+    unpatchable: ClassVar[str] = "it is a prebuilt kernel: use debian:X.Y"
 
     def check_arg(self, arg: str) -> None:
         """Raise SpecError when `arg` is not valid for this source."""
@@ -81,6 +94,7 @@ class DebianSourceKind(KernelSourceKind):
     name = "debian"
     doc = "Debian's linux-source-X.Y built with the lab's config (ARG: X.Y[=package version])"
     configurable = True
+    unpatchable = ""
 
     def check_arg(self, arg: str) -> None:
         if not DEBIAN_SERIES.match(arg):
@@ -94,6 +108,7 @@ class LocalTreeKind(KernelSourceKind):
     name = "local"
     doc = "a local kernel git checkout (ARG: its path; relative to the scenario file)"
     configurable = True
+    unpatchable = "it is your own checkout: apply them there (git am)"
 
     def check_arg(self, arg: str) -> None:
         path = Path(arg)
@@ -110,10 +125,13 @@ KERNEL_SOURCES: Registry[KernelSourceKind] = Registry(
 )
 
 
-def parse_kernel_spec(text: str) -> KernelSpec:
+def parse_kernel_spec(text: str, patches: tuple[Path, ...] = (), name: str = "") -> KernelSpec:
     source, _, arg = text.partition(":")
-    KERNEL_SOURCES[source].check_arg(arg)
-    return KernelSpec(source=source, arg=arg)
+    kind = KERNEL_SOURCES[source]
+    kind.check_arg(arg)
+    if patches and kind.unpatchable:
+        raise SpecError(f"{text} takes no patches: {kind.unpatchable}")
+    return KernelSpec(source=source, arg=arg, patches=patches, name=name)
 
 
 def option_name(name: str) -> str:

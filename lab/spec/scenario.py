@@ -9,7 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from lab.core.data import GUEST_TESTS, SCENARIOS
 from lab.core.errors import ScenarioError, UsageError
@@ -95,6 +95,23 @@ class Payload:
 
 
 @dataclass
+class KernelEntry:
+    SHORTHAND: ClassVar[str] = "source"  # a bare string in `kernels:` is the source
+
+    source: str = doc_field("SOURCE[:ARG], from the kernel sources (`vfio-lab schema`)")
+    patches: list[Path] = doc_field(
+        "patches applied in order to the source tree with `patch -p1`: git format-patch "
+        "files, an mbox of a whole series, plain diffs (debian:X.Y only)",
+        [],
+    )
+    name: str = doc_field(
+        "the kernel's part of cell names; default: the source's, plus `+` and the first "
+        "patch's file name without its extension",
+        "",
+    )
+
+
+@dataclass
 class Expectation:
     test: str = doc_field("glob over test names, e.g. 'vfio_dma_mapping_test.*_1gb.*'")
     reason: str = doc_field("why it fails; shown with the XFAIL")
@@ -114,8 +131,9 @@ class Scenario:
     accel: Literal["auto", "kvm", "tcg"] = doc_field(
         "accelerator: auto uses KVM only if it really runs a guest", "auto"
     )
-    kernels: list[str] = doc_field(
-        "kernel axis, one cell per entry (see kernel sources)", ["debian-stock"]
+    kernels: list[KernelEntry] = doc_field(
+        "kernel axis, one cell per entry: a SOURCE[:ARG] string, or a mapping with patches",
+        factory=lambda: [KernelEntry("debian-stock")],
     )
     fragments: list[str] = doc_field(
         "config fragments from images/kernel/ applied to every source-built kernel", []
@@ -193,16 +211,7 @@ def validate(s: Scenario) -> None:
             raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
     _validate_qemu(s)
     _validate_ram_bars(s)
-    s.kernels = [_resolve_local(s, spec) for spec in s.kernels]
-    for i, spec in enumerate(s.kernels):
-        try:
-            parse_kernel_spec(spec)
-        except UsageError as e:
-            raise s.error(f"kernels[{i}]", str(e)) from None
-    if not s.kernels:
-        raise s.error("kernels", "at least one kernel is needed")
-    if len(set(s.kernels)) != len(s.kernels):
-        raise s.error("kernels", "a kernel is listed twice")
+    _validate_kernels(s)
     _validate_config(s)
     _validate_machine(s)
     if not s.payload_dir.is_dir():
@@ -224,6 +233,39 @@ def _resolve_local(s: Scenario, spec: str) -> str:
     if source != "local" or not arg:
         return spec
     return f"local:{(s.file.parent / arg).resolve()}"
+
+
+def kernel_spec(entry: KernelEntry) -> KernelSpec:
+    return parse_kernel_spec(entry.source, tuple(entry.patches), entry.name)
+
+
+def _validate_kernels(s: Scenario) -> None:
+    if not s.kernels:
+        raise s.error("kernels", "at least one kernel is needed")
+    names: dict[str, int] = {}
+    for i, entry in enumerate(s.kernels):
+        entry.source = _resolve_local(s, entry.source)
+        for j, patch in enumerate(entry.patches):
+            if not patch.is_file():
+                raise s.error(f"kernels[{i}].patches[{j}]", f"{patch}: no such patch file")
+        source_field = f"kernels[{i}]"
+        if f"{source_field}.source" in s.lines:  # written as a mapping
+            source_field += ".source"
+        try:
+            parse_kernel_spec(entry.source)
+        except UsageError as e:
+            raise s.error(source_field, str(e)) from None
+        try:
+            spec = kernel_spec(entry)
+        except UsageError as e:
+            raise s.error(f"kernels[{i}].patches", str(e)) from None
+        if spec.cell_label in names:
+            raise s.error(
+                f"kernels[{i}]",
+                f"kernels[{names[spec.cell_label]}] has the same cell name {spec.cell_label!r}: "
+                "a kernel is listed twice, or give one a name:",
+            )
+        names[spec.cell_label] = i
 
 
 def _validate_config(s: Scenario) -> None:
@@ -249,7 +291,8 @@ def _validate_config(s: Scenario) -> None:
         if len(set(values)) != len(values):
             raise s.error(field, f"contradictory axis: a value is listed twice in {values}")
     if s.fragments or s.config:
-        for spec in s.kernels:
+        for entry in s.kernels:
+            spec = entry.source
             if not KERNEL_SOURCES[parse_kernel_spec(spec).source].configurable:
                 where = "config" if s.config else "fragments"
                 raise s.error(
@@ -347,9 +390,9 @@ def expand(s: Scenario) -> list[Cell]:
     options = list(s.config)
     combos = list(itertools.product(*(s.config[o] for o in options)))
     cells = []
-    for i, spec_text in enumerate(s.kernels):
-        spec = parse_kernel_spec(spec_text)
-        label = KERNEL_SOURCES[spec.source].cell_label(spec.arg)
+    for i, entry in enumerate(s.kernels):
+        spec = kernel_spec(entry)
+        label = spec.cell_label
         for combo in combos:
             overrides = tuple(zip(options, combo, strict=True))
             name = label + "".join(

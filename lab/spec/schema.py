@@ -149,6 +149,10 @@ def convert(tp: Any, node: yaml.Node, ctx: Context, where: str) -> Any:
             out[key] = convert(args[1], v, ctx, f"{where}.{k.value}")
         return out
     if dataclasses.is_dataclass(tp):
+        shorthand = getattr(tp, "SHORTHAND", None)
+        if shorthand and isinstance(node, yaml.ScalarNode):
+            # `- debian:7.2` stands for `- {source: debian:7.2}`
+            return tp(**{shorthand: _convert_scalar(str, node, ctx, where)})  # type: ignore[operator]
         return load_dataclass(tp, node, ctx, where)  # type: ignore[arg-type]
     return _convert_scalar(tp, node, ctx, where)
 

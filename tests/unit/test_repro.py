@@ -19,7 +19,7 @@ from lab.run.payload import RUNTIME_DIR
 from lab.spec.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
 
 
-def write_cell(tmp_path: Path, **kernel: str) -> tuple[Path, Prepared]:
+def write_cell(tmp_path: Path, **kernel: object) -> tuple[Path, Prepared]:
     cell = tmp_path / "run" / "debian-stock"
     cell.mkdir(parents=True)
     (tmp_path / "run" / "scenario.yaml").write_text(DEFAULT_SCENARIO.read_text())
@@ -132,3 +132,41 @@ def test_a_corrupt_recorded_argv_is_a_usage_error(tmp_path):
     (cell_dir / "qemu-argv.json").write_text("[qemu")
     with pytest.raises(UsageError, match=r"qemu-argv\.json is unreadable or not JSON"):
         repro.recorded_argv(cell_dir)
+
+
+def patched_cell(tmp_path: Path) -> tuple[Path, Path]:
+    patch = tmp_path / "fix.patch"
+    patch.write_text("the run's patch\n")
+    cell_dir, _ = write_cell(
+        tmp_path,
+        resolved_spec="debian:7.2=7.2.13-1",
+        patches=[
+            {"file": str(patch), "sha256": file_sha256(patch), "copy": "patches/01-fix.patch"}
+        ],
+    )
+    (cell_dir / "patches").mkdir()
+    (cell_dir / "patches" / "01-fix.patch").write_text(patch.read_text())
+    return cell_dir, patch
+
+
+def test_plan_applies_the_recorded_kernel_patches(tmp_path):
+    cell_dir, patch = patched_cell(tmp_path)
+    p = repro.plan(cell_dir, None)
+    assert p.cell.kernel.patches == (patch,)
+    assert p.notes == []
+
+
+def test_a_changed_patch_is_replaced_by_the_runs_copy(tmp_path):
+    cell_dir, patch = patched_cell(tmp_path)
+    patch.write_text("edited since\n")
+    p = repro.plan(cell_dir, None)
+    assert p.cell.kernel.patches == (cell_dir / "patches" / "01-fix.patch",)
+    assert any("using the run's copy" in n for n in p.notes)
+
+
+def test_a_patch_lost_with_its_copy_is_a_usage_error(tmp_path):
+    cell_dir, patch = patched_cell(tmp_path)
+    patch.unlink()
+    (cell_dir / "patches" / "01-fix.patch").unlink()
+    with pytest.raises(UsageError, match="and so is its copy"):
+        repro.plan(cell_dir, None)

@@ -33,7 +33,7 @@ def test_quick_scenario_loads():
 def test_defaults_for_an_almost_empty_file(tmp_path):
     s = scenario.load(write(tmp_path, "description: hi\n", "mini.yaml"))
     assert s.name == "mini"
-    assert s.kernels == ["debian-stock"]
+    assert s.kernels == [scenario.KernelEntry("debian-stock")]
     assert s.machine.iommu == "intel-iommu"
     assert [d.type for d in s.devices] == ["edu"]
     assert s.payload_dir == scenario.DEFAULT_PAYLOAD
@@ -109,11 +109,6 @@ def test_relative_payload_path_resolves_against_the_yaml(tmp_path):
     assert (e.line, e.field) == (2, "payload.tests")
 
 
-def test_duplicate_kernels_rejected(tmp_path):
-    e = error_of(write(tmp_path, "kernels: [debian-stock, debian-stock]\n"))
-    assert e.field == "kernels"
-
-
 @pytest.mark.parametrize(
     ("text", "value"),
     [("2G", 2 << 30), ("512M", 512 << 20), ("1GiB", 1 << 30), ("4096", 4096), (7, 7)],
@@ -176,6 +171,25 @@ def test_shipped_matrix_scenarios_load():
         ("config:\n  IOMMUFD: [y]\n", "config", "prebuilt kernel"),
         ("kernels: [debian:seven]\n", "kernels[0]", "expected debian:X.Y"),
         ("kernels: [local:./no-such-tree]\n", "kernels[0]", "no kernel tree there"),
+        ("kernels: [{source: debian:seven}]\n", "kernels[0].source", "expected debian:X.Y"),
+        ("kernels: [{patches: [a.patch]}]\n", "kernels[0].source", "required key"),
+        ("kernels: [{source: debian:7.2, patch: [a]}]\n", "kernels[0].patch", "unknown key"),
+        (
+            "kernels: [{source: debian:7.2, patches: [no.patch]}]\n",
+            "kernels[0].patches[0]",
+            "no such patch file",
+        ),
+        (
+            "kernels: [{source: debian-stock, patches: [s.yaml]}]\n",
+            "kernels[0].patches",
+            "takes no patches: it is a prebuilt kernel",
+        ),
+        (
+            "kernels: [debian:7.2, {source: debian:7.2, patches: [s.yaml], name: '7.2'}]\n",
+            "kernels[1]",
+            "kernels[0] has the same cell name '7.2'",
+        ),
+        ("kernels: [debian:7.2, debian:7.2]\n", "kernels[1]", "listed twice"),
     ],
 )
 def test_matrix_rules(tmp_path, text, field, message):
@@ -193,5 +207,31 @@ def test_local_tree_path_is_relative_to_the_scenario(tmp_path):
     sub = tmp_path / "scenarios"
     sub.mkdir()
     s = scenario.load(write(sub, "kernels: [local:../linux]\n"))
-    assert s.kernels == [f"local:{tree}"]
+    assert s.kernels == [scenario.KernelEntry(f"local:{tree}")]
     assert scenario.expand(s)[0].name == "local-linux"
+
+
+def test_patched_kernels_are_cells_of_their_own(tmp_path):
+    """Patches are relative to the scenario file; a patched kernel is named after its
+    first patch unless the entry names it."""
+    (tmp_path / "patches").mkdir()
+    for name in ("rfc-v4.mbox", "fixup.patch"):
+        (tmp_path / "patches" / name).write_text("")
+    s = scenario.load(
+        write(
+            tmp_path,
+            "kernels:\n"
+            "  - debian:7.2\n"
+            "  - source: debian:7.2\n"
+            "    patches: [patches/rfc-v4.mbox, patches/fixup.patch]\n"
+            "  - {source: debian:7.2, patches: [patches/fixup.patch], name: fixed}\n",
+        )
+    )
+    cells = scenario.expand(s)
+    assert [c.name for c in cells] == ["7.2", "7.2+rfc-v4", "fixed"]
+    assert cells[1].kernel.patches == (
+        tmp_path / "patches" / "rfc-v4.mbox",
+        tmp_path / "patches" / "fixup.patch",
+    )
+    assert cells[1].kernel.label == "debian:7.2"
+    assert cells[0].kernel.patches == ()

@@ -1,0 +1,61 @@
+"""Patches on source trees: the lab's QEMU series, and a scenario's patches on a kernel.
+
+A patched kernel tree is a cache entry of its own, keyed by the pristine tree and the
+patches' contents. It is a hard-linked copy of the pristine tree: `patch` writes each
+file it changes anew, so the pristine tree never changes, and the copy costs only the
+files the patches touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lab.build.kbuild import BUILD_SUBDIR, SourceTree
+from lab.core.cache import Cache, content_key, file_sha256
+from lab.core.errors import BuildError
+from lab.core.proc import run_logged
+from lab.core.progress import Progress
+
+
+def apply_patches(
+    patches: Sequence[Path], tree: Path, artifact: str, log: Path, progress: Progress
+) -> None:
+    """Apply `patches` in order with `patch -p1`; one that does not apply is named."""
+    for patch in patches:
+        progress(artifact, f"applying {patch.name}")
+        try:
+            run_logged(
+                ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", patch],
+                artifact=artifact,
+                log=log,
+                cwd=tree,
+            )
+        except BuildError as e:
+            raise BuildError(artifact, f"patch {patch} does not apply", e.log_tail) from None
+
+
+def patches_digest(patches: Sequence[Path]) -> str:
+    return content_key([file_sha256(p) for p in patches])
+
+
+def patched_tree(
+    tree: SourceTree, patches: Sequence[Path], cache: Cache, progress: Progress
+) -> SourceTree:
+    """`tree` with `patches` applied, built once per (tree, patch contents) and cached."""
+    identity = f"{tree.identity}+patches:{patches_digest(patches)}"
+    key = content_key(["patched-source", identity])
+    entry = cache.entry("src", key)
+
+    def build(scratch: Path) -> None:
+        progress("kernel", f"patching {tree.identity} with {len(patches)} patch(es)")
+        copy = scratch / "linux"
+        copy.mkdir()
+        for child in tree.path.iterdir():
+            if child.name != BUILD_SUBDIR:
+                run_logged(["cp", "-al", child, copy], artifact="kernel", log=scratch / "patch.log")
+        apply_patches(patches, copy, "kernel", scratch / "patch.log", progress)
+
+    with cache.lock(f"src-{key}"):
+        cache.ensure("src", key, build, progress)
+    return SourceTree(identity=identity, path=entry / "linux", owned=True)
