@@ -183,3 +183,46 @@ def test_kernel_crash_in_one_cell_is_its_error_and_the_next_cell_runs(tmp_path):
     assert (off["counts"]["pass"], off["counts"]["skip"]) == (2, 1)  # the crash test spared it
     junit = (root / "latest" / "junit.xml").read_text()
     assert "Kernel panic - not syncing: sysrq triggered crash" in junit
+
+
+PATCH = REPO / "tests/fixtures/kernel_patches/0001-localversion-name-the-lab-s-patched-build.patch"
+
+
+def patched_scenario(tmp_path: Path, patch: Path) -> Path:
+    """The matrix's =n cell with a patch on top (its config, so ccache is warm)."""
+    scenario = tmp_path / "patched.yaml"
+    scenario.write_text(
+        f"kernels:\n  - source: debian:7.2\n    patches: [{patch}]\n    name: 7.2-patched\n"
+        "fragments: [iommufd]\nconfig:\n  IOMMUFD_VFIO_CONTAINER: [n]\n"
+        f"payload:\n  tests: {REPO}/tests/fixtures/patched_payload\n"
+    )
+    return scenario
+
+
+def test_a_patched_kernel_is_built_booted_and_recorded(tmp_path):
+    """kernels: [{source, patches}]: the guest's own test sees the patch, and the cell
+    records it (summary, provenance, a copy for repro)."""
+    root = tmp_path / "results"
+    done = lab("run", str(patched_scenario(tmp_path, PATCH)), "--results", str(root))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (cell,) = json.loads((root / "latest" / "summary.json").read_text())["cells"]
+    assert cell["name"] == "7.2-patched-iommufd_vfio_container=n"
+    assert cell["counts"]["pass"] == 1 and cell["kernel_verified"]
+    assert cell["kernel_release"].endswith("-lab-patched")
+    assert re.fullmatch(r"linux-source-7\.2=\S+\+patches:[0-9a-f]{16}", cell["kernel_identity"])
+    kernel = json.loads((Path(cell["dir"]) / "provenance.json").read_text())["kernel"]
+    (recorded,) = kernel["patches"]
+    assert recorded["file"] == str(PATCH)
+    assert (Path(cell["dir"]) / recorded["copy"]).read_bytes() == PATCH.read_bytes()
+
+
+def test_a_patch_that_does_not_apply_is_exit_3_naming_it(tmp_path):
+    stale = tmp_path / "stale.patch"
+    stale.write_text(
+        "--- a/Makefile\n+++ b/Makefile\n@@ -1,2 +1,2 @@\n-VERSION = 1\n+VERSION = 2\n"
+        " PATCHLEVEL = 0\n"
+    )
+    root = tmp_path / "results"
+    done = lab("run", str(patched_scenario(tmp_path, stale)), "--results", str(root))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"patch {stale} does not apply" in done.stdout + done.stderr
