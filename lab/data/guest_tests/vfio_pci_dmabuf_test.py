@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes as C
 import errno
 import os
+from dataclasses import dataclass
 
 import pytest
 
@@ -111,17 +112,27 @@ def test_export_ram_bar_ranges(default_device, ram_bar, diag):
     assert sizes == {"single": 2 * MIB, "multiple": 4 * SLICE, "overlapping": 4 * SLICE}
 
 
-def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, diag):
-    """A range of the BAR exported as a dma-buf and mapped into the device's own IOAS
-    (IOMMU_IOAS_MAP_FILE): edu's DMA through that IOVA lands in the BAR."""
+@dataclass
+class Imported:
+    """A range at the end of the RAM BAR, exported and mapped at `iova` in the device's IOAS."""
+
+    ioas: Iommufd
+    iova: int
+    offset: int
+    length: int
+
+
+@pytest.fixture
+def imported(default_device, ram_bar, edu_dma_mask, diag):
+    """Export the BAR's last 2 MiB and map the dma-buf into the device's own IOAS
+    (IOMMU_IOAS_MAP_FILE). Skipped where the kernel's iommufd does not import dma-bufs."""
     if not isinstance(default_device.iommu, Iommufd):
         vfio.require_mode("iommufd")  # skips or fails by the config, naming the option
     ioas = default_device.iommu
     length = 2 * MIB
     offset = ram_bar.size - length
     fd = dmabuf.export(default_device, ram_bar.index, [(offset, length)])
-    allocator = IovaAllocator(ioas.info().ranges, edu_dma_mask)
-    iova = allocator.alloc(length, align=length)
+    iova = IovaAllocator(ioas.info().ranges, edu_dma_mask).alloc(length, align=length)
     try:
         try:
             ioas.map_file(fd, 0, length, iova)
@@ -132,17 +143,41 @@ def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, d
             if e.errno not in (errno.ENOTTY, errno.EOPNOTSUPP):
                 raise
             pytest.skip(f"this kernel's iommufd does not import VFIO dma-bufs ({e.strerror})")
-        bar = default_device.mmap(ram_bar.index)
-        edu = E.Edu(default_device, edu_dma_mask)
-        with memory.dma_mapped(default_device, allocator, E.CHUNK) as (src, src_iova):
-            pattern = os.urandom(E.CHUNK)
-            src.write(0, pattern)
-            bar.write(offset, b"\0" * E.CHUNK)
-            edu.to_device(src_iova, E.CHUNK)
-            edu.from_device(iova, E.CHUNK)
-            landed = bar.read(offset, E.CHUNK) == pattern
-        diag("bytes_verified", E.CHUNK if landed else 0)
-        assert landed, "the DMA through the imported dma-buf did not land in the BAR"
-        assert ioas.unmap_dma(iova, length) == length
+        yield Imported(ioas, iova, offset, length)
     finally:
         os.close(fd)
+
+
+def dma_lands(device, ram_bar, edu_dma_mask, imported: Imported) -> bool:
+    """Whether a chunk edu copies out to the imported IOVA shows up in the BAR's mmap."""
+    bar = device.mmap(ram_bar.index)
+    edu = E.Edu(device, edu_dma_mask)
+    allocator = IovaAllocator(imported.ioas.info().ranges, edu_dma_mask)
+    with memory.dma_mapped(device, allocator, E.CHUNK) as (src, src_iova):
+        pattern = os.urandom(E.CHUNK)
+        src.write(0, pattern)
+        bar.write(imported.offset, b"\0" * E.CHUNK)
+        edu.to_device(src_iova, E.CHUNK)
+        edu.from_device(imported.iova, E.CHUNK)
+        return bar.read(imported.offset, E.CHUNK) == pattern
+
+
+def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, imported, diag):
+    """edu's DMA through the IOVA of an imported dma-buf lands in the BAR."""
+    landed = dma_lands(default_device, ram_bar, edu_dma_mask, imported)
+    diag("bytes_verified", E.CHUNK if landed else 0)
+    assert landed, "the DMA through the imported dma-buf did not land in the BAR"
+    assert imported.ioas.unmap_dma(imported.iova, imported.length) == imported.length
+
+
+def test_reset_revokes_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, imported, diag):
+    """The importer sees the revoke: resetting the exporting device (VFIO_DEVICE_RESET)
+    revokes its dma-bufs, iommufd unmaps their IOVAs and keeps them unmapped once the
+    device is back, so edu's DMA there no longer lands (the IOMMU faults it instead).
+    The IOVA range stays reserved in the IOAS until it is unmapped."""
+    assert dma_lands(default_device, ram_bar, edu_dma_mask, imported), "no DMA before reset"
+    default_device.reset()
+    landed = dma_lands(default_device, ram_bar, edu_dma_mask, imported)
+    diag("dma_after_reset", "landed" if landed else "faulted")
+    assert not landed, "DMA through a revoked dma-buf still reaches the BAR"
+    assert imported.ioas.unmap_dma(imported.iova, imported.length) == imported.length
