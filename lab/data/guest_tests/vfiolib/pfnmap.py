@@ -1,0 +1,73 @@
+"""The CPU side of a BAR mmap: the page size vfio-pci's fault handler mapped it with.
+
+/proc does not show it (a pfnmap has no pages to count), but vfio_pci_mmap_huge_fault
+logs every order it tries, and what came of it, as a dev_dbg. With CONFIG_DYNAMIC_DEBUG
+(the `dyndbg` fragment) the lab turns that line on around one fault and reads it back
+from /dev/kmsg: the order that returned VM_FAULT_NOPAGE is the size of the mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Callable
+
+from vfiolib import kconfig
+
+CONTROL = "/sys/kernel/debug/dynamic_debug/control"
+FUNC = "vfio_pci_mmap_huge_fault"
+_LINE = re.compile(FUNC + r"\(,order = (\d+)\) BAR \d+ page offset 0x[0-9a-f]+: (0x[0-9a-f]+)")
+VM_FAULT_NOPAGE = 0x100
+PAGE = 4096
+
+
+def fault_size(touch: Callable[[], None]) -> int | str:
+    """The page size of the mapping that `touch()` faults in, or why it is not known."""
+    if not os.path.exists(CONTROL):
+        if kconfig.promising("CONFIG_DYNAMIC_DEBUG"):
+            raise AssertionError(f"CONFIG_DYNAMIC_DEBUG=y promises {CONTROL}, but it is absent")
+        return "unknown (no CONFIG_DYNAMIC_DEBUG)"
+    kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.lseek(kmsg, 0, os.SEEK_END)
+        _control("+p")
+        try:
+            touch()
+        finally:
+            _control("-p")
+        return (
+            size_from(_records(kmsg))
+            or "unknown (no fault logged: already mapped, or rate-limited)"
+        )
+    finally:
+        os.close(kmsg)
+
+
+def size_from(lines: list[str]) -> int | None:
+    """The size of the order the handler mapped, from its debug lines."""
+    for line in lines:
+        m = _LINE.search(line)
+        if m and int(m.group(2), 16) & VM_FAULT_NOPAGE:
+            return PAGE << int(m.group(1))
+    return None
+
+
+def _control(flags: str) -> None:
+    with open(CONTROL, "w") as f:
+        f.write(f"func {FUNC} {flags}\n")
+
+
+def _records(kmsg: int) -> list[str]:
+    """The kernel log records written since the fd was moved to the end."""
+    lines: list[str] = []
+    while True:
+        try:
+            record = os.read(kmsg, 8192)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return lines
+            if e.errno == errno.EPIPE:  # records overwritten before they were read
+                continue
+            raise
+        lines.append(record.decode(errors="replace"))
