@@ -208,7 +208,7 @@ def test_a_patched_kernel_is_built_booted_and_recorded(tmp_path):
     (cell,) = json.loads((root / "latest" / "summary.json").read_text())["cells"]
     assert cell["name"] == "7.2-patched-iommufd_vfio_container=n"
     assert cell["counts"]["pass"] == 1 and cell["kernel_verified"]
-    assert cell["kernel_release"].endswith("-lab-patched")
+    assert "-lab-patched-" in cell["kernel_release"]
     assert re.fullmatch(r"linux-source-7\.2=\S+\+patches:[0-9a-f]{16}", cell["kernel_identity"])
     kernel = json.loads((Path(cell["dir"]) / "provenance.json").read_text())["kernel"]
     (recorded,) = kernel["patches"]
