@@ -54,8 +54,11 @@ def test_mmio_maps_the_1g_bar_and_records_its_iopte(bigbar_run):
         d = diags(full)
         assert (d["bar_index"], d["bar_size"], d["unmapped"]) == ("1", "0x40000000", "0x40000000")
         assert d["iopte_size"] in ("4K", "2M", "1G")
+        # The CPU side (dynamic debug): a huge pfnmap only where the mmap is aligned.
+        assert d["cpu_map_size"] == "1G"
         misaligned = recs[f"vfio_dma_mapping_mmio_test.{mode}.map_bar_misaligned"]
         assert misaligned["outcome"] == "pass" and "iopte_size" in diags(misaligned)
+        assert diags(misaligned)["cpu_map_size"] == "4K"
     for mode in ("iommufd_compat_type1", "iommufd"):
         refused = recs[f"vfio_dma_mapping_mmio_test.{mode}.map_full_bar"]
         assert refused["outcome"] == "pass" and diags(refused)["errno"] == "EFAULT"
@@ -77,10 +80,11 @@ def test_dmabuf_ranges_of_the_bar(bigbar_run):
     ranges = recs["vfio_pci_dmabuf_test.export_ram_bar_ranges"]
     assert ranges["outcome"] == "pass", ranges
     assert diags(ranges)["dmabuf_size_single"] == "0x200000"
+    # Linux 7.2's iommufd imports VFIO dma-bufs (IOMMU_IOAS_MAP_FILE) and sees them revoked.
     imported = recs["vfio_pci_dmabuf_test.dma_through_an_imported_dmabuf"]
-    assert imported["outcome"] == "pass" or (
-        imported["outcome"] == "skip" and "does not import VFIO dma-bufs" in imported["reason"]
-    ), imported
+    assert imported["outcome"] == "pass" and diags(imported)["bytes_verified"] == "2048"
+    revoked = recs["vfio_pci_dmabuf_test.reset_revokes_an_imported_dmabuf"]
+    assert revoked["outcome"] == "pass" and diags(revoked)["dma_after_reset"] == "faulted"
 
 
 def test_ivshmem_and_igb_boot_and_bind_to_vfio_pci(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Callable
 
 from vfiolib import kconfig
@@ -20,6 +21,24 @@ FUNC = "vfio_pci_mmap_huge_fault"
 _LINE = re.compile(FUNC + r"\(,order = (\d+)\) BAR \d+ page offset 0x[0-9a-f]+: (0x[0-9a-f]+)")
 VM_FAULT_NOPAGE = 0x100
 PAGE = 4096
+# The line is dev_dbg_ratelimited: at most 10 lines per 5 s (the kernel's defaults), and a
+# fault logs up to 3 (PUD, PMD, then PTE order). Counted here, in this process, so that a
+# fault that could be silenced waits for the next window instead of going unrecorded.
+RATELIMIT_S, RATELIMIT_BURST, LINES_PER_FAULT = 5.0, 10, 3
+
+
+class _Window:
+    start = 0.0
+    lines = 0
+
+    @classmethod
+    def make_room(cls) -> None:
+        now = time.monotonic()
+        if now - cls.start > RATELIMIT_S:
+            cls.start, cls.lines = now, 0
+        elif cls.lines + LINES_PER_FAULT > RATELIMIT_BURST:
+            time.sleep(cls.start + RATELIMIT_S + 0.2 - now)
+            cls.start, cls.lines = time.monotonic(), 0
 
 
 def fault_size(touch: Callable[[], None]) -> int | str:
@@ -31,15 +50,15 @@ def fault_size(touch: Callable[[], None]) -> int | str:
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     try:
         os.lseek(kmsg, 0, os.SEEK_END)
+        _Window.make_room()
         _control("+p")
         try:
             touch()
         finally:
             _control("-p")
-        return (
-            size_from(_records(kmsg))
-            or "unknown (no fault logged: already mapped, or rate-limited)"
-        )
+        lines = [line for line in _records(kmsg) if FUNC in line]
+        _Window.lines += len(lines)
+        return size_from(lines) or "unknown (no fault logged: the mapping was already there)"
     finally:
         os.close(kmsg)
 
