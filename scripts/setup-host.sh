@@ -21,6 +21,7 @@ PACKAGES=(
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
     patch             # kernels: [{source, patches}] and the lab QEMU's series
+    uuid-dev libcap-dev  # the kernel's C selftests (kselftest-vfio links libuuid, kselftest-iommu libcap)
 )
 QEMU_PACKAGES=(     # lab/build/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
     libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build dpkg-dev

@@ -102,6 +102,10 @@ class KernelArtifact:
 class KernelBuilder(KernelSourceKind):
     """Provides the kernel a spec of its source names: fetched, or built and cached."""
 
+    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        """The kernel's source tree, patches applied (what its C selftests build from)."""
+        raise NotImplementedError
+
     def prepare(
         self,
         spec: KernelSpec,
@@ -116,6 +120,17 @@ class DebianStock(DebianStockKind, KernelBuilder):
     """Debian's own kernel image package, as the host's apt sources serve it."""
 
     default_package = "linux-image-amd64"
+
+    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        """Debian's linux-source of the image's series (the selftests of 6.1 for 6.1)."""
+        package, _, pinned = spec.arg.partition("=")
+        if not pinned:
+            package, _ = resolve_debian_image(package or self.default_package)
+        series = re.match(r"linux-image-(\d+\.\d+)", package)
+        if series is None:
+            raise SpecError(f"{package}: cannot tell which linux-source-X.Y it was built from")
+        source = KernelSpec(DebianSourceKind.name, series.group(1))
+        return KERNEL_BUILDERS[source.source].source_tree(source, cache, progress)
 
     def prepare(
         self,
@@ -202,6 +217,9 @@ class SourceBuilt(KernelBuilder):
         """A spec that names exactly this tree again."""
         return spec.label
 
+    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        return _with_patches(self.tree(spec, cache, progress), spec, cache, progress)
+
     def prepare(
         self,
         spec: KernelSpec,
@@ -210,7 +228,7 @@ class SourceBuilt(KernelBuilder):
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         pristine = self.tree(spec, cache, progress)
-        tree = patched_tree(pristine, spec.patches, cache, progress) if spec.patches else pristine
+        tree = _with_patches(pristine, spec, cache, progress)
         check_options_exist(tree, cfg)
         build_dir = build_dir_for(tree, cache)
         # The build directory is shared by every config of the tree, and a build already
@@ -260,6 +278,12 @@ class SourceBuilt(KernelBuilder):
             vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
             build_s=seconds,
         ).save(scratch / "artifact.json")
+
+
+def _with_patches(
+    pristine: SourceTree, spec: KernelSpec, cache: Cache, progress: Progress
+) -> SourceTree:
+    return patched_tree(pristine, spec.patches, cache, progress) if spec.patches else pristine
 
 
 class DebianSource(DebianSourceKind, SourceBuilt):

@@ -10,6 +10,7 @@ from lab.core.exitcodes import EXIT_INFRA, EXIT_OK
 from lab.spec import scenario
 from lab.spec.kernelspec import KERNEL_SOURCES
 from lab.spec.schema import describe
+from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
 
 
@@ -36,6 +37,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         ("IOMMU models", IOMMU_MODELS),
         ("devices", DEVICES),
         ("kernel sources", KERNEL_SOURCES),
+        ("test suites", SUITES),
     ):
         print(f"{title}:")
         for name, variant in registry.items():

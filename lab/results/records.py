@@ -25,6 +25,13 @@ class TestRecord:
     dmesg: list[str] = field(default_factory=list)  # the kernel's lines while it ran
     console: list[str] = field(default_factory=list)  # the console while it ran
     expectation: dict[str, str] | None = None  # the known failure it matched
+    suite: str = "lab"  # which suite ran it (lab.spec.suites)
+
+    @property
+    def id(self) -> str:
+        """The test's own id: a C suite's records are named `suite:id`, so that they never
+        collide with the lab's records of the same upstream id."""
+        return self.name.removeprefix(f"{self.suite}:")
 
     @property
     def unexpected(self) -> bool:

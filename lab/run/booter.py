@@ -13,7 +13,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.build import rootfs
@@ -21,6 +21,7 @@ from lab.build.kbuild import UnknownOption
 from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
+from lab.build.selftests import SelftestBuild, provide_selftests
 from lab.core.cache import Cache
 from lab.core.errors import InfraError, UsageError
 from lab.core.proc import stop_running
@@ -28,6 +29,7 @@ from lab.core.progress import SILENT, Progress
 from lab.run.payload import bind_devices, install_runtime
 from lab.spec.kernelspec import SpecError
 from lab.spec.scenario import Cell, DeviceSpec
+from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, Accel, DeviceConfig
 from lab.vm import accel as accel_mod
 from lab.vm import inventory
@@ -44,6 +46,7 @@ class Prepared:
     kernel: KernelArtifact
     qemu: QemuBinary
     accel: Accel
+    selftests: dict[str, SelftestBuild] = field(default_factory=dict)  # the C suites, by name
 
 
 def device_configs(cell: Cell) -> tuple[DeviceConfig, ...]:
@@ -150,7 +153,17 @@ class CellBooter:
         with self._lock:
             qemu = self._provide_qemu(cell.scenario.machine.qemu)
             accel = self._choose_accel(cell, kernel, qemu)
-        return Prepared(keys, image, kernel, qemu, accel)
+        return Prepared(keys, image, kernel, qemu, accel, self._selftests(cell))
+
+    def _selftests(self, cell: Cell) -> dict[str, SelftestBuild]:
+        """The C suites the cell runs, built from its own kernel's tree."""
+        suites = [SUITES[s] for s in cell.scenario.payload.suites if SUITES[s].selftest_dir]
+        if not suites:
+            return {}
+        tree = KERNEL_BUILDERS[cell.kernel.source].source_tree(
+            cell.kernel, self.cache, self.progress
+        )
+        return {s.name: provide_selftests(s, tree, self.cache, self.progress) for s in suites}
 
     def _provide_qemu(self, choice: str) -> QemuBinary:
         """Once per booter: the lab's QEMU may need building (and a build uses every core)."""

@@ -2,7 +2,8 @@
 
 - prepare: the kernel, root filesystem and keys (built or fetched, cached), the accelerator;
 - boot: QEMU on a fresh overlay until SSH answers, the runtime copied in, devices bound;
-- payload: pytest in the guest, its TAP streamed into results.tap, the console watched;
+- payload: each suite in the guest (pytest, the kernel's C selftests), its TAP streamed
+  into the cell directory, the console watched;
 - triage: one record per test, the kernel's lines attributed, expectations applied;
 - record: the cell's result and records handed to the run's results.
 
@@ -28,9 +29,17 @@ from lab.results.summary import CellResult, empty_counts
 from lab.results.tap import TapParser, TapResult
 from lab.run import provenance as provenance_mod
 from lab.run import triage
-from lab.run.booter import CellBooter, Prepared
-from lab.run.payload import PYTEST_RAN, RUNTIME_DIR, TapStream, collect_dmesg, run_payload
+from lab.run.booter import CellBooter, Prepared, ReadyGuest
+from lab.run.payload import (
+    PYTEST_RAN,
+    RUNTIME_DIR,
+    TapStream,
+    collect_dmesg,
+    run_payload,
+    run_selftests,
+)
 from lab.spec.scenario import Cell
+from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm import console
 from lab.vm.console import ConsoleWatch, Stop
 from lab.vm.guest import Guest
@@ -40,9 +49,14 @@ CRASH_GRACE_S = 5.0
 
 @dataclass
 class PayloadOutcome:
-    tap: TapParser
+    taps: dict[str, TapParser]  # by suite, in the order they ran
     dmesg: list[str] | None  # None: the guest could not give it (it died, or was killed)
     stop: Stop | None  # why the payload ended early, if it did
+
+
+def tap_file(suite: str) -> str:
+    """Where a suite's TAP is kept in the cell directory (the lab's own: results.tap)."""
+    return "results.tap" if suite == DEFAULT_SUITE else f"results.{suite}.tap"
 
 
 class CellRun:
@@ -110,7 +124,7 @@ class CellRun:
             guest = ready.guest
             result.boot_to_ssh_s = round(guest.boot_to_ssh_s or 0.0, 2)
             self._check_guest(guest, prepared, result)
-            outcome = self.payload(guest, result)
+            outcome = self.payload(ready, prepared, result)
         if guest.machine.abnormal and outcome.dmesg is not None:
             result.problems.append(guest.machine.abnormal)
         return outcome
@@ -123,43 +137,62 @@ class CellRun:
         result.kernel_verified = not wrong
         result.problems += wrong
 
-    def payload(self, guest: Guest, result: CellResult) -> PayloadOutcome:
-        """Run the payload; a guest that dies under it is told by its console."""
+    def payload(self, ready: ReadyGuest, prepared: Prepared, result: CellResult) -> PayloadOutcome:
+        """Run each suite in turn; a guest that dies under one is told by its console, and
+        the suites after it do not run."""
+        guest = ready.guest
         p = self.cell.scenario.payload
         watch = ConsoleWatch(self.dir / "console.log", p.stall_timeout, p.test_timeout)
-        stream = TapStream(self.dir / "results.tap", self._on_result())
-        stop = None
-        self.progress(self.cell.name, "running pytest")
+        taps: dict[str, TapParser] = {}
+        stop: Stop | None = None
+        for suite in p.suites:
+            stream = TapStream(self.dir / tap_file(suite), self._on_result())
+            taps[suite] = stream.parser
+            self.progress(self.cell.name, f"running {suite}")
+            stop, grace = self._run_suite(suite, ready, prepared, stream, watch)
+            crashed = guest.machine.exit_status(wait=grace)
+            if crashed is not None:
+                dying_words = console.read_lines(self.dir / "console.log")
+                result.problems.append(crash_report(crashed, dying_words))
+                stop = stop or _death(dying_words)
+            if stop is not None:
+                result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
+                result.problems += [f"suite {s} not run" for s in p.suites[len(taps) :]]
+                self.progress(self.cell.name, f"stopping the guest: {stop.message}")
+                guest.abandon()
+                return PayloadOutcome(taps, None, stop)
+        return PayloadOutcome(taps, collect_dmesg(guest.ssh, self.dir), None)
+
+    def _run_suite(
+        self,
+        suite: str,
+        ready: ReadyGuest,
+        prepared: Prepared,
+        stream: TapStream,
+        watch: ConsoleWatch,
+    ) -> tuple[Stop | None, float]:
+        """(why it stopped early, how long to give a guest that may be dying to exit)."""
+        ssh, timeout = ready.guest.ssh, self.cell.scenario.payload.timeout
+        log = self.dir / "payload.log"
         try:
-            run = run_payload(
-                guest.ssh,
-                self.cell.scenario,
-                self.pytest_args,
-                stream,
-                watch,
-                self.dir / "payload.log",
-            )
-            stop = run.stop
+            if suite == DEFAULT_SUITE:
+                run = run_payload(ssh, self.cell.scenario, self.pytest_args, stream, watch, log)
+            else:
+                build = prepared.selftests[suite]
+                bdf = ready.bound[0] if SUITES[suite].needs_device and ready.bound else None
+                run = run_selftests(ssh, build, bdf, timeout, stream, watch, log)
             # A panicking guest drops SSH (no exit status) a moment before QEMU
             # (-no-reboot) finishes exiting.
-            grace = CRASH_GRACE_S if stop is None and run.pytest_status not in PYTEST_RAN else 0.0
+            grace = (
+                CRASH_GRACE_S if run.stop is None and run.pytest_status not in PYTEST_RAN else 0.0
+            )
+            return run.stop, grace
         except InfraError:
-            if guest.machine.exit_status(wait=CRASH_GRACE_S) is None:
+            if ready.guest.machine.exit_status(wait=CRASH_GRACE_S) is None:
                 raise
-            grace = 0.0
+            return None, 0.0
         finally:
             stream.close()
-        crashed = guest.machine.exit_status(wait=grace)
-        if crashed is not None:
-            dying_words = console.read_lines(self.dir / "console.log")
-            result.problems.append(crash_report(crashed, dying_words))
-            stop = stop or _death(dying_words)
-        if stop is not None:
-            result.problems.append(f"stopped early: {stop.kind}: {stop.message}")
-            self.progress(self.cell.name, f"stopping the guest: {stop.message}")
-            guest.abandon()
-            return PayloadOutcome(stream.parser, None, stop)
-        return PayloadOutcome(stream.parser, collect_dmesg(guest.ssh, self.dir), None)
 
     def _on_result(self) -> Callable[[TapResult], None]:
         def tell(r: TapResult) -> None:
@@ -172,16 +205,18 @@ class CellRun:
     def triage(self, outcome: PayloadOutcome, result: CellResult) -> list[TestRecord]:
         # Only now, with QEMU gone, is the console complete (a panic's trace included).
         console_lines = console.read_lines(self.dir / "console.log")
-        recs = triage.records(outcome.tap, outcome.dmesg, console_lines, outcome.stop)
+        recs: list[TestRecord] = []
+        problems: list[str] = []
+        for suite, tap in outcome.taps.items():
+            recs += triage.records(tap, outcome.dmesg, console_lines, outcome.stop, suite)
+            problems += [
+                p if suite == DEFAULT_SUITE else f"{suite}: {p}"
+                for p in tap.problems() + triage.duplicates(tap)
+            ]
         triage.expect(recs, self.cell.name, self.cell.scenario.expectations)
         result.counts = triage.counts(recs)
         kernel_log = outcome.dmesg if outcome.dmesg is not None else console_lines
-        result.problems = (
-            outcome.tap.problems()
-            + triage.duplicates(outcome.tap)
-            + result.problems
-            + triage.outside_alarms(kernel_log)
-        )
+        result.problems = problems + result.problems + triage.outside_alarms(kernel_log)
         result.verdict = triage.verdict(recs, result.problems)
         result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
         c = result.counts

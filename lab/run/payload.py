@@ -7,19 +7,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.build.selftests import SelftestBuild
 from lab.core.data import GUEST_TESTS
 from lab.core.errors import GuestCommandError, InfraError, UsageError
 from lab.results.tap import TapParser, TapResult
 from lab.spec.scenario import Scenario
 from lab.spec.variants import DEVICES
 from lab.vm.console import TEST_STOPS, ConsoleWatch, Stop
-from lab.vm.ssh import GuestSSH, GuestStalled
+from lab.vm.ssh import CommandResult, GuestSSH, GuestStalled
 
 RUNTIME_DIR = GUEST_TESTS
 GUEST_RUNTIME = "/root/vfio-lab"  # vfiolib, the TAP plugin, the bind helper: on PYTHONPATH
 GUEST_DIR = "/root/tests"  # the tests to run: guest_tests/ itself, or --payload DIR
 GUEST_TAP = "/root/results.tap"
 GUEST_KCONFIG = "/root/kernel.config"
+GUEST_SUITES = "/root/suites"  # the C selftests' programs, a directory per suite
 TAP_FD = 3
 # pytest's own exit codes 0 (all passed) and 1 (some failed) mean the payload ran;
 # 4 (bad arguments) and 5 (no test collected, e.g. a -k that matches nothing) are the
@@ -116,6 +118,28 @@ def bind_devices(ssh: GuestSSH, scenario: Scenario) -> list[str]:
     return bound
 
 
+def _stream(
+    ssh: GuestSSH, command: str, timeout: float, stream: TapStream, watch: ConsoleWatch, log: Path
+) -> CommandResult | PayloadRun:
+    """Run `command` with its TAP on stdout going into `stream` and its stderr into `log`.
+    A panic or a hung test ends it early: a PayloadRun with the `stop`."""
+    with log.open("a") as out:
+        try:
+            result = ssh.run(
+                command,
+                timeout=timeout,
+                on_output=stream,
+                on_stderr=lambda text: print(text, end="", file=out, flush=True),
+                watch=watch,
+            )
+        except GuestStalled:
+            if watch.stop is None or watch.stop.kind not in TEST_STOPS:
+                raise
+            return PayloadRun(pytest_status=None, stop=watch.stop)
+    stream.close()
+    return result
+
+
 def run_payload(
     ssh: GuestSSH,
     scenario: Scenario,
@@ -127,20 +151,10 @@ def run_payload(
     """Run pytest in a ready guest (see `CellBooter.ready`), its TAP going into `stream` as it
     comes. A panic or a hung test ends it early with a `stop`; any other trouble is an
     InfraError."""
-    with log.open("w") as out:
-        try:
-            result = ssh.run(
-                pytest_command(scenario, extra_args),
-                timeout=scenario.payload.timeout,
-                on_output=stream,
-                on_stderr=lambda text: print(text, end="", file=out, flush=True),
-                watch=watch,
-            )
-        except GuestStalled:
-            if watch.stop is None or watch.stop.kind not in TEST_STOPS:
-                raise
-            return PayloadRun(pytest_status=None, stop=watch.stop)
-    stream.close()
+    command = pytest_command(scenario, extra_args)
+    result = _stream(ssh, command, scenario.payload.timeout, stream, watch, log)
+    if isinstance(result, PayloadRun):
+        return result
     if result.status in PYTEST_USAGE and not stream.parser.results:
         tail = result.stderr.strip().splitlines()[-3:]
         raise UsageError(
@@ -163,3 +177,39 @@ def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> list[str] | None:
         return None
     (cell_dir / "dmesg.txt").write_text(text)
     return text.splitlines()
+
+
+def selftests_command(build: SelftestBuild, bdf: str | None) -> str:
+    """The guest runner over the suite's programs, its TAP on stdout as pytest's is."""
+    where = f"{GUEST_SUITES}/{build.suite}"
+    argv = ["python3", f"{GUEST_RUNTIME}/lab_kselftest.py", f"--tap-fd={TAP_FD}"]
+    argv += ["--suite", build.suite, *(["--bdf", bdf] if bdf else [])]
+    argv += [f"{where}/{p}" for p in build.programs]
+    return f"cd {where} && {shlex.join(argv)} {TAP_FD}>&1 1>&2"
+
+
+def run_selftests(
+    ssh: GuestSSH,
+    build: SelftestBuild,
+    bdf: str | None,
+    timeout: float,
+    stream: TapStream,
+    watch: ConsoleWatch,
+    log: Path,
+) -> PayloadRun:
+    """Copy a C suite's programs in and run them; a suite its tree lacks is one skip."""
+    if build.absent:
+        stream(f"TAP version 13\nok 1 {build.suite} # SKIP {build.absent}\n1..1\n")
+        stream.close()
+        return PayloadRun(pytest_status=0)
+    where = f"{GUEST_SUITES}/{build.suite}"
+    ssh.check(f"rm -rf {where} && mkdir -p {where}")
+    for program in build.programs:
+        ssh.put_file(Path(build.bin) / program, f"{where}/{program}")
+    ssh.check(["chmod", "+x", *(f"{where}/{p}" for p in build.programs)])
+    result = _stream(ssh, selftests_command(build, bdf), timeout, stream, watch, log)
+    if isinstance(result, PayloadRun):
+        return result
+    if result.status != 0:
+        raise GuestCommandError(f"the {build.suite} runner", result.status, result.stderr[-4000:])
+    return PayloadRun(pytest_status=result.status)

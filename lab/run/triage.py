@@ -17,6 +17,7 @@ from dataclasses import asdict
 from lab.results.records import TestRecord
 from lab.results.tap import OUTCOMES, TapParser
 from lab.spec.scenario import Expectation
+from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm.console import KERNEL_CRASHES, MARKER, Stop
 
 # (kind, pattern, serious): serious alarms make the test an error; the others are
@@ -92,25 +93,38 @@ def collected(tap: TapParser) -> list[str]:
 
 
 def records(
-    tap: TapParser, dmesg: list[str] | None, console: list[str], stop: Stop | None
+    tap: TapParser,
+    dmesg: list[str] | None,
+    console: list[str],
+    stop: Stop | None,
+    suite: str = DEFAULT_SUITE,
 ) -> list[TestRecord]:
-    """One record per test: reported, interrupted, or never run. `dmesg` is None when the
-    guest could not give it (it died): the console then speaks for the kernel."""
-    out = [TestRecord(name, r.outcome, r.reason, r.diagnostics + r.yaml) for name, r in tap.flat()]
+    """One record per test of one suite: reported, interrupted, or never run. `dmesg` is
+    None when the guest could not give it (it died): the console then speaks for the kernel."""
+    out = [
+        TestRecord(name, r.outcome, r.reason, r.diagnostics + r.yaml, suite=suite)
+        for name, r in tap.flat()
+    ]
     reported = {r.name for r in out}
     running = stop.test if stop is not None else None
-    if stop is not None and running and running not in reported:
+    if stop is not None and running and running not in reported and _of(running, suite):
         tail = [f"console: {line}" for line in console[-CONSOLE_TAIL:]]
-        out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail))
+        out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail, suite=suite))
         reported.add(running)
     names = collected(tap)
     missing = [n for n in names if n not in reported]
     if not names and tap.plan is not None:
         missing = [f"(test {i})" for i in range(len(tap.results) + 1, tap.plan + 1)]
     why = f"not run: the guest stopped during {running}" if running else "not run"
-    out += [TestRecord(name, "notrun", why) for name in missing]
+    out += [TestRecord(name, "notrun", why, suite=suite) for name in missing]
     _attribute(out, by_test(dmesg if dmesg is not None else console), by_test(console))
     return out
+
+
+def _of(name: str, suite: str) -> bool:
+    """Whether a test name (from a kmsg marker) is one of `suite`'s."""
+    prefix, sep, _ = name.partition(":")
+    return prefix == suite if sep and prefix in SUITES else suite == DEFAULT_SUITE
 
 
 def duplicates(tap: TapParser) -> list[str]:
@@ -148,7 +162,9 @@ def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -
             (
                 e
                 for e in expectations
-                if fnmatch.fnmatchcase(rec.name, e.test) and fnmatch.fnmatchcase(cell, e.cells)
+                if fnmatch.fnmatchcase(rec.id, e.test)
+                and fnmatch.fnmatchcase(rec.suite, e.suite)
+                and fnmatch.fnmatchcase(cell, e.cells)
             ),
             None,
         )

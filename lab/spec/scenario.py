@@ -25,6 +25,7 @@ from lab.spec.kernelspec import (
     parse_kernel_spec,
 )
 from lab.spec.schema import KValue, Size, doc_field
+from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
 
 DEFAULT_SCENARIO = SCENARIOS / "quick.yaml"
@@ -82,6 +83,12 @@ class Payload:
     tests: Path | None = doc_field(
         "directory of guest tests to copy in; default: guest_tests/", None
     )
+    suites: list[str] = doc_field(
+        "test suites to run in each cell, in order, from the suite registry: lab (this "
+        "payload), kselftest-vfio and kselftest-iommu (the kernel's C selftests, built from "
+        "the cell's kernel tree)",
+        ["lab"],
+    )
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
     timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
     stall_timeout: float = doc_field(
@@ -116,6 +123,9 @@ class Expectation:
     test: str = doc_field("glob over test names, e.g. 'vfio_dma_mapping_test.*_1gb.*'")
     reason: str = doc_field("why it fails; shown with the XFAIL")
     cells: str = doc_field("glob over the cells it fails in", "*")
+    suite: str = doc_field(
+        "glob over the suites it fails in (test ids are upstream's in every suite)", "*"
+    )
     link: str = doc_field("where it is tracked: a lore thread, a bug", "")
     kernel: bool = doc_field(
         "the known failure is a kernel splat (WARN, Oops, BUG...) attributed to the test; "
@@ -216,6 +226,7 @@ def validate(s: Scenario) -> None:
     _validate_machine(s)
     if not s.payload_dir.is_dir():
         raise s.error("payload.tests", f"{s.payload_dir} is not a directory")
+    _validate_suites(s)
     if s.payload.timeout <= 0:
         raise s.error("payload.timeout", "must be positive")
     for name in ("stall_timeout", "test_timeout"):
@@ -376,6 +387,15 @@ def _validate_bar(s: Scenario, i: int, dev: DeviceSpec) -> int:
     if fixed is None and index is not None and not 1 <= index <= 4:
         raise s.error(f"{field}.index", "must be 1 to 4 (BAR 0 holds the registers)")
     return size
+
+
+def _validate_suites(s: Scenario) -> None:
+    if not s.payload.suites:
+        raise s.error("payload.suites", "at least one suite is needed")
+    for i, name in enumerate(s.payload.suites):
+        _check_registry(s, f"payload.suites[{i}]", name, SUITES)
+        if name in s.payload.suites[:i]:
+            raise s.error(f"payload.suites[{i}]", f"{name} is listed twice")
 
 
 def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:

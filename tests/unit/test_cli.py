@@ -162,7 +162,7 @@ def test_negative_retries_is_exit_2(capsys):
         (
             "list",
             "expectations:\n  - test: a\n    reason: r\n    url: x\n",
-            "4: expectations[0].url: unknown key; known keys: cells, kernel, link, reason, test",
+            "4: expectations[0].url: unknown key; known keys: cells, kernel, link, reason, suite, test",
         ),
         (
             "run",

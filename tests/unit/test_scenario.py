@@ -190,6 +190,9 @@ def test_shipped_matrix_scenarios_load():
             "kernels[0] has the same cell name '7.2'",
         ),
         ("kernels: [debian:7.2, debian:7.2]\n", "kernels[1]", "listed twice"),
+        ("payload: {suites: [lab, kselftest]}\n", "payload.suites[1]", "kselftest-vfio"),
+        ("payload: {suites: [lab, lab]}\n", "payload.suites[1]", "listed twice"),
+        ("payload: {suites: []}\n", "payload.suites", "at least one"),
     ],
 )
 def test_matrix_rules(tmp_path, text, field, message):

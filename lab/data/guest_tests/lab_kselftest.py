@@ -1,10 +1,11 @@
 """Run the kernel's own C selftests in the guest and write one TAP 13 stream for the host.
 
-    python3 lab_kselftest.py --tap-fd 3 [--bdf BDF] [--timeout S] PROGRAM...
+    python3 lab_kselftest.py --tap-fd 3 --suite NAME [--bdf BDF] PROGRAM...
 
 Each program prints its own KTAP (kselftest_harness.h). This runner passes its results
-on at the top level under upstream's own ids (`fixture.variant.test`), renumbered into
-one document, each result preceded by the program's `#` lines since the last result
+on at the top level under upstream's own ids, qualified by the suite
+(`kselftest-vfio:fixture.variant.test`, so they never collide with the lab's pytest
+payload, which carries the same ids), renumbered into one document, each result preceded by the program's `#` lines since the last result
 (kselftest style: the parser attaches them to that test). Markers go to /dev/kmsg
 around each test, from the harness's `#  RUN` and result lines, as the pytest plugin
 does, so the host attributes kernel messages per test. A program that prints no result
@@ -43,6 +44,7 @@ def kmsg(text: str) -> None:
 class Program:
     """What one program reported, as the runner passes it on."""
 
+    suite: str
     name: str
     results: int = 0
     skip_all: str | None = None
@@ -76,7 +78,7 @@ def relay(program: Program, line: str, out: Writer) -> None:
     """One line of a program's output: markers for the kernel log, results for the host."""
     stripped = line.strip()
     if m := _RUN.match(stripped):
-        kmsg(f"test-start {m.group('name')}")
+        kmsg(f"test-start {program.suite}:{m.group('name')}")
     if m := _SKIP_ALL.match(stripped):
         program.skip_all = m.group("reason") or "skipped"
     elif m := _RESULT.match(stripped):
@@ -84,9 +86,10 @@ def relay(program: Program, line: str, out: Writer) -> None:
             program.pending.append(f"# {stripped}")
             return
         program.results += 1
-        name = m.group("rest").split(" #", 1)[0].strip()
+        rest = f"{program.suite}:{m.group('rest').strip()}"
+        name = rest.split(" #", 1)[0].strip()
         kmsg(f"test-end {name} {'pass' if m.group('ok') == 'ok' else 'fail'}")
-        out.result(m.group("ok") == "ok", m.group("rest"), program.pending)
+        out.result(m.group("ok") == "ok", rest, program.pending)
         program.pending = []
     elif stripped.startswith("#"):
         program.pending.append(stripped)
@@ -94,8 +97,8 @@ def relay(program: Program, line: str, out: Writer) -> None:
         program.pending.append(f"# {stripped}")
 
 
-def run(path: str, argv: list[str], out: Writer) -> None:
-    program = Program(os.path.basename(path))
+def run(suite: str, path: str, argv: list[str], out: Writer) -> None:
+    program = Program(suite, os.path.basename(path))
     kmsg(f"program-start {program.name}")
     # stderr to a file: a pipe could fill while stdout is being read, and stall both.
     with tempfile.TemporaryFile("w+") as err:
@@ -113,22 +116,24 @@ def run(path: str, argv: list[str], out: Writer) -> None:
         stderr = err.read()
     kmsg(f"program-end {program.name} {status}")
     if program.skip_all is not None:
-        out.result(True, f"{program.name} # SKIP {program.skip_all}", program.pending)
+        rest = f"{suite}:{program.name} # SKIP {program.skip_all}"
+        out.result(True, rest, program.pending)
     elif program.results == 0:
         tail = [f"# stderr: {line}" for line in stderr.splitlines()[-STDERR_TAIL:]]
         why = f"exited {status} without reporting a test"
-        out.result(False, f"{program.name} # ERROR {why}", program.pending + tail)
+        out.result(False, f"{suite}:{program.name} # ERROR {why}", program.pending + tail)
 
 
 def main(args: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tap-fd", type=int, required=True)
+    p.add_argument("--suite", required=True, help="qualifies every test id and marker")
     p.add_argument("--bdf", help="the device the programs test (upstream's scripts pass argv)")
     p.add_argument("programs", nargs="+")
     opts = p.parse_args(args)
     out = Writer(opts.tap_fd)
     for path in opts.programs:
-        run(path, [opts.bdf] if opts.bdf else [], out)
+        run(opts.suite, path, [opts.bdf] if opts.bdf else [], out)
     out.close()
     return 0
 

@@ -1,0 +1,186 @@
+"""The kernel's own C selftests, built on the host from a cell's kernel tree.
+
+A suite (`kselftest-vfio`, `kselftest-iommu`) is built from the very tree its cell's
+kernel came from, against that tree's uAPI headers (`make headers_install`), out of
+tree (`OUTPUT=`), so the tree stays as it was. It is cached by the tree's identity, the
+lab's patches for it and the compiler.
+
+Patches come per suite from `images/selftests/<dir>/series`, one per line:
+`lab NAME` always applies (e.g. the lab's edu driver for the VFIO library); `compat
+NAME` is a build fix some trees need (its header says which). A suite is first built
+with the `lab` patches only; only if that fails are the `compat` patches that apply
+added, and the build says which it needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lab.build.kbuild import SourceTree, compiler_identity
+from lab.build.patches import patched_tree, patches_digest
+from lab.core.cache import Cache, CorruptCacheFile, content_key
+from lab.core.data import IMAGES
+from lab.core.errors import BuildError
+from lab.core.proc import run_logged
+from lab.core.progress import Progress
+from lab.spec.suites import Suite
+
+SELFTESTS = IMAGES / "selftests"
+KINDS = ("lab", "compat")
+
+
+@dataclass(frozen=True)
+class SelftestBuild:
+    """A suite's programs, ready to copy into a guest; or why there is nothing to run."""
+
+    suite: str
+    tree: str  # the identity of the tree it was built from
+    bin: str = ""  # directory of the programs
+    programs: tuple[str, ...] = ()
+    patches: tuple[str, ...] = ()  # the lab's, applied
+    compat: tuple[str, ...] = ()  # build fixes this tree needed
+    absent: str = ""  # why the tree gives nothing to run
+    build_s: float | None = None
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> SelftestBuild:
+        try:
+            d = json.loads(path.read_text())
+            fields: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in d.items()
+            }
+            return cls(**fields)
+        except (OSError, ValueError, TypeError) as e:
+            raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
+
+
+def series(suite: Suite) -> list[tuple[str, Path]]:
+    """(kind, patch) pairs of the suite's series file, in order."""
+    assert suite.selftest_dir is not None
+    path = SELFTESTS / suite.selftest_dir / "series"
+    if not path.is_file():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or words[0] not in KINDS:
+            raise BuildError("selftests", f"{path}:{number}: expected `lab NAME` or `compat NAME`")
+        out.append((words[0], path.parent / words[1]))
+    return out
+
+
+def provide_selftests(
+    suite: Suite, tree: SourceTree, cache: Cache, progress: Progress
+) -> SelftestBuild:
+    patches = series(suite)
+    key = content_key(
+        [
+            "selftests",
+            suite.name,
+            tree.identity,
+            patches_digest([p for _, p in patches]),
+            compiler_identity(),
+        ]
+    )
+    entry = cache.entry("selftests", key)
+
+    def build(scratch: Path) -> None:
+        progress(suite.name, f"building from {tree.identity}")
+        started = time.monotonic()
+        built = _build(suite, tree, patches, cache, scratch, entry, progress)
+        seconds = round(time.monotonic() - started, 1)
+        progress(suite.name, f"built {len(built.programs)} programs in {seconds:.0f} s")
+        dataclasses.replace(built, build_s=seconds).save(scratch / "selftests.json")
+
+    with cache.lock(f"selftests-{key}"):
+        cache.ensure("selftests", key, build, progress)
+    return SelftestBuild.load(entry / "selftests.json")
+
+
+def _build(
+    suite: Suite,
+    tree: SourceTree,
+    patches: list[tuple[str, Path]],
+    cache: Cache,
+    scratch: Path,
+    entry: Path,
+    progress: Progress,
+) -> SelftestBuild:
+    assert suite.selftest_dir is not None
+    where = Path("tools/testing/selftests") / suite.selftest_dir
+    if not (tree.path / where).is_dir():
+        return SelftestBuild(suite.name, tree.identity, absent=f"{tree.identity} has no {where}")
+    log = scratch / "build.log"
+    headers = _headers(tree, scratch, log)
+    lab = [p for kind, p in patches if kind == "lab"]
+    compat: list[Path] = []
+    try:
+        _make(patched_tree(tree, lab, cache, progress) if lab else tree, where, headers, scratch)
+    except BuildError:
+        compat = [p for kind, p in patches if kind == "compat"]
+        if not compat:
+            raise
+        progress(suite.name, f"the build as shipped failed; adding {len(compat)} compat patch(es)")
+        _make(patched_tree(tree, compat + lab, cache, progress), where, headers, scratch)
+    programs = _programs(scratch / "out")
+    return SelftestBuild(
+        suite.name,
+        tree.identity,
+        bin=str(entry / "out"),
+        programs=programs,
+        patches=tuple(p.name for p in lab),
+        compat=tuple(p.name for p in compat),
+    )
+
+
+def _headers(tree: SourceTree, scratch: Path, log: Path) -> Path:
+    """The tree's uAPI headers, generated out of tree (`make headers` with O=)."""
+    obj = scratch / "obj"
+    run_logged(
+        ["make", "-C", tree.path, f"O={obj}", f"-j{os.cpu_count() or 1}", "headers"],
+        artifact="selftests",
+        log=log,
+    )
+    return obj / "usr" / "include"
+
+
+def _make(tree: SourceTree, where: Path, headers: Path, scratch: Path) -> None:
+    out = scratch / "out"
+    shutil.rmtree(out, ignore_errors=True)  # nothing of a failed attempt stays
+    out.mkdir()
+    run_logged(
+        [
+            "make",
+            "-C",
+            tree.path / where,
+            f"-j{os.cpu_count() or 1}",
+            f"OUTPUT={out}",
+            f"KHDR_INCLUDES=-isystem {headers}",
+        ],
+        artifact="selftests",
+        log=scratch / "build.log",
+    )
+
+
+def _programs(out: Path) -> tuple[str, ...]:
+    """The test programs the build produced: the executables at the top of its output."""
+    return tuple(
+        sorted(
+            p.name
+            for p in out.iterdir()
+            if p.is_file() and p.stat().st_mode & stat.S_IXUSR and not p.suffix
+        )
+    )
