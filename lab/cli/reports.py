@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
-from lab.results import compare, reports
+from lab.results import compare, parity, reports
 from lab.results import tap as tap_mod
 from lab.results.records import UNEXPECTED
 from lab.results.rundir import load_run
@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     cmp.set_defaults(func=cmd_compare)
 
+    par = sub.add_parser(
+        "parity",
+        help="the lab's payload against the kernel's C suites, per cell; exit 1 on a "
+        "disagreement no expectation explains",
+    )
+    par.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    par.set_defaults(func=cmd_parity)
+
     tap = sub.add_parser(
         "tap",
         help="parse a TAP/KTAP file (a cell's results.tap, kselftest output) and summarize it",
@@ -54,6 +62,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare.compare(old, new, accept_lost=args.accept_lost)
     print(compare.render(result, old, new))
     return EXIT_UNEXPECTED if result.regressions else EXIT_OK
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    cells = parity.run_parity(load_run(args.run_dir))
+    print(parity.render(cells))
+    return EXIT_UNEXPECTED if any(p.unexplained for p in cells) else EXIT_OK
 
 
 def cmd_tap(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from lab.results.parity import run_parity
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
 
@@ -75,6 +76,7 @@ def render(run: RunData) -> str:
         + "</p>",
         "<h2>Cells</h2>",
         _cells_table(run),
+        _parity_section(run),
         f"<h2>Tests &times; cells</h2><p>{len(rows)} tests, {differing} differ between cells.</p>",
         _controls(),
         _matrix_table(run, rows),
@@ -87,6 +89,29 @@ def render(run: RunData) -> str:
         + "\n".join(body)
         + f"\n<script>{JS}</script>\n</body></html>\n"
     )
+
+
+def _parity_section(run: RunData) -> str:
+    """The lab's payload against the C suites, per cell (nothing when no cell ran both)."""
+    cells = run_parity(run)
+    if not cells:
+        return ""
+    rows = []
+    for p in cells:
+        rows.append(
+            f"<tr><td>{escape(p.cell)}</td><td>{p.shared}</td><td>{p.agree}</td>"
+            f"<td>{len(p.disagree)}</td><td>{len(p.unexplained)}</td>"
+            f"<td>{', '.join(f'{escape(k)} {len(v)}' for k, v in p.only.items())}</td></tr>"
+        )
+        for d in p.disagree:
+            why = escape(d.explained_by) if d.explained_by else "<b>unexplained</b>"
+            rows.append(
+                f"<tr><td></td><td colspan=5>{escape(d.id)}: lab {_badge(d.lab)}, "
+                f"{escape(d.suite)} {_badge(d.other)} ({why})</td></tr>"
+            )
+    head = "<tr><th>cell</th><th>shared</th><th>agree</th><th>disagree</th>"
+    head += "<th>unexplained</th><th>ids only one suite has</th></tr>"
+    return f"<h2 id=parity>Parity</h2><table>{head}{''.join(rows)}</table>"
 
 
 def _badge(outcome: str) -> str:

@@ -1,14 +1,16 @@
-"""What a run leaves for people and CI besides summary.json: junit.xml and report.html.
+"""What a run leaves for people and CI besides summary.json: junit.xml, report.html, and
+parity.json when a cell ran a C suite beside the lab's payload.
 
 Both are rewritten after every cell, from the same data `vfio-lab report` reads back.
 """
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 from lab.core.files import write_atomic
-from lab.results import htmlreport
+from lab.results import htmlreport, parity
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import CellData, RunData
 
@@ -19,6 +21,9 @@ HTML = "report.html"
 def write_all(run: RunData) -> None:
     write_atomic(run.dir / JUNIT, junit_xml(run))
     write_atomic(run.dir / HTML, htmlreport.render(run))
+    cells = parity.run_parity(run)
+    if cells:
+        write_atomic(run.dir / parity.PARITY, json.dumps(parity.to_json(cells), indent=2) + "\n")
 
 
 # -- junit.xml -----------------------------------------------------------------------------
