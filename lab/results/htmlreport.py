@@ -86,7 +86,7 @@ def render(run: RunData) -> str:
     return printable(
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
+        + "\n".join(part for part in body if part)
         + f"\n<script>{JS}</script>\n</body></html>\n"
     )
 

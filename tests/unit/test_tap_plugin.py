@@ -74,10 +74,11 @@ def test_map(iommu_mode, size):
 """
 
 
-def test_every_parameter_is_part_of_the_name(tmp_path):
+def names_of(tmp_path, module: str) -> list[str]:
+    """The TAP names the plugin gives the tests of `module` (user_test.py)."""
     work = tmp_path / "tests"
     work.mkdir()
-    (work / "user_test.py").write_text(PARAMETRIZED)
+    (work / "user_test.py").write_text(module)
     env = dict(os.environ, PYTHONPATH=str(REPO / "lab" / "data" / "guest_tests"))
     done = subprocess.run(
         [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q"],
@@ -88,6 +89,17 @@ def test_every_parameter_is_part_of_the_name(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stdout
-    names = [r.name for r in parse_text((tmp_path / "out.tap").read_text()).results]
+    return [r.name for r in parse_text((tmp_path / "out.tap").read_text()).results]
+
+
+def test_every_parameter_is_part_of_the_name(tmp_path):
     # The lab's own parameter (the IOMMU mode) first, then the user's, as upstream names them.
-    assert names == ["user_test.iommufd_4096.map", "user_test.iommufd_8192.map"]
+    assert names_of(tmp_path, PARAMETRIZED) == [
+        "user_test.iommufd_4096.map",
+        "user_test.iommufd_8192.map",
+    ]
+
+
+def test_a_module_names_the_upstream_fixture_it_mirrors(tmp_path):
+    module = 'TAP_FIXTURE = "vfio_cdev"\n\ndef test_bind():\n    pass\n'
+    assert names_of(tmp_path, module) == ["vfio_cdev.bind"]

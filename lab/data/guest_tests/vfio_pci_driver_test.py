@@ -24,6 +24,18 @@ def mapped(device, iova_allocator):
         yield [src, dst]
 
 
+def test_init_remove(device, edu_dma_mask, diag):
+    """As upstream: the driver removed and initialised again, ten times over; the lab's
+    edu driver initialises by checking the ID and liveness registers and turning Bus
+    Master on, and removes by turning it off. The device must answer every time."""
+    for _ in range(10):
+        device.set_bus_master(False)
+        edu = E.Edu(device, edu_dma_mask)
+        assert edu.ident() == E.IDENT_VALUE
+        assert edu.liveness(0x12345678) == 0xEDCBA987
+    diag("rounds", 10)
+
+
 def test_memcpy_success(edu, mapped, diag):
     (src, src_iova), (dst, dst_iova) = mapped
     pattern = os.urandom(SIZE)
@@ -34,7 +46,7 @@ def test_memcpy_success(edu, mapped, diag):
     assert dst.read() == pattern
 
 
-def test_memcpy_to_unmapped_region(device, edu, mapped, diag):
+def test_memcpy_to_unmapped_iova(device, edu, mapped, diag):
     (src, src_iova), (dst, dst_iova) = mapped
     src.write(0, b"\xa5" * E.CHUNK)
     dst.fill(0x5A)
@@ -46,7 +58,7 @@ def test_memcpy_to_unmapped_region(device, edu, mapped, diag):
     assert untouched, "a DMA to an unmapped IOVA wrote process memory"
 
 
-def test_memcpy_from_unmapped_region(device, edu, mapped, diag):
+def test_memcpy_from_unmapped_iova(device, edu, mapped, diag):
     (src, src_iova), (dst, dst_iova) = mapped
     secret = b"\xc3" * E.CHUNK
     src.write(0, secret)
@@ -86,3 +98,21 @@ def test_mix_and_match(device, edu, mapped, iova_allocator, diag):
             assert msi.wait() == 1, f"round {round_}: no MSI"
             edu.ack_irq()
     diag("rounds", ROUNDS)
+
+
+STORM = 16  # copies; each is two DMAs of ~100 ms virtual time, so upstream's 60 s holds
+
+
+def test_memcpy_storm(device, edu, mapped, diag):
+    """As upstream, scaled to edu: many copies back to back (upstream asks a driver for as
+    many as it can queue; edu has one 4 KiB buffer and no queue, so the storm is a run of
+    copies without pause, each checked), and no MSI, since none was asked for."""
+    (src, src_iova), (dst, dst_iova) = mapped
+    with Interrupts(device, "msi") as msi:
+        for i in range(STORM):
+            src.write(0, os.urandom(E.CHUNK))
+            edu.memcpy(src_iova, dst_iova, E.CHUNK)
+            assert dst.read(0, E.CHUNK) == src.read(0, E.CHUNK), f"copy {i} differs"
+        stray = msi.wait(timeout=0.1)
+    diag("copies", STORM)
+    assert stray == 0, f"{stray} MSI(s) during a storm that asked for none"

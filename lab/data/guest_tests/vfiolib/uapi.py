@@ -182,6 +182,10 @@ class vfio_device_attach_iommufd_pt(C.Structure):
     _fields_ = [("argsz", u32), ("flags", u32), ("pt_id", u32), ("pasid", u32)]
 
 
+class vfio_device_detach_iommufd_pt(C.Structure):
+    _fields_ = [("argsz", u32), ("flags", u32), ("pasid", u32)]
+
+
 # <linux/iommufd.h>
 IOMMUFD_TYPE = ";"
 IOMMUFD_CMD_BASE = 0x80
@@ -280,6 +284,7 @@ STRUCTS = {
         vfio_iommu_type1_dma_unmap,
         vfio_device_bind_iommufd,
         vfio_device_attach_iommufd_pt,
+        vfio_device_detach_iommufd_pt,
     )
 }
 # Checked against <linux/iommufd.h>, which older uAPI headers (Debian 12's 6.1) lack.
