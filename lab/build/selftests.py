@@ -65,10 +65,10 @@ class SelftestBuild:
             raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
 
 
-def series(suite: Suite) -> list[tuple[str, Path]]:
+def series(suite: Suite, recipes: Path = SELFTESTS) -> list[tuple[str, Path]]:
     """(kind, patch) pairs of the suite's series file, in order."""
     assert suite.selftest_dir is not None
-    path = SELFTESTS / suite.selftest_dir / "series"
+    path = recipes / suite.selftest_dir / "series"
     if not path.is_file():
         return []
     out = []
@@ -83,9 +83,9 @@ def series(suite: Suite) -> list[tuple[str, Path]]:
 
 
 def provide_selftests(
-    suite: Suite, tree: SourceTree, cache: Cache, progress: Progress
+    suite: Suite, tree: SourceTree, cache: Cache, progress: Progress, recipes: Path = SELFTESTS
 ) -> SelftestBuild:
-    patches = series(suite)
+    patches = series(suite, recipes)
     key = content_key(
         [
             "selftests",
