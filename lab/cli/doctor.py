@@ -76,9 +76,26 @@ def check_busybox() -> Check:
     )
 
 
-def check_libelf() -> Check:
-    ok = Path("/usr/include/libelf.h").exists() or Path("/usr/include/gelf.h").exists()
-    return Check("libelf headers", ok, "for objtool in kernel builds", "apt-get install libelf-dev")
+def _headers(name: str, paths: tuple[str, ...], why: str, package: str) -> Callable[[], Check]:
+    def check() -> Check:
+        ok = any(Path(p).exists() for p in paths)
+        return Check(name, ok, why, f"apt-get install {package}")
+
+    return check
+
+
+check_libelf = _headers(
+    "libelf headers",
+    ("/usr/include/libelf.h", "/usr/include/gelf.h"),
+    "for objtool in kernel builds",
+    "libelf-dev",
+)
+check_libuuid = _headers(
+    "libuuid headers", ("/usr/include/uuid/uuid.h",), "for kselftest-vfio", "uuid-dev"
+)
+check_libcap = _headers(
+    "libcap headers", ("/usr/include/sys/capability.h",), "for kselftest-iommu", "libcap-dev"
+)
 
 
 def check_apt_lists() -> Check:
@@ -151,6 +168,8 @@ def all_checks(cache: Cache) -> list[Check]:
         _tool("ccache", "ccache"),
         _tool("patch", "patch"),
         check_libelf,
+        check_libuuid,
+        check_libcap,
         check_apt_lists,
         check_python_modules,
         lambda: check_cache(cache),
