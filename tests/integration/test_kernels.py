@@ -185,6 +185,13 @@ def test_kernel_crash_in_one_cell_is_its_error_and_the_next_cell_runs(tmp_path):
     assert "Kernel panic - not syncing: sysrq triggered crash" in junit
 
 
+MODES = (
+    "vfio_type1_iommu",
+    "vfio_type1v2_iommu",
+    "iommufd_compat_type1",
+    "iommufd_compat_type1v2",
+    "iommufd",
+)
 PATCH = REPO / "tests/fixtures/kernel_patches/0001-localversion-name-the-lab-s-patched-build.patch"
 
 
@@ -226,3 +233,30 @@ def test_a_patch_that_does_not_apply_is_exit_3_naming_it(tmp_path):
     done = lab("run", str(patched_scenario(tmp_path, stale)), "--results", str(root))
     assert done.returncode == 3, done.stdout + done.stderr
     assert f"patch {stale} does not apply" in done.stdout + done.stderr
+
+
+def test_upstreams_vfio_selftests_run_beside_the_payload_and_agree(tmp_path):
+    """payload.suites on the matrix's =n cell (its kernel is cached by now): the kernel's
+    own VFIO selftests, built from the cell's tree with the lab's edu driver, drive edu in
+    every IOMMU mode, and agree with the lab's tests of the same ids."""
+    scenario = tmp_path / "suites.yaml"
+    scenario.write_text(
+        (REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml").read_text()
+        + "payload:\n  suites: [lab, kselftest-vfio]\n"
+        "  args: [-k, 'vfio_pci_driver_test or vfio_iommufd_setup_test']\n"
+    )
+    root = tmp_path / "results"
+    done = lab("run", str(scenario), "--results", str(root), "--only", "*=n")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (cell,) = json.loads((root / "latest" / "summary.json").read_text())["cells"]
+    recs = {r["name"]: r for r in json.loads((Path(cell["dir"]) / "tests.json").read_text())}
+    for mode in MODES:
+        for case in ("init_remove", "memcpy_success", "send_msi", "memcpy_storm"):
+            rec = recs[f"kselftest-vfio:vfio_pci_driver_test.{mode}.{case}"]
+            assert rec["outcome"] == "pass" and rec["suite"] == "kselftest-vfio", rec
+    assert recs["kselftest-vfio:vfio_cdev.attach_detatch_pt"]["outcome"] == "pass"
+    parity = lab("parity", str(root / "latest"))
+    assert parity.returncode == 0, parity.stdout + parity.stderr
+    counts = json.loads((root / "latest" / "parity.json").read_text())["cells"][cell["name"]]
+    # 7 driver cases in 5 modes and 6 vfio_cdev cases ran in both suites.
+    assert counts["shared"] == 41 and counts["agree"] == 41, counts
