@@ -39,6 +39,8 @@ class CellResult:
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
     kernel_build_s: float | None = None  # when this cell's kernel was built from source
+    suite_s: dict[str, float] = field(default_factory=dict)  # each suite's time in the guest
+    selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
 
@@ -144,6 +146,9 @@ def table(results: RunResults) -> str:
         if c.infra_error:
             lines.append(f"{c.name}: {c.infra_error}")
         lines += [f"{c.name}: {p}" for p in c.problems]
+        lines += [
+            f"{c.name}: upstream selftests needed compat patch {p}" for p in c.selftest_compat
+        ]
         lines += [f"{c.name}: unexpected {u}" for u in c.unexpected[:UNEXPECTED_SHOWN]]
         if len(c.unexpected) > UNEXPECTED_SHOWN:
             lines.append(f"{c.name}: ... {len(c.unexpected) - UNEXPECTED_SHOWN} more unexpected")

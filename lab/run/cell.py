@@ -113,6 +113,9 @@ class CellRun:
         result.qemu_version = prepared.qemu.version
         result.qemu_patches = list(prepared.qemu.patches)
         result.qemu_build_s = prepared.qemu.build_s
+        result.selftest_compat = [
+            f"{b.suite}: {patch}" for b in prepared.selftests.values() for patch in b.compat
+        ]
         record = provenance(self.cell, prepared, self.pytest_args)
         (self.dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
         keep_patches(self.cell, self.dir)
@@ -149,7 +152,9 @@ class CellRun:
             stream = TapStream(self.dir / tap_file(suite), self._on_result())
             taps[suite] = stream.parser
             self.progress(self.cell.name, f"running {suite}")
+            started = time.monotonic()
             stop, grace = self._run_suite(suite, ready, prepared, stream, watch)
+            result.suite_s[suite] = round(time.monotonic() - started, 1)
             crashed = guest.machine.exit_status(wait=grace)
             if crashed is not None:
                 dying_words = console.read_lines(self.dir / "console.log")

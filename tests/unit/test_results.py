@@ -65,6 +65,7 @@ def test_table_lists_cells_and_errors(tmp_path):
     r = RunResults(tmp_path, "s", "id", "tcg", "auto: KVM unusable")
     r.add(cell(tmp_path, "debian-stock", "pass", **{"pass": 18, "skip": 26}))
     r.add(cell(tmp_path, "broken", "error", infra="no SSH answer within 1 s"))
+    r.cells[0].selftest_compat = ["kselftest-vfio: 0001-fix.patch"]
     text = table(r)
     lines = text.splitlines()
     assert lines[0].split() == [
@@ -82,6 +83,10 @@ def test_table_lists_cells_and_errors(tmp_path):
     ]
     assert lines[1].split()[:7] == ["debian-stock", "pass", "18", "0", "0", "0", "26"]
     assert "broken: no SSH answer within 1 s" in text
+    assert (
+        "debian-stock: upstream selftests needed compat patch kselftest-vfio: 0001-fix.patch"
+        in text
+    )
     assert "accelerator: tcg (auto: KVM unusable)" in text
 
 
