@@ -7,7 +7,10 @@ from pathlib import Path
 
 from lab.spec.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, DeviceConfig, qemu_escape
 
-BASE_CMDLINE = ("console=ttyS0", "root=/dev/vda", "rw", "panic=-1")
+# A log buffer that outlasts the payload: triage reads dmesg once, at the end, and loses
+# the per-test markers of whatever the default 128 KiB ring has overwritten (the
+# iommufd selftests' fault injection alone prints megabytes).
+BASE_CMDLINE = ("console=ttyS0", "root=/dev/vda", "rw", "panic=-1", "log_buf_len=16M")
 HOLE64_DEFAULT = 32 << 30  # q35's pci-hole64-size when nobody sets it
 
 

@@ -33,11 +33,18 @@ KMSG = os.environ.get("VFIO_LAB_KMSG", "/dev/kmsg")  # the unit tests point it a
 
 
 def kmsg(text: str) -> None:
+    # os.open, not open(..., "a"): Python seeks to the end of a file opened to append,
+    # and /dev/kmsg refuses a seek on a write-only descriptor (EBADF).
     try:
-        with open(KMSG, "a") as f:
-            f.write(f"vfio-lab: {text}\n")
+        fd = os.open(KMSG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError:
-        pass  # not root, or no /dev/kmsg: markers are a help, not a requirement
+        return  # not root, or no /dev/kmsg: markers are a help, not a requirement
+    try:
+        os.write(fd, f"vfio-lab: {text}\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass
