@@ -90,7 +90,7 @@ class Payload:
         ["lab"],
     )
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
-    timeout: float = doc_field("seconds the whole payload may run in the guest", 1800.0)
+    timeout: float = doc_field("seconds each suite may run in the guest", 1800.0)
     stall_timeout: float = doc_field(
         "seconds without console or SSH output before the guest is given up on", 300.0
     )
