@@ -38,7 +38,7 @@ class CellResult:
     guest_release: str | None = None
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
-    kernel_build_s: float | None = None  # when this cell's kernel was built from source
+    kernel_build_s: float | None = None  # the build that made the kernel (even if cached since)
     suite_s: dict[str, float] = field(default_factory=dict)  # each suite's time in the guest
     selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
