@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return for_bisect(code) if "--bisect" in own else code
     args.remote = remote
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # A background job of a script inherits SIGINT ignored; the lab's cleanup on an
+    # interrupt must not depend on how it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return exit_code(args, _dispatch(args))
 
 

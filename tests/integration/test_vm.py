@@ -131,6 +131,9 @@ def test_ctrl_c_during_boot_leaves_nothing_behind(results):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Started as a script's background job is: with SIGINT ignored, which the lab
+        # must not inherit (it did, and shrugged the interrupt off).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 300
