@@ -8,12 +8,14 @@ lab's patches for it and the compiler.
 Patches come per suite from `images/selftests/<dir>/series`, one per line:
 `lab NAME` always applies (e.g. the lab's edu driver for the VFIO library); `compat
 NAME` is a build fix some trees need (its header says which). A suite is first built
-with the `lab` patches only; only if that fails are the `compat` patches that apply
-added, and the build says which it needed.
+with the `lab` patches only; only if that fails are the `compat` patches added, and
+the build says which it needed. A line may name several versions of one patch, for
+trees whose context differs (`lab A.patch B.patch`): the first that applies is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -65,8 +67,14 @@ class SelftestBuild:
             raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
 
 
-def series(suite: Suite, recipes: Path = SELFTESTS) -> list[tuple[str, Path]]:
-    """(kind, patch) pairs of the suite's series file, in order."""
+@dataclass(frozen=True)
+class SeriesEntry:
+    kind: str  # lab | compat
+    versions: tuple[Path, ...]  # one patch, for trees of different context
+
+
+def series(suite: Suite, recipes: Path = SELFTESTS) -> list[SeriesEntry]:
+    """The suite's series file, in order."""
     assert suite.selftest_dir is not None
     path = recipes / suite.selftest_dir / "series"
     if not path.is_file():
@@ -76,10 +84,38 @@ def series(suite: Suite, recipes: Path = SELFTESTS) -> list[tuple[str, Path]]:
         words = line.split("#", 1)[0].split()
         if not words:
             continue
-        if len(words) != 2 or words[0] not in KINDS:
-            raise BuildError("selftests", f"{path}:{number}: expected `lab NAME` or `compat NAME`")
-        out.append((words[0], path.parent / words[1]))
+        if len(words) < 2 or words[0] not in KINDS:
+            raise BuildError(
+                "selftests", f"{path}:{number}: expected `lab NAME...` or `compat NAME...`"
+            )
+        out.append(SeriesEntry(words[0], tuple(path.parent / w for w in words[1:])))
     return out
+
+
+def _version_for(tree: SourceTree, entry: SeriesEntry, log: Path) -> Path:
+    """The first version of the patch that applies to `tree` exactly (no fuzz: a version
+    for other context must not pass for this one); else the first, whose failure to
+    apply is then reported with its name."""
+    for patch in entry.versions:
+        with contextlib.suppress(BuildError):
+            run_logged(
+                [
+                    "patch",
+                    "-p1",
+                    "--dry-run",
+                    "--fuzz=0",
+                    "--forward",
+                    "--batch",
+                    "-s",
+                    "-i",
+                    patch,
+                ],
+                artifact="selftests",
+                log=log,
+                cwd=tree.path,
+            )
+            return patch
+    return entry.versions[0]
 
 
 def provide_selftests(
@@ -91,7 +127,7 @@ def provide_selftests(
             "selftests",
             suite.name,
             tree.identity,
-            patches_digest([p for _, p in patches]),
+            patches_digest([p for entry in patches for p in entry.versions]),
             compiler_identity(),
         ]
     )
@@ -113,7 +149,7 @@ def provide_selftests(
 def _build(
     suite: Suite,
     tree: SourceTree,
-    patches: list[tuple[str, Path]],
+    patches: list[SeriesEntry],
     cache: Cache,
     scratch: Path,
     entry: Path,
@@ -125,12 +161,13 @@ def _build(
         return SelftestBuild(suite.name, tree.identity, absent=f"{tree.identity} has no {where}")
     log = scratch / "build.log"
     headers = _headers(tree, scratch, log)
-    lab = [p for kind, p in patches if kind == "lab"]
+    chosen = [(e.kind, _version_for(tree, e, log)) for e in patches]
+    lab = [p for kind, p in chosen if kind == "lab"]
     compat: list[Path] = []
     try:
         _make(patched_tree(tree, lab, cache, progress) if lab else tree, where, headers, scratch)
     except BuildError:
-        compat = [p for kind, p in patches if kind == "compat"]
+        compat = [p for kind, p in chosen if kind == "compat"]
         if not compat:
             raise
         progress(suite.name, f"the build as shipped failed; adding {len(compat)} compat patch(es)")

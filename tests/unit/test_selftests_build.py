@@ -84,3 +84,16 @@ def test_a_tree_without_the_suite_is_absent_and_a_broken_one_an_error(tmp_path):
         provide_selftests(
             SUITE, tree(tmp_path / "b"), Cache(tmp_path / "c2"), print, recipes(tmp_path / "b", "")
         )
+
+
+def test_of_several_versions_of_a_patch_the_one_that_applies_is_used(tmp_path):
+    fixed = PROG.replace("int main", "static int helper(void) { return 0; }\nint main")
+    root = recipes(tmp_path, "lab 0002-old.patch 0002-new.patch\n")
+    old = COMPAT.replace("#include <linux/lab.h>\n+", "#include <linux/other.h>\n+")
+    (root / "vfio" / "0002-old.patch").write_text(old.replace("static int helper", "int x"))
+    new = "--- a/tools/testing/selftests/vfio/prog.c\n+++ b/tools/testing/selftests/vfio/prog.c\n"
+    new += "@@ -1,2 +1,3 @@\n #include <linux/lab.h>\n+/* patched */\n"
+    new += " static int helper(void) { return 0; }\n"
+    (root / "vfio" / "0002-new.patch").write_text(new)
+    built = provide_selftests(SUITE, tree(tmp_path, fixed), Cache(tmp_path / "c"), print, root)
+    assert built.patches == ("0002-new.patch",)
