@@ -8,6 +8,7 @@ why (an unmet `depends on`, or a conflict with another requested value).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -98,11 +99,12 @@ def kconfig_dependencies(tree: Path, options: Iterable[str]) -> dict[str, str]:
     return {f"CONFIG_{k}": "depends on " + " && ".join(v) for k, v in found.items()}
 
 
-def known_options(tree: Path) -> set[str]:
-    """Every option some Kconfig file of the tree defines."""
+@functools.cache
+def known_options(tree: Path) -> frozenset[str]:
+    """Every option some Kconfig file of the tree defines (read once per tree and process)."""
     names = set()
     for kconfig in tree.rglob("Kconfig*"):
         for line in kconfig.read_text(errors="replace").splitlines():
             if m := _CONFIG_HEAD.match(line):
                 names.add(f"CONFIG_{m.group(1)}")
-    return names
+    return frozenset(names)
