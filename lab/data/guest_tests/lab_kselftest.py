@@ -24,27 +24,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from vfiolib import kmsg
+
 _RUN = re.compile(r"^#\s+RUN\s+(?P<name>\S+)")
 _RESULT = re.compile(r"^(?P<ok>ok|not ok)\s+\d+\s+(?:-\s*)?(?P<rest>.*)$")
 _SKIP_ALL = re.compile(r"^1\.\.0\s*#\s*SKIP\s*(?P<reason>.*)$", re.IGNORECASE)
 _NOISE = re.compile(r"^(?:TAP version \d+|KTAP version \d+|1\.\.\d+)\s*$")
 STDERR_TAIL = 20
-KMSG = os.environ.get("VFIO_LAB_KMSG", "/dev/kmsg")  # the unit tests point it at a file
-
-
-def kmsg(text: str) -> None:
-    # os.open, not open(..., "a"): Python seeks to the end of a file opened to append,
-    # and /dev/kmsg refuses a seek on a write-only descriptor (EBADF).
-    try:
-        fd = os.open(KMSG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    except OSError:
-        return  # not root, or no /dev/kmsg: markers are a help, not a requirement
-    try:
-        os.write(fd, f"vfio-lab: {text}\n".encode())
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -85,7 +71,7 @@ def relay(program: Program, line: str, out: Writer) -> None:
     """One line of a program's output: markers for the kernel log, results for the host."""
     stripped = line.strip()
     if m := _RUN.match(stripped):
-        kmsg(f"test-start {program.suite}:{m.group('name')}")
+        kmsg.mark(f"test-start {program.suite}:{m.group('name')}")
     if m := _SKIP_ALL.match(stripped):
         program.skip_all = m.group("reason") or "skipped"
     elif m := _RESULT.match(stripped):
@@ -95,7 +81,7 @@ def relay(program: Program, line: str, out: Writer) -> None:
         program.results += 1
         rest = f"{program.suite}:{m.group('rest').strip()}"
         name = rest.split(" #", 1)[0].strip()
-        kmsg(f"test-end {name} {'pass' if m.group('ok') == 'ok' else 'fail'}")
+        kmsg.mark(f"test-end {name} {'pass' if m.group('ok') == 'ok' else 'fail'}")
         out.result(m.group("ok") == "ok", rest, program.pending)
         program.pending = []
     elif stripped.startswith("#"):
@@ -106,7 +92,7 @@ def relay(program: Program, line: str, out: Writer) -> None:
 
 def run(suite: str, path: str, argv: list[str], out: Writer) -> None:
     program = Program(suite, os.path.basename(path))
-    kmsg(f"program-start {program.name}")
+    kmsg.mark(f"program-start {program.name}")
     # stderr to a file: a pipe could fill while stdout is being read, and stall both.
     with tempfile.TemporaryFile("w+") as err:
         try:
@@ -121,7 +107,7 @@ def run(suite: str, path: str, argv: list[str], out: Writer) -> None:
             status = -1
         err.seek(0)
         stderr = err.read()
-    kmsg(f"program-end {program.name} {status}")
+    kmsg.mark(f"program-end {program.name} {status}")
     if program.skip_all is not None:
         rest = f"{suite}:{program.name} # SKIP {program.skip_all}"
         out.result(True, rest, program.pending)

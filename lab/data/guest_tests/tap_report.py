@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from vfiolib import kmsg
+
 # The lab's own parameters name the variant in this order (upstream's <mode>_<variant>);
 # any other parameter follows, so two parametrizations never share a name.
 VARIANT_PARAMS = ("iommu_mode", "backing", "irq")
@@ -41,14 +43,6 @@ def tap_name(item: Any) -> str:
     ]
     variant = "_".join(str(params[p]) for p in order)
     return f"{module}.{variant}.{case}" if variant else f"{module}.{case}"
-
-
-def kmsg(text: str) -> None:
-    try:
-        with open("/dev/kmsg", "w") as f:
-            f.write(f"vfio-lab: {text}\n")
-    except OSError:
-        pass  # not root, or no /dev/kmsg: markers are a help, not a requirement
 
 
 class TapWriter:
@@ -84,7 +78,7 @@ class TapWriter:
     def pytest_runtest_setup(self, item: Any) -> None:
         self.state[item.nodeid]["name"] = tap_name(item)
         self.state[item.nodeid]["item"] = item
-        kmsg(f"test-start {tap_name(item)}")
+        kmsg.mark(f"test-start {tap_name(item)}")
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         st = self.state[report.nodeid]
@@ -105,7 +99,7 @@ class TapWriter:
         for line in st["details"]:
             self.emit(f"# {line}")
         outcome = st["outcome"] or "error"
-        kmsg(f"test-end {name} {outcome}")
+        kmsg.mark(f"test-end {name} {outcome}")
         self.emit(_result_line(self.count, name, outcome, st["reason"]))
         del self.state[nodeid]
 
