@@ -15,8 +15,8 @@ from typing import Any
 
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, RunData
+from lab.spec.suites import DEFAULT_SUITE
 
-LAB = "lab"
 PARITY = "parity.json"
 
 
@@ -48,7 +48,7 @@ def cell_parity(cell: CellData) -> CellParity | None:
     for rec in cell.records:
         if "/" not in rec.id:  # a subtest belongs to its parent's verdict
             by_suite.setdefault(rec.suite, {})[rec.id] = rec
-    lab = by_suite.pop(LAB, {})
+    lab = by_suite.pop(DEFAULT_SUITE, {})
     if not by_suite:
         return None
     out = CellParity(cell.name)
@@ -66,7 +66,7 @@ def cell_parity(cell: CellData) -> CellParity | None:
             why = known["reason"] if known else ""
             out.disagree.append(Disagreement(test_id, mine.outcome, theirs.outcome, suite, why))
         out.only[suite] = sorted(recs.keys() - lab.keys())
-    out.only[LAB] = sorted(lab.keys() - seen)
+    out.only[DEFAULT_SUITE] = sorted(lab.keys() - seen)
     return out
 
 

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.spec.suites import DEFAULT_SUITE
+
 UNEXPECTED = ("fail", "error", "xpass", "notrun")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
@@ -25,7 +27,7 @@ class TestRecord:
     dmesg: list[str] = field(default_factory=list)  # the kernel's lines while it ran
     console: list[str] = field(default_factory=list)  # the console while it ran
     expectation: dict[str, str] | None = None  # the known failure it matched
-    suite: str = "lab"  # which suite ran it (lab.spec.suites)
+    suite: str = DEFAULT_SUITE  # which suite ran it
 
     @property
     def id(self) -> str:
