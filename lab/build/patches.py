@@ -17,6 +17,8 @@ from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
 
+PATCH = ("patch", "-p1", "--forward", "--batch")
+
 
 def apply_patches(
     patches: Sequence[Path], tree: Path, artifact: str, log: Path, progress: Progress
@@ -26,7 +28,7 @@ def apply_patches(
         progress(artifact, f"applying {patch.name}")
         try:
             run_logged(
-                ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", patch],
+                [*PATCH, "--no-backup-if-mismatch", "-i", patch],
                 artifact=artifact,
                 log=log,
                 cwd=tree,
@@ -35,26 +37,45 @@ def apply_patches(
             raise BuildError(artifact, f"patch {patch} does not apply", e.log_tail) from None
 
 
+def applies_exactly(patch: Path, tree: Path, artifact: str, log: Path) -> bool:
+    """Whether `patch` applies to `tree` as it is, without fuzz (a dry run)."""
+    try:
+        run_logged(
+            [*PATCH, "--dry-run", "--fuzz=0", "-s", "-i", patch],
+            artifact=artifact,
+            log=log,
+            cwd=tree,
+        )
+    except BuildError:
+        return False
+    return True
+
+
 def patches_digest(patches: Sequence[Path]) -> str:
     return content_key([file_sha256(p) for p in patches])
 
 
 def patched_tree(
-    tree: SourceTree, patches: Sequence[Path], cache: Cache, progress: Progress
+    tree: SourceTree,
+    patches: Sequence[Path],
+    cache: Cache,
+    progress: Progress,
+    artifact: str = "kernel",
 ) -> SourceTree:
-    """`tree` with `patches` applied, built once per (tree, patch contents) and cached."""
+    """`tree` with `patches` applied, built once per (tree, patch contents) and cached;
+    `artifact` names whose patches they are in progress lines and errors."""
     identity = f"{tree.identity}+patches:{patches_digest(patches)}"
     key = content_key(["patched-source", identity])
     entry = cache.entry("src", key)
 
     def build(scratch: Path) -> None:
-        progress("kernel", f"patching {tree.identity} with {len(patches)} patch(es)")
+        progress(artifact, f"patching {tree.identity} with {len(patches)} patch(es)")
         copy = scratch / "linux"
         copy.mkdir()
         for child in tree.path.iterdir():
             if child.name != BUILD_SUBDIR:
-                run_logged(["cp", "-al", child, copy], artifact="kernel", log=scratch / "patch.log")
-        apply_patches(patches, copy, "kernel", scratch / "patch.log", progress)
+                run_logged(["cp", "-al", child, copy], artifact=artifact, log=scratch / "patch.log")
+        apply_patches(patches, copy, artifact, scratch / "patch.log", progress)
 
     with cache.lock(f"src-{key}"):
         cache.ensure("src", key, build, progress)

@@ -1,7 +1,7 @@
 """The kernel's own C selftests, built on the host from a cell's kernel tree.
 
 A suite (`kselftest-vfio`, `kselftest-iommu`) is built from the very tree its cell's
-kernel came from, against that tree's uAPI headers (`make headers_install`), out of
+kernel came from, against that tree's uAPI headers (`make headers` with O=), out of
 tree (`OUTPUT=`), so the tree stays as it was. It is cached by the tree's identity, the
 lab's patches for it and the compiler.
 
@@ -15,7 +15,6 @@ trees whose context differs (`lab A.patch B.patch`): the first that applies is u
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.build.kbuild import SourceTree, compiler_identity
-from lab.build.patches import patched_tree, patches_digest
+from lab.build.patches import applies_exactly, patched_tree, patches_digest
 from lab.core.cache import Cache, CorruptCacheFile, content_key
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
@@ -96,26 +95,10 @@ def _version_for(tree: SourceTree, entry: SeriesEntry, log: Path) -> Path:
     """The first version of the patch that applies to `tree` exactly (no fuzz: a version
     for other context must not pass for this one); else the first, whose failure to
     apply is then reported with its name."""
-    for patch in entry.versions:
-        with contextlib.suppress(BuildError):
-            run_logged(
-                [
-                    "patch",
-                    "-p1",
-                    "--dry-run",
-                    "--fuzz=0",
-                    "--forward",
-                    "--batch",
-                    "-s",
-                    "-i",
-                    patch,
-                ],
-                artifact="selftests",
-                log=log,
-                cwd=tree.path,
-            )
-            return patch
-    return entry.versions[0]
+    return next(
+        (p for p in entry.versions if applies_exactly(p, tree.path, "selftests", log)),
+        entry.versions[0],
+    )
 
 
 def provide_selftests(
@@ -165,13 +148,20 @@ def _build(
     lab = [p for kind, p in chosen if kind == "lab"]
     compat: list[Path] = []
     try:
-        _make(patched_tree(tree, lab, cache, progress) if lab else tree, where, headers, scratch)
+        _make(
+            patched_tree(tree, lab, cache, progress, "selftests") if lab else tree,
+            where,
+            headers,
+            scratch,
+        )
     except BuildError:
         compat = [p for kind, p in chosen if kind == "compat"]
         if not compat:
             raise
         progress(suite.name, f"the build as shipped failed; adding {len(compat)} compat patch(es)")
-        _make(patched_tree(tree, compat + lab, cache, progress), where, headers, scratch)
+        _make(
+            patched_tree(tree, compat + lab, cache, progress, "selftests"), where, headers, scratch
+        )
     programs = _programs(scratch / "out")
     return SelftestBuild(
         suite.name,
