@@ -303,12 +303,11 @@ def _validate_config(s: Scenario) -> None:
             raise s.error(field, f"contradictory axis: a value is listed twice in {values}")
     if s.fragments or s.config:
         for entry in s.kernels:
-            spec = entry.source
-            if not KERNEL_SOURCES[parse_kernel_spec(spec).source].configurable:
+            if not KERNEL_SOURCES[kernel_spec(entry).source].configurable:
                 where = "config" if s.config else "fragments"
                 raise s.error(
                     where,
-                    f"{spec} is a prebuilt kernel: it cannot take the scenario's {where}; "
+                    f"{entry.source} is a prebuilt kernel: it cannot take the scenario's {where}; "
                     "use debian:X.Y or local:PATH",
                 )
 
