@@ -73,3 +73,13 @@ def test_cli_parity_exit_code_text_and_parity_json(tmp_path):
     written = json.loads((run_dir / parity.PARITY).read_text())
     assert written["unexplained"] == 1 and written["cells"]["7.2-y"]["agree"] == 2
     assert "<h2 id=parity>Parity</h2>" in (run_dir / "report.html").read_text()
+
+
+def test_cli_parity_refuses_what_is_not_a_run_directory(tmp_path):
+    done = lab("parity", str(tmp_path))
+    assert done.returncode == 2
+    assert f"{tmp_path} is not a vfio-lab run directory: it has no summary.json" in done.stderr
+    lab_only = write_run(tmp_path, {"c": [rec("t.a")]})
+    done = lab("parity", str(lab_only))
+    assert done.returncode == 0
+    assert "no cell ran a C suite beside the lab's payload" in done.stdout
