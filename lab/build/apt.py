@@ -20,6 +20,13 @@ SUITES = ("bookworm", "bookworm-backports", "trixie-backports", "sid")
 SOURCE_SUITES = ("trixie",)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LISTS_MAX_AGE_S = 24 * 3600
+HOST_APT_STATE = (
+    Path("/var/lib/apt/lists"),
+    Path("/var/cache/apt/pkgcache.bin"),
+    Path("/etc/apt/sources.list"),
+    Path("/etc/apt/sources.list.d"),
+    Path("/etc/apt/preferences.d"),
+)
 
 
 def host_mirror(etc: Path = Path("/etc/apt")) -> str:
@@ -40,6 +47,13 @@ def host_mirror(etc: Path = Path("/etc/apt")) -> str:
             if "security" not in m.group(1):
                 return m.group(1).rstrip("/")
     return DEFAULT_MIRROR
+
+
+def host_apt_state(roots: tuple[Path, ...] = HOST_APT_STATE) -> list[str]:
+    """What the host's apt answers depend on, cheaply: the modification times of its lists,
+    its package cache and its configuration (an `apt-get update` or a new source changes
+    them)."""
+    return [f"{p}:{p.stat().st_mtime_ns if p.exists() else '-'}" for p in roots]
 
 
 class PrivateApt:
@@ -85,6 +99,15 @@ class PrivateApt:
         stamp.touch()
 
     def candidate(self, package: str) -> str | None:
+        """The version apt would fetch, asked once per refresh of the lists."""
+        stamp = self.root / "lists" / ".updated"
+        state = [str(stamp.stat().st_mtime_ns) if stamp.exists() else "", self.sources_text()]
+        version = self.cache.memo(
+            ["apt-candidate", package, *state], lambda: self._policy(package) or ""
+        )
+        return version or None
+
+    def _policy(self, package: str) -> str | None:
         out = capture(["apt-cache", *self.options(), "policy", package], artifact="apt lists")
         m = re.search(r"Candidate:\s*(\S+)", out)
         return m.group(1) if m and m.group(1) != "(none)" else None

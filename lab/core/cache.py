@@ -2,6 +2,7 @@
 
 Layout under the root (default ~/.cache/vfio-lab, or $VFIO_LAB_CACHE):
   kernels/<key>/   rootfs/<key>/   src/<key>/   keys/
+  memo/<key>       answers worth not asking again (Cache.memo)
   tmp/ (per-run scratch, emptied by its owner, or by `sweep` once the owner is gone)
 
 Every entry made by `Cache.build` carries a manifest of its top-level files and their
@@ -271,6 +272,33 @@ class Cache:
         with self.build(kind, key) as scratch:
             build(scratch)
         return entry
+
+    def memo(self, parts: Iterable[str], compute: Callable[[], str]) -> str:
+        """`compute()`, remembered under the digest of `parts`: answers that cost seconds to
+        find (apt look-ups, a config merge) but are fixed by their inputs, so that a warm
+        run asks nothing twice. `parts` must name every input the answer depends on."""
+        parts = list(parts)
+        known = self.recall(parts)
+        if known is not None:
+            return known
+        value = compute()
+        self.remember(parts, value)
+        return value
+
+    def recall(self, parts: Iterable[str]) -> str | None:
+        with contextlib.suppress(OSError):
+            return self.entry("memo", content_key(parts)).read_text()
+        return None
+
+    def remember(self, parts: Iterable[str], value: str) -> None:
+        path = self.entry("memo", content_key(parts))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, value)
+
+    def complete(self, kind: str, key: str) -> bool:
+        """entry(kind, key) is there and whole (its manifest matches)."""
+        entry = self.entry(kind, key)
+        return entry.exists() and damage(entry) is None
 
     @contextlib.contextmanager
     def scratch(self, prefix: str) -> Iterator[Path]:

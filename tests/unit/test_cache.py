@@ -378,3 +378,26 @@ with Cache(Path("{root}")).build("kernels", "k") as scratch:
     print("building", flush=True)
     time.sleep(60)
 """
+
+
+def test_memo_computes_once_per_inputs(tmp_path: Path) -> None:
+    cache, calls = Cache(tmp_path), []
+
+    def compute() -> str:
+        calls.append(1)
+        return f"answer {len(calls)}"
+
+    assert cache.memo(["apt", "linux-image-amd64", "lists@1"], compute) == "answer 1"
+    assert cache.memo(["apt", "linux-image-amd64", "lists@1"], compute) == "answer 1"
+    assert cache.memo(["apt", "linux-image-amd64", "lists@2"], compute) == "answer 2"
+    assert len(calls) == 2
+    assert cache.recall(["apt", "never asked"]) is None
+
+
+def test_complete_is_false_for_a_missing_or_damaged_entry(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    assert not cache.complete("kernels", "k")
+    cache.ensure("kernels", "k", lambda d: (d / "vmlinuz").write_bytes(IMAGE), Messages())
+    assert cache.complete("kernels", "k")
+    (cache.entry("kernels", "k") / "vmlinuz").write_bytes(IMAGE[:10])
+    assert not cache.complete("kernels", "k")
