@@ -35,8 +35,8 @@ from lab.spec.kernelspec import CellConfig
 _BUILD_PROGRESS = re.compile(r"^\s+(LD|AR)\s+(vmlinux|arch/x86/boot/bzImage)\b|Kernel: .* is ready")
 
 
-# The build directory inside a tree the lab owns (see build_dir_for).
-BUILD_SUBDIR = ".lab-build"
+# Build directories are subdirectories of the tree named with this prefix (see build_dir_for).
+BUILD_PREFIX = ".lab-build"
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,13 @@ class SourceTree:
     identity: str  # e.g. linux-source-7.2=7.2.13-1, or a commit plus a diff hash
     path: Path
     owned: bool = False  # the lab's own copy (a cache entry), not a developer's checkout
+    # What the merged .config depends on: the identity, less edits that touch no Kconfig
+    # (a one-line .c change must not cost a config merge).
+    kconfig_identity: str = ""
+
+    @property
+    def config_identity(self) -> str:
+        return self.kconfig_identity or self.identity
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,6 @@ def merge_config(
 ) -> dict[str, str]:
     """tinyconfig + fragments via the tree's own merge_config.sh, then olddefconfig; verified."""
     wanted = requested(cfg.fragments, dict(cfg.overrides))
-    build_dir.mkdir(parents=True, exist_ok=True)
     fragment.write_text(fragment_text(wanted))
     make: list[str | Path] = ["make", "-C", tree.path, f"O={build_dir}"]
     run_logged([*make, "tinyconfig"], artifact="kernel config", log=log)
@@ -102,26 +108,39 @@ def merge_config(
     return final
 
 
-def build_dir_for(tree: SourceTree, cache: Cache) -> Path:
-    """One persistent out-of-tree build directory per source tree. Kbuild's fixdep records
-    which CONFIG_ symbols each object depends on, so after a config flip make recompiles
-    only what uses the flipped options; ccache serves switching back.
-
-    In a tree the lab owns, the build directory is a subdirectory of the tree: kbuild then
-    names every source `../...`, so compiler command lines are the same in every copy of
-    the tree, and a patched copy is served from ccache but for what its patches touch.
-    A developer's checkout stays clean: its build directory is in the cache."""
-    if tree.owned:
-        return tree.path / BUILD_SUBDIR
-    return cache.entry("kbuild", content_key(["build-dir", tree.identity, compiler_identity()]))
+def wanted_text(cfg: CellConfig) -> str:
+    """The requested config of a cell, as one fragment: what identifies its build directory
+    and its merge."""
+    return fragment_text(requested(cfg.fragments, dict(cfg.overrides)))
 
 
-def build_key(tree: SourceTree, config_text: str) -> str:
+def build_dir_for(tree: SourceTree, wanted: str) -> Path:
+    """One persistent build directory per tree and requested config, kept across edits of
+    the tree, so that a one-line change recompiles one object and relinks, and switching
+    between a scenario's configs rebuilds nothing (Kbuild's fixdep knows which objects
+    each option touches; a shared directory would rebuild on every switch).
+
+    It is a direct subdirectory of the tree: kbuild then names every source `../...`,
+    so compiler command lines are the same in every copy of a tree (a patched copy, a
+    second checkout) and ccache serves them. In a developer's checkout it carries a
+    `.gitignore` of `*`, so `git status` and the tree's identity (`git diff`) ignore it."""
+    build_dir = tree.path / f"{BUILD_PREFIX}-{content_key([wanted])[:8]}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not tree.owned:
+        (build_dir / ".gitignore").write_text("*\n")
+    return build_dir
+
+
+def config_digest(build_dir: Path) -> str:
+    return hashlib.sha256((build_dir / ".config").read_bytes()).hexdigest()
+
+
+def build_key(tree: SourceTree, config_sha256: str) -> str:
     return content_key(
         [
             "source-build",
             tree.identity,
-            hashlib.sha256(config_text.encode()).hexdigest(),
+            config_sha256,
             compiler_identity(),
             tree_digest(INITRAMFS_RECIPE),
         ]

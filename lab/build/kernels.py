@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.build.apt import SUITES, PrivateApt
+from lab.build.apt import SUITES, PrivateApt, host_apt_state
 from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.build.initramfs import build_initramfs
 from lab.build.kbuild import (
@@ -23,8 +23,10 @@ from lab.build.kbuild import (
     build_key,
     check_options_exist,
     compile_kernel,
+    config_digest,
     merge_config,
     store_artifact,
+    wanted_text,
 )
 from lab.build.patches import patched_tree
 from lab.core.cache import Cache, CorruptCacheFile, content_key, file_sha256, tree_digest
@@ -125,7 +127,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         """Debian's linux-source of the image's series (the selftests of 6.1 for 6.1)."""
         package, _, pinned = spec.arg.partition("=")
         if not pinned:
-            package, _ = resolve_debian_image(package or self.default_package)
+            package, _ = resolved_image(package or self.default_package, cache)
         series = re.match(r"linux-image-(\d+\.\d+)", package)
         if series is None:
             raise SpecError(f"{package}: cannot tell which linux-source-X.Y it was built from")
@@ -143,7 +145,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         if pinned:
             version = pinned
         else:
-            package, version = resolve_debian_image(package or self.default_package)
+            package, version = resolved_image(package or self.default_package, cache)
         key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
         entry = cache.entry("kernels", key)
 
@@ -185,6 +187,16 @@ class DebianStock(DebianStockKind, KernelBuilder):
             initramfs=entry / "initramfs.cpio",
             vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
         ).save(scratch / "artifact.json")
+
+
+def resolved_image(package: str, cache: Cache) -> tuple[str, str]:
+    """resolve_debian_image, asked again only when the host's apt state changed."""
+    answer = cache.memo(
+        ["debian-image", package, *host_apt_state()],
+        lambda: "=".join(resolve_debian_image(package)),
+    )
+    concrete, _, version = answer.partition("=")
+    return concrete, version
 
 
 def resolve_debian_image(package: str) -> tuple[str, str]:
@@ -229,14 +241,39 @@ class SourceBuilt(KernelBuilder):
     ) -> KernelArtifact:
         pristine = self.tree(spec, cache, progress)
         tree = _with_patches(pristine, spec, cache, progress)
+        wanted = wanted_text(cfg)
+        # A warm run asks the merge's answer of the memo, and merges (seconds of make)
+        # only for a kernel it has to build.
+        merged = ["merged-config", tree.config_identity, wanted]
+        known = cache.recall(merged)
+        if known is None or not cache.complete("kernels", build_key(tree, known)):
+            known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress)
+            cache.remember(merged, known)
+        artifact = KernelArtifact.load(
+            cache.entry("kernels", build_key(tree, known)) / "artifact.json"
+        )
+        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, pristine))
+
+    def _merge_and_build(
+        self,
+        spec: KernelSpec,
+        tree: SourceTree,
+        cfg: CellConfig,
+        wanted: str,
+        cache: Cache,
+        progress: Progress,
+    ) -> str:
+        """Merge the cell's config in its build directory and build it unless cached;
+        returns the merged .config's sha256."""
         check_options_exist(tree, cfg)
-        build_dir = build_dir_for(tree, cache)
-        # The build directory is shared by every config of the tree, and a build already
-        # uses every core: one merge-and-build at a time, across cells and processes.
+        build_dir = build_dir_for(tree, wanted)
+        # A build already uses every core: one merge-and-build at a time, across cells and
+        # processes.
         with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
             log = tmp / "build.log"
             merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
-            key = build_key(tree, (build_dir / ".config").read_text())
+            digest = config_digest(build_dir)
+            key = build_key(tree, digest)
             entry = cache.entry("kernels", key)
             # "kernel-build" covers every source-built entry: ensure runs under it.
             cache.ensure(
@@ -248,8 +285,7 @@ class SourceBuilt(KernelBuilder):
                 progress,
                 legacy="artifact.json",
             )
-        artifact = KernelArtifact.load(entry / "artifact.json")
-        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, pristine))
+        return digest
 
     def _build(
         self,
@@ -326,19 +362,34 @@ def _unpack_source(apt: PrivateApt, package: str, version: str, series: str, scr
 
 
 class LocalTree(LocalTreeKind, SourceBuilt):
-    """A developer's own kernel checkout, built out of tree (O=) so the checkout stays clean."""
+    """A developer's own kernel checkout, built out of tree (O=) in a git-ignored build
+    directory inside it that persists across edits (see kbuild.build_dir_for)."""
 
     def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
         path = Path(spec.arg)
         try:
             head = capture(["git", "-C", path, "rev-parse", "HEAD"], artifact="kernel").strip()
             diff = capture(["git", "-C", path, "diff", "HEAD"], artifact="kernel")
+            kconfig = capture(
+                ["git", "-C", path, "diff", "HEAD", "--", *KCONFIG_INPUTS], artifact="kernel"
+            )
         except BuildError:
             raise SpecError(
                 f"local:{spec.arg} is not a git checkout; its identity is its commit"
             ) from None
-        dirty = f"+{content_key([diff])}" if diff else ""
-        return SourceTree(identity=f"git:{head}{dirty}", path=path)
+        return SourceTree(
+            identity=f"git:{head}{_dirty(diff)}",
+            path=path,
+            kconfig_identity=f"git:{head}{_dirty(kconfig)}",
+        )
+
+
+# What a merged .config can depend on in a tree: its Kconfig files and config fragments.
+KCONFIG_INPUTS = (":(glob)**/Kconfig*", ":(glob)**/*.config")
+
+
+def _dirty(diff: str) -> str:
+    return f"+{content_key([diff])}" if diff else ""
 
 
 # One builder per source of lab.spec.kernelspec.KERNEL_SOURCES (a unit test keeps them in step).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.build.kbuild import BUILD_SUBDIR, SourceTree
+from lab.build.kbuild import BUILD_PREFIX, SourceTree
 from lab.core.cache import Cache, content_key, file_sha256
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
@@ -73,7 +73,7 @@ def patched_tree(
         copy = scratch / "linux"
         copy.mkdir()
         for child in tree.path.iterdir():
-            if child.name != BUILD_SUBDIR:
+            if not child.name.startswith(BUILD_PREFIX):
                 run_logged(["cp", "-al", child, copy], artifact=artifact, log=scratch / "patch.log")
         apply_patches(patches, copy, artifact, scratch / "patch.log", progress)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kbuild import BUILD_SUBDIR, SourceTree, build_dir_for
+from lab.build.kbuild import BUILD_PREFIX, SourceTree, build_dir_for
 from lab.build.patches import patched_tree
 from lab.core.cache import Cache
 from lab.core.errors import BuildError
@@ -32,9 +32,10 @@ diff --git a/Makefile b/Makefile
 
 def pristine(tmp_path: Path) -> SourceTree:
     path = tmp_path / "src" / "linux"
-    (path / BUILD_SUBDIR).mkdir(parents=True)
+    build = path / f"{BUILD_PREFIX}-0123abcd"
+    build.mkdir(parents=True)
     (path / "Makefile").write_text("VERSION = 7\nEXTRAVERSION =\n")
-    (path / BUILD_SUBDIR / "vmlinux").write_text("built from the pristine tree")
+    (build / "vmlinux").write_text("built from the pristine tree")
     return SourceTree("linux-source-7.2=7.2.13-1", path, owned=True)
 
 
@@ -48,8 +49,8 @@ def test_patches_apply_to_a_copy_the_pristine_tree_keeps_its_files(tmp_path):
     patched = patched_tree(tree, [write(tmp_path, "hello.patch", PATCH)], cache, print)
     assert (patched.path / "Makefile").read_text() == "VERSION = 7\nEXTRAVERSION = -hello\n"
     assert (tree.path / "Makefile").read_text() == "VERSION = 7\nEXTRAVERSION =\n"
-    assert not (patched.path / BUILD_SUBDIR).exists(), "the pristine build came along"
-    assert patched.owned and build_dir_for(patched, cache) == patched.path / BUILD_SUBDIR
+    assert not list(patched.path.glob(f"{BUILD_PREFIX}*")), "the pristine build came along"
+    assert patched.owned and build_dir_for(patched, "CONFIG_X=y\n").parent == patched.path
     assert patched.identity.startswith("linux-source-7.2=7.2.13-1+patches:")
 
 

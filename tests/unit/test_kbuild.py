@@ -1,0 +1,101 @@
+"""Build directories and the warm path of a source-built kernel: real git, no kernel build."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lab.build import kernels
+from lab.build.kbuild import BUILD_PREFIX, SourceTree, build_dir_for, build_key
+from lab.build.kernels import KernelArtifact, LocalTree, SourceBuilt
+from lab.core.cache import Cache
+from lab.spec.kernelspec import CellConfig, KernelSpec
+
+
+def git(tree: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", tree, *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    tree = tmp_path / "linux"
+    (tree / "drivers" / "vfio").mkdir(parents=True)
+    (tree / "drivers" / "vfio" / "Kconfig").write_text("config VFIO\n\tbool\n")
+    (tree / "drivers" / "vfio" / "vfio_main.c").write_text("int x;\n")
+    git(tree.parent, "init", "-q", tree.name)
+    git(tree, "-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    git(tree, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "base")
+    return tree
+
+
+def local(tree: Path) -> SourceTree:
+    return LocalTree().tree(KernelSpec("local", str(tree)), Cache(tree.parent / "c"), print)
+
+
+def test_a_build_directory_per_config_kept_across_edits(checkout: Path) -> None:
+    before = local(checkout)
+    (checkout / "drivers" / "vfio" / "vfio_main.c").write_text("int x = 1;\n")
+    after = local(checkout)
+    assert before.identity != after.identity, "the edit is part of the kernel's identity"
+    assert build_dir_for(before, "CONFIG_A=y\n") == build_dir_for(after, "CONFIG_A=y\n")
+    assert build_dir_for(after, "CONFIG_A=y\n") != build_dir_for(after, "CONFIG_A=n\n")
+    assert build_dir_for(after, "CONFIG_A=y\n").parent == checkout
+    assert build_dir_for(after, "CONFIG_A=y\n").name.startswith(BUILD_PREFIX)
+
+
+def test_the_build_directory_leaves_a_checkout_clean(checkout: Path) -> None:
+    tree = local(checkout)
+    (build_dir_for(tree, "CONFIG_A=y\n") / "vmlinux").write_text("built")
+    assert git(checkout, "status", "--porcelain") == ""
+    assert local(checkout).identity == tree.identity
+
+
+def test_only_kconfig_edits_change_what_the_merge_depends_on(checkout: Path) -> None:
+    base = local(checkout)
+    (checkout / "drivers" / "vfio" / "vfio_main.c").write_text("int x = 1;\n")
+    code_edit = local(checkout)
+    (checkout / "drivers" / "vfio" / "Kconfig").write_text("config VFIO\n\ttristate\n")
+    kconfig_edit = local(checkout)
+    assert code_edit.config_identity == base.config_identity
+    assert kconfig_edit.config_identity != base.config_identity
+
+
+class FixedTree(SourceBuilt):
+    name = "fixed"
+
+    def __init__(self, tree: SourceTree) -> None:
+        self._tree = tree
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: object) -> SourceTree:
+        return self._tree
+
+
+def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
+    """With the merge remembered and its kernel cached, prepare runs no make at all."""
+    cache = Cache(tmp_path / "cache")
+    tree = SourceTree("linux-source-7.2=7.2.13-1", tmp_path / "linux", owned=True)
+    cfg = CellConfig(fragments=("iommufd",), overrides=())
+    config_sha = "ab" * 32
+    key = build_key(tree, config_sha)
+
+    def fill(entry: Path) -> None:
+        (entry / "vmlinuz").write_bytes(b"k")
+        KernelArtifact(
+            "fixed", "7.2.13", "linux-source-7.2=7.2.13-1", entry / "vmlinuz",
+            entry / "initramfs.cpio", "00",
+        ).save(entry / "artifact.json")  # fmt: skip
+
+    cache.ensure("kernels", key, fill, print)
+    cache.remember(["merged-config", tree.config_identity, kernels.wanted_text(cfg)], config_sha)
+    monkeypatch.setattr(kernels, "merge_config", pytest.fail)
+    monkeypatch.setattr(kernels, "check_options_exist", pytest.fail)
+    artifact = FixedTree(tree).prepare(KernelSpec("fixed", ""), cache, print, cfg)
+    assert artifact.release == "7.2.13"
+    assert (
+        json.loads((cache.entry("kernels", key) / "artifact.json").read_text())["spec"] == "fixed"
+    )
