@@ -46,7 +46,17 @@ def boot_args(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help=f"start QEMU's gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT})",
     )
+    snapshot_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def snapshot_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-snapshot",
+        dest="snapshots",
+        action="store_false",
+        help="boot cold instead of restoring (and making) the machine's test-ready snapshot",
+    )
 
 
 def bisect_arg(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lab.cli.common import bisect_arg, run_cells
+from lab.cli.common import bisect_arg, run_cells, snapshot_arg
 from lab.core.cache import Cache
 from lab.core.progress import Progress
 from lab.run import repro
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument(
         "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
     )
+    snapshot_arg(rep)
     rep.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     bisect_arg(rep)
     rep.set_defaults(func=cmd_repro)
@@ -49,8 +50,13 @@ def cmd_repro(args: argparse.Namespace) -> int:
     print(f"# a shell in the same setup:\n{shlex.join(shell)}")
     accel = p.record["accelerator"]
     print(f"vfio-lab: note: using the run's accelerator, {accel}", file=sys.stderr)
-    booter = CellBooter(Cache(), Progress(quiet=args.quiet), accel=accel)
+    booter = CellBooter(Cache(), Progress(quiet=args.quiet), accel=accel, snapshots=args.snapshots)
     for note in repro.drift(p.record, booter.prepare(p.cell), p.cell.scenario.payload_dir):
         print(f"vfio-lab: drift: {note}", file=sys.stderr)
-    opts = RunOptions(results_root=args.results, accel=accel, pytest_args=p.pytest_args)
+    opts = RunOptions(
+        results_root=args.results,
+        accel=accel,
+        pytest_args=p.pytest_args,
+        snapshots=args.snapshots,
+    )
     return run_cells(p.cell.scenario, opts, args.quiet, [p.cell])

@@ -86,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         gdb_port=args.gdb,
         jobs=_jobs(s, args.jobs, args.gdb),
         retries=_non_negative("--retries", args.retries),
+        snapshots=args.snapshots,
     )
     return run_cells(s, opts, args.quiet, selected(s, args.only))
 

@@ -72,7 +72,9 @@ def cmd_shell(args: argparse.Namespace) -> int:
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
-    booter = CellBooter(cache, Progress(quiet=args.quiet), accel=args.accel)
+    booter = CellBooter(
+        cache, Progress(quiet=args.quiet), accel=args.accel, snapshots=args.snapshots
+    )
     prepared = booter.prepare(cell)
     keep = _kept_overlay(cache, cell) if args.keep else None
     with (

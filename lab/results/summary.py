@@ -40,6 +40,10 @@ class CellResult:
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none
     kernel_build_s: float | None = None  # the build that made the kernel (even if cached since)
     suite_s: dict[str, float] = field(default_factory=dict)  # each suite's time in the guest
+    # Seconds per phase: prepare, qemu_start, then firmware+kernel, userspace, ssh, setup
+    # (a cold boot) or restore, ssh, resume (from a snapshot), payload, teardown.
+    phases_s: dict[str, float] = field(default_factory=dict)
+    snapshot: str | None = None  # "restored KEY", "saved and restored KEY", "none: why"
     selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table

@@ -8,10 +8,13 @@ directory that is removed when the guest stops, unless the caller keeps the over
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import secrets
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +25,17 @@ from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
 from lab.build.selftests import SelftestBuild, provide_selftests
-from lab.core.cache import Cache
+from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import InfraError, UsageError
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
-from lab.run.payload import bind_devices, install_runtime
+from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
 from lab.spec.kernelspec import SpecError
 from lab.spec.scenario import Cell, DeviceSpec
 from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, Accel, DeviceConfig
 from lab.vm import accel as accel_mod
-from lab.vm import inventory
+from lab.vm import bootclock, inventory, snapshot
 from lab.vm.guest import Guest
 from lab.vm.machine import Machine
 from lab.vm.qemu import VMConfig, build_argv
@@ -70,6 +73,7 @@ def vm_config(
     cell_dir: Path,
     ssh_port: int,
     gdb_port: int | None = None,
+    console_append: bool = False,
 ) -> VMConfig:
     """The machine a cell boots: a pure function of the cell and the paths chosen for it."""
     m = cell.scenario.machine
@@ -91,6 +95,38 @@ def vm_config(
         qemu=qemu,
         user_qmp_socket=scratch / "qmp-user.sock",
         gdb_port=gdb_port,
+        console_append=console_append,
+    )
+
+
+# Bump when what a snapshot holds, or how it is restored, changes.
+SNAPSHOT_FORMAT = "1"
+
+
+def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
+    """Everything a test-ready guest's state depends on: the machine (its command line with
+    the per-boot paths and ports left out), the QEMU that runs it (version and file), the
+    root filesystem, and what the lab copied in and bound."""
+    k = prepared.kernel
+    cfg = vm_config(
+        cell, k, prepared.qemu.binary, prepared.accel, Path("d"), Path("v"), Path("c"), 0
+    )
+    argv = build_argv(dataclasses.replace(cfg, name="vfio-lab"))
+    binary = Path(shutil.which(prepared.qemu.binary) or prepared.qemu.binary).stat()
+    tests = cell.scenario.payload_dir
+    return content_key(
+        [
+            "snapshot",
+            SNAPSHOT_FORMAT,
+            json.dumps(argv),
+            prepared.qemu.version,
+            f"{binary.st_size}:{binary.st_mtime_ns}",
+            k.vmlinuz_sha256,
+            prepared.image.key,
+            tree_digest(RUNTIME_DIR),
+            tree_digest(tests) if tests is not None else "",
+            "bind" if bind else "no-bind",
+        ]
     )
 
 
@@ -112,9 +148,11 @@ class CellBooter:
         progress: Progress = SILENT,
         accel: str | None = None,
         on_accel: Callable[[accel_mod.AccelChoice], None] | None = None,
+        snapshots: bool = True,
     ) -> None:
         self.cache = cache
         self.progress = progress
+        self.snapshots = snapshots
         self.accel_override = accel
         self.on_accel = on_accel
         self._accel: accel_mod.AccelChoice | None = None
@@ -204,26 +242,17 @@ class CellBooter:
             overlay = disk or scratch / "overlay.qcow2"
             if disk is None:
                 rootfs.create_overlay(prepared.image.base, overlay)
-            cfg = vm_config(
-                cell,
-                prepared.kernel,
-                prepared.qemu.binary,
-                prepared.accel,
-                overlay,
-                scratch,
-                cell_dir,
-                free_port(),
-                gdb_port,
-            )
-            argv = build_argv(cfg)
-            (cell_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=2) + "\n")
+            cfg = self._config(cell, prepared, overlay, scratch, cell_dir, gdb_port)
+            argv = self._argv(cfg, cell_dir)
             try:
-                with self._guest(cfg, argv, prepared, cell_dir, kept=disk or keep_disk) as guest:
-                    self.progress(
-                        cell.name,
-                        f"booting ({prepared.accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)",
-                    )
+                with (
+                    self._guest(cfg, argv, prepared, cell_dir, kept=disk or keep_disk) as guest,
+                    bootclock.watching(cfg.console_log) as marks,
+                ):
+                    self._booting(cell, cfg, prepared)
                     boot = guest.wait_ready(cell.scenario.machine.boot_timeout)
+                    m = guest.machine
+                    guest.phases = marks.phases(m.qmp_up, m.started, m.started + boot)
                     self.progress(cell.name, f"SSH up after {boot:.1f} s")
                     yield guest
             finally:
@@ -231,13 +260,45 @@ class CellBooter:
                     keep_disk.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(overlay, keep_disk)
 
+    def _config(
+        self,
+        cell: Cell,
+        prepared: Prepared,
+        overlay: Path,
+        scratch: Path,
+        cell_dir: Path,
+        gdb_port: int | None = None,
+        console_append: bool = False,
+    ) -> VMConfig:
+        q, k, a = prepared.qemu.binary, prepared.kernel, prepared.accel
+        port = free_port()
+        return vm_config(cell, k, q, a, overlay, scratch, cell_dir, port, gdb_port, console_append)
+
+    def _argv(self, cfg: VMConfig, cell_dir: Path, incoming_fd: int | None = None) -> list[str]:
+        argv = build_argv(cfg)
+        if incoming_fd is not None:
+            argv = snapshot.restore_argv(argv, incoming_fd)
+        (cell_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=2) + "\n")
+        return argv
+
+    def _booting(self, cell: Cell, cfg: VMConfig, prepared: Prepared, how: str = "booting") -> None:
+        self.progress(
+            cell.name, f"{how} ({prepared.accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)"
+        )
+
     @contextlib.contextmanager
     def _guest(
-        self, cfg: VMConfig, argv: list[str], prepared: Prepared, cell_dir: Path, kept: Path | None
+        self,
+        cfg: VMConfig,
+        argv: list[str],
+        prepared: Prepared,
+        cell_dir: Path,
+        kept: Path | None,
+        pass_fds: tuple[int, ...] = (),
     ) -> Iterator[Guest]:
         """QEMU launched, announced to `vfio-lab qmp`/`console`, and tracked for stop_all."""
         ssh = GuestSSH(cfg.ssh_port, prepared.keys.client, prepared.keys.host_pub)
-        machine = Machine(argv, cfg.qmp_socket, cell_dir / "qemu.log", cfg.console_log)
+        machine = Machine(argv, cfg.qmp_socket, cell_dir / "qemu.log", cfg.console_log, pass_fds)
         with machine, Guest(cfg.name, machine, ssh, sync_on_exit=kept is not None) as guest:
             record = inventory.RunningVM(
                 id=cfg.qmp_socket.parent.name,
@@ -266,23 +327,186 @@ class CellBooter:
         keep_disk: Path | None = None,
         gdb_port: int | None = None,
     ) -> Iterator[ReadyGuest]:
-        """The boot sequence `run` and `shell` share: a booted guest with the lab's runtime,
-        the cell's tests and kernel config copied in, and the devices bound to vfio-pci."""
+        """The boot sequence `run`, `shell` and `repro` share: a guest with the lab's runtime,
+        the cell's tests and kernel config copied in, and the devices bound to vfio-pci.
+
+        Restored from the machine's snapshot where one is valid (made first if missing, made
+        again if it fails to load); booted cold where the caller keeps or brings a disk,
+        watches the boot with gdb, or turned snapshots off."""
+        why_not = self._no_snapshot(disk, keep_disk, gdb_port)
+        if why_not is None:
+            key = snapshot_key(cell, prepared, bind)
+            why_not = self.cache.recall(["unsnapshotable", key])
+        if why_not is not None:
+            cold = self._cold(cell, prepared, cell_dir, bind, disk, keep_disk, gdb_port)
+            with cold as ready:
+                ready.snapshot = f"none: {why_not}"
+                yield ready
+            return
+        with self._from_snapshot(cell, prepared, cell_dir, key, bind) as ready:
+            yield ready
+
+    def _no_snapshot(
+        self, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
+    ) -> str | None:
+        if not self.snapshots:
+            return "--no-snapshot"
+        if disk is not None or keep_disk is not None:
+            return "the guest's disk is kept"
+        if gdb_port is not None:
+            return "--gdb watches the boot"
+        return None
+
+    @contextlib.contextmanager
+    def _cold(
+        self,
+        cell: Cell,
+        prepared: Prepared,
+        cell_dir: Path,
+        bind: bool,
+        disk: Path | None = None,
+        keep_disk: Path | None = None,
+        gdb_port: int | None = None,
+    ) -> Iterator[ReadyGuest]:
         with self.boot(
             cell, prepared, cell_dir, disk=disk, keep_disk=keep_disk, gdb_port=gdb_port
         ) as guest:
+            started = time.monotonic()
             files = install_runtime(guest.ssh, cell.scenario.payload_dir, prepared.kernel.config)
             self.progress(cell.name, f"copied {files} files from {cell.scenario.payload_dir}")
             bound = bind_devices(guest.ssh, cell.scenario) if bind else []
             if bound:
                 self.progress(cell.name, f"bound {' '.join(bound)} to vfio-pci")
-            yield ReadyGuest(guest, bound)
+            setup = round(time.monotonic() - started, 2)
+            yield ReadyGuest(guest, bound, phases={**guest.phases, "setup": setup})
+
+    @contextlib.contextmanager
+    def _from_snapshot(
+        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
+    ) -> Iterator[ReadyGuest]:
+        for attempt in (1, 2):
+            with self.cache.lock(f"snapshot-{key}"):
+                made: float | None = None  # seconds it took to make the snapshot now
+                why_not = None
+                if not self.cache.complete("snapshots", key):
+                    making = time.monotonic()
+                    why_not = self._make_snapshot(cell, prepared, cell_dir, key, bind)
+                    made = round(time.monotonic() - making, 2)
+            if why_not is not None:
+                self.cache.remember(["unsnapshotable", key], why_not)
+                self.progress(cell.name, f"no snapshot of this machine: {why_not}")
+                with self._cold(cell, prepared, cell_dir, bind) as ready:
+                    ready.snapshot = f"none: {why_not}"
+                    yield ready
+                return
+            stack = contextlib.ExitStack()
+            try:
+                ready = stack.enter_context(self._restore(cell, prepared, cell_dir, key))
+            except snapshot.SnapshotFailed as e:
+                stack.close()
+                if attempt == 2:
+                    raise
+                self.progress(
+                    cell.name, f"snapshot {key} did not restore ({e.reason}); making it again"
+                )
+                shutil.rmtree(self.cache.entry("snapshots", key), ignore_errors=True)
+                continue
+            with stack:
+                ready.snapshot = f"{'saved and ' if made is not None else ''}restored {key}"
+                if made is not None:
+                    ready.phases["snapshot_make"] = made
+                yield ready
+            return
+
+    def _make_snapshot(
+        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
+    ) -> str | None:
+        """Boot cold to test-ready and save the guest; None, or why it cannot be saved."""
+        try:
+            with self.cache.build("snapshots", key) as entry:
+                with self._cold(
+                    cell, prepared, cell_dir, bind, keep_disk=entry / snapshot.DISK
+                ) as r:
+                    r.guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
+                    r.guest.ssh.close()
+                    started = time.monotonic()
+                    snapshot.save(r.guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
+                    seconds = time.monotonic() - started
+                    shutil.copyfile(cell_dir / "console.log", entry / snapshot.CONSOLE)
+                    meta = {"bound": r.bound, "boot_to_ssh_s": r.guest.boot_to_ssh_s}
+                    (entry / snapshot.META).write_text(json.dumps(meta, indent=2) + "\n")
+                size = (entry / snapshot.STATE).stat().st_size >> 20
+            self.progress(cell.name, f"saved snapshot {key}: {size} MiB in {seconds:.1f} s")
+            for old in snapshot.prune(self.cache.root / "snapshots", SNAPSHOTS_KEPT):
+                self.progress(cell.name, f"removed the least recently used snapshot {old.name}")
+        except snapshot.SnapshotFailed as e:
+            return e.reason
+        return None
+
+    @contextlib.contextmanager
+    def _restore(
+        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str
+    ) -> Iterator[ReadyGuest]:
+        """A guest started from the snapshot, its clock, entropy and devices made current."""
+        self._check_stopping()
+        entry = self.cache.entry("snapshots", key)
+        meta = json.loads((entry / snapshot.META).read_text())
+        (entry / snapshot.META).touch()  # used now: see snapshot.prune
+        console_log = cell_dir / "console.log"
+        shutil.copyfile(entry / snapshot.CONSOLE, console_log)
+        with console_log.open("a") as f:
+            f.write(f"\n---- vfio-lab: restored from snapshot {key} ----\n")
+        with self.cache.scratch("vm-") as scratch, (entry / snapshot.STATE).open("rb") as state:
+            overlay = scratch / "overlay.qcow2"
+            rootfs.create_overlay(entry / snapshot.DISK, overlay)
+            cfg = self._config(cell, prepared, overlay, scratch, cell_dir, console_append=True)
+            argv = self._argv(cfg, cell_dir, incoming_fd=state.fileno())
+            fds = (state.fileno(),)
+            with self._guest(cfg, argv, prepared, cell_dir, kept=None, pass_fds=fds) as guest:
+                self._booting(cell, cfg, prepared, how=f"restoring snapshot {key}")
+                boot_timeout = cell.scenario.machine.boot_timeout
+                m = guest.machine
+                loaded = snapshot.wait_restored(m, boot_timeout)
+                seconds = guest.wait_ready(boot_timeout)
+                resumed = time.monotonic()
+                replayed = resume(guest.ssh)
+                phases = {
+                    "qemu_start": m.qmp_up - m.started,
+                    "restore": loaded - (m.qmp_up - m.started),
+                    "ssh": seconds - loaded,
+                    "resume": time.monotonic() - resumed,
+                }
+                self.progress(
+                    cell.name,
+                    f"SSH up after {seconds:.1f} s (restored"
+                    + (f"; rewrote the config space of {' '.join(replayed)})" if replayed else ")"),
+                )
+                rounded = {k: round(v, 2) for k, v in phases.items()}
+                yield ReadyGuest(guest, list(meta["bound"]), phases=rounded)
 
 
-@dataclass(frozen=True)
+SAVE_TIMEOUT_S = 120.0
+# Each snapshot holds the guest's used RAM (about 200 MiB for the stock kernel): the most
+# recently used are kept, the rest removed when a new one is made.
+SNAPSHOTS_KEPT = 12
+
+
+def resume(ssh: GuestSSH) -> list[str]:
+    """A restored guest's clock set to now and its entropy pool reseeded (every restore of
+    a snapshot starts with the same clock and pool), and the config space of devices QEMU
+    does not migrate written back; returns those devices."""
+    seed = secrets.token_bytes(64).hex()
+    now = str(time.time_ns())
+    argv = ["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-resume", now, seed]
+    return ssh.check(argv).split()
+
+
+@dataclass
 class ReadyGuest:
     guest: Guest
     bound: list[str]  # the devices' BDFs, now on vfio-pci
+    snapshot: str = ""  # how the guest came to be: "restored KEY", "none: why"
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of its start
 
 
 def free_port() -> int:

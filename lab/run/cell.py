@@ -126,8 +126,14 @@ class CellRun:
         with self.booter.ready(self.cell, prepared, self.dir, gdb_port=self.gdb_port) as ready:
             guest = ready.guest
             result.boot_to_ssh_s = round(guest.boot_to_ssh_s or 0.0, 2)
+            result.snapshot = ready.snapshot
+            result.phases_s = {"prepare": result.artifacts_s or 0.0, **ready.phases}
             self._check_guest(guest, prepared, result)
+            payload_started = time.monotonic()
             outcome = self.payload(ready, prepared, result)
+            result.phases_s["payload"] = round(time.monotonic() - payload_started, 2)
+            stopping = time.monotonic()
+        result.phases_s["teardown"] = round(time.monotonic() - stopping, 2)
         if guest.machine.abnormal and outcome.dmesg is not None:
             result.problems.append(guest.machine.abnormal)
         return outcome

@@ -29,6 +29,7 @@ class RunOptions:
     gdb_port: int | None = None
     jobs: int = 1
     retries: int = 0  # attempts more for a cell that failed for infrastructure reasons
+    snapshots: bool = True  # restore test-ready guests from snapshots where valid
 
 
 def default_jobs(s: Scenario) -> int:
@@ -65,7 +66,9 @@ class ScenarioRun:
         self.cache = cache
         self.progress = progress
         self._results: RunResults | None = None
-        self.booter = CellBooter(cache, progress, accel=opts.accel, on_accel=self._on_accel)
+        self.booter = CellBooter(
+            cache, progress, accel=opts.accel, on_accel=self._on_accel, snapshots=opts.snapshots
+        )
 
     def _on_accel(self, choice: AccelChoice) -> None:
         self.results.set_accelerator(choice.accel, choice.reason)

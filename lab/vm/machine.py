@@ -36,15 +36,22 @@ class Machine:
     """A QEMU process. Use as a context manager: leaving it always stops QEMU."""
 
     def __init__(
-        self, argv: Sequence[str], qmp_socket: Path, qemu_log: Path, console_log: Path
+        self,
+        argv: Sequence[str],
+        qmp_socket: Path,
+        qemu_log: Path,
+        console_log: Path,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.argv = list(argv)
+        self.pass_fds = tuple(pass_fds)  # descriptors QEMU inherits (a snapshot to load)
         self.qmp_socket = qmp_socket
         self.qemu_log = qemu_log
         self.console_log = console_log
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.started = 0.0
+        self.qmp_up = 0.0  # when QMP answered (time.monotonic, as `started`)
         self.abnormal: str | None = None  # how QEMU ended, when not by our `quit`
 
     def __enter__(self) -> Machine:
@@ -77,6 +84,7 @@ class Machine:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    pass_fds=self.pass_fds,
                     start_new_session=True,  # Ctrl-C reaches the lab, which then stops QEMU itself
                 )
             except FileNotFoundError:
@@ -93,6 +101,7 @@ class Machine:
                 with contextlib.suppress(OSError, QMPError):
                     qmp.connect()
                     self.qmp = qmp
+                    self.qmp_up = time.monotonic()
                     return
             if time.monotonic() > deadline:
                 raise self.launch_error(f"no QMP socket after {QMP_CONNECT_S:g} s")
@@ -118,10 +127,17 @@ class Machine:
         except subprocess.TimeoutExpired:
             return None
 
-    def query(self, command: str) -> object:
+    def query(self, command: str, **args: object) -> object:
         if self.qmp is None:
             raise self.launch_error("QMP is not connected")
-        return self.qmp.cmd(command)
+        return self.qmp.cmd(command, **args)
+
+    def send_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a descriptor (SCM_RIGHTS on the QMP socket), known to it as `name`."""
+        if self.qmp is None:
+            raise self.launch_error("QMP is not connected")
+        self.qmp.send_fd_scm(fd)
+        self.qmp.cmd("getfd", fdname=name)
 
     def running(self) -> bool:
         """False when the vCPUs are stopped (a debugger attached, a pause) or QEMU is gone."""

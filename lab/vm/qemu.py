@@ -33,6 +33,7 @@ class VMConfig:
     qemu: str = "qemu-system-x86_64"
     user_qmp_socket: Path | None = None  # a second monitor for `vfio-lab qmp`
     gdb_port: int | None = None
+    console_append: bool = False  # a restored guest's console follows the saved boot's
 
 
 def kernel_cmdline(cfg: VMConfig) -> str:
@@ -49,6 +50,11 @@ def hole64_size(devices: tuple[DeviceConfig, ...]) -> int | None:
     if total <= HOLE64_DEFAULT // 2:
         return None
     return 1 << (2 * total - 1).bit_length()
+
+
+def console_chardev(cfg: VMConfig) -> str:
+    chardev = f"file,id=console,path={qemu_escape(str(cfg.console_log))}"
+    return chardev + (",append=on" if cfg.console_append else "")
 
 
 def build_argv(cfg: VMConfig) -> list[str]:
@@ -72,7 +78,7 @@ def build_argv(cfg: VMConfig) -> list[str]:
         # loopback through 10.0.2.2, not other VMs' forwards); the SSH forward still works.
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
         "-device", "virtio-net-pci,netdev=net0",
-        "-chardev", f"file,id=console,path={qemu_escape(str(cfg.console_log))}",
+        "-chardev", console_chardev(cfg),
         "-serial", "chardev:console",
         "-qmp", f"unix:{qemu_escape(str(cfg.qmp_socket))},server=on,wait=off",
     ]  # fmt: skip
