@@ -1,4 +1,4 @@
-"""`vfio-lab report`, `compare` and `tap`: reading what runs left."""
+"""`vfio-lab report`, `compare`, `parity`, `merge` and `tap`: reading what runs left."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
-from lab.results import compare, parity, reports
+from lab.results import compare, merge, parity, reports
 from lab.results import tap as tap_mod
 from lab.results.records import UNEXPECTED
 from lab.results.rundir import load_run
@@ -42,6 +42,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     par.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     par.set_defaults(func=cmd_parity)
 
+    mrg = sub.add_parser(
+        "merge",
+        help="one run from several (the shards of a matrix): summary, tests, junit, report; "
+        "exit code as one run with all the cells",
+    )
+    mrg.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    mrg.add_argument("--into", type=Path, required=True, metavar="DIR", help="the new run")
+    mrg.set_defaults(func=cmd_merge)
+
     tap = sub.add_parser(
         "tap",
         help="parse a TAP/KTAP file (a cell's results.tap, kselftest output) and summarize it",
@@ -55,6 +64,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     reports.write_all(run)
     print(f"{args.run_dir / reports.HTML}\n{args.run_dir / reports.JUNIT}")
     return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    run = merge.merge(args.run_dirs, args.into)
+    cells = ", ".join(c.name for c in run.cells) or "none"
+    print(f"merged {len(args.run_dirs)} runs into {args.into}: cells {cells}")
+    print(f"{args.into / reports.HTML}\n{args.into / reports.JUNIT}")
+    return int(run.summary["exit_code"])
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

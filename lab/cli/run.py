@@ -20,7 +20,8 @@ from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
 from lab.run.booter import check_port_free, vm_config
 from lab.run.matrix import RunOptions, default_jobs
-from lab.spec.scenario import Scenario
+from lab.spec.scenario import Cell, Scenario
+from lab.spec.shards import Shard, durations, parse_shard, shard_cells
 from lab.spec.variants import Accel
 from lab.vm.qemu import build_argv
 
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="re-run a cell up to N times when it fails for infrastructure reasons (boot, SSH, stall)",
     )
     only_arg(run)
+    shard_args(run)
     run.add_argument(
         "--dry-run",
         "--show-command",
@@ -60,7 +62,42 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lst = sub.add_parser("list", help="print a scenario's cells without running anything")
     scenario_arg(lst)
     only_arg(lst)
+    shard_args(lst)
     lst.set_defaults(func=cmd_list)
+
+
+def shard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only shard K of N (each kernel tree's cells in one shard; balanced by "
+        "--durations, else by count)",
+    )
+    p.add_argument(
+        "--durations",
+        type=Path,
+        metavar="RUN_DIR",
+        help="balance shards by the cell wall times of this earlier run",
+    )
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def sharded(s: Scenario, args: argparse.Namespace) -> list[Cell]:
+    """The cells --only selects, narrowed to --shard K/N if given."""
+    cells = selected(s, args.only)
+    if args.shard is None:
+        if args.durations is not None:
+            raise UsageError("--durations balances shards: give --shard K/N too")
+        return cells
+    weights = durations(args.durations) if args.durations is not None else None
+    return shard_cells(cells, args.shard, weights)
 
 
 def only_arg(p: argparse.ArgumentParser) -> None:
@@ -88,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         retries=_non_negative("--retries", args.retries),
         snapshots=args.snapshots,
     )
-    return run_cells(s, opts, args.quiet, selected(s, args.only))
+    return run_cells(s, opts, args.quiet, sharded(s, args))
 
 
 def _non_negative(flag: str, value: int) -> int:
@@ -130,6 +167,8 @@ def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     s = load_scenario(args.scenario)
     print(f"{s.name}: {s.description}".rstrip(": "))
-    for cell in selected(s, args.only):
+    if args.shard is not None:
+        print(f"shard {args.shard}:")
+    for cell in sharded(s, args):
         print(f"  {cell.name}")
     return EXIT_OK

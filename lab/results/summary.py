@@ -49,6 +49,16 @@ class CellResult:
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
 
 
+def exit_code_of(cells: list[dict[str, Any]]) -> int:
+    """A cell whose tests ran and went wrong outweighs one the infrastructure failed:
+    the kernel showed something (and `git bisect run` must hear it as bad, not skip)."""
+    if any(c["verdict"] != "pass" and not c.get("infra_error") for c in cells):
+        return EXIT_UNEXPECTED
+    if any(c.get("infra_error") for c in cells):
+        return EXIT_INFRA
+    return EXIT_OK
+
+
 def empty_counts() -> dict[str, int]:
     return dict.fromkeys(OUTCOMES, 0)
 
@@ -89,13 +99,7 @@ class RunResults:
 
     @property
     def exit_code(self) -> int:
-        """A cell whose tests ran and went wrong outweighs one the infrastructure failed:
-        the kernel showed something (and `git bisect run` must hear it as bad, not skip)."""
-        if any(c.verdict != "pass" and not c.infra_error for c in self.cells):
-            return EXIT_UNEXPECTED
-        if any(c.infra_error for c in self.cells):
-            return EXIT_INFRA
-        return EXIT_OK
+        return exit_code_of(self.data["cells"])
 
     def finish(self, interrupted: bool = False) -> int:
         code = EXIT_INTERRUPTED if interrupted else self.exit_code

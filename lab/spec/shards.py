@@ -1,0 +1,77 @@
+"""Splitting a scenario's cells into N shards for N CI runners: deterministic, balanced,
+and with every kernel source tree in one shard, so each shard builds a kernel once and
+its configs share ccache and the build directory.
+
+Balanced by recorded cell durations when a previous run's summary.json is given (a cell
+it does not know weighs the mean of those it does), else by cell count; groups are
+placed heaviest first on the lightest shard (ties: the lower shard, then file order).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.errors import UsageError
+from lab.spec.scenario import Cell
+
+_SHARD = re.compile(r"^(\d+)/(\d+)$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based, as written: --shard 2/4
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    m = _SHARD.match(text)
+    if m is None or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise UsageError(f"{text}: expected K/N with 1 <= K <= N (e.g. 2/4)")
+    return Shard(int(m.group(1)), int(m.group(2)))
+
+
+def durations(summary: Path) -> dict[str, float]:
+    """Each cell's wall time in a previous run (its summary.json, or the run directory)."""
+    path = summary / "summary.json" if summary.is_dir() else summary
+    try:
+        cells = json.loads(path.read_text())["cells"]
+        return {c["name"]: float(c["wall_s"]) for c in cells if c.get("wall_s")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--durations {path}: not a run's summary.json ({e})") from None
+
+
+def split(
+    cells: list[Cell], count: int, weights: dict[str, float] | None = None
+) -> list[list[Cell]]:
+    """`count` shards of `cells`, each kernel tree's cells together, in file order within
+    a shard."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.kernel.label, []).append(cell)
+    known = [w for w in (weights or {}).values() if w > 0]
+    default = sum(known) / len(known) if known else 1.0
+
+    def weight(group: list[Cell]) -> float:
+        return sum((weights or {}).get(c.name, default) for c in group)
+
+    order = sorted(enumerate(groups.values()), key=lambda ig: (-weight(ig[1]), ig[0]))
+    loads = [0.0] * count
+    members: list[list[Cell]] = [[] for _ in range(count)]
+    for _, group in order:
+        lightest = min(range(count), key=lambda i: (loads[i], i))
+        loads[lightest] += weight(group)
+        members[lightest] += group
+    position = {c.name: i for i, c in enumerate(cells)}
+    return [sorted(m, key=lambda c: position[c.name]) for m in members]
+
+
+def shard_cells(
+    cells: list[Cell], shard: Shard, weights: dict[str, float] | None = None
+) -> list[Cell]:
+    return split(cells, shard.count, weights)[shard.index - 1]
