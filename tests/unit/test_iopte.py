@@ -14,14 +14,14 @@ IOVA_PFN\t\tPML5E\t\t\tPML4E\t\t\tPDPE\t\t\tPDE\t\t\tPTE
 
 
 def test_leaf_levels_give_iopte_sizes():
-    assert leaf_size(DUMP, 0x100000) == 4 << 10
-    assert leaf_size(DUMP, 0x200000 + 0x1234) == 2 << 20
-    assert leaf_size(DUMP, (1 << 30) + (512 << 20)) == 1 << 30
+    assert leaf_size(DUMP.splitlines(), 0x100000) == 4 << 10
+    assert leaf_size(DUMP.splitlines(), 0x200000 + 0x1234) == 2 << 20
+    assert leaf_size(DUMP.splitlines(), (1 << 30) + (512 << 20)) == 1 << 30
 
 
 def test_unmapped_iova_and_garbage():
-    assert leaf_size(DUMP, 0x5000) is None
-    assert leaf_size("garbage\n0xzz | 1 2 3\n", 0) is None
+    assert leaf_size(DUMP.splitlines(), 0x5000) is None
+    assert leaf_size(["garbage", "0xzz | 1 2 3"], 0) is None
 
 
 def test_human():
