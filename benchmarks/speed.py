@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def edit_loop(tmp: Path) -> dict[str, Any]:
     scenario.write_text(f"kernels: ['local:{tree}']\nfragments: [iommufd]\n")
     out: dict[str, Any] = {}
     out["first_build_and_boot_s"], done = lab("shell", str(scenario), "-q", "--", "true")
+    out["first_build_s"] = last_build_seconds()
     out["first_exit_code"] = done.returncode
     for how, extra in (("snapshot", []), ("cold", ["--no-snapshot"])):
         edit(tree / VFIO_PCI, how)
@@ -128,7 +130,8 @@ def checkout_72(tmp: Path) -> Path:
     for child in src.iterdir():
         if not child.name.startswith(".lab-build"):
             subprocess.run(["cp", "-al", child, tree], check=True)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "7.2"]):
+    # -f: Debian's tree ignores everything at its top level (its .gitignore is for packaging).
+    for args in (["init", "-q"], ["add", "-f", "-A"], ["commit", "-qm", "7.2"]):
         subprocess.run(["git", "-c", "user.email=b@b", "-c", "user.name=b", *args], cwd=tree,
                        check=True, capture_output=True)  # fmt: skip
     return tree
@@ -168,13 +171,21 @@ def main() -> int:
     args = p.parse_args()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="vfio-lab-speed-") as tmp:
-        report["shell_true"] = shell_true("quick", args.repeat)
-        report["phases"] = phases(Path(tmp))
-        report["accelerator"] = accel(Path(tmp))
+        sections: list[tuple[str, Callable[[], Any]]] = [
+            ("shell_true", lambda: shell_true("quick", args.repeat)),
+            ("phases", lambda: phases(Path(tmp))),
+            ("accelerator", lambda: accel(Path(tmp))),
+        ]
         if args.matrix or args.before:
-            report["matrix"] = matrix(Path(tmp), args.before)
+            sections.append(("matrix", lambda: matrix(Path(tmp), args.before)))
         if args.edit_loop:
-            report["edit_loop"] = edit_loop(Path(tmp))
+            sections.append(("edit_loop", lambda: edit_loop(Path(tmp))))
+        for name, measure in sections:
+            print(f"measuring {name}", file=sys.stderr)
+            try:
+                report[name] = measure()
+            except Exception as e:  # one broken section must not lose the others' figures
+                report[name] = {"error": f"{type(e).__name__}: {e}"}
     write_report(report, args.out, "speed-")
     return 0
 
