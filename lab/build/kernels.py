@@ -29,6 +29,7 @@ from lab.build.kbuild import (
     wanted_text,
 )
 from lab.build.patches import patched_tree
+from lab.build.pvh import pvh_image
 from lab.core.cache import Cache, CorruptCacheFile, content_key, file_sha256, tree_digest
 from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.proc import capture, run_logged
@@ -59,6 +60,12 @@ class KernelArtifact:
     vmlinuz_sha256: str
     resolved_spec: str = ""  # a spec that names exactly this kernel again (for repro)
     build_s: float | None = None  # wall time of the build that made it (None: fetched)
+    pvh_elf: Path | None = None  # the same kernel as an ELF QEMU enters through PVH
+
+    @property
+    def boot_image(self) -> Path:
+        """What QEMU's -kernel loads: the PVH ELF where there is one (no unpacking)."""
+        return self.pvh_elf or self.vmlinuz
 
     @property
     def config(self) -> Path:
@@ -66,7 +73,9 @@ class KernelArtifact:
         return self.vmlinuz.parent / "config"
 
     def save(self, path: Path) -> None:
-        data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        # The PVH ELF is derived from the image where it is used, and cached on its own.
+        fields = {k: v for k, v in asdict(self).items() if k != "pvh_elf"}
+        data = {k: str(v) if isinstance(v, Path) else v for k, v in fields.items()}
         path.write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -157,7 +166,10 @@ class DebianStock(DebianStockKind, KernelBuilder):
             cache.ensure("kernels", key, fetch, progress, legacy="artifact.json")
         # The pin is known here whatever wrote the cache entry, so repro can always name it.
         artifact = KernelArtifact.load(entry / "artifact.json")
-        return dataclasses.replace(artifact, resolved_spec=f"{self.name}:{package}={version}")
+        elf = pvh_image(artifact.vmlinuz, artifact.vmlinuz_sha256, artifact.config, cache)
+        return dataclasses.replace(
+            artifact, resolved_spec=f"{self.name}:{package}={version}", pvh_elf=elf
+        )
 
     def _build(
         self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path

@@ -80,7 +80,7 @@ def vm_config(
     return VMConfig(
         name=f"vfio-lab:{cell.name}",
         accel=accel,
-        kernel=kernel.vmlinuz,
+        kernel=kernel.boot_image,
         initrd=kernel.initramfs,
         disk=disk,
         console_log=cell_dir / "console.log",

@@ -252,6 +252,7 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
             "identity": prepared.kernel.identity,
             "release": prepared.kernel.release,
             "vmlinuz_sha256": prepared.kernel.vmlinuz_sha256,
+            "boot_image": str(prepared.kernel.boot_image),
             "initramfs_sha256": file_sha256(prepared.kernel.initramfs),
             "patches": [
                 {"file": str(p), "sha256": file_sha256(p), "copy": copy}
