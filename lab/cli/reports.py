@@ -1,13 +1,16 @@
-"""`vfio-lab report`, `compare`, `parity`, `merge` and `tap`: reading what runs left."""
+"""`vfio-lab report`, `compare`, `parity`, `merge`, `export` and `tap`: reading what runs
+left."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from pathlib import Path
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
-from lab.results import compare, merge, parity, reports
+from lab.results import compare, kcidb, merge, parity, reports
 from lab.results import tap as tap_mod
 from lab.results.records import UNEXPECTED
 from lab.results.rundir import load_run
@@ -51,6 +54,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mrg.add_argument("--into", type=Path, required=True, metavar="DIR", help="the new run")
     mrg.set_defaults(func=cmd_merge)
 
+    exp = sub.add_parser("export", help="write a run in another system's format")
+    exp.add_argument("format", choices=["kcidb"], help="kcidb: KernelCI's KCIDB JSON (schema 5)")
+    exp.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    exp.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    exp.add_argument(
+        "--origin",
+        default=kcidb.DEFAULT_ORIGIN,
+        help=f"the submitting CI system's KCIDB origin (default {kcidb.DEFAULT_ORIGIN})",
+    )
+    exp.set_defaults(func=cmd_export)
+
     tap = sub.add_parser(
         "tap",
         help="parse a TAP/KTAP file (a cell's results.tap, kselftest output) and summarize it",
@@ -72,6 +86,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"merged {len(args.run_dirs)} runs into {args.into}: cells {cells}")
     print(f"{args.into / reports.HTML}\n{args.into / reports.JUNIT}")
     return int(run.summary["exit_code"])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not re.fullmatch(r"[a-z0-9_]+", args.origin):
+        raise UsageError(f"--origin {args.origin}: KCIDB origins are [a-z0-9_]+")
+    text = json.dumps(kcidb.export(load_run(args.run_dir), args.origin), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.write_text(text)
+    return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
