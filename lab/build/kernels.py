@@ -113,6 +113,11 @@ class KernelArtifact:
 class KernelBuilder(KernelSourceKind):
     """Provides the kernel a spec of its source names: fetched, or built and cached."""
 
+    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+        """What the spec names now (a package version, a commit), found without fetching or
+        building anything: what a CI cache is keyed by."""
+        raise NotImplementedError
+
     def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
         """The kernel's source tree, patches applied (what its C selftests build from)."""
         raise NotImplementedError
@@ -143,6 +148,15 @@ class DebianStock(DebianStockKind, KernelBuilder):
         source = KernelSpec(DebianSourceKind.name, series.group(1))
         return KERNEL_BUILDERS[source.source].source_tree(source, cache, progress)
 
+    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+        return "=".join(self._package(spec, cache))
+
+    def _package(self, spec: KernelSpec, cache: Cache) -> tuple[str, str]:
+        package, _, pinned = spec.arg.partition("=")
+        if pinned:
+            return package, pinned
+        return resolved_image(package or self.default_package, cache)
+
     def prepare(
         self,
         spec: KernelSpec,
@@ -150,11 +164,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         progress: Progress = SILENT,
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
-        package, _, pinned = spec.arg.partition("=")
-        if pinned:
-            version = pinned
-        else:
-            package, version = resolved_image(package or self.default_package, cache)
+        package, version = self._package(spec, cache)
         key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
         entry = cache.entry("kernels", key)
 
@@ -337,7 +347,8 @@ def _with_patches(
 class DebianSource(DebianSourceKind, SourceBuilt):
     """Debian's linux-source-X.Y package, from bookworm, trixie-backports or sid."""
 
-    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+    def _version(self, spec: KernelSpec, cache: Cache, progress: Progress) -> tuple[str, str]:
+        """(linux-source-X.Y, the version the spec names or apt would fetch)."""
         m = DEBIAN_SERIES.match(spec.arg)
         assert m is not None
         series, pinned = m.group(1), m.group(2)
@@ -347,6 +358,15 @@ class DebianSource(DebianSourceKind, SourceBuilt):
         version = pinned or apt.candidate(package)
         if version is None:
             raise SpecError(f"{apt.mirror} serves no {package} in {', '.join(SUITES)}")
+        return package, version
+
+    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+        return "=".join(self._version(spec, cache, progress))
+
+    def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+        package, version = self._version(spec, cache, progress)
+        series = package.removeprefix("linux-source-")
+        apt = PrivateApt(cache)
         key = content_key(["debian-source", package, version])
         entry = cache.entry("src", key)
 
@@ -376,6 +396,9 @@ def _unpack_source(apt: PrivateApt, package: str, version: str, series: str, scr
 class LocalTree(LocalTreeKind, SourceBuilt):
     """A developer's own kernel checkout, built out of tree (O=) in a git-ignored build
     directory inside it that persists across edits (see kbuild.build_dir_for)."""
+
+    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+        return self.tree(spec, cache, progress).identity
 
     def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
         path = Path(spec.arg)

@@ -1,0 +1,46 @@
+"""One key for every artifact a set of cells needs, found without building anything: what a
+CI runner's cache is keyed by, so that a runner whose cache has that key builds nothing.
+
+It names each cell's kernel as it resolves now (a Debian package version, a commit and
+diff), its patches and requested config, the QEMU (Debian's version, or the lab's build
+key), and the recipes of the root filesystem, the initramfs and the C selftests.
+"""
+
+from __future__ import annotations
+
+from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
+from lab.build.kbuild import wanted_text
+from lab.build.kernels import KERNEL_BUILDERS
+from lab.build.patches import patches_digest
+from lab.build.qemu import QEMU_SOURCES, qemu_key
+from lab.build.rootfs import RECIPE as ROOTFS_RECIPE
+from lab.build.selftests import SELFTESTS
+from lab.core.cache import Cache, content_key, tree_digest
+from lab.core.versions import qemu_version
+from lab.spec.scenario import Cell
+
+
+def artifact_key(cells: list[Cell], cache: Cache) -> str:
+    parts = [
+        "vfio-lab-artifacts",
+        tree_digest(ROOTFS_RECIPE),
+        tree_digest(INITRAMFS_RECIPE),
+        tree_digest(SELFTESTS),
+    ]
+    for cell in cells:
+        builder = KERNEL_BUILDERS[cell.kernel.source]
+        parts += [
+            cell.kernel.label,
+            builder.resolved(cell.kernel, cache),
+            patches_digest(cell.kernel.patches),
+            wanted_text(cell.config),
+            _qemu(cell.scenario.machine.qemu),
+        ]
+    return content_key(parts)
+
+
+def _qemu(choice: str) -> str:
+    if choice == "lab":
+        return qemu_key()
+    binary = QEMU_SOURCES[choice].placeholder() if choice in QEMU_SOURCES else choice
+    return f"{choice}:{qemu_version(binary)}"
