@@ -1,5 +1,5 @@
-"""`vfio-lab report`, `compare`, `parity`, `merge`, `export` and `tap`: reading what runs
-left."""
+"""`vfio-lab report`, `compare`, `parity`, `merge`, `history`, `export` and `tap`: reading
+what runs left."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
-from lab.results import compare, kcidb, merge, parity, reports
+from lab.results import compare, history, kcidb, merge, parity, reports
 from lab.results import tap as tap_mod
 from lab.results.records import UNEXPECTED
 from lab.results.rundir import load_run
@@ -21,7 +21,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "report", help="write a run directory's junit.xml and report.html again from its results"
     )
     rpt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rpt.add_argument(
+        "--history", type=Path, metavar="DB", help="add a trend section from this history"
+    )
     rpt.set_defaults(func=cmd_report)
+
+    hist = sub.add_parser("history", help="runs over nights: outcomes, flips, trends")
+    hsub = hist.add_subparsers(dest="action", required=True)
+    hadd = hsub.add_parser("add", help="store a run in the history")
+    hadd.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    hshow = hsub.add_parser(
+        "show",
+        help="per test and cell the outcome across nights, the first bad night, flaky tests "
+        "(flips with the kernel unchanged) apart from regressions; pass rate and wall time",
+    )
+    hshow.add_argument("--test", default="*", metavar="GLOB")
+    hshow.add_argument("--cell", default="*", metavar="GLOB")
+    hshow.add_argument("--all", action="store_true", help="also tests that always passed")
+    for p in (hadd, hshow):
+        p.add_argument(
+            "--db",
+            type=Path,
+            default=history.DEFAULT_DB,
+            help=f"the history database (default {history.DEFAULT_DB})",
+        )
+    hadd.set_defaults(func=cmd_history_add)
+    hshow.set_defaults(func=cmd_history_show)
 
     cmp = sub.add_parser(
         "compare",
@@ -75,7 +100,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
-    reports.write_all(run)
+    trends = history.trends(args.history) if args.history is not None else None
+    reports.write_all(run, trends)
     print(f"{args.run_dir / reports.HTML}\n{args.run_dir / reports.JUNIT}")
     return EXIT_OK
 
@@ -86,6 +112,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(f"merged {len(args.run_dirs)} runs into {args.into}: cells {cells}")
     print(f"{args.into / reports.HTML}\n{args.into / reports.JUNIT}")
     return int(run.summary["exit_code"])
+
+
+def cmd_history_add(args: argparse.Namespace) -> int:
+    run_id = history.add(args.db, load_run(args.run_dir))
+    print(f"added run {run_id} to {args.db}")
+    return EXIT_OK
+
+
+def cmd_history_show(args: argparse.Namespace) -> int:
+    print(history.show(args.db, args.test, args.cell, args.all))
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from lab.results.history import CellTrend, svg
 from lab.results.parity import run_parity
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
@@ -63,7 +64,7 @@ window.addEventListener('load', () => {
 """
 
 
-def render(run: RunData) -> str:
+def render(run: RunData, trends: list[CellTrend] | None = None) -> str:
     rows = matrix(run)
     s = run.summary
     title = f"vfio-lab: {s.get('scenario', '?')} {s.get('run_id', '')}"
@@ -77,6 +78,7 @@ def render(run: RunData) -> str:
         "<h2>Cells</h2>",
         _cells_table(run),
         _parity_section(run),
+        _trend_section(trends or []),
         f"<h2>Tests &times; cells</h2><p>{len(rows)} tests, {differing} differ between cells.</p>",
         _controls(),
         _matrix_table(run, rows),
@@ -89,6 +91,20 @@ def render(run: RunData) -> str:
         + "\n".join(part for part in body if part)
         + f"\n<script>{JS}</script>\n</body></html>\n"
     )
+
+
+def _trend_section(trends: list[CellTrend]) -> str:
+    """Each cell's pass rate over the nights in the history (`--history`)."""
+    if not trends:
+        return ""
+    rows = [
+        f"<tr><td>{escape(t.cell)}</td><td>{svg(t)}</td><td>{t.points[-1][1]:.0%}</td>"
+        f"<td>{len(t.points)}</td></tr>"
+        for t in trends
+        if t.points
+    ]
+    head = "<tr><th>cell</th><th>pass rate</th><th>last</th><th>nights</th></tr>"
+    return f"<h2 id=trend>Trend</h2><table>{head}{''.join(rows)}</table>"
 
 
 def _parity_section(run: RunData) -> str:

@@ -14,13 +14,12 @@ KCIDB has no "expected failure": an xfail is a FAIL whose `misc` says it was exp
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import re
 from typing import Any
 
 from lab.results.records import TestRecord
-from lab.results.rundir import CellData, RunData
+from lab.results.rundir import CellData, RunData, start_time
 
 SCHEMA = {"major": 5, "minor": 3}
 DEFAULT_ORIGIN = "vfio_lab"
@@ -54,15 +53,6 @@ def export(run: RunData, origin: str = DEFAULT_ORIGIN) -> dict[str, Any]:
         "builds": builds,
         "tests": tests,
     }
-
-
-def start_time(run_id: str) -> str | None:
-    """A run id's timestamp (YYYYMMDD-HHMMSS, UTC) in the ISO form KCIDB wants."""
-    try:
-        when = datetime.datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S")
-    except ValueError:
-        return None
-    return when.replace(tzinfo=datetime.UTC).isoformat()
 
 
 def _id(origin: str, *parts: str) -> str:

@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 from lab.core.files import write_atomic
 from lab.results import htmlreport, parity
+from lab.results.history import CellTrend
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import CellData, RunData
 
@@ -18,9 +19,9 @@ JUNIT = "junit.xml"
 HTML = "report.html"
 
 
-def write_all(run: RunData) -> None:
+def write_all(run: RunData, trends: list[CellTrend] | None = None) -> None:
     write_atomic(run.dir / JUNIT, junit_xml(run))
-    write_atomic(run.dir / HTML, htmlreport.render(run))
+    write_atomic(run.dir / HTML, htmlreport.render(run, trends))
     cells = parity.run_parity(run)
     if cells:
         write_atomic(run.dir / parity.PARITY, json.dumps(parity.to_json(cells), indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +118,12 @@ def _json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UsageError(f"{path}: unreadable or not JSON ({e})") from None
+
+
+def start_time(run_id: str) -> str | None:
+    """A run id's timestamp (YYYYMMDD-HHMMSS, UTC) as ISO 8601."""
+    try:
+        when = datetime.datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=datetime.UTC).isoformat()

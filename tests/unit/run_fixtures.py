@@ -14,12 +14,16 @@ def rec(name: str, outcome: str = "pass", *diags: str, **kw: object) -> TestReco
 
 
 def write_run(
-    root: Path, cells: dict[str, list[TestRecord]], infra: dict[str, str] | None = None
+    root: Path,
+    cells: dict[str, list[TestRecord]],
+    infra: dict[str, str] | None = None,
+    run_id: str = "20261121-000000-abcd",
+    kernel_identity: str | None = None,
 ) -> Path:
     """A finished run with these cells (in order); `infra` gives cells an infra error."""
     run_dir = root / "run"
     run_dir.mkdir()
-    results = RunResults(run_dir, "two-cells", "20261121-000000-abcd", "tcg", "auto: no KVM")
+    results = RunResults(run_dir, "two-cells", run_id, "tcg", "auto: no KVM")
     for name, records in cells.items():
         (run_dir / name).mkdir()
         error = (infra or {}).get(name)
@@ -34,6 +38,7 @@ def write_run(
                 wall_s=42.0,
                 boot_to_ssh_s=5.0,
                 kernel_release="7.2.13-vfio-lab",
+                kernel_identity=kernel_identity,
                 infra_error=error,
             )
         )

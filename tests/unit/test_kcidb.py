@@ -9,7 +9,7 @@ import kcidb_io
 import pytest
 
 from lab.results import kcidb
-from lab.results.rundir import load_run
+from lab.results.rundir import load_run, start_time
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, sample_cells, write_run
 
@@ -52,8 +52,8 @@ def test_paths_are_kcidb_paths_for_every_suite() -> None:
 
 
 def test_start_time_comes_from_the_run_id() -> None:
-    assert kcidb.start_time("20261122-075059-c834") == "2026-11-22T07:50:59+00:00"
-    assert kcidb.start_time("merged-x") is None
+    assert start_time("20261122-075059-c834") == "2026-11-22T07:50:59+00:00"
+    assert start_time("merged-x") is None
 
 
 def test_export_cli_writes_the_file_and_refuses_a_bad_origin(tmp_path: Path) -> None:
