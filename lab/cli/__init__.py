@@ -14,12 +14,12 @@ from types import FrameType
 
 from qemu.qmp import QMPError
 
-from lab.cli import ci, info, reports, repro, run, shell, vms
+from lab.cli import bisect, ci, info, reports, repro, run, shell, vms
 from lab.cli.common import Parser, exit_code
 from lab.core.errors import LabError, UsageError
 from lab.core.exitcodes import EXIT_CRASH, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, for_bisect
 
-COMMAND_GROUPS = (run, shell, repro, vms, reports, ci, info)
+COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, info)
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lab.core.progress import Progress
 from lab.results.summary import table
 from lab.run.matrix import RunOptions, ScenarioRun
 from lab.spec import scenario
+from lab.spec.kernelspec import parse_kernel_spec
 from lab.spec.scenario import Cell, Scenario
 
 DEFAULT_GDB_PORT = 1234
@@ -110,3 +112,16 @@ def run_cells(s: Scenario, opts: RunOptions, quiet: bool, cells: list[Cell] | No
 def exit_code(args: argparse.Namespace, code: int) -> int:
     """`code`, or what it means to `git bisect run` under --bisect."""
     return for_bisect(code) if getattr(args, "bisect", False) else code
+
+
+def pick_cell(s: Scenario, name: str | None, kernel: str | None) -> Cell:
+    cells = scenario.expand(s)
+    names = ", ".join(c.name for c in cells)
+    if name is None and len(cells) > 1:
+        raise UsageError(f"{s.file} has several cells; pick one with --cell: {names}")
+    matches = [c for c in cells if name in (None, c.name)]
+    if not matches:
+        raise UsageError(f"{s.file} has no cell {name!r}; its cells: {names}")
+    cell = matches[0]
+    # Another kernel, the cell's config kept.
+    return cell if kernel is None else dataclasses.replace(cell, kernel=parse_kernel_spec(kernel))

@@ -10,15 +10,13 @@ from pathlib import Path
 
 from lab.build.kernels import KernelArtifact
 from lab.cli import doctor
-from lab.cli.common import boot_args, load_scenario, scenario_arg
+from lab.cli.common import boot_args, load_scenario, pick_cell, scenario_arg
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.progress import Progress
 from lab.run.booter import CellBooter, check_port_free
 from lab.run.matrix import cell_dirname
-from lab.spec import scenario
-from lab.spec.kernelspec import parse_kernel_spec
-from lab.spec.scenario import Cell, Scenario
+from lab.spec.scenario import Cell
 from lab.vm.ssh import GuestSSH
 
 
@@ -48,18 +46,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--payload", type=Path, help="guest tests to copy to /root/tests instead of the scenario's"
     )
     shell.set_defaults(func=cmd_shell, takes_remote=True)
-
-
-def pick_cell(s: Scenario, name: str | None, kernel: str | None) -> Cell:
-    cells = scenario.expand(s)
-    names = ", ".join(c.name for c in cells)
-    if name is None and len(cells) > 1:
-        raise UsageError(f"{s.file} has several cells; pick one with --cell: {names}")
-    matches = [c for c in cells if name in (None, c.name)]
-    if not matches:
-        raise UsageError(f"{s.file} has no cell {name!r}; its cells: {names}")
-    cell = matches[0]
-    return cell if kernel is None else Cell(cell.name, parse_kernel_spec(kernel), s)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:

@@ -1,0 +1,66 @@
+"""`vfio-lab bisect`: which commit of a local kernel tree broke a test."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lab.cli.common import load_scenario, pick_cell, run_cells, scenario_arg, snapshot_arg
+from lab.core.errors import UsageError
+from lab.core.exitcodes import EXIT_OK
+from lab.run import bisect
+from lab.run.matrix import RunOptions
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "bisect",
+        help="git bisect a local kernel tree with the lab as oracle: build, boot and run the "
+        "selected tests at each step",
+    )
+    scenario_arg(b)
+    b.add_argument("--kernel", required=True, metavar="local:PATH", help="the git checkout")
+    b.add_argument("--good", required=True, metavar="REV", help="a commit where the tests pass")
+    b.add_argument("--bad", required=True, metavar="REV", help="a commit where they do not")
+    b.add_argument("-k", dest="keyword", required=True, help="the guest tests (pytest -k)")
+    b.add_argument("--cell", help="the scenario's cell (its config) to build each step with")
+    b.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
+    b.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+    b.add_argument(
+        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
+    )
+    snapshot_arg(b)
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=cmd_bisect)
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    if not args.kernel.startswith("local:"):
+        raise UsageError(f"--kernel {args.kernel}: bisect needs a git checkout, local:PATH")
+    tree = Path(args.kernel.removeprefix("local:")).resolve()
+    s = load_scenario(args.scenario, args.payload)
+    cell = pick_cell(s, args.cell, f"local:{tree}")
+    root = args.results / f"bisect-{time.strftime('%Y%m%d-%H%M%S')}"
+    opts = RunOptions(
+        results_root=root,
+        accel=args.accel,
+        pytest_args=["-k", args.keyword],
+        snapshots=args.snapshots,
+    )
+
+    def step(commit: str) -> tuple[int, Path | None]:
+        print(f"vfio-lab bisect: testing {commit[:12]}", flush=True)
+        code = run_cells(s, opts, args.quiet, [cell])
+        return code, (root / "latest").resolve()
+
+    outcome = bisect.bisect(tree, args.good, args.bad, step)
+    for st in outcome.steps:
+        print(
+            f"  {st.commit[:12]} {st.verdict:5} (exit {st.exit_code})  {st.run_dir}  {st.subject}"
+        )
+    print(f"first bad commit: {outcome.first_bad} {outcome.subject}")
+    print(f"each step's run: {root}")
+    return EXIT_OK
