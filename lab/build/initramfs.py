@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,19 @@ def module_closure(wanted: list[str], deps: dict[str, tuple[str, list[str]]]) ->
     return sorted(out)
 
 
-def build_initramfs(modules_root: Path | None, version: str, out: Path, log: Path) -> list[str]:
+def build_initramfs(
+    modules_root: Path | None,
+    version: str,
+    out: Path,
+    log: Path,
+    iommu_modules: Sequence[str] = (),
+) -> list[str]:
     """Write an uncompressed newc cpio to `out`; returns the module paths it contains.
 
     `modules_root` is a tree with lib/modules/<version>/ as a kernel package installs it,
     or None for a kernel with everything built in (then /init finds no module to load).
+    `iommu_modules` (virtio_iommu) load right after virtio_pci, before any other driver
+    binds a device: a device must meet its IOMMU before its driver maps DMA.
     """
     if not BUSYBOX.exists():
         raise MissingPrerequisite("busybox (static)", "apt-get install busybox-static")
@@ -87,14 +96,22 @@ def build_initramfs(modules_root: Path | None, version: str, out: Path, log: Pat
         src = modules_root / "lib" / "modules" / version
         module_list = read_module_list(RECIPE / "modules.txt")
         paths = module_closure(
-            module_list.all, parse_modules_dep((src / "modules.dep").read_text())
+            [*module_list.all, *iommu_modules], parse_modules_dep((src / "modules.dep").read_text())
         )
         _stage_tree(stage, src, version, paths)
         run_logged(["depmod", "-b", stage, version], artifact="initramfs", log=log)
-    (stage / "etc" / "lab-modules").write_text((RECIPE / "modules.txt").read_text())
+    (stage / "etc" / "lab-modules").write_text(load_order(iommu_modules))
     _write_cpio(stage, out)
     shutil.rmtree(stage)
     return paths
+
+
+def load_order(iommu_modules: Sequence[str]) -> str:
+    """modules.txt for /init, the IOMMU modules after its first boot module (virtio_pci)."""
+    lines = (RECIPE / "modules.txt").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("boot "))
+    extra = [f"boot {m}\n" for m in iommu_modules]
+    return "".join(lines[: first + 1] + extra + lines[first + 1 :])
 
 
 def _stage_tree(stage: Path, src: Path | None, version: str, paths: list[str]) -> None:

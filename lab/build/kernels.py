@@ -46,6 +46,7 @@ from lab.spec.kernelspec import (
     LocalTreeKind,
     SpecError,
 )
+from lab.spec.variants import model_modules
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,9 @@ class DebianStock(DebianStockKind, KernelBuilder):
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         package, version = self._package(spec, cache)
-        key = content_key([self.name, package, version, tree_digest(INITRAMFS_RECIPE)])
+        key = content_key(
+            [self.name, package, version, tree_digest(INITRAMFS_RECIPE), *model_modules()]
+        )
         entry = cache.entry("kernels", key)
 
         def fetch(scratch: Path) -> None:
@@ -198,7 +201,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         (vmlinuz,) = (tree / "boot").glob("vmlinuz-*")
         release = vmlinuz.name.removeprefix("vmlinuz-")
         vmlinuz.rename(scratch / "vmlinuz")
-        build_initramfs(tree, release, scratch / "initramfs.cpio", log)
+        build_initramfs(tree, release, scratch / "initramfs.cpio", log, model_modules())
         (tree / "boot").joinpath(f"config-{release}").rename(scratch / "config")
         shutil.rmtree(tree)
         KernelArtifact(

@@ -33,7 +33,7 @@ from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_ru
 from lab.spec.kernelspec import SpecError
 from lab.spec.scenario import Cell, DeviceSpec
 from lab.spec.suites import SUITES
-from lab.spec.variants import DEVICES, Accel, DeviceConfig
+from lab.spec.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
 from lab.vm import accel as accel_mod
 from lab.vm import bootclock, inventory, snapshot
 from lab.vm.guest import Guest
@@ -88,7 +88,7 @@ def vm_config(
         ssh_port=ssh_port,
         memory_mib=m.memory >> 20,
         cpus=m.cpus,
-        iommu=m.iommu,
+        iommu=cell.iommu,
         devices=device_configs(cell),
         hugepages=tuple(sorted(m.hugepages.items())),
         extra_cmdline=tuple(m.cmdline),
@@ -333,7 +333,7 @@ class CellBooter:
         Restored from the machine's snapshot where one is valid (made first if missing, made
         again if it fails to load); booted cold where the caller keeps or brings a disk,
         watches the boot with gdb, or turned snapshots off."""
-        why_not = self._no_snapshot(disk, keep_disk, gdb_port)
+        why_not = self._no_snapshot(cell, disk, keep_disk, gdb_port)
         if why_not is None:
             key = snapshot_key(cell, prepared, bind)
             why_not = self.cache.recall(["unsnapshotable", key])
@@ -347,10 +347,12 @@ class CellBooter:
             yield ready
 
     def _no_snapshot(
-        self, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
+        self, cell: Cell, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
     ) -> str | None:
         if not self.snapshots:
             return "--no-snapshot"
+        if not IOMMU_MODELS[cell.iommu].migratable:
+            return f"QEMU cannot migrate {cell.iommu}"
         if disk is not None or keep_disk is not None:
             return "the guest's disk is kept"
         if gdb_port is not None:

@@ -24,7 +24,7 @@ from lab.spec.kernelspec import (
     option_name,
     parse_kernel_spec,
 )
-from lab.spec.schema import KValue, Size, doc_field
+from lab.spec.schema import Axis, KValue, Size, doc_field
 from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
 
@@ -65,7 +65,11 @@ class DeviceSpec:
 class MachineSpec:
     memory: Size = doc_field("guest RAM, e.g. 2G or 3072M", Size(2 << 30))
     cpus: int = doc_field("guest vCPUs", 2)
-    iommu: str = doc_field("virtual IOMMU model, from the IOMMU registry", "intel-iommu")
+    iommu: Axis = doc_field(
+        "virtual IOMMU model from the IOMMU registry, or a list of them: an axis of the "
+        "matrix (each cell's name then ends in -MODEL)",
+        Axis(["intel-iommu"]),
+    )
     hugepages: dict[str, int] = doc_field(
         "hugepages reserved on the guest kernel command line, by size (2M, 1G)", {}
     )
@@ -115,6 +119,12 @@ class KernelEntry:
         "the kernel's part of cell names; default: the source's, plus `+` and the first "
         "patch's file name without its extension",
         "",
+    )
+    matrix: bool = doc_field(
+        "whether the scenario's fragments and config axis apply to this kernel; false: one "
+        "cell per IOMMU model, the kernel as it comes (a prebuilt kernel, a series without "
+        "the axis's options)",
+        True,
     )
 
 
@@ -176,6 +186,7 @@ class Cell:
     kernel: KernelSpec
     scenario: Scenario
     config: CellConfig = NO_CONFIG
+    iommu: str = "intel-iommu"  # the machine's IOMMU model (machine.iommu may be an axis)
     kernel_field: str = "kernels[0]"  # where its kernel came from, for errors
 
 
@@ -214,7 +225,12 @@ def load(file: Path) -> Scenario:
 
 def validate(s: Scenario) -> None:
     """Rules between fields and against the registries, after the types are known."""
-    _check_registry(s, "machine.iommu", s.machine.iommu, IOMMU_MODELS)
+    models = s.machine.iommu
+    for i, model in enumerate(models):
+        field = "machine.iommu" if len(models) == 1 else f"machine.iommu[{i}]"
+        _check_registry(s, field, model, IOMMU_MODELS)
+    if len(set(models)) != len(models):
+        raise s.error("machine.iommu", "a model is listed twice")
     for i, dev in enumerate(s.devices):
         _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
         if not 0 < dev.dma_mask < (1 << 64):
@@ -302,13 +318,13 @@ def _validate_config(s: Scenario) -> None:
         if len(set(values)) != len(values):
             raise s.error(field, f"contradictory axis: a value is listed twice in {values}")
     if s.fragments or s.config:
-        for entry in s.kernels:
-            if not KERNEL_SOURCES[kernel_spec(entry).source].configurable:
+        for i, entry in enumerate(s.kernels):
+            if entry.matrix and not KERNEL_SOURCES[kernel_spec(entry).source].configurable:
                 where = "config" if s.config else "fragments"
                 raise s.error(
                     where,
-                    f"{entry.source} is a prebuilt kernel: it cannot take the scenario's {where}; "
-                    "use debian:X.Y or local:PATH",
+                    f"kernels[{i}]: {entry.source} is a prebuilt kernel: it cannot take the scenario's {where}; "
+                    "use debian:X.Y or local:PATH, or give it `matrix: false`",
                 )
 
 
@@ -405,22 +421,25 @@ def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any])
 
 
 def expand(s: Scenario) -> list[Cell]:
-    """The matrix: kernels x every combination of the config axis, in file order."""
+    """The matrix: kernels x every combination of the config axis x IOMMU models, in file
+    order. A model's kernel options (IommuModel.kconfig) join the cell's requested config."""
     options = list(s.config)
     combos = list(itertools.product(*(s.config[o] for o in options)))
+    models = s.machine.iommu
     cells = []
     for i, entry in enumerate(s.kernels):
         spec = kernel_spec(entry)
-        label = spec.cell_label
-        for combo in combos:
-            overrides = tuple(zip(options, combo, strict=True))
-            name = label + "".join(
+        configurable = KERNEL_SOURCES[spec.source].configurable
+        for combo, model in itertools.product(combos if entry.matrix else [()], models):
+            overrides = tuple(zip(options, combo, strict=False))
+            name = spec.cell_label + "".join(
                 f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides
             )
-            cfg = CellConfig(fragments=tuple(s.fragments), overrides=overrides)
-            cells.append(
-                Cell(name=name, kernel=spec, scenario=s, config=cfg, kernel_field=f"kernels[{i}]")
-            )
+            name += f"-{model}" if len(models) > 1 else ""
+            extra = tuple(kv for kv in IOMMU_MODELS[model].kconfig if kv[0] not in s.config)
+            fragments = tuple(s.fragments) if entry.matrix else ()
+            cfg = CellConfig(fragments, overrides + extra) if configurable else NO_CONFIG
+            cells.append(Cell(name, spec, s, cfg, model, kernel_field=f"kernels[{i}]"))
     return cells
 
 

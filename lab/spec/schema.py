@@ -51,6 +51,10 @@ class Size(int):
     """A byte count written in YAML as 3G, 512M or a plain integer."""
 
 
+class Axis(list[str]):
+    """One value, or a list of them: an axis of the matrix, each value its own cells."""
+
+
 class KValue(str):
     """A kernel config value. YAML 1.1 reads a bare y/n as true/false; they mean y/n here."""
 
@@ -124,6 +128,13 @@ def convert(tp: Any, node: yaml.Node, ctx: Context, where: str) -> Any:
     """Convert one node to the type `tp` (scalars, Size, Path, list, dict, dataclass, Optional)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Axis:
+        if isinstance(node, yaml.ScalarNode):
+            return Axis([_convert_scalar(str, node, ctx, where)])
+        values = Axis(convert(list[str], node, ctx, where))
+        if not values:
+            raise ctx.error(node, where, "expected at least one value")
+        return values
     if origin in (typing.Union, types.UnionType):
         if _is_null(node) and type(None) in args:
             return None

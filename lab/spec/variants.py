@@ -22,6 +22,13 @@ def qemu_escape(value: str) -> str:
 class IommuModel:
     name: ClassVar[str]
     doc: ClassVar[str]
+    # Kernel options a source-built kernel needs for the model, beyond base.config: added
+    # to the cell's requested config (and verified by the merge like any other).
+    kconfig: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Modules a modular (Debian) kernel must load for the model before virtio's devices
+    # bind: the lab's initramfs carries them.
+    modules: ClassVar[tuple[str, ...]] = ()
+    migratable: ClassVar[bool] = True  # QEMU can snapshot a machine with it
 
     def machine_options(self, accel: Accel) -> list[str]:
         return []
@@ -36,6 +43,7 @@ class IommuModel:
 class IntelIommu(IommuModel):
     name = "intel-iommu"
     doc = "emulated VT-d with interrupt remapping and caching mode (what vfio needs)"
+    # base.config has INTEL_IOMMU (and its debugfs, for reading IOPTEs).
 
     def machine_options(self, accel: Accel) -> list[str]:
         # With KVM the in-kernel IOAPIC cannot be remapped; QEMU insists on a split irqchip.
@@ -51,15 +59,30 @@ class IntelIommu(IommuModel):
 
 class VirtioIommu(IommuModel):
     name = "virtio-iommu"
-    doc = "paravirtual virtio-iommu-pci"
+    doc = "paravirtual virtio-iommu-pci (4 KiB pages only: no superpages, no IOPTE reading)"
+    kconfig = (("VIRTIO_IOMMU", "y"),)
+    modules = ("virtio_iommu",)
 
     def device_argv(self) -> list[str]:
         return ["-device", "virtio-iommu-pci"]
 
 
-class NoIommu(IommuModel):
-    name = "none"
-    doc = "no IOMMU: vfio works only in no-IOMMU mode"
+class AmdIommu(IommuModel):
+    name = "amd-iommu"
+    doc = "emulated AMD-Vi (QEMU's amd-iommu; QEMU cannot migrate it: no snapshots)"
+    kconfig = (("AMD_IOMMU", "y"),)
+    migratable = False
+
+    def machine_options(self, accel: Accel) -> list[str]:
+        return ["kernel-irqchip=split"] if accel == "kvm" else []
+
+    def device_argv(self) -> list[str]:
+        return ["-device", "amd-iommu"]
+
+
+def model_modules() -> list[str]:
+    """Every model's modules, in registry order: what a modular kernel's initramfs carries."""
+    return [m for name in IOMMU_MODELS for m in IOMMU_MODELS[name].modules]
 
 
 @dataclass(frozen=True)
@@ -174,7 +197,7 @@ class Kvm(AccelModel):
 
 
 IOMMU_MODELS: Registry[IommuModel] = Registry(
-    "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu, NoIommu)}
+    "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu, AmdIommu)}
 )
 DEVICES: Registry[PciDevice] = Registry("device", {d.name: d() for d in (Edu, Ivshmem, Igb)})
 ACCELS: Registry[AccelModel] = Registry("accelerator", {a.name: a() for a in (Tcg, Kvm)})

@@ -57,3 +57,12 @@ def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
     listed = names.stdout.split()
     assert {"init", "bin/busybox", "etc/lab-modules", "lib/modules/7.2.13-vfio-lab"} <= set(listed)
     assert not [n for n in listed if n.endswith(".ko")]
+
+
+def test_iommu_modules_load_right_after_the_virtio_bus():
+    from lab.build.initramfs import load_order
+
+    boot = [line.split()[1] for line in load_order(["virtio_iommu"]).splitlines()
+            if line.startswith("boot ")]  # fmt: skip
+    assert boot[:3] == ["virtio_pci", "virtio_iommu", "virtio_blk"]
+    assert "virtio_iommu" not in load_order([])

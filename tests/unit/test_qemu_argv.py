@@ -70,7 +70,14 @@ def test_kernel_cmdline_has_iommu_and_hugepages():
     assert "intel_iommu=on" in line.split()
     assert "hugepagesz=1G hugepages=1 hugepagesz=2M hugepages=32" in line
     assert line.endswith("mitigations=off")
-    assert "intel_iommu=on" not in kernel_cmdline(config(iommu="none"))
+    assert "intel_iommu=on" not in kernel_cmdline(config(iommu="virtio-iommu"))
+
+
+def test_each_iommu_model_gives_its_device():
+    assert "virtio-iommu-pci" in build_argv(config(iommu="virtio-iommu"))
+    amd = build_argv(config(iommu="amd-iommu"))
+    assert amd[amd.index("-device") + 1] == "amd-iommu"
+    assert "intel-iommu" not in " ".join(amd)
 
 
 def test_matrix_cell_names_survive_qemu_option_parsing():

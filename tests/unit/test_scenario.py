@@ -34,7 +34,7 @@ def test_defaults_for_an_almost_empty_file(tmp_path):
     s = scenario.load(write(tmp_path, "description: hi\n", "mini.yaml"))
     assert s.name == "mini"
     assert s.kernels == [scenario.KernelEntry("debian-stock")]
-    assert s.machine.iommu == "intel-iommu"
+    assert s.machine.iommu == ["intel-iommu"]
     assert [d.type for d in s.devices] == ["edu"]
     assert s.payload_dir == scenario.DEFAULT_PAYLOAD
 
@@ -78,6 +78,29 @@ def test_unknown_iommu_lists_choices(tmp_path):
     e = error_of(write(tmp_path, "machine:\n  iommu: amd-vi\n"))
     assert (e.line, e.field) == (2, "machine.iommu")
     assert "intel-iommu" in e.message and "virtio-iommu" in e.message
+
+
+def test_iommu_as_an_axis(tmp_path):
+    s = scenario.load(
+        write(tmp_path, "kernels: [debian:7.2]\nmachine:\n  iommu: [intel-iommu, virtio-iommu]\n")
+    )
+    cells = scenario.expand(s)
+    assert [(c.name, c.iommu) for c in cells] == [
+        ("7.2-intel-iommu", "intel-iommu"),
+        ("7.2-virtio-iommu", "virtio-iommu"),
+    ]
+    # The model's kernel options join the requested config: virtio-iommu's kernel is another.
+    assert cells[0].config.overrides == ()
+    assert cells[1].config.overrides == (("VIRTIO_IOMMU", "y"),)
+
+
+def test_a_bad_model_in_the_axis_names_its_index(tmp_path):
+    e = error_of(write(tmp_path, "machine:\n  iommu: [intel-iommu, none]\n"))
+    assert e.field == "machine.iommu[1]" and "amd-iommu" in e.message
+    e = error_of(write(tmp_path, "machine:\n  iommu: [virtio-iommu, virtio-iommu]\n"))
+    assert e.field == "machine.iommu" and "listed twice" in e.message
+    e = error_of(write(tmp_path, "machine:\n  iommu: []\n"))
+    assert e.field == "machine.iommu" and "at least one" in e.message
 
 
 def test_unknown_device_and_kernel_source(tmp_path):
@@ -149,7 +172,8 @@ def test_matrix_expands_kernels_times_config_axis(tmp_path):
 def test_shipped_matrix_scenarios_load():
     root = scenario.DEFAULT_SCENARIO.parent
     assert len(scenario.expand(scenario.load(root / "iommufd-compat.yaml"))) == 2
-    assert len(scenario.expand(scenario.load(root / "nightly.yaml"))) == 4
+    # Stock 6.1 (no axis) and 6.12, 7.2, 7.3 x y/n, each behind two IOMMU models.
+    assert len(scenario.expand(scenario.load(root / "nightly.yaml"))) == (1 + 3 * 2) * 2
 
 
 @pytest.mark.parametrize(
@@ -238,3 +262,28 @@ def test_patched_kernels_are_cells_of_their_own(tmp_path):
     )
     assert cells[1].kernel.label == "debian:7.2"
     assert cells[0].kernel.patches == ()
+
+
+def test_a_kernel_outside_the_matrix(tmp_path):
+    s = scenario.load(
+        write(
+            tmp_path,
+            "kernels: [{source: debian-stock, matrix: false}, debian:7.2]\n"
+            "fragments: [iommufd]\nconfig:\n  IOMMUFD_VFIO_CONTAINER: [y, n]\n"
+            "machine:\n  iommu: [intel-iommu, virtio-iommu]\n",
+        )
+    )
+    cells = {c.name: c for c in scenario.expand(s)}
+    assert list(cells) == [
+        "debian-stock-intel-iommu",
+        "debian-stock-virtio-iommu",
+        "7.2-iommufd_vfio_container=y-intel-iommu",
+        "7.2-iommufd_vfio_container=y-virtio-iommu",
+        "7.2-iommufd_vfio_container=n-intel-iommu",
+        "7.2-iommufd_vfio_container=n-virtio-iommu",
+    ]
+    assert cells["debian-stock-virtio-iommu"].config == scenario.NO_CONFIG
+    assert cells["7.2-iommufd_vfio_container=n-virtio-iommu"].config.overrides == (
+        ("IOMMUFD_VFIO_CONTAINER", "n"),
+        ("VIRTIO_IOMMU", "y"),
+    )

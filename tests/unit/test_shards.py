@@ -16,45 +16,57 @@ from lab.spec.shards import Shard, durations, parse_shard, shard_cells, split
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 
-NIGHTLY = Path(__file__).resolve().parents[2] / "lab" / "data" / "scenarios" / "nightly.yaml"
+TWO_TREES = """\
+kernels: [debian:6.12, debian:7.2]
+fragments: [iommufd]
+config:
+  IOMMUFD_VFIO_CONTAINER: [y, n]
+"""
 
 
-def cells() -> list[scenario.Cell]:
-    return scenario.expand(scenario.load(NIGHTLY))  # 6.12 and 7.2, each y and n
+@pytest.fixture
+def matrix(tmp_path: Path) -> Path:
+    path = tmp_path / "two-trees.yaml"
+    path.write_text(TWO_TREES)
+    return path
+
+
+def expand(matrix: Path) -> list[scenario.Cell]:
+    return scenario.expand(scenario.load(matrix))  # 6.12 and 7.2, each y and n
 
 
 def names(shard: list[scenario.Cell]) -> list[str]:
     return [c.name for c in shard]
 
 
-def test_each_kernel_tree_stays_in_one_shard_and_every_cell_is_in_one() -> None:
-    shards = split(cells(), 2)
+def test_each_kernel_tree_stays_in_one_shard_and_every_cell_is_in_one(matrix: Path) -> None:
+    shards = split(expand(matrix), 2)
     assert names(shards[0]) == ["6.12-iommufd_vfio_container=y", "6.12-iommufd_vfio_container=n"]
     assert names(shards[1]) == ["7.2-iommufd_vfio_container=y", "7.2-iommufd_vfio_container=n"]
-    assert split(cells(), 2) == shards, "deterministic"
+    assert split(expand(matrix), 2) == shards, "deterministic"
 
 
-def test_more_shards_than_trees_leaves_some_empty() -> None:
-    shards = split(cells(), 3)
+def test_more_shards_than_trees_leaves_some_empty(matrix: Path) -> None:
+    shards = split(expand(matrix), 3)
     assert [len(s) for s in shards] == [2, 2, 0]
 
 
-def test_recorded_durations_balance_the_split() -> None:
+def test_recorded_durations_balance_the_split(matrix: Path) -> None:
     recorded = {
         "6.12-iommufd_vfio_container=y": 1000.0,
         "6.12-iommufd_vfio_container=n": 1000.0,
         "7.2-iommufd_vfio_container=y": 100.0,
         "7.2-iommufd_vfio_container=n": 100.0,
     }
-    all_cells = [*cells(), *scenario.expand(scenario.load(scenario.locate("quick")))]
+    all_cells = [*expand(matrix), *scenario.expand(scenario.load(scenario.locate("quick")))]
     # 6.12 weighs 2000 s; the stock kernel, unknown, the mean (550 s); 7.2 200 s.
     shards = split(all_cells, 2, recorded)
-    assert names(shards[0]) == names(cells())[:2]
-    assert names(shards[1]) == [*names(cells())[2:], "debian-stock"]
+    assert names(shards[0]) == names(expand(matrix))[:2]
+    assert names(shards[1]) == [*names(expand(matrix))[2:], "debian-stock"]
 
 
-def test_shard_selects_the_kth() -> None:
-    assert names(shard_cells(cells(), Shard(2, 2))) == names(split(cells(), 2)[1])
+def test_shard_selects_the_kth(matrix: Path) -> None:
+    assert names(shard_cells(expand(matrix), Shard(2, 2))) == names(split(expand(matrix), 2)[1])
 
 
 @pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/0"])
@@ -111,13 +123,13 @@ def test_merge_cli_exits_with_the_merged_code(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["exit_code"] == 0
 
 
-def test_list_shows_a_shard() -> None:
-    done = lab("list", "nightly", "--shard", "2/2")
+def test_list_shows_a_shard(matrix: Path) -> None:
+    done = lab("list", str(matrix), "--shard", "2/2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
         "shard 2/2:",
         "  7.2-iommufd_vfio_container=y",
         "  7.2-iommufd_vfio_container=n",
     ]
-    bad = lab("list", "nightly", "--shard", "3/2")
+    bad = lab("list", str(matrix), "--shard", "3/2")
     assert bad.returncode == 2 and "3/2: expected K/N with 1 <= K <= N" in bad.stderr
