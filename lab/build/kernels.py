@@ -272,7 +272,7 @@ class SourceBuilt(KernelBuilder):
         merged = ["merged-config", tree.config_identity, wanted]
         known = cache.recall(merged)
         if known is None or not cache.complete("kernels", build_key(tree, known)):
-            known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress)
+            known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress, known)
             cache.remember(merged, known)
         artifact = KernelArtifact.load(
             cache.entry("kernels", build_key(tree, known)) / "artifact.json"
@@ -287,16 +287,21 @@ class SourceBuilt(KernelBuilder):
         wanted: str,
         cache: Cache,
         progress: Progress,
+        known: str | None = None,
     ) -> str:
         """Merge the cell's config in its build directory and build it unless cached;
-        returns the merged .config's sha256."""
-        check_options_exist(tree, cfg)
+        returns the merged .config's sha256. `known` is what the merge gave for this
+        tree's Kconfig and this config before: a build directory that still holds it (an
+        edit of the tree that touched no Kconfig) builds without merging again."""
         build_dir = build_dir_for(tree, wanted)
         # A build already uses every core: one merge-and-build at a time, across cells and
         # processes.
         with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
             log = tmp / "build.log"
-            merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
+            merged = (build_dir / ".config").exists() and config_digest(build_dir) == known
+            if not merged:
+                check_options_exist(tree, cfg)
+                merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
             digest = config_digest(build_dir)
             key = build_key(tree, digest)
             entry = cache.entry("kernels", key)
@@ -407,10 +412,8 @@ class LocalTree(LocalTreeKind, SourceBuilt):
         path = Path(spec.arg)
         try:
             head = capture(["git", "-C", path, "rev-parse", "HEAD"], artifact="kernel").strip()
+            # One diff (git stats every file of the tree for it: seconds on a kernel tree).
             diff = capture(["git", "-C", path, "diff", "HEAD"], artifact="kernel")
-            kconfig = capture(
-                ["git", "-C", path, "diff", "HEAD", "--", *KCONFIG_INPUTS], artifact="kernel"
-            )
         except BuildError:
             raise SpecError(
                 f"local:{spec.arg} is not a git checkout; its identity is its commit"
@@ -418,12 +421,24 @@ class LocalTree(LocalTreeKind, SourceBuilt):
         return SourceTree(
             identity=f"git:{head}{_dirty(diff)}",
             path=path,
-            kconfig_identity=f"git:{head}{_dirty(kconfig)}",
+            kconfig_identity=f"git:{head}{_dirty(kconfig_part(diff))}",
         )
 
 
 # What a merged .config can depend on in a tree: its Kconfig files and config fragments.
-KCONFIG_INPUTS = (":(glob)**/Kconfig*", ":(glob)**/*.config")
+KCONFIG_FILE = re.compile(r"(^|/)(Kconfig[^/]*|[^/]*\.config)$")
+_FILE_DIFF = re.compile(r"^diff --git a/(\S+) b/", re.MULTILINE)
+
+
+def kconfig_part(diff: str) -> str:
+    """The parts of a `git diff` that change Kconfig files or config fragments."""
+    files = list(_FILE_DIFF.finditer(diff))
+    ends = [m.start() for m in files[1:]] + [len(diff)] if files else []
+    return "".join(
+        diff[m.start() : end]
+        for m, end in zip(files, ends, strict=True)
+        if KCONFIG_FILE.search(m.group(1))
+    )
 
 
 def _dirty(diff: str) -> str:

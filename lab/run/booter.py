@@ -299,7 +299,8 @@ class CellBooter:
         """QEMU launched, announced to `vfio-lab qmp`/`console`, and tracked for stop_all."""
         ssh = GuestSSH(cfg.ssh_port, prepared.keys.client, prepared.keys.host_pub)
         machine = Machine(argv, cfg.qmp_socket, cell_dir / "qemu.log", cfg.console_log, pass_fds)
-        with machine, Guest(cfg.name, machine, ssh, sync_on_exit=kept is not None) as guest:
+        guest = Guest(cfg.name, machine, ssh, sync_on_exit=kept is not None, disk=cfg.disk)
+        with machine, guest:
             record = inventory.RunningVM(
                 id=cfg.qmp_socket.parent.name,
                 name=cfg.name,
@@ -343,8 +344,7 @@ class CellBooter:
                 ready.snapshot = f"none: {why_not}"
                 yield ready
             return
-        with self._from_snapshot(cell, prepared, cell_dir, key, bind) as ready:
-            yield ready
+        yield from self._from_snapshot(cell, prepared, cell_dir, key, bind)
 
     def _no_snapshot(
         self, cell: Cell, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
@@ -382,30 +382,26 @@ class CellBooter:
             setup = round(time.monotonic() - started, 2)
             yield ReadyGuest(guest, bound, phases={**guest.phases, "setup": setup})
 
-    @contextlib.contextmanager
     def _from_snapshot(
         self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
     ) -> Iterator[ReadyGuest]:
+        """The machine's snapshot restored; where there is none yet, a cold boot that is
+        saved on the way and goes on (a restore would only cost the first run time)."""
         for attempt in (1, 2):
-            with self.cache.lock(f"snapshot-{key}"):
-                made: float | None = None  # seconds it took to make the snapshot now
-                why_not = None
-                if not self.cache.complete("snapshots", key):
-                    making = time.monotonic()
-                    why_not = self._make_snapshot(cell, prepared, cell_dir, key, bind)
-                    made = round(time.monotonic() - making, 2)
-            if why_not is not None:
-                self.cache.remember(["unsnapshotable", key], why_not)
-                self.progress(cell.name, f"no snapshot of this machine: {why_not}")
-                with self._cold(cell, prepared, cell_dir, bind) as ready:
-                    ready.snapshot = f"none: {why_not}"
-                    yield ready
-                return
             stack = contextlib.ExitStack()
             try:
-                ready = stack.enter_context(self._restore(cell, prepared, cell_dir, key))
+                with self.cache.lock(f"snapshot-{key}"):
+                    if self.cache.complete("snapshots", key):
+                        ready = stack.enter_context(self._restore(cell, prepared, cell_dir, key))
+                    else:
+                        ready = stack.enter_context(
+                            self._saved(cell, prepared, cell_dir, key, bind)
+                        )
             except snapshot.SnapshotFailed as e:
                 stack.close()
+                if e.action == "save":
+                    yield from self._unsnapshotable(cell, prepared, cell_dir, key, bind, e.reason)
+                    return
                 if attempt == 2:
                     raise
                 self.progress(
@@ -414,36 +410,46 @@ class CellBooter:
                 shutil.rmtree(self.cache.entry("snapshots", key), ignore_errors=True)
                 continue
             with stack:
-                ready.snapshot = f"{'saved and ' if made is not None else ''}restored {key}"
-                if made is not None:
-                    ready.phases["snapshot_make"] = made
                 yield ready
             return
 
-    def _make_snapshot(
+    def _unsnapshotable(
+        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool, why: str
+    ) -> Iterator[ReadyGuest]:
+        self.cache.remember(["unsnapshotable", key], why)
+        self.progress(cell.name, f"no snapshot of this machine: {why}")
+        with self._cold(cell, prepared, cell_dir, bind) as ready:
+            ready.snapshot = f"none: {why}"
+            yield ready
+
+    @contextlib.contextmanager
+    def _saved(
         self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
-    ) -> str | None:
-        """Boot cold to test-ready and save the guest; None, or why it cannot be saved."""
-        try:
+    ) -> Iterator[ReadyGuest]:
+        """A cold boot to test-ready, saved as the machine's snapshot, then let run on."""
+        with self._cold(cell, prepared, cell_dir, bind) as ready:
+            guest = ready.guest
+            started = time.monotonic()
             with self.cache.build("snapshots", key) as entry:
-                with self._cold(
-                    cell, prepared, cell_dir, bind, keep_disk=entry / snapshot.DISK
-                ) as r:
-                    r.guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
-                    r.guest.ssh.close()
-                    started = time.monotonic()
-                    snapshot.save(r.guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
-                    seconds = time.monotonic() - started
-                    shutil.copyfile(cell_dir / "console.log", entry / snapshot.CONSOLE)
-                    meta = {"bound": r.bound, "boot_to_ssh_s": r.guest.boot_to_ssh_s}
-                    (entry / snapshot.META).write_text(json.dumps(meta, indent=2) + "\n")
-                size = (entry / snapshot.STATE).stat().st_size >> 20
+                guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
+                guest.ssh.close()
+                snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
+                # QEMU flushed and let go of the overlay when the migration completed: a
+                # copy is the disk as the saved state knows it.
+                shutil.copyfile(guest.disk, entry / snapshot.DISK)
+                shutil.copyfile(cell_dir / "console.log", entry / snapshot.CONSOLE)
+                meta = {"bound": ready.bound, "boot_to_ssh_s": guest.boot_to_ssh_s}
+                (entry / snapshot.META).write_text(json.dumps(meta, indent=2) + "\n")
+            guest.machine.query("cont")
+            guest.ssh.connect()
+            seconds = time.monotonic() - started
+            size = (self.cache.entry("snapshots", key) / snapshot.STATE).stat().st_size >> 20
             self.progress(cell.name, f"saved snapshot {key}: {size} MiB in {seconds:.1f} s")
             for old in snapshot.prune(self.cache.root / "snapshots", SNAPSHOTS_KEPT):
                 self.progress(cell.name, f"removed the least recently used snapshot {old.name}")
-        except snapshot.SnapshotFailed as e:
-            return e.reason
-        return None
+            ready.snapshot = f"saved {key}"
+            ready.phases["snapshot_save"] = round(seconds, 2)
+            yield ready
 
     @contextlib.contextmanager
     def _restore(
@@ -484,7 +490,7 @@ class CellBooter:
                     + (f"; rewrote the config space of {' '.join(replayed)})" if replayed else ")"),
                 )
                 rounded = {k: round(v, 2) for k, v in phases.items()}
-                yield ReadyGuest(guest, list(meta["bound"]), phases=rounded)
+                yield ReadyGuest(guest, list(meta["bound"]), f"restored {key}", rounded)
 
 
 SAVE_TIMEOUT_S = 120.0

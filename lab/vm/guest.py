@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from types import TracebackType
 
 import paramiko
@@ -24,8 +25,11 @@ class Guest:
     """Use as a context manager around a launched Machine: leaving it closes SSH and stops
     QEMU, whatever happened."""
 
-    def __init__(self, name: str, machine: Machine, ssh: GuestSSH, sync_on_exit: bool) -> None:
+    def __init__(
+        self, name: str, machine: Machine, ssh: GuestSSH, sync_on_exit: bool, disk: Path
+    ) -> None:
         self.name = name
+        self.disk = disk  # the overlay it runs on
         self.machine = machine
         self.ssh = ssh
         self.sync_on_exit = sync_on_exit

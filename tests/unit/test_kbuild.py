@@ -99,3 +99,17 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
     assert (
         json.loads((cache.entry("kernels", key) / "artifact.json").read_text())["spec"] == "fixed"
     )
+
+
+def test_kconfig_part_keeps_only_kconfig_and_fragment_changes() -> None:
+    from lab.build.kernels import kconfig_part
+
+    def chunk(name: str) -> str:
+        return f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n@@ -1 +1 @@\n-a\n+b\n"
+
+    diff = "".join(chunk(n) for n in (
+        "drivers/vfio/pci/vfio_pci.c", "drivers/vfio/Kconfig", "kernel/configs/tiny.config",
+        "Documentation/Kconfig.txt/readme",
+    ))  # fmt: skip
+    assert kconfig_part(diff) == chunk("drivers/vfio/Kconfig") + chunk("kernel/configs/tiny.config")
+    assert kconfig_part("") == ""
