@@ -26,7 +26,7 @@ from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
 from lab.build.selftests import SelftestBuild, provide_selftests
 from lab.core.cache import Cache, content_key, tree_digest
-from lab.core.errors import InfraError, UsageError
+from lab.core.errors import InfraError, LaunchError, UsageError
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
@@ -470,9 +470,16 @@ class CellBooter:
             cfg = self._config(cell, prepared, overlay, scratch, cell_dir, console_append=True)
             argv = self._argv(cfg, cell_dir, incoming_fd=state.fileno())
             fds = (state.fileno(),)
-            with self._guest(cfg, argv, prepared, cell_dir, kept=None, pass_fds=fds) as guest:
+            with contextlib.ExitStack() as stack:
                 self._booting(cell, cfg, prepared, how=f"restoring snapshot {key}")
                 boot_timeout = cell.scenario.machine.boot_timeout
+                try:
+                    # QEMU may die of a bad state before its monitor is up: a failed load.
+                    guest = stack.enter_context(
+                        self._guest(cfg, argv, prepared, cell_dir, kept=None, pass_fds=fds)
+                    )
+                except LaunchError as e:
+                    raise snapshot.SnapshotFailed("restore", snapshot.qemu_words(e)) from e
                 m = guest.machine
                 loaded = snapshot.wait_restored(m, boot_timeout)
                 seconds = guest.wait_ready(boot_timeout)

@@ -90,15 +90,15 @@ def wait_restored(machine: Machine, timeout: float) -> float:
                 machine.query("cont")
                 return time.monotonic() - machine.started
         except (LaunchError, QMPError, OSError) as e:
-            raise SnapshotFailed("restore", _qemu_words(e)) from e
+            raise SnapshotFailed("restore", qemu_words(e)) from e
         if status in ("failed", "cancelled"):
-            raise SnapshotFailed("restore", _qemu_words(machine.launch_error(f"load {status}")))
+            raise SnapshotFailed("restore", qemu_words(machine.launch_error(f"load {status}")))
         if time.monotonic() > deadline:
             raise SnapshotFailed("restore", f"the state was not loaded after {timeout:g} s")
         time.sleep(POLL_S)
 
 
-def _qemu_words(e: Exception) -> str:
+def qemu_words(e: Exception) -> str:
     """What QEMU said about a failed load: its log's last lines, else the error."""
     if isinstance(e, LaunchError) and e.log_tail:
         lines = [line for line in e.log_tail if not line.startswith("console: ")]
