@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lab.build import rootfs
 from lab.build.kbuild import UnknownOption
+from lab.build.kconfig import parse_config
 from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
@@ -188,6 +189,7 @@ class CellBooter:
             raise cell.scenario.error(f"config.{e.option}", str(e)) from None
         except SpecError as e:
             raise cell.scenario.error(cell.kernel_field, str(e)) from None
+        _check_model(cell, kernel)
         with self._lock:
             qemu = self._provide_qemu(cell.scenario.machine.qemu)
             accel = self._choose_accel(cell, kernel, qemu)
@@ -334,7 +336,7 @@ class CellBooter:
         Restored from the machine's snapshot where one is valid (made first if missing, made
         again if it fails to load); booted cold where the caller keeps or brings a disk,
         watches the boot with gdb, or turned snapshots off."""
-        why_not = self._no_snapshot(cell, disk, keep_disk, gdb_port)
+        why_not = self._no_snapshot(disk, keep_disk, gdb_port)
         if why_not is None:
             key = snapshot_key(cell, prepared, bind)
             why_not = self.cache.recall(["unsnapshotable", key])
@@ -347,12 +349,10 @@ class CellBooter:
         yield from self._from_snapshot(cell, prepared, cell_dir, key, bind)
 
     def _no_snapshot(
-        self, cell: Cell, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
+        self, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
     ) -> str | None:
         if not self.snapshots:
             return "--no-snapshot"
-        if not IOMMU_MODELS[cell.iommu].migratable:
-            return f"QEMU cannot migrate {cell.iommu}"
         if disk is not None or keep_disk is not None:
             return "the guest's disk is kept"
         if gdb_port is not None:
@@ -522,6 +522,22 @@ class ReadyGuest:
     bound: list[str]  # the devices' BDFs, now on vfio-pci
     snapshot: str = ""  # how the guest came to be: "restored KEY", "none: why"
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of its start
+
+
+def _check_model(cell: Cell, kernel: KernelArtifact) -> None:
+    """Refused before anything boots: an IOMMU model whose driver the kernel lacks (a
+    prebuilt kernel; a source-built one has the model's options merged in and verified)."""
+    config = parse_config(kernel.config.read_text()) if kernel.config.exists() else {}
+    lacking = [
+        f"CONFIG_{name}" for name, _ in IOMMU_MODELS[cell.iommu].kconfig
+        if config and config.get(f"CONFIG_{name}", "n") not in ("y", "m")
+    ]  # fmt: skip
+    if lacking:
+        raise cell.scenario.error(
+            "machine.iommu",
+            f"{cell.iommu} needs {', '.join(lacking)}, which {kernel.identity} does not have; "
+            f"leave the model out for that kernel ({cell.kernel_field}.iommu)",
+        )
 
 
 def free_port() -> int:

@@ -126,6 +126,11 @@ class KernelEntry:
         "the axis's options)",
         True,
     )
+    iommu: list[str] = doc_field(
+        "the IOMMU models of machine.iommu this kernel runs behind (default: all of them); "
+        "for a kernel that lacks one (Debian's 6.1 has no VIRTIO_IOMMU)",
+        [],
+    )
 
 
 @dataclass
@@ -231,6 +236,13 @@ def validate(s: Scenario) -> None:
         _check_registry(s, field, model, IOMMU_MODELS)
     if len(set(models)) != len(models):
         raise s.error("machine.iommu", "a model is listed twice")
+    for i, entry in enumerate(s.kernels):
+        for j, model in enumerate(entry.iommu):
+            if model not in models:
+                raise s.error(
+                    f"kernels[{i}].iommu[{j}]",
+                    f"{model} is not one of machine.iommu: {', '.join(models)}",
+                )
     for i, dev in enumerate(s.devices):
         _check_registry(s, f"devices[{i}].type", dev.type, DEVICES)
         if not 0 < dev.dma_mask < (1 << 64):
@@ -430,7 +442,8 @@ def expand(s: Scenario) -> list[Cell]:
     for i, entry in enumerate(s.kernels):
         spec = kernel_spec(entry)
         configurable = KERNEL_SOURCES[spec.source].configurable
-        for combo, model in itertools.product(combos if entry.matrix else [()], models):
+        own = [m for m in models if not entry.iommu or m in entry.iommu]
+        for combo, model in itertools.product(combos if entry.matrix else [()], own):
             overrides = tuple(zip(options, combo, strict=False))
             name = spec.cell_label + "".join(
                 f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides

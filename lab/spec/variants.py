@@ -28,7 +28,6 @@ class IommuModel:
     # Modules a modular (Debian) kernel must load for the model before virtio's devices
     # bind: the lab's initramfs carries them.
     modules: ClassVar[tuple[str, ...]] = ()
-    migratable: ClassVar[bool] = True  # QEMU can snapshot a machine with it
 
     def machine_options(self, accel: Accel) -> list[str]:
         return []
@@ -65,19 +64,6 @@ class VirtioIommu(IommuModel):
 
     def device_argv(self) -> list[str]:
         return ["-device", "virtio-iommu-pci"]
-
-
-class AmdIommu(IommuModel):
-    name = "amd-iommu"
-    doc = "emulated AMD-Vi (QEMU's amd-iommu; QEMU cannot migrate it: no snapshots)"
-    kconfig = (("AMD_IOMMU", "y"),)
-    migratable = False
-
-    def machine_options(self, accel: Accel) -> list[str]:
-        return ["kernel-irqchip=split"] if accel == "kvm" else []
-
-    def device_argv(self) -> list[str]:
-        return ["-device", "amd-iommu"]
 
 
 def model_modules() -> list[str]:
@@ -197,7 +183,7 @@ class Kvm(AccelModel):
 
 
 IOMMU_MODELS: Registry[IommuModel] = Registry(
-    "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu, AmdIommu)}
+    "IOMMU model", {m.name: m() for m in (IntelIommu, VirtioIommu)}
 )
 DEVICES: Registry[PciDevice] = Registry("device", {d.name: d() for d in (Edu, Ivshmem, Igb)})
 ACCELS: Registry[AccelModel] = Registry("accelerator", {a.name: a() for a in (Tcg, Kvm)})

@@ -96,7 +96,7 @@ def test_iommu_as_an_axis(tmp_path):
 
 def test_a_bad_model_in_the_axis_names_its_index(tmp_path):
     e = error_of(write(tmp_path, "machine:\n  iommu: [intel-iommu, none]\n"))
-    assert e.field == "machine.iommu[1]" and "amd-iommu" in e.message
+    assert e.field == "machine.iommu[1]" and "virtio-iommu" in e.message
     e = error_of(write(tmp_path, "machine:\n  iommu: [virtio-iommu, virtio-iommu]\n"))
     assert e.field == "machine.iommu" and "listed twice" in e.message
     e = error_of(write(tmp_path, "machine:\n  iommu: []\n"))
