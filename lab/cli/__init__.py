@@ -6,6 +6,7 @@ One module per group of commands; each registers its subcommands and their handl
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -17,7 +18,14 @@ from qemu.qmp import QMPError
 from lab.cli import bisect, ci, info, reports, repro, run, shell, vms
 from lab.cli.common import Parser, exit_code
 from lab.core.errors import LabError, UsageError
-from lab.core.exitcodes import EXIT_CRASH, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_USAGE, for_bisect
+from lab.core.exitcodes import (
+    EXIT_CRASH,
+    EXIT_INFRA,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    for_bisect,
+)
 
 COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, info)
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
@@ -67,6 +75,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         # QEMU's monitor failed us (a connect race, a dead QEMU): the lab's part, not a test's.
         print(f"vfio-lab: error: QMP: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INFRA
+    except BrokenPipeError:
+        # The reader of our output went away (`vfio-lab list | head`): nothing to tell it.
+        # Python would complain again flushing stdout at exit; point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         # Everything is stopped by now, and the process is about to exit: one more Ctrl-C
         # must not turn exit 130 into a death by signal.

@@ -294,3 +294,20 @@ def test_bisect_exit_codes(capsys, monkeypatch, code, bisect):
 def test_bisect_maps_an_error_raised_before_any_cell(capsys, tmp_path):
     code, _, _ = run(capsys, "run", "--bisect", str(tmp_path / "missing.yaml"))
     assert code == 128  # a scenario error stops the bisection
+
+
+def test_a_reader_that_goes_away_is_no_crash():
+    """`vfio-lab list nightly | head -0`: the pipe is closed before the lab writes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "list", "nightly"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the interpreter has started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err

@@ -172,8 +172,8 @@ def test_matrix_expands_kernels_times_config_axis(tmp_path):
 def test_shipped_matrix_scenarios_load():
     root = scenario.DEFAULT_SCENARIO.parent
     assert len(scenario.expand(scenario.load(root / "iommufd-compat.yaml"))) == 2
-    # Stock 6.1 (no axis) and 6.12, 7.2, 7.3 x y/n, each behind two IOMMU models.
-    assert len(scenario.expand(scenario.load(root / "nightly.yaml"))) == (1 + 3 * 2) * 2
+    # Stock 6.1 (no axis, intel-iommu only) and 6.12, 7.2, 7.3 x y/n x two IOMMU models.
+    assert len(scenario.expand(scenario.load(root / "nightly.yaml"))) == 1 + 3 * 2 * 2
 
 
 @pytest.mark.parametrize(
@@ -287,3 +287,40 @@ def test_a_kernel_outside_the_matrix(tmp_path):
         ("IOMMUFD_VFIO_CONTAINER", "n"),
         ("VIRTIO_IOMMU", "y"),
     )
+
+
+def test_a_kernel_names_the_models_it_runs_behind(tmp_path):
+    s = scenario.load(
+        write(
+            tmp_path,
+            "kernels: [{source: debian-stock, iommu: [intel-iommu]}, debian:7.2]\n"
+            "machine:\n  iommu: [intel-iommu, virtio-iommu]\n",
+        )
+    )
+    assert [c.name for c in scenario.expand(s)] == [
+        "debian-stock-intel-iommu",
+        "7.2-intel-iommu",
+        "7.2-virtio-iommu",
+    ]
+    e = error_of(write(tmp_path, "kernels: [{source: debian-stock, iommu: [virtio-iommu]}]\n"))
+    assert e.field == "kernels[0].iommu[0]" and "not one of machine.iommu" in e.message
+
+
+def test_a_model_the_prebuilt_kernel_lacks_is_refused_before_boot(tmp_path):
+    from lab.build.kernels import KernelArtifact
+    from lab.core.errors import ScenarioError
+    from lab.run.booter import _check_model
+
+    s = scenario.load(write(tmp_path, "machine:\n  iommu: virtio-iommu\n"))
+    (cell,) = scenario.expand(s)
+    k = tmp_path / "k"
+    k.mkdir()
+    (k / "config").write_text("CONFIG_AMD_IOMMU=y\n# CONFIG_VIRTIO_IOMMU is not set\n")
+    artifact = KernelArtifact("debian-stock", "6.1", "linux-image-6.1=1", k / "vmlinuz",
+                              k / "initrd", "aa")  # fmt: skip
+    with pytest.raises(ScenarioError) as caught:
+        _check_model(cell, artifact)
+    assert caught.value.field == "machine.iommu"
+    assert "virtio-iommu needs CONFIG_VIRTIO_IOMMU, which linux-image-6.1=1" in str(caught.value)
+    (k / "config").write_text("CONFIG_VIRTIO_IOMMU=m\n")
+    _check_model(cell, artifact)
