@@ -167,6 +167,13 @@ def main() -> int:
     p.add_argument("--matrix", action="store_true", help="time a two-cell matrix too")
     p.add_argument("--before", metavar="REV", help="and the matrix as commit REV ran it")
     p.add_argument("--edit-loop", action="store_true", help="time a local: tree's edit loop")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="SECTION",
+        help="only these sections (shell_true, phases, matrix, edit_loop); repeatable",
+    )
     p.add_argument("--out", type=Path, help="JSON output (default benchmarks/out/speed-*.json)")
     args = p.parse_args()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
@@ -181,6 +188,8 @@ def main() -> int:
         if args.edit_loop:
             sections.append(("edit_loop", lambda: edit_loop(Path(tmp))))
         for name, measure in sections:
+            if args.only and name not in args.only:
+                continue
             print(f"measuring {name}", file=sys.stderr)
             try:
                 report[name] = measure()
