@@ -76,6 +76,10 @@ def test_kernel_cmdline_has_iommu_and_hugepages():
 def test_each_iommu_model_gives_its_device():
     virtio = build_argv(config(iommu="virtio-iommu"))
     assert "virtio-iommu-pci" in virtio and "intel-iommu" not in " ".join(virtio)
+    # No MSI remapping behind virtio-iommu: VFIO sets up no container without this.
+    words = kernel_cmdline(config(iommu="virtio-iommu")).split()
+    assert "vfio_iommu_type1.allow_unsafe_interrupts=1" in words
+    assert "iommufd.allow_unsafe_interrupts=1" in words
 
 
 def test_matrix_cell_names_survive_qemu_option_parsing():
