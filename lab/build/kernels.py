@@ -23,6 +23,7 @@ from lab.build.kbuild import (
     build_key,
     check_options_exist,
     compile_kernel,
+    compiler_identity,
     config_digest,
     merge_config,
     store_artifact,
@@ -269,7 +270,7 @@ class SourceBuilt(KernelBuilder):
         wanted = wanted_text(cfg)
         # A warm run asks the merge's answer of the memo, and merges (seconds of make)
         # only for a kernel it has to build.
-        merged = ["merged-config", tree.config_identity, wanted]
+        merged = ["merged-config", tree.config_identity, wanted, compiler_identity()]
         known = cache.recall(merged)
         if known is None or not cache.complete("kernels", build_key(tree, known)):
             known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress, known)

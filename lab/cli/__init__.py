@@ -22,12 +22,12 @@ from lab.core.exitcodes import (
     EXIT_CRASH,
     EXIT_INFRA,
     EXIT_INTERRUPTED,
-    EXIT_OK,
     EXIT_USAGE,
     for_bisect,
 )
 
 COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, info)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports it
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
 
 
@@ -67,6 +67,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.remote and not getattr(args, "takes_remote", False):
             raise UsageError("only `vfio-lab shell` takes a command after --")
         code: int = args.func(args)
+        # Output to a pipe is buffered: a reader that went away must be found out here,
+        # not by the interpreter's last flush at exit.
+        sys.stdout.flush()
         return code
     except LabError as e:
         print(f"vfio-lab: error: {e}", file=sys.stderr)
@@ -76,10 +79,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"vfio-lab: error: QMP: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_INFRA
     except BrokenPipeError:
-        # The reader of our output went away (`vfio-lab list | head`): nothing to tell it.
-        # Python would complain again flushing stdout at exit; point it at /dev/null.
+        # The reader of our output went away (`vfio-lab list | head`): nothing to tell it,
+        # and Python would complain again flushing stdout at exit: point it at /dev/null.
+        # The status is a shell's for a command killed by SIGPIPE, never "all as expected".
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         # Everything is stopped by now, and the process is about to exit: one more Ctrl-C
         # must not turn exit 130 into a death by signal.

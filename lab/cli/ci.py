@@ -210,7 +210,9 @@ def gitlab(scenario: str, shards: int, cron: str) -> dict[str, Any]:
 PREVIOUS_GITLAB = (
     'curl -sfL -o previous.zip -H "JOB-TOKEN: $CI_JOB_TOKEN" '
     '"$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/$CI_DEFAULT_BRANCH/download?job=merge" '
-    "&& mkdir previous && cd previous && python3 -m zipfile -e ../previous.zip . || true"
+    # No `cd`: GitLab runs a job's script lines in one shell, and the lines after this
+    # one work from the project directory.
+    "&& python3 -m zipfile -e previous.zip previous || true"
 )
 
 ENGINES = {"github": github, "gitlab": gitlab}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.core.errors import UsageError
-from lab.results.rundir import RunData, start_time
+from lab.results.rundir import RunData, run_started
 
 DEFAULT_DB = Path("results/history.sqlite")
 GOOD = ("pass", "skip", "xfail")
@@ -61,7 +61,7 @@ def add(db: Path, run: RunData) -> str:
     """Store a run (again: a run added twice is stored once); returns its id."""
     s = run.summary
     run_id = str(s.get("run_id"))
-    started = start_time(run_id) or run_id
+    started = run_started(run) or run_id
     with opened(db, create=True) as conn:
         for table in ("runs", "cells", "results"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from lab.results.records import TestRecord
-from lab.results.rundir import CellData, RunData, start_time
+from lab.results.rundir import CellData, RunData, run_started
 
 SCHEMA = {"major": 5, "minor": 3}
 DEFAULT_ORIGIN = "vfio_lab"
@@ -38,7 +38,7 @@ _COMMIT = re.compile(r"^git:([0-9a-f]{40})(?:\+(\w+))?$")
 
 
 def export(run: RunData, origin: str = DEFAULT_ORIGIN) -> dict[str, Any]:
-    started = start_time(str(run.summary.get("run_id", "")))
+    started = run_started(run)
     checkouts: dict[str, dict[str, Any]] = {}
     builds, tests = [], []
     for cell in run.cells:

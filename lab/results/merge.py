@@ -17,7 +17,7 @@ from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_INTERRUPTED
 from lab.core.files import write_atomic
 from lab.results import reports
-from lab.results.rundir import CellData, RunData, load_run
+from lab.results.rundir import CellData, RunData, load_run, run_started
 from lab.results.summary import exit_code_of
 
 
@@ -58,9 +58,11 @@ def _copy_cell(run: RunData, cell: CellData, into: Path) -> CellData:
 def _summary(runs: list[RunData], cells: list[dict[str, Any]], scenario: str) -> dict[str, Any]:
     interrupted = any(r.summary.get("interrupted") for r in runs)
     accelerators = sorted({str(r.summary.get("accelerator")) for r in runs})
+    starts = sorted(t for r in runs if (t := run_started(r)))
     return {
         "scenario": scenario,
         "run_id": "merged-" + "+".join(str(r.summary.get("run_id")) for r in runs),
+        "started": starts[0] if starts else None,  # the earliest shard's
         "accelerator": ",".join(accelerators),
         "accelerator_reason": "; ".join(
             sorted({str(r.summary.get("accelerator_reason")) for r in runs})

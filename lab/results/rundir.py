@@ -127,3 +127,9 @@ def start_time(run_id: str) -> str | None:
     except ValueError:
         return None
     return when.replace(tzinfo=datetime.UTC).isoformat()
+
+
+def run_started(run: RunData) -> str | None:
+    """When a run started: a merged run says so itself; any other's id holds the time."""
+    started = run.summary.get("started")
+    return str(started) if started else start_time(str(run.summary.get("run_id", "")))

@@ -114,6 +114,9 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
     )
     argv = build_argv(dataclasses.replace(cfg, name="vfio-lab"))
     binary = Path(shutil.which(prepared.qemu.binary) or prepared.qemu.binary).stat()
+    # The snapshot's disk is a layer on this very image: a rebuilt one (same recipe, a
+    # newer mirror) is another key.
+    base = prepared.image.base.stat()
     tests = cell.scenario.payload_dir
     return content_key(
         [
@@ -124,6 +127,7 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
             f"{binary.st_size}:{binary.st_mtime_ns}",
             k.vmlinuz_sha256,
             prepared.image.key,
+            f"{base.st_size}:{base.st_mtime_ns}",
             tree_digest(RUNTIME_DIR),
             tree_digest(tests) if tests is not None else "",
             "bind" if bind else "no-bind",
@@ -388,39 +392,50 @@ class CellBooter:
         """The machine's snapshot restored; where there is none yet, a cold boot that is
         saved on the way and goes on (a restore would only cost the first run time)."""
         for attempt in (1, 2):
-            stack = contextlib.ExitStack()
+            with contextlib.ExitStack() as stack:
+                ready, failed = self._start(cell, prepared, cell_dir, key, bind, stack)
+                if ready is not None:
+                    yield ready
+                    return
+            assert failed is not None
+            if failed.action == "save":
+                break
+            if attempt == 2:
+                raise failed
+            self.progress(
+                cell.name, f"snapshot {key} did not restore ({failed.reason}); making it again"
+            )
+        # The save failed: this machine boots cold (from now on, if QEMU refuses it).
+        assert failed is not None
+        if failed.permanent:
+            self.cache.remember(["unsnapshotable", key], failed.reason)
+        self.progress(cell.name, f"no snapshot of this machine: {failed.reason}")
+        with self._cold(cell, prepared, cell_dir, bind) as cold:
+            cold.snapshot = f"none: {failed.reason}"
+            yield cold
+
+    def _start(
+        self,
+        cell: Cell,
+        prepared: Prepared,
+        cell_dir: Path,
+        key: str,
+        bind: bool,
+        stack: contextlib.ExitStack,
+    ) -> tuple[ReadyGuest | None, snapshot.SnapshotFailed | None]:
+        """Restore the snapshot, or boot cold and save it, with the guest's cleanup in
+        `stack`. A snapshot that did not restore is removed under its lock, so that no
+        other run takes it meanwhile."""
+        with self.cache.lock(f"snapshot-{key}"):
             try:
-                with self.cache.lock(f"snapshot-{key}"):
-                    if self.cache.complete("snapshots", key):
-                        ready = stack.enter_context(self._restore(cell, prepared, cell_dir, key))
-                    else:
-                        ready = stack.enter_context(
-                            self._saved(cell, prepared, cell_dir, key, bind)
-                        )
+                if self.cache.complete("snapshots", key):
+                    return stack.enter_context(self._restore(cell, prepared, cell_dir, key)), None
+                return stack.enter_context(self._saved(cell, prepared, cell_dir, key, bind)), None
             except snapshot.SnapshotFailed as e:
                 stack.close()
-                if e.action == "save":
-                    yield from self._unsnapshotable(cell, prepared, cell_dir, key, bind, e.reason)
-                    return
-                if attempt == 2:
-                    raise
-                self.progress(
-                    cell.name, f"snapshot {key} did not restore ({e.reason}); making it again"
-                )
-                shutil.rmtree(self.cache.entry("snapshots", key), ignore_errors=True)
-                continue
-            with stack:
-                yield ready
-            return
-
-    def _unsnapshotable(
-        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool, why: str
-    ) -> Iterator[ReadyGuest]:
-        self.cache.remember(["unsnapshotable", key], why)
-        self.progress(cell.name, f"no snapshot of this machine: {why}")
-        with self._cold(cell, prepared, cell_dir, bind) as ready:
-            ready.snapshot = f"none: {why}"
-            yield ready
+                if e.action == "restore":
+                    shutil.rmtree(self.cache.entry("snapshots", key), ignore_errors=True)
+                return None, e
 
     @contextlib.contextmanager
     def _saved(
@@ -458,10 +473,13 @@ class CellBooter:
         """A guest started from the snapshot, its clock, entropy and devices made current."""
         self._check_stopping()
         entry = self.cache.entry("snapshots", key)
-        meta = json.loads((entry / snapshot.META).read_text())
-        (entry / snapshot.META).touch()  # used now: see snapshot.prune
         console_log = cell_dir / "console.log"
-        shutil.copyfile(entry / snapshot.CONSOLE, console_log)
+        try:  # another run may have just pruned it
+            meta = json.loads((entry / snapshot.META).read_text())
+            (entry / snapshot.META).touch()  # used now: see snapshot.prune
+            shutil.copyfile(entry / snapshot.CONSOLE, console_log)
+        except (OSError, ValueError) as e:
+            raise snapshot.SnapshotFailed("restore", f"its files: {e}") from e
         with console_log.open("a") as f:
             f.write(f"\n---- vfio-lab: restored from snapshot {key} ----\n")
         with self.cache.scratch("vm-") as scratch, (entry / snapshot.STATE).open("rb") as state:
@@ -482,9 +500,12 @@ class CellBooter:
                     raise snapshot.SnapshotFailed("restore", snapshot.qemu_words(e)) from e
                 m = guest.machine
                 loaded = snapshot.wait_restored(m, boot_timeout)
-                seconds = guest.wait_ready(boot_timeout)
-                resumed = time.monotonic()
-                replayed = resume(guest.ssh)
+                try:  # a state that loads but gives no working guest is no snapshot either
+                    seconds = guest.wait_ready(boot_timeout)
+                    resumed = time.monotonic()
+                    replayed = resume(guest.ssh)
+                except InfraError as e:
+                    raise snapshot.SnapshotFailed("restore", str(e).splitlines()[0]) from e
                 phases = {
                     "qemu_start": m.qmp_up - m.started,
                     "restore": loaded - (m.qmp_up - m.started),
@@ -502,8 +523,9 @@ class CellBooter:
 
 SAVE_TIMEOUT_S = 120.0
 # Each snapshot holds the guest's used RAM (about 200 MiB for the stock kernel): the most
-# recently used are kept, the rest removed when a new one is made.
-SNAPSHOTS_KEPT = 12
+# recently used are kept, the rest removed when a new one is made. More than the built-in
+# nightly's 13 machines, which would otherwise push each other out in turn.
+SNAPSHOTS_KEPT = 24
 
 
 def resume(ssh: GuestSSH) -> list[str]:

@@ -449,7 +449,12 @@ def expand(s: Scenario) -> list[Cell]:
                 f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides
             )
             name += f"-{model}" if len(models) > 1 else ""
-            extra = tuple(kv for kv in IOMMU_MODELS[model].kconfig if kv[0] not in s.config)
+            # The model's options, unless the cell's own axis sets them (names compared
+            # as Kconfig does: CONFIG_ or not).
+            axis = {option_name(o) for o, _ in overrides}
+            extra = tuple(
+                kv for kv in IOMMU_MODELS[model].kconfig if option_name(kv[0]) not in axis
+            )
             fragments = tuple(s.fragments) if entry.matrix else ()
             cfg = CellConfig(fragments, overrides + extra) if configurable else NO_CONFIG
             cells.append(Cell(name, spec, s, cfg, model, kernel_field=f"kernels[{i}]"))

@@ -30,29 +30,40 @@ MAX_BANDWIDTH = 1 << 40
 POLL_S = 0.02
 
 
-class SnapshotFailed(InfraError):
-    """Saving or restoring a snapshot did not work; `reason` says why (QEMU's words)."""
+# QEMU's words when a device of the machine cannot be migrated at all.
+_BLOCKED = ("blocked", "non-migratable")
 
-    def __init__(self, action: str, reason: str) -> None:
+
+class SnapshotFailed(InfraError):
+    """Saving or restoring a snapshot did not work; `reason` says why (QEMU's words).
+    `permanent`: QEMU refuses this machine every time (a migration blocker), as opposed
+    to a save that may work next time (a full disk, a slow host, an interrupt)."""
+
+    def __init__(self, action: str, reason: str, permanent: bool = False) -> None:
         self.action = action
         self.reason = reason
+        self.permanent = permanent
         super().__init__(f"snapshot {action} failed: {reason}")
 
 
 def save(machine: Machine, state: Path, timeout: float) -> None:
     """Stop the guest and migrate its state into `state`. QEMU stays, paused, until the
-    caller shuts it down; on failure the guest runs on."""
-    machine.query("stop")
+    caller shuts it down; on failure the migration is cancelled and the guest runs on."""
     try:
+        machine.query("stop")
         with state.open("wb") as f:
             machine.send_fd(f.fileno(), FD_NAME)
         machine.query("migrate-set-parameters", **{"max-bandwidth": MAX_BANDWIDTH})
         machine.query("migrate", uri=f"fd:{FD_NAME}")
         _wait_migrated(machine, timeout)
     except (QMPError, OSError, SnapshotFailed) as e:
-        with contextlib.suppress(QMPError, OSError):
-            machine.query("cont")
-        raise e if isinstance(e, SnapshotFailed) else SnapshotFailed("save", str(e)) from e
+        for command in ("migrate_cancel", "cont"):
+            with contextlib.suppress(QMPError, OSError):
+                machine.query(command)
+        if isinstance(e, SnapshotFailed):
+            raise
+        blocked = any(word in str(e) for word in _BLOCKED)
+        raise SnapshotFailed("save", str(e), permanent=blocked) from e
 
 
 def _wait_migrated(machine: Machine, timeout: float) -> None:

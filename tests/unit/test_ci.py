@@ -55,6 +55,8 @@ def test_gitlab_runs_the_shards_in_parallel_keyed_by_the_plan() -> None:
     assert pipeline["shard"]["cache"][0]["key"] == "vfio-lab-${SHARD}-$ARTIFACT_KEY"
     assert "cache-key nightly" in pipeline["plan"]["script"][0]
     assert pipeline["merge"]["script"][-1].startswith("exit $(cat merged.status")
+    # One shell runs every line: none may leave the project directory.
+    assert not any("cd " in line for line in pipeline["merge"]["script"])
 
 
 def test_bad_shard_counts_and_scenarios_are_usage_errors(tmp_path: Path) -> None:

@@ -91,7 +91,8 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
         ).save(entry / "artifact.json")  # fmt: skip
 
     cache.ensure("kernels", key, fill, print)
-    cache.remember(["merged-config", tree.config_identity, kernels.wanted_text(cfg)], config_sha)
+    merged = ["merged-config", tree.config_identity, kernels.wanted_text(cfg)]
+    cache.remember([*merged, kernels.compiler_identity()], config_sha)
     monkeypatch.setattr(kernels, "merge_config", pytest.fail)
     monkeypatch.setattr(kernels, "check_options_exist", pytest.fail)
     artifact = FixedTree(tree).prepare(KernelSpec("fixed", ""), cache, print, cfg)

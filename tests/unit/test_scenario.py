@@ -324,3 +324,16 @@ def test_a_model_the_prebuilt_kernel_lacks_is_refused_before_boot(tmp_path):
     assert "virtio-iommu needs CONFIG_VIRTIO_IOMMU, which linux-image-6.1=1" in str(caught.value)
     (k / "config").write_text("CONFIG_VIRTIO_IOMMU=m\n")
     _check_model(cell, artifact)
+
+
+def test_an_axis_on_the_models_option_wins_however_it_is_spelled(tmp_path):
+    s = scenario.load(
+        write(
+            tmp_path,
+            "kernels: [debian:7.2, {source: debian:7.3, matrix: false}]\n"
+            "config:\n  CONFIG_VIRTIO_IOMMU: [n]\nmachine:\n  iommu: virtio-iommu\n",
+        )
+    )
+    on_axis, outside = scenario.expand(s)
+    assert on_axis.config.overrides == (("CONFIG_VIRTIO_IOMMU", "n"),)
+    assert outside.config.overrides == (("VIRTIO_IOMMU", "y"),), "no axis: the model's own"

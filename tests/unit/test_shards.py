@@ -98,6 +98,7 @@ def test_merged_runs_are_one_run_with_every_cell(tmp_path: Path) -> None:
     assert [c.name for c in again.cells] == ["7.2-y", "7.2-n"]
     assert again.summary["exit_code"] == 1, "one shard's failure fails the merged run"
     assert len(again.summary["merged_from"]) == 2
+    assert again.summary["started"] == "2026-11-21T00:00:00+00:00", "the earliest shard's"
     junit = (tmp_path / "merged" / "junit.xml").read_text()
     assert 'name="7.2-y"' in junit and 'name="7.2-n"' in junit
     assert "7.2-n" in (tmp_path / "merged" / "report.html").read_text()

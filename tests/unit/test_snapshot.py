@@ -34,6 +34,7 @@ def prepared(tmp_path: Path, version: str = "7.2.22") -> Prepared:
     artifact = KernelArtifact("debian-stock", "6.1", "x", k / "vmlinuz", k / "initrd", "aa")
     keys = LabKeys(tmp_path / "c", tmp_path / "h")
     qemu = QemuBinary(str(qemu_bin), "system", version)
+    (tmp_path / "base.qcow2").touch()
     return Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "rootfs1"), artifact, qemu, "tcg")
 
 
@@ -52,9 +53,16 @@ def test_the_key_names_the_machine_not_the_boot(tmp_path: Path) -> None:
     assert snapshot_key(cell(memory=2 << 30), p, bind=True) != key
     assert snapshot_key(cell(), prepared(tmp_path, "10.0.13"), bind=True) != key
     assert snapshot_key(cell(), dataclasses.replace(p, accel="kvm"), bind=True) != key
-    assert (
-        snapshot_key(cell(), dataclasses.replace(p, image=RootfsImage(Path("b"), "2")), True) != key
-    )
+    other = tmp_path / "other.qcow2"
+    other.write_text("another base")
+    assert snapshot_key(cell(), dataclasses.replace(p, image=RootfsImage(other, "2")), True) != key
+
+
+def test_a_rebuilt_root_filesystem_changes_the_key(tmp_path: Path) -> None:
+    p = prepared(tmp_path)
+    key = snapshot_key(cell(), p, bind=True)
+    p.image.base.write_text("debootstrapped again from a newer mirror")
+    assert snapshot_key(cell(), p, bind=True) != key
 
 
 def test_a_rebuilt_qemu_binary_changes_the_key(tmp_path: Path) -> None:
@@ -102,15 +110,27 @@ def test_save_stops_hands_over_the_file_and_waits_for_completion(tmp_path: Path)
 
 def test_a_machine_that_cannot_migrate_runs_on_and_says_why(tmp_path: Path) -> None:
     m = FakeMachine([], refuse="State blocked by non-migratable device 'amd-iommu'")
-    with pytest.raises(snapshot.SnapshotFailed, match="non-migratable device 'amd-iommu'"):
+    with pytest.raises(snapshot.SnapshotFailed, match="non-migratable device 'amd-iommu'") as e:
         snapshot.save(m, tmp_path / "state", timeout=5)  # type: ignore[arg-type]
     assert m.sent[-1][0] == "cont"
+    assert e.value.permanent, "QEMU refuses this machine every time"
+
+
+def test_a_migration_that_takes_too_long_is_cancelled_and_may_work_next_time(
+    tmp_path: Path,
+) -> None:
+    m = FakeMachine([{"status": "active"}] * 1000)
+    with pytest.raises(snapshot.SnapshotFailed, match="still active") as e:
+        snapshot.save(m, tmp_path / "state", timeout=0.05)  # type: ignore[arg-type]
+    assert [c for c, _ in m.sent][-2:] == ["migrate_cancel", "cont"]
+    assert not e.value.permanent
 
 
 def test_a_failed_migration_is_reported_with_qemus_words(tmp_path: Path) -> None:
     m = FakeMachine([{"status": "failed", "error-desc": "No space left on device"}])
-    with pytest.raises(snapshot.SnapshotFailed, match="No space left"):
+    with pytest.raises(snapshot.SnapshotFailed, match="No space left") as e:
         snapshot.save(m, tmp_path / "state", timeout=5)  # type: ignore[arg-type]
+    assert not e.value.permanent
 
 
 @pytest.fixture
