@@ -6,7 +6,17 @@ import argparse
 import time
 from pathlib import Path
 
-from lab.cli.common import load_scenario, pick_cell, run_cells, scenario_arg, snapshot_arg
+from lab.cli.common import (
+    accel_arg,
+    load_scenario,
+    payload_arg,
+    pick_cell,
+    quiet_arg,
+    results_arg,
+    run_cells,
+    scenario_arg,
+    snapshot_arg,
+)
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
 from lab.run import bisect
@@ -25,15 +35,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--bad", required=True, metavar="REV", help="a commit where they do not")
     b.add_argument("-k", dest="keyword", required=True, help="the guest tests (pytest -k)")
     b.add_argument("--cell", help="the scenario's cell (its config) to build each step with")
-    b.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
-    b.add_argument(
-        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
-    )
-    b.add_argument(
-        "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
-    )
+    payload_arg(b)
+    results_arg(b)
+    accel_arg(b)
     snapshot_arg(b)
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    quiet_arg(b)
     b.set_defaults(func=cmd_bisect)
 
 

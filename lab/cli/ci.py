@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from lab.cli.common import load_scenario, scenario_arg, selected
+from lab.cli.common import load_scenario, only_arg, scenario_arg, selected
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "without building anything",
     )
     scenario_arg(key)
-    key.add_argument("--only", action="append", default=[], metavar="GLOB")
+    only_arg(key)
     key.set_defaults(func=cmd_cache_key)
 
     ci = sub.add_parser("ci", help="print a nightly CI pipeline for a scenario")

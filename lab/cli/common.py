@@ -36,10 +36,38 @@ def scenario_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def boot_args(p: argparse.ArgumentParser) -> None:
+def accel_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--accel", choices=["auto", "kvm", "tcg"], help="override the scenario's accelerator"
     )
+
+
+def quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def results_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
+    )
+
+
+def payload_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
+
+
+def only_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only cells whose name matches (repeatable)",
+    )
+
+
+def boot_args(p: argparse.ArgumentParser) -> None:
+    accel_arg(p)
     p.add_argument(
         "--gdb",
         nargs="?",
@@ -49,7 +77,7 @@ def boot_args(p: argparse.ArgumentParser) -> None:
         help=f"start QEMU's gdbstub on 127.0.0.1:PORT (default {DEFAULT_GDB_PORT})",
     )
     snapshot_arg(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    quiet_arg(p)
 
 
 def snapshot_arg(p: argparse.ArgumentParser) -> None:

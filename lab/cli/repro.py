@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lab.cli.common import bisect_arg, run_cells, snapshot_arg
+from lab.cli.common import bisect_arg, quiet_arg, results_arg, run_cells, snapshot_arg
 from lab.core.cache import Cache
 from lab.core.progress import Progress
 from lab.run import repro
@@ -21,11 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep.add_argument(
         "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
     )
-    rep.add_argument(
-        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
-    )
+    results_arg(rep)
     snapshot_arg(rep)
-    rep.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    quiet_arg(rep)
     bisect_arg(rep)
     rep.set_defaults(func=cmd_repro)
 

@@ -12,6 +12,9 @@ from lab.cli.common import (
     bisect_arg,
     boot_args,
     load_scenario,
+    only_arg,
+    payload_arg,
+    results_arg,
     run_cells,
     scenario_arg,
     selected,
@@ -31,10 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scenario_arg(run)
     boot_args(run)
     bisect_arg(run)
-    run.add_argument(
-        "--results", type=Path, default=Path("results"), help="results root (default: ./results)"
-    )
-    run.add_argument("--payload", type=Path, help="guest test directory instead of the scenario's")
+    results_arg(run)
+    payload_arg(run)
     run.add_argument(
         "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
     )
@@ -98,16 +99,6 @@ def sharded(s: Scenario, args: argparse.Namespace) -> list[Cell]:
         return cells
     weights = durations(args.durations) if args.durations is not None else None
     return shard_cells(cells, args.shard, weights)
-
-
-def only_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="only cells whose name matches (repeatable)",
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
