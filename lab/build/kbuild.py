@@ -7,6 +7,7 @@ only what that option touches.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -61,7 +62,10 @@ class BuiltKernel:
     config: Path
 
 
+@functools.cache
 def compiler_identity() -> str:
+    """The compiler's first line of --version, asked once per process: every kernel key
+    and merge memo names it."""
     return capture(["gcc", "--version"], artifact="kernel").splitlines()[0]
 
 

@@ -272,12 +272,12 @@ class SourceBuilt(KernelBuilder):
         # only for a kernel it has to build.
         merged = ["merged-config", tree.config_identity, wanted, compiler_identity()]
         known = cache.recall(merged)
-        if known is None or not cache.complete("kernels", build_key(tree, known)):
+        key = build_key(tree, known) if known is not None else None
+        if key is None or not cache.complete("kernels", key):
             known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress, known)
             cache.remember(merged, known)
-        artifact = KernelArtifact.load(
-            cache.entry("kernels", build_key(tree, known)) / "artifact.json"
-        )
+            key = build_key(tree, known)
+        artifact = KernelArtifact.load(cache.entry("kernels", key) / "artifact.json")
         return dataclasses.replace(artifact, resolved_spec=self.pin(spec, pristine))
 
     def _merge_and_build(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lab.build.apt import PrivateApt
+from lab.build.kbuild import compiler_identity
 from lab.build.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, tree_digest
 from lab.core.data import IMAGES
@@ -142,8 +143,7 @@ def series() -> list[str]:
 
 
 def qemu_key() -> str:
-    gcc = capture(["gcc", "--version"], artifact="qemu").splitlines()[0]
-    return content_key(["lab-qemu", VERSION, tree_digest(PATCHES), *CONFIGURE, gcc])
+    return content_key(["lab-qemu", VERSION, tree_digest(PATCHES), *CONFIGURE, compiler_identity()])
 
 
 def ensure_lab_qemu(cache: Cache, progress: Progress = SILENT) -> QemuBinary:
