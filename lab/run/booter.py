@@ -117,7 +117,6 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
     # The snapshot's disk is a layer on this very image: a rebuilt one (same recipe, a
     # newer mirror) is another key.
     base = prepared.image.base.stat()
-    tests = cell.scenario.payload_dir
     return content_key(
         [
             "snapshot",
@@ -129,7 +128,7 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
             prepared.image.key,
             f"{base.st_size}:{base.st_mtime_ns}",
             tree_digest(RUNTIME_DIR),
-            tree_digest(tests) if tests is not None else "",
+            tree_digest(cell.scenario.payload_dir),
             "bind" if bind else "no-bind",
         ]
     )
@@ -345,10 +344,10 @@ class CellBooter:
             key = snapshot_key(cell, prepared, bind)
             why_not = self.cache.recall(["unsnapshotable", key])
         if why_not is not None:
-            cold = self._cold(cell, prepared, cell_dir, bind, disk, keep_disk, gdb_port)
-            with cold as ready:
-                ready.snapshot = f"none: {why_not}"
-                yield ready
+            with self._cold(
+                cell, prepared, cell_dir, bind, disk, keep_disk, gdb_port, why_not
+            ) as r:
+                yield r
             return
         yield from self._from_snapshot(cell, prepared, cell_dir, key, bind)
 
@@ -373,7 +372,9 @@ class CellBooter:
         disk: Path | None = None,
         keep_disk: Path | None = None,
         gdb_port: int | None = None,
+        why: str = "",
     ) -> Iterator[ReadyGuest]:
+        """A cold boot to test-ready; `why` there is no snapshot, when there is none."""
         with self.boot(
             cell, prepared, cell_dir, disk=disk, keep_disk=keep_disk, gdb_port=gdb_port
         ) as guest:
@@ -384,7 +385,8 @@ class CellBooter:
             if bound:
                 self.progress(cell.name, f"bound {' '.join(bound)} to vfio-pci")
             setup = round(time.monotonic() - started, 2)
-            yield ReadyGuest(guest, bound, phases={**guest.phases, "setup": setup})
+            snapshot_use = f"none: {why}" if why else ""
+            yield ReadyGuest(guest, bound, snapshot_use, {**guest.phases, "setup": setup})
 
     def _from_snapshot(
         self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
@@ -410,8 +412,7 @@ class CellBooter:
         if failed.permanent:
             self.cache.remember(["unsnapshotable", key], failed.reason)
         self.progress(cell.name, f"no snapshot of this machine: {failed.reason}")
-        with self._cold(cell, prepared, cell_dir, bind) as cold:
-            cold.snapshot = f"none: {failed.reason}"
+        with self._cold(cell, prepared, cell_dir, bind, why=failed.reason) as cold:
             yield cold
 
     def _start(
