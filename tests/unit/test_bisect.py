@@ -87,3 +87,19 @@ def test_bad_revisions_and_a_dirty_tree_are_usage_errors(tree: Path) -> None:
     (tree / "n").write_text("edited\n")
     with pytest.raises(UsageError, match="uncommitted changes"):
         bisect(tree, commit(tree, 0), commit(tree, 7), test)
+
+
+def test_the_cli_refuses_a_kernel_that_is_no_checkout_and_a_dirty_tree(tree: Path) -> None:
+    from tests.conftest import lab
+
+    not_local = lab("bisect", "--kernel", "debian:7.2", "--good", "a", "--bad", "b", "-k", "x")
+    assert not_local.returncode == 2
+    assert "--kernel debian:7.2: bisect needs a git checkout, local:PATH" in not_local.stderr
+    (tree / "Makefile").write_text("VERSION = 7\n")  # what makes it a kernel tree to the lab
+    (tree / "Kconfig").write_text('mainmenu "x"\n')
+    git(tree, "add", ".")
+    git(tree, "commit", "-qm", "a kernel tree")
+    (tree / "n").write_text("edited\n")
+    dirty = lab("bisect", "--kernel", f"local:{tree}", "--good", "HEAD~1", "--bad", "HEAD",
+                "-k", "x")  # fmt: skip
+    assert dirty.returncode == 2 and "has uncommitted changes" in dirty.stderr

@@ -134,3 +134,14 @@ def test_list_shows_a_shard(matrix: Path) -> None:
     ]
     bad = lab("list", str(matrix), "--shard", "3/2")
     assert bad.returncode == 2 and "3/2: expected K/N with 1 <= K <= N" in bad.stderr
+
+
+def test_the_cli_refuses_a_bad_merge_and_durations_without_a_shard(tmp_path: Path, matrix) -> None:
+    one, _ = two_shards(tmp_path)
+    twice = lab("merge", str(one), str(one), "--into", str(tmp_path / "m"))
+    assert twice.returncode == 2 and "cell 7.2-y is in both" in twice.stderr
+    alone = lab("list", str(matrix), "--durations", str(one))
+    assert (
+        alone.returncode == 2
+        and "--durations balances shards: give --shard K/N too" in alone.stderr
+    )
