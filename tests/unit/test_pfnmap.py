@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from vfiolib import pfnmap
 from vfiolib.pfnmap import size_from
 
 # /dev/kmsg records: "prio,seq,usec,flags;message", a fault tried at PUD, PMD, then 4K.
@@ -22,3 +25,73 @@ def test_the_order_that_mapped_gives_the_size():
 def test_fallbacks_only_and_garbage_give_nothing():
     assert size_from(FALLBACK_TO_PMD[:1]) is None
     assert size_from(["6,1,2,-;vfio-pci: something else\n", "\x00garbage"]) is None
+
+
+class FakeKernel:
+    """vfio_pci_mmap_huge_fault behind the kernel's ratelimit (10 lines per 5 s window,
+    begun at the first line after the last window ended), on a fake clock. A mapping
+    logs its PUD fallback and PMD mapping on its first touch only: touched again, it is
+    already mapped and logs nothing."""
+
+    def __init__(self, printed: int) -> None:
+        self.now = 100.0
+        self.begin = self.now - 1.0  # a window already under way: printed lines in it
+        self.printed = printed
+        self.touched: set[int] = set()
+        self.made = 0
+
+    def fresh(self):
+        self.made += 1
+        kernel, n = self, self.made
+
+        class Mapping:
+            def read32(self, off: int) -> int:
+                kernel.touched.add(n)
+                return 0
+
+            def close(self) -> None:
+                pass
+
+        return Mapping()
+
+    def logged(self, touch) -> list[str]:
+        before = set(self.touched)
+        touch()
+        if self.touched == before:
+            return []
+        lines = []
+        for line in FALLBACK_TO_PMD:
+            if self.now > self.begin + pfnmap.RATELIMIT_S:
+                self.begin, self.printed = self.now, 0
+            if self.printed < pfnmap.RATELIMIT_BURST:
+                self.printed += 1
+                lines.append(line)
+        return lines
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def test_a_fault_the_ratelimit_cut_short_is_measured_again_on_a_fresh_mapping(monkeypatch):
+    """The kernel's window began before this process could see it: 9 of its 10 lines are
+    spent, so the fault's mapping line is silenced. The size is still read, from a second
+    fresh mapping once a whole window has passed, never "unknown"."""
+    kernel = FakeKernel(printed=9)
+    monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: True)
+    monkeypatch.setattr(pfnmap, "_logged", kernel.logged)
+    monkeypatch.setattr(pfnmap.time, "sleep", kernel.sleep)
+    monkeypatch.setattr(pfnmap.time, "monotonic", lambda: kernel.now)
+    monkeypatch.setattr(pfnmap._Window, "start", kernel.now - 10)  # thinks the window is fresh
+    monkeypatch.setattr(pfnmap._Window, "lines", 0)
+    assert pfnmap.fault_size(kernel.fresh) == 2 << 20
+    assert kernel.made == 2  # each try faulted a mapping nothing had touched
+
+
+def test_a_kernel_without_the_debug_line_is_told_without_waiting(monkeypatch):
+    monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: False)
+    monkeypatch.setattr(pfnmap.time, "sleep", lambda s: pytest.fail("waited"))
+    assert pfnmap.fault_size(lambda: pytest.fail("faulted")) == (
+        "unknown (this kernel's vfio-pci has no vfio_pci_mmap_huge_fault debug line)"
+    )

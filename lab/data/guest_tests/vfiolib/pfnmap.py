@@ -9,10 +9,12 @@ from /dev/kmsg: the order that returned VM_FAULT_NOPAGE is the size of the mappi
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from vfiolib import kconfig
 
@@ -25,6 +27,14 @@ PAGE = 4096
 # fault logs up to 3 (PUD, PMD, then PTE order). Counted here, in this process, so that a
 # fault that could be silenced waits for the next window instead of going unrecorded.
 RATELIMIT_S, RATELIMIT_BURST, LINES_PER_FAULT = 5.0, 10, 3
+
+
+class Touchable(Protocol):
+    """A fresh mmap of a BAR: read once to fault it in, then unmapped."""
+
+    def read32(self, off: int) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class _Window:
@@ -41,24 +51,57 @@ class _Window:
             cls.start, cls.lines = time.monotonic(), 0
 
 
-def fault_size(touch: Callable[[], None]) -> int | str:
-    """The page size of the mapping that `touch()` faults in, or why it is not known."""
+def fault_size(fresh: Callable[[], Touchable]) -> int | str:
+    """The page size the handler maps a fresh mmap with, or why it is not known.
+
+    `fresh()` makes a new mapping each call: only a mapping nothing has touched yet is
+    sure to fault. The kernel's ratelimit window can only be estimated from here, so a
+    fault whose lines it cut short is tried once more on another fresh mapping after a
+    whole window has passed, when the kernel is sure to log all of them.
+    """
     if not os.path.exists(CONTROL):
         if kconfig.promising("CONFIG_DYNAMIC_DEBUG"):
             raise AssertionError(f"CONFIG_DYNAMIC_DEBUG=y promises {CONTROL}, but it is absent")
         return "unknown (no CONFIG_DYNAMIC_DEBUG)"
+    if not _has_debug_line():
+        return f"unknown (this kernel's vfio-pci has no {FUNC} debug line)"
+    _Window.make_room()
+    size = size_from(_fault_fresh(fresh))
+    if size is None:
+        time.sleep(RATELIMIT_S + 0.2)
+        _Window.start, _Window.lines = time.monotonic(), 0
+        size = size_from(_fault_fresh(fresh))
+    return size or f"unknown ({FUNC} logged no order that mapped a fresh mmap)"
+
+
+@functools.cache
+def _has_debug_line() -> bool:
+    # Lines read "file:line [module]function flags format".
+    with open(CONTROL) as f:
+        return any(f"]{FUNC} " in line for line in f)
+
+
+def _fault_fresh(fresh: Callable[[], Touchable]) -> list[str]:
+    mapping = fresh()
+    try:
+        lines = _logged(lambda: mapping.read32(0))
+    finally:
+        mapping.close()
+    _Window.lines += len(lines)
+    return lines
+
+
+def _logged(touch: Callable[[], object]) -> list[str]:
+    """The handler's lines while `touch()` ran, its dynamic debug on for just that long."""
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     try:
         os.lseek(kmsg, 0, os.SEEK_END)
-        _Window.make_room()
         _control("+p")
         try:
             touch()
         finally:
             _control("-p")
-        lines = [line for line in _records(kmsg) if FUNC in line]
-        _Window.lines += len(lines)
-        return size_from(lines) or "unknown (no fault logged: the mapping was already there)"
+        return [line for line in _records(kmsg) if FUNC in line]
     finally:
         os.close(kmsg)
 

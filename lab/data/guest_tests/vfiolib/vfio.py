@@ -362,8 +362,8 @@ class VfioPciDevice:
         cmd = self.config_read(4, 2)
         self.config_write(4, 2, (cmd | 0x4) if on else (cmd & ~0x4))
 
-    def mmap(self, index: int, align: int = 0) -> Mapping:
-        m = Mapping(self.fd, self.region(index), align)
+    def mmap(self, index: int, align: int = 0, misalign: int = 0) -> Mapping:
+        m = Mapping(self.fd, self.region(index), align, misalign)
         self._stack.callback(m.close)
         return m
 
