@@ -4,15 +4,34 @@ root after which nothing of the run may be left running or on disk."""
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from lab.core.cache import Cache
+from lab.core.cache import OWNER, Cache
+
+# Set for the length of a test (the `results` fixture): every lab it starts, and every
+# QEMU those start, inherits it, so that other lab runs on the same host are not counted.
+TAG = "VFIO_LAB_TEST_TAG"
+
+
+def _environ(pid: str) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or another user's
+        return []
+
+
+def _ours(pid: str) -> bool:
+    tag = os.environ.get(TAG)
+    return tag is None or f"{TAG}={tag}".encode() in _environ(pid)
 
 
 def lab_qemus() -> set[int]:
-    """PIDs of lab QEMU processes (their -name carries process=vfio-lab)."""
+    """PIDs of lab QEMU processes (their -name carries process=vfio-lab) that this test
+    started, or all of them outside a test that tags its runs."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -20,21 +39,39 @@ def lab_qemus() -> set[int]:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv[0].endswith(b"qemu-system-x86_64") and any(
-                b"process=vfio-lab" in a for a in argv
+            if (
+                argv[0].endswith(b"qemu-system-x86_64")
+                and any(b"process=vfio-lab" in a for a in argv)
+                and _ours(proc.name)
             ):
                 pids.add(int(proc.name))
     return pids
 
 
+def _live_owner(directory: Path) -> str | None:
+    """The pid of the live process that owns a scratch directory, if any."""
+    try:
+        pid = str(json.loads((directory / OWNER).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
 def vm_scratch() -> set[str]:
-    """Everything under the cache's tmp/: overlays, sockets, shell sessions, probes."""
-    return {p.name for p in Cache().tmp.iterdir()}
+    """Everything under the cache's tmp/ (overlays, sockets, shell sessions, probes) but
+    what a live process outside this test owns: another lab run's scratch is not ours."""
+    mine = set()
+    for path in Cache().tmp.iterdir():
+        owner = _live_owner(path)
+        if owner is None or _ours(owner):
+            mine.add(path.name)
+    return mine
 
 
 @pytest.fixture
-def results(tmp_path):
+def results(tmp_path, monkeypatch):
     """A results root, and after the test: nothing of the run may be left running or on disk."""
+    monkeypatch.setenv(TAG, uuid.uuid4().hex)
     scratch, qemus = vm_scratch(), lab_qemus()
     root = tmp_path / "results"
     yield root

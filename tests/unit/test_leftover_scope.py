@@ -1,0 +1,59 @@
+"""The real-VM tests' leftover check counts only what its own test started: another lab
+run on the same host (a QEMU, a scratch directory it owns) is not a leftover."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from lab.core.cache import OWNER, Cache
+from tests.integration import conftest as vm
+
+
+@pytest.fixture
+def qemu_like():
+    """Start processes that look like lab QEMUs (argv[0] and -name), with an environment."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str]) -> int:
+        argv = ["/usr/bin/qemu-system-x86_64", "-c", "import time; time.sleep(60)"]
+        procs.append(
+            subprocess.Popen([*argv, "process=vfio-lab"], executable=sys.executable, env=env)
+        )
+        return procs[-1].pid
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def foreign_qemu(qemu_like):
+    """Another run's lab QEMU: no tag in its environment."""
+    return qemu_like({k: v for k, v in os.environ.items() if k != vm.TAG})
+
+
+def test_another_runs_qemu_is_not_this_tests(monkeypatch, foreign_qemu):
+    monkeypatch.delenv(vm.TAG, raising=False)
+    assert foreign_qemu in vm.lab_qemus()  # untagged, everything counts
+    monkeypatch.setenv(vm.TAG, uuid.uuid4().hex)
+    assert foreign_qemu not in vm.lab_qemus()
+
+
+def test_another_live_runs_scratch_is_not_this_tests(
+    monkeypatch, tmp_path, qemu_like, foreign_qemu
+):
+    monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(vm.TAG, uuid.uuid4().hex)
+    tagged = qemu_like(dict(os.environ))
+    owners = {"theirs": foreign_qemu, "mine": tagged, "orphan": 999999999}
+    for name, pid in owners.items():
+        (Cache().tmp / name).mkdir()
+        (Cache().tmp / name / OWNER).write_text(f'{{"pid": {pid}, "start": 1}}\n')
+    (Cache().tmp / "unowned").mkdir()
+    assert vm.vm_scratch() == {"mine", "orphan", "unowned"}
