@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import InfraError
-from lab.core.files import write_atomic
+from lab.core.files import blaming, make_dir, write_atomic, write_file
 
 MANIFEST = ".manifest.json"
 OWNER = ".owner.json"
@@ -99,7 +99,7 @@ def _describe(path: Path) -> dict[str, Any]:
 
 def write_manifest(directory: Path) -> None:
     files = {p.name: _describe(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
-    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
+    write_file(directory / MANIFEST, json.dumps({"files": files}, indent=2) + "\n")
 
 
 def _read_manifest(entry: Path) -> dict[str, dict[str, Any]] | str:
@@ -144,8 +144,9 @@ def _adoptable(entry: Path, legacy: str | None) -> bool:
 def _discard(path: Path) -> None:
     """Remove an entry, first moving it off its name so a crash mid-removal cannot leave a
     half-deleted tree where the entry belongs."""
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-    os.rename(path, aside)  # replaces the empty directory mkdtemp made
+    with blaming(path):
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
+        os.rename(path, aside)  # replaces the empty directory mkdtemp made
     _write_owner(aside)  # so that `sweep` finishes the job if this process dies now
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -210,14 +211,17 @@ class Cache:
     @property
     def tmp(self) -> Path:
         path = self.root / "tmp"
-        path.mkdir(parents=True, exist_ok=True)
+        make_dir(path)
         return path
 
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Serialise builds of one entry across processes (parallel cells, two shells)."""
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        with open(self.root / "locks" / name, "w") as f:
+        path = self.root / "locks" / name
+        make_dir(path.parent)
+        with blaming(path):
+            f = path.open("w")
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 
@@ -226,18 +230,21 @@ class Cache:
         """Yield a scratch directory that becomes entry(kind, key) only if the block succeeds,
         with a manifest of what it held then."""
         final = self.entry(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+        make_dir(final.parent)
+        with blaming(final.parent):
+            scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
             # A half-built entry (a kernel tree, a root filesystem) is big: `sweep` removes
             # it once its owner is gone.
             _write_owner(scratch)
             yield scratch
-            (scratch / OWNER).unlink()
+            with blaming(scratch / OWNER):
+                (scratch / OWNER).unlink()
             write_manifest(scratch)
             if final.exists():  # a damaged entry being replaced: rename cannot overwrite it
                 _discard(final)
-            os.rename(scratch, final)
+            with blaming(final):
+                os.rename(scratch, final)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -257,21 +264,31 @@ class Cache:
         existed (entries were already built atomically then): such an entry is adopted
         with a manifest of what it holds, not rebuilt."""
         entry = self.entry(kind, key)
+        if self.intact(kind, key, progress, legacy):
+            return entry
         if entry.exists():
-            why = damage(entry)
-            if why is not None and _adoptable(entry, legacy):
-                progress("cache", f"cache entry {kind}/{key} predates manifests; adopting it")
-                write_manifest(entry)
-                why = None
-            if why is None:
-                return entry
-            progress("cache", f"cache entry {kind}/{key} is damaged ({why}); rebuilding")
             # Before the build, not after: a damaged kernel tree or image is big, and the
             # disk may be why it is damaged.
             _discard(entry)
         with self.build(kind, key) as scratch:
             build(scratch)
         return entry
+
+    def intact(self, kind: str, key: str, progress: Report, legacy: str | None = None) -> bool:
+        """entry(kind, key) is there and whole, by its own manifest and nothing else. One
+        that is there but damaged is named with why through `progress`, since the caller
+        rebuilds it now; one from before manifests (see `ensure`) is adopted."""
+        entry = self.entry(kind, key)
+        if not entry.exists():
+            return False
+        why = damage(entry)
+        if why is not None and _adoptable(entry, legacy):
+            progress("cache", f"cache entry {kind}/{key} predates manifests; adopting it")
+            write_manifest(entry)
+            return True
+        if why is not None:
+            progress("cache", f"cache entry {kind}/{key} is damaged ({why}); rebuilding")
+        return why is None
 
     def memo(self, parts: Iterable[str], compute: Callable[[], str]) -> str:
         """`compute()`, remembered under the digest of `parts`: answers that cost seconds to
@@ -292,7 +309,7 @@ class Cache:
 
     def remember(self, parts: Iterable[str], value: str) -> None:
         path = self.entry("memo", content_key(parts))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
         write_atomic(path, value)
 
     def complete(self, kind: str, key: str) -> bool:
@@ -304,7 +321,8 @@ class Cache:
     def scratch(self, prefix: str) -> Iterator[Path]:
         """A temporary directory under tmp/, removed whatever happens; marked with its owner
         so that `sweep` can remove it if this process is killed before the finally runs."""
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+        with blaming(self.tmp):
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
         try:
             _write_owner(path)
             yield path

@@ -40,6 +40,19 @@ class InfraError(LabError):
     exit_code = 3
 
 
+class HostIOError(InfraError):
+    """A host file the lab writes or reads (results, cache, scratch) failed it: a full
+    disk, a read-only mount, a directory gone. Names the path the lab was working on, which
+    is not always the one the OS names (a copy's ENOSPC names its source), and the errno."""
+
+    def __init__(self, path: Path | str, errno: int | None, strerror: str | None) -> None:
+        self.path = Path(path)
+        self.errno = errno
+        self.strerror = strerror
+        said = f"[Errno {errno}] {strerror}" if errno is not None else strerror
+        super().__init__(f"{self.path}: {said}")
+
+
 class MissingPrerequisite(InfraError):
     """A host tool or file the lab needs is absent; `fix` is the command that installs it."""
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lab.core.errors import BuildError
+from lab.core.files import HostFile, make_dir
 from lab.core.progress import SILENT, Progress
 
 TAIL_LINES = 30
@@ -48,9 +49,9 @@ def run_logged(
     """
     args = [str(a) for a in argv]
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(log.parent)
     # Line-buffered: the log can be followed (tail -f) while a long build runs.
-    with log.open("a", buffering=1) as out:
+    with HostFile(log, "a", buffering=1) as out:
         out.write(f"$ {' '.join(args)}\n")
         out.flush()
         if not _runnable(args[0], cwd):
