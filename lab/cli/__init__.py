@@ -6,6 +6,7 @@ One module per group of commands; each registers its subcommands and their handl
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from qemu.qmp import QMPError
 
 from lab.cli import bisect, ci, info, reports, repro, run, shell, vms
 from lab.cli.common import Parser, exit_code
-from lab.core.errors import LabError, UsageError
+from lab.core.errors import HostIOError, LabError, UsageError
 from lab.core.exitcodes import (
     EXIT_CRASH,
     EXIT_INFRA,
@@ -29,6 +30,8 @@ from lab.core.exitcodes import (
 COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, info)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports it
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
+# The host's storage failed the lab: never a bug of the lab's, whatever it was writing.
+STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,10 +93,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("vfio-lab: interrupted; guests stopped and overlays removed", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception:
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in STORAGE_FAULTS:
+            # A write the lab did not wrap (deep in a build, say) failed: the host's fault
+            # all the same, told in one line like every other.
+            print(f"vfio-lab: error: {unwrapped(e)}", file=sys.stderr)
+            return EXIT_INFRA
         traceback.print_exc()
         print(f"vfio-lab: crashed: {BUG_REPORT}", file=sys.stderr)
         return EXIT_CRASH
+
+
+def unwrapped(e: OSError) -> str:
+    """A storage fault told as a HostIOError is, blaming the destination of a two-path call
+    (a copy's or a rename's): the OS names the source first."""
+    path = e.filename2 or e.filename
+    if path is None:
+        return f"[Errno {e.errno}] {e.strerror} (writing a host file the lab did not name)"
+    return str(HostIOError(os.fsdecode(path), e.errno, e.strerror))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
+from lab.core.files import write_file
 from lab.results import compare, history, kcidb, merge, parity, reports
 from lab.results import tap as tap_mod
 from lab.results.records import UNEXPECTED
@@ -132,7 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output is None:
         print(text, end="")
     else:
-        args.output.write_text(text)
+        write_file(args.output, text)
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ and each cell's pass rate and duration.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import itertools
 import sqlite3
@@ -14,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.core.errors import UsageError
+from lab.core.errors import HostIOError, UsageError
+from lab.core.files import make_dir
 from lab.results.rundir import RunData, run_started
 
 DEFAULT_DB = Path("results/history.sqlite")
@@ -45,16 +47,35 @@ CREATE TABLE IF NOT EXISTS results (
 def opened(db: Path, create: bool = False) -> Iterator[sqlite3.Connection]:
     if not create and not db.is_file():
         raise UsageError(f"{db}: no history there yet (vfio-lab history add RUN_DIR)")
-    db.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(db)
+    make_dir(db.parent)
+    try:
+        conn = sqlite3.connect(db)
+    except sqlite3.Error as e:
+        raise _host_fault(db, e) from e
     try:
         conn.executescript(SCHEMA)
         with conn:
             yield conn
     except sqlite3.DatabaseError as e:
+        if e.sqlite_errorcode & 0xFF in _HOST_FAULTS:
+            raise _host_fault(db, e) from e
         raise UsageError(f"{db}: not a vfio-lab history ({e})") from None
     finally:
         conn.close()
+
+
+# SQLite's codes for a database the host could not write or open, not one that is no
+# history: the errno each stands for, where one does (SQLite does not pass it on).
+_HOST_FAULTS: dict[int, int | None] = {
+    sqlite3.SQLITE_FULL: errno.ENOSPC,
+    sqlite3.SQLITE_READONLY: errno.EROFS,
+    sqlite3.SQLITE_IOERR: errno.EIO,
+    sqlite3.SQLITE_CANTOPEN: None,
+}
+
+
+def _host_fault(db: Path, e: sqlite3.Error) -> HostIOError:
+    return HostIOError(db, _HOST_FAULTS.get(e.sqlite_errorcode & 0xFF), str(e))
 
 
 def add(db: Path, run: RunData) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_INTERRUPTED
-from lab.core.files import write_atomic
+from lab.core.files import blaming, make_dir, write_atomic
 from lab.results import reports
 from lab.results.rundir import CellData, RunData, load_run, run_started
 from lab.results.summary import exit_code_of
@@ -29,7 +29,7 @@ def merge(run_dirs: list[Path], into: Path) -> RunData:
     if into.exists() and any(into.iterdir()):
         raise UsageError(f"--into {into}: not empty (merge writes a new run)")
     _check_unique(runs)
-    into.mkdir(parents=True, exist_ok=True)
+    make_dir(into)
     cells = [_copy_cell(run, cell, into) for run in runs for cell in run.cells]
     summary = _summary(runs, [c.summary for c in cells], scenarios[0] if scenarios else "")
     write_atomic(into / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -51,7 +51,8 @@ def _check_unique(runs: list[RunData]) -> None:
 
 def _copy_cell(run: RunData, cell: CellData, into: Path) -> CellData:
     name = Path(str(cell.summary.get("dir", cell.name))).name
-    shutil.copytree(run.dir / name, into / name, symlinks=True)
+    with blaming(into / name):
+        shutil.copytree(run.dir / name, into / name, symlinks=True)
     return CellData({**cell.summary, "dir": str(into / name)}, cell.records)
 
 

@@ -14,7 +14,6 @@ the other cells go on.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import InfraError
+from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
 from lab.results.records import UNEXPECTED, TestRecord
 from lab.results.summary import CellResult, empty_counts
@@ -77,7 +77,7 @@ class CellRun:
         self.gdb_port = gdb_port
 
     def run(self) -> tuple[CellResult, list[TestRecord]]:
-        self.dir.mkdir()
+        make_dir(self.dir, exist_ok=False)
         started = time.monotonic()
         result = CellResult(
             name=self.cell.name,
@@ -117,7 +117,7 @@ class CellRun:
             f"{b.suite}: {patch}" for b in prepared.selftests.values() for patch in b.compat
         ]
         record = provenance(self.cell, prepared, self.pytest_args)
-        (self.dir / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_file(self.dir / "provenance.json", json.dumps(record, indent=2) + "\n")
         keep_patches(self.cell, self.dir)
         return prepared
 
@@ -288,8 +288,8 @@ def patch_copies(cell: Cell) -> list[str]:
 def keep_patches(cell: Cell, cell_dir: Path) -> None:
     """The patches as they were, so that repro can apply them after the originals changed."""
     for patch, copy in zip(cell.kernel.patches, patch_copies(cell), strict=True):
-        (cell_dir / copy).parent.mkdir(exist_ok=True)
-        shutil.copyfile(patch, cell_dir / copy)
+        make_dir((cell_dir / copy).parent)
+        copy_file(patch, cell_dir / copy)
 
 
 def _death(console_lines: list[str]) -> Stop:
@@ -312,4 +312,4 @@ def _placeholders(cell_dir: Path, result: CellResult) -> None:
     for name in ("results.tap", "dmesg.txt", "console.log", "qemu-argv.json"):
         path = cell_dir / name
         if not path.exists() or path.stat().st_size == 0:
-            path.write_text(f"# {name} missing: {why}\n" if name != "qemu-argv.json" else "[]\n")
+            write_file(path, f"# {name} missing: {why}\n" if name != "qemu-argv.json" else "[]\n")

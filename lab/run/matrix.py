@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.cache import Cache
+from lab.core.files import blaming, make_dir, write_file
 from lab.core.progress import SILENT, Progress
 from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
@@ -49,11 +50,12 @@ def cell_dirname(name: str) -> str:
 def new_run_dir(results_root: Path) -> tuple[str, Path]:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     run_dir = results_root / run_id
-    run_dir.mkdir(parents=True)
+    make_dir(run_dir, exist_ok=False)
     latest = results_root / "latest"
     tmp = results_root / f".latest-{run_id}"
-    tmp.symlink_to(run_id)
-    os.replace(tmp, latest)
+    with blaming(latest):
+        tmp.symlink_to(run_id)
+        os.replace(tmp, latest)
     return run_id, run_dir
 
 
@@ -82,7 +84,7 @@ class ScenarioRun:
     def start(self) -> RunResults:
         """The run directory, with the scenario as it was, and its (empty) results."""
         run_id, run_dir = new_run_dir(self.opts.results_root)
-        (run_dir / "scenario.yaml").write_bytes(self.scenario.file.read_bytes())
+        write_file(run_dir / "scenario.yaml", self.scenario.file.read_bytes())
         self._results = RunResults(run_dir, self.scenario.name, run_id, "pending", "not chosen yet")
         self._results.expectations = self.scenario.expectations
         return self._results

@@ -10,6 +10,7 @@ from pathlib import Path
 from lab.build.selftests import SelftestBuild
 from lab.core.data import GUEST_TESTS
 from lab.core.errors import GuestCommandError, InfraError, UsageError
+from lab.core.files import HostFile, write_file
 from lab.results.tap import TapParser, TapResult
 from lab.spec.scenario import Scenario
 from lab.spec.variants import DEVICES
@@ -42,7 +43,7 @@ class TapStream:
 
     def __init__(self, path: Path, on_result: Callable[[TapResult], None] | None = None) -> None:
         self.parser = TapParser()
-        self.file = path.open("w")
+        self.file = HostFile(path, "w")
         self.on_result = on_result
         self._partial = ""
 
@@ -123,7 +124,7 @@ def _stream(
 ) -> CommandResult | PayloadRun:
     """Run `command` with its TAP on stdout going into `stream` and its stderr into `log`.
     A panic or a hung test ends it early: a PayloadRun with the `stop`."""
-    with log.open("a") as out:
+    with HostFile(log, "a") as out:
         try:
             result = ssh.run(
                 command,
@@ -171,11 +172,12 @@ def collect_dmesg(ssh: GuestSSH, cell_dir: Path) -> list[str] | None:
     try:
         text = ssh.check(["dmesg"], timeout=30)
     except InfraError as e:
-        (cell_dir / "dmesg.txt").write_text(
-            f"# dmesg could not be read from the guest ({e}); see console.log\n"
+        write_file(
+            cell_dir / "dmesg.txt",
+            f"# dmesg could not be read from the guest ({e}); see console.log\n",
         )
         return None
-    (cell_dir / "dmesg.txt").write_text(text)
+    write_file(cell_dir / "dmesg.txt", text)
     return text.splitlines()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lab.core.cache import Cache, content_key
 from lab.core.errors import InfraError
-from lab.core.files import write_atomic
+from lab.core.files import HostFile, make_dir, write_atomic
 from lab.core.proc import die_with_lab
 from lab.core.versions import version_text
 from lab.spec.variants import Accel
@@ -50,12 +50,12 @@ def probe_kvm(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
     with cache.scratch("kvm-probe-") as tmp:
         console = tmp / "console.log"
         log = tmp / "qemu.log"
-        with log.open("wb") as out:
+        with HostFile(log, "wb") as out:
             # Dies with the lab even on SIGKILL: a QEMU hung in the decompressor under a
             # broken KVM would otherwise run forever.
             proc = subprocess.Popen(
                 [*die_with_lab(), *probe_argv(qemu, kernel, console)],
-                stdout=out,
+                stdout=out.fileno(),
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -93,7 +93,7 @@ def _probe_once(qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> tu
             works, why = json.loads(memo.read_text())
             return bool(works), str(why)
         works, why = probe_kvm(qemu, kernel, cache)
-        memo.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(memo.parent)
         write_atomic(memo, json.dumps([works, why]))
     return works, why
 

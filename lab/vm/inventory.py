@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lab.core.errors import UsageError
-from lab.core.files import write_atomic
+from lab.core.files import make_dir, write_atomic
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class RunningVM:
 @contextlib.contextmanager
 def announced(directory: Path, vm: RunningVM) -> Iterator[None]:
     """`vm` is listed while the block runs."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     path = directory / f"{vm.id}.json"
     write_atomic(path, json.dumps(asdict(vm), indent=2) + "\n")
     try:

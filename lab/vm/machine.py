@@ -20,6 +20,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from lab.core.errors import LaunchError, MissingPrerequisite
+from lab.core.files import HostFile, make_dir
 from lab.core.proc import die_with_lab
 from lab.vm.console import read_lines
 
@@ -75,14 +76,14 @@ class Machine:
         return self.proc.pid if self.proc is not None else None
 
     def launch(self) -> None:
-        self.qemu_log.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.qemu_log.parent)
         self.started = time.monotonic()
-        with self.qemu_log.open("wb") as log:
+        with HostFile(self.qemu_log, "wb") as log:
             try:
                 self.proc = subprocess.Popen(
                     [*die_with_lab(), *self.argv],
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=log.fileno(),
                     stderr=subprocess.STDOUT,
                     pass_fds=self.pass_fds,
                     start_new_session=True,  # Ctrl-C reaches the lab, which then stops QEMU itself
