@@ -27,7 +27,8 @@ from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
 from lab.build.selftests import SelftestBuild, provide_selftests
 from lab.core.cache import Cache, content_key, tree_digest
-from lab.core.errors import InfraError, LaunchError, UsageError
+from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
+from lab.core.files import blaming, copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
@@ -262,8 +263,8 @@ class CellBooter:
                     yield guest
             finally:
                 if keep_disk is not None and disk is None and overlay.exists():
-                    keep_disk.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(overlay, keep_disk)
+                    make_dir(keep_disk.parent)
+                    move(overlay, keep_disk)
 
     def _config(
         self,
@@ -283,7 +284,7 @@ class CellBooter:
         argv = build_argv(cfg)
         if incoming_fd is not None:
             argv = snapshot.restore_argv(argv, incoming_fd)
-        (cell_dir / "qemu-argv.json").write_text(json.dumps(argv, indent=2) + "\n")
+        write_file(cell_dir / "qemu-argv.json", json.dumps(argv, indent=2) + "\n")
         return argv
 
     def _booting(self, cell: Cell, cfg: VMConfig, prepared: Prepared, how: str = "booting") -> None:
@@ -429,7 +430,7 @@ class CellBooter:
         other run takes it meanwhile."""
         with self.cache.lock(f"snapshot-{key}"):
             try:
-                if self.cache.complete("snapshots", key):
+                if self.cache.intact("snapshots", key, self.progress):
                     return stack.enter_context(self._restore(cell, prepared, cell_dir, key)), None
                 return stack.enter_context(self._saved(cell, prepared, cell_dir, key, bind)), None
             except snapshot.SnapshotFailed as e:
@@ -446,16 +447,21 @@ class CellBooter:
         with self._cold(cell, prepared, cell_dir, bind) as ready:
             guest = ready.guest
             started = time.monotonic()
-            with self.cache.build("snapshots", key) as entry:
-                guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
-                guest.ssh.close()
-                snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
-                # QEMU flushed and let go of the overlay when the migration completed: a
-                # copy is the disk as the saved state knows it.
-                shutil.copyfile(guest.disk, entry / snapshot.DISK)
-                shutil.copyfile(cell_dir / "console.log", entry / snapshot.CONSOLE)
-                meta = {"bound": ready.bound, "boot_to_ssh_s": guest.boot_to_ssh_s}
-                (entry / snapshot.META).write_text(json.dumps(meta, indent=2) + "\n")
+            try:
+                with self.cache.build("snapshots", key) as entry:
+                    guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
+                    guest.ssh.close()
+                    snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
+                    # QEMU flushed and let go of the overlay when the migration completed: a
+                    # copy is the disk as the saved state knows it.
+                    copy_file(guest.disk, entry / snapshot.DISK)
+                    copy_file(cell_dir / "console.log", entry / snapshot.CONSOLE)
+                    meta = {"bound": ready.bound, "boot_to_ssh_s": guest.boot_to_ssh_s}
+                    write_file(entry / snapshot.META, json.dumps(meta, indent=2) + "\n")
+            except HostIOError as e:
+                # A snapshot only saves time: one the host cannot hold (a full cache disk)
+                # is a failed save, like a state QEMU could not write, and the cell goes on.
+                raise snapshot.SnapshotFailed("save", str(e)) from e
             guest.machine.query("cont")
             guest.ssh.connect()
             seconds = time.monotonic() - started
@@ -474,16 +480,19 @@ class CellBooter:
         """A guest started from the snapshot, its clock, entropy and devices made current."""
         self._check_stopping()
         entry = self.cache.entry("snapshots", key)
-        console_log = cell_dir / "console.log"
         try:  # another run may have just pruned it
-            meta = json.loads((entry / snapshot.META).read_text())
-            (entry / snapshot.META).touch()  # used now: see snapshot.prune
-            shutil.copyfile(entry / snapshot.CONSOLE, console_log)
-        except (OSError, ValueError) as e:
+            bound = list(json.loads((entry / snapshot.META).read_text())["bound"])
+            console = (entry / snapshot.CONSOLE).read_bytes()
+            state = (entry / snapshot.STATE).open("rb")
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise snapshot.SnapshotFailed("restore", f"its files: {e}") from e
-        with console_log.open("a") as f:
-            f.write(f"\n---- vfio-lab: restored from snapshot {key} ----\n")
-        with self.cache.scratch("vm-") as scratch, (entry / snapshot.STATE).open("rb") as state:
+        with state, self.cache.scratch("vm-") as scratch:
+            with blaming(entry / snapshot.META):
+                (entry / snapshot.META).touch()  # used now: see snapshot.prune
+            # Written apart from the reads above: a failure here is the cell directory's
+            # (a full disk), never a reason to take the snapshot for damaged.
+            marker = f"\n---- vfio-lab: restored from snapshot {key} ----\n"
+            write_file(cell_dir / "console.log", console + marker.encode())
             overlay = scratch / "overlay.qcow2"
             rootfs.create_overlay(entry / snapshot.DISK, overlay)
             cfg = self._config(cell, prepared, overlay, scratch, cell_dir, console_append=True)
@@ -519,7 +528,7 @@ class CellBooter:
                     + (f"; rewrote the config space of {' '.join(replayed)})" if replayed else ")"),
                 )
                 rounded = {k: round(v, 2) for k, v in phases.items()}
-                yield ReadyGuest(guest, list(meta["bound"]), f"restored {key}", rounded)
+                yield ReadyGuest(guest, bound, f"restored {key}", rounded)
 
 
 SAVE_TIMEOUT_S = 120.0
