@@ -48,7 +48,8 @@ def cell_dirname(name: str) -> str:
 
 
 def new_run_dir(results_root: Path) -> tuple[str, Path]:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """A run id starts with its UTC time, as `rundir.start_time` reads it back."""
+    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
     run_dir = results_root / run_id
     make_dir(run_dir, exist_ok=False)
     latest = results_root / "latest"

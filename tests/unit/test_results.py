@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import datetime
 import json
+import time
 
+import pytest
+
+from lab.results.rundir import start_time
 from lab.results.summary import CellResult, RunResults, empty_counts, table
+from lab.run.matrix import new_run_dir
 
 
 def cell(root, name: str, v: str, infra: str | None = None, **counts: int) -> CellResult:
@@ -108,3 +114,20 @@ def test_expectations_that_matched_nothing_are_named(tmp_path):
         "t.gone_* (cells *=y)"
     ]
     assert "expectations that matched no test: t.gone_* (cells *=y)" in table(r)
+
+
+@pytest.fixture
+def five_hours_east(monkeypatch):
+    """A host clock in UTC+5 (a POSIX TZ string: no time zone database needed)."""
+    monkeypatch.setenv("TZ", "LAB-05")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_run_ids_are_utc_as_they_are_read_back(tmp_path, five_hours_east):
+    run_id, _ = new_run_dir(tmp_path)
+    started = datetime.datetime.fromisoformat(start_time(run_id) or "")
+    now = datetime.datetime.now(datetime.UTC)
+    assert abs((now - started).total_seconds()) < 60, (run_id, now)
