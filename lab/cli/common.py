@@ -14,9 +14,10 @@ from lab.core.exitcodes import for_bisect
 from lab.core.progress import Progress
 from lab.results.summary import table
 from lab.run.matrix import RunOptions, ScenarioRun
-from lab.spec import scenario
+from lab.spec import scenario, shards
 from lab.spec.kernelspec import parse_kernel_spec
 from lab.spec.scenario import Cell, Scenario
+from lab.spec.shards import ShardPlan
 
 DEFAULT_GDB_PORT = 1234
 
@@ -118,13 +119,20 @@ def selected(s: Scenario, patterns: list[str]) -> list[Cell]:
     return cells
 
 
-def run_cells(s: Scenario, opts: RunOptions, quiet: bool, cells: list[Cell] | None = None) -> int:
-    """Run cells into a new run directory; the table is printed however the run ends."""
+def run_cells(
+    s: Scenario,
+    opts: RunOptions,
+    quiet: bool,
+    cells: list[Cell],
+    plan: ShardPlan | None = None,
+) -> int:
+    """Run cells into a new run directory; the table is printed however the run ends.
+    Without a `plan`, the cells are the whole of what the run promised (shard 1/1)."""
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
     run = ScenarioRun(s, opts, cache, Progress(quiet=quiet))
-    results = run.start()
+    results = run.start(shards.plan(cells) if plan is None else plan)
     interrupted = False
     try:
         run.run(cells)

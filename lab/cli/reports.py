@@ -73,8 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     mrg = sub.add_parser(
         "merge",
-        help="one run from several (the shards of a matrix): summary, tests, junit, report; "
-        "exit code as one run with all the cells",
+        help="one run from the shards of one split of a scenario: summary, tests, junit, "
+        "report; exit code as one run with all the cells, a missing cell counting as one that "
+        "could not run (3)",
     )
     mrg.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     mrg.add_argument("--into", type=Path, required=True, metavar="DIR", help="the new run")
@@ -111,6 +112,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     run = merge.merge(args.run_dirs, args.into)
     cells = ", ".join(c.name for c in run.cells) or "none"
     print(f"merged {len(args.run_dirs)} runs into {args.into}: cells {cells}")
+    if run.missing:
+        absent = run.summary["missing"]["shards"]
+        print(
+            f"missing (promised, in no run): {', '.join(run.missing)}"
+            + (f" (no run of shard {', '.join(absent)})" if absent else "")
+        )
     print(f"{args.into / reports.HTML}\n{args.into / reports.JUNIT}")
     return int(run.summary["exit_code"])
 

@@ -24,7 +24,15 @@ from lab.core.exitcodes import EXIT_OK
 from lab.run.booter import check_port_free, vm_config
 from lab.run.matrix import RunOptions, default_jobs
 from lab.spec.scenario import Cell, Scenario
-from lab.spec.shards import Shard, durations, parse_shard, shard_cells
+from lab.spec.shards import (
+    WHOLE,
+    Shard,
+    ShardPlan,
+    durations,
+    parse_shard,
+    plan,
+    shard_cells,
+)
 from lab.spec.variants import Accel
 from lab.vm.qemu import build_argv
 
@@ -90,15 +98,15 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def sharded(s: Scenario, args: argparse.Namespace) -> list[Cell]:
-    """The cells --only selects, narrowed to --shard K/N if given."""
+def sharded(s: Scenario, args: argparse.Namespace) -> tuple[ShardPlan, list[Cell]]:
+    """The cells --only selects, narrowed to --shard K/N if given, and what the run is
+    part of: that shard of all the cells --only selects."""
     cells = selected(s, args.only)
-    if args.shard is None:
-        if args.durations is not None:
-            raise UsageError("--durations balances shards: give --shard K/N too")
-        return cells
+    if args.shard is None and args.durations is not None:
+        raise UsageError("--durations balances shards: give --shard K/N too")
+    shard = args.shard or WHOLE
     weights = durations(args.durations) if args.durations is not None else None
-    return shard_cells(cells, args.shard, weights)
+    return plan(cells, shard), shard_cells(cells, shard, weights)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,7 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         retries=_non_negative("--retries", args.retries),
         snapshots=args.snapshots,
     )
-    return run_cells(s, opts, args.quiet, sharded(s, args))
+    part_of, cells = sharded(s, args)
+    return run_cells(s, opts, args.quiet, cells, part_of)
 
 
 def _non_negative(flag: str, value: int) -> int:
@@ -160,6 +169,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{s.name}: {s.description}".rstrip(": "))
     if args.shard is not None:
         print(f"shard {args.shard}:")
-    for cell in sharded(s, args):
+    for cell in sharded(s, args)[1]:
         print(f"  {cell.name}")
     return EXIT_OK

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from lab.results.history import CellTrend, svg
 from lab.results.parity import run_parity
 from lab.results.records import TestRecord, printable
-from lab.results.rundir import CellData, Row, RunData, cell_facts, matrix
+from lab.results.rundir import MISSING_WHY, CellData, Row, RunData, cell_facts, matrix
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
@@ -74,6 +74,7 @@ def render(run: RunData, trends: list[CellTrend] | None = None) -> str:
         f"<p class=muted>accelerator {escape(str(s.get('accelerator')))} "
         f"({escape(str(s.get('accelerator_reason')))}); exit code {escape(str(s.get('exit_code')))}"
         + ("; <b>interrupted</b>" if s.get("interrupted") else "")
+        + (f"; {_badge('fail', f'cells missing: {len(run.missing)}')}" if run.missing else "")
         + "</p>",
         "<h2>Cells</h2>",
         _cells_table(run),
@@ -130,8 +131,8 @@ def _parity_section(run: RunData) -> str:
     return f"<h2 id=parity>Parity</h2><table>{head}{''.join(rows)}</table>"
 
 
-def _badge(outcome: str) -> str:
-    return f"<span class='o o-{outcome}'>{escape(outcome.upper())}</span>"
+def _badge(outcome: str, text: str = "") -> str:
+    return f"<span class='o o-{outcome}'>{escape((text or outcome).upper())}</span>"
 
 
 def _cells_table(run: RunData) -> str:
@@ -153,6 +154,11 @@ def _cells_table(run: RunData) -> str:
             f"<td>{_seconds(s.get('wall_s'))}<td>{_files(cell)}"
             f"<td>{''.join(f'<pre>{escape(str(p))}</pre>' for p in problems)}</tr>"
         )
+    out += [
+        f"<tr class=r-fail><td>{escape(name)}<td>{_badge('fail', 'missing')}<td colspan=6>"
+        f"<td><pre>{escape(MISSING_WHY)}</pre></tr>"
+        for name in run.missing
+    ]
     return f"<table id=cells>{head}{''.join(out)}</table>"
 
 

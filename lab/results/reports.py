@@ -13,7 +13,7 @@ from lab.core.files import write_atomic
 from lab.results import htmlreport, parity
 from lab.results.history import CellTrend
 from lab.results.records import TestRecord, printable
-from lab.results.rundir import CellData, RunData
+from lab.results.rundir import MISSING_WHY, CellData, RunData
 
 JUNIT = "junit.xml"
 HTML = "report.html"
@@ -32,6 +32,8 @@ def junit_xml(run: RunData) -> str:
     suites = ET.Element("testsuites", name=f"vfio-lab {run.summary.get('scenario', '')}")
     for cell in run.cells:
         suites.append(_suite(cell, run))
+    for name in run.missing:
+        suites.append(_missing_suite(name))
     ET.indent(suites)
     return printable(ET.tostring(suites, encoding="unicode", xml_declaration=True)) + "\n"
 
@@ -60,6 +62,14 @@ def _suite(cell: CellData, run: RunData) -> ET.Element:
         error.text = str(s["infra_error"])
     for rec in recs:
         suite.append(_case(cell.name, rec))
+    return suite
+
+
+def _missing_suite(cell: str) -> ET.Element:
+    """A promised cell no merged run had: an error, not a suite that is simply absent."""
+    suite = ET.Element("testsuite", name=cell, tests="1", failures="0", errors="1", skipped="0")
+    case = ET.SubElement(suite, "testcase", classname=cell, name="(cell)")
+    ET.SubElement(case, "error", message=MISSING_WHY)
     return suite
 
 

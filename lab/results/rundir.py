@@ -25,11 +25,19 @@ class CellData:
         return {r.name: r for r in self.records}
 
 
+MISSING_WHY = "missing: the cell never ran (no merged run has it: its shard's run was not given)"
+
+
 @dataclass
 class RunData:
     dir: Path
     summary: dict[str, Any]
     cells: list[CellData]
+
+    @property
+    def missing(self) -> list[str]:
+        """Cells the run promised and never ran: a merged night whose shard never came."""
+        return list(self.summary.get("missing", {}).get("cells", []))
 
 
 # -- the matrix: tests x cells ----------------------------------------------------------
@@ -96,8 +104,15 @@ def load_run(path: Path) -> RunData:
     summary = _json(summary_path)
     if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list):
         raise UsageError(f"{summary_path}: not a vfio-lab summary (no list of cells)")
+    missing = summary.get("missing", {})
+    if not isinstance(missing, dict) or not _names(missing.get("cells", [])):
+        raise UsageError(f"{summary_path}: missing: not {{cells: [cell names]}}")
     cells = [_cell(path, c) for c in summary["cells"]]
     return RunData(path, summary, cells)
+
+
+def _names(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _cell(run: Path, summary: dict[str, Any]) -> CellData:

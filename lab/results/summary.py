@@ -15,6 +15,7 @@ from lab.results.records import TestRecord
 from lab.results.rundir import CellData, RunData
 from lab.results.tap import OUTCOMES
 from lab.spec.scenario import Expectation
+from lab.spec.shards import ShardPlan
 
 
 @dataclass
@@ -49,12 +50,14 @@ class CellResult:
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
 
 
-def exit_code_of(cells: list[dict[str, Any]]) -> int:
+def exit_code_of(cells: list[dict[str, Any]], missing: list[str] | None = None) -> int:
     """A cell whose tests ran and went wrong outweighs one the infrastructure failed:
-    the kernel showed something (and `git bisect run` must hear it as bad, not skip)."""
+    the kernel showed something (and `git bisect run` must hear it as bad, not skip).
+    A promised cell that never ran (`missing`: its shard was not merged) is the
+    infrastructure's failure too."""
     if any(c["verdict"] != "pass" and not c.get("infra_error") for c in cells):
         return EXIT_UNEXPECTED
-    if any(c.get("infra_error") for c in cells):
+    if missing or any(c.get("infra_error") for c in cells):
         return EXIT_INFRA
     return EXIT_OK
 
@@ -65,12 +68,19 @@ def empty_counts() -> dict[str, int]:
 
 class RunResults:
     def __init__(
-        self, run_dir: Path, scenario: str, run_id: str, accelerator: str, accel_reason: str
+        self,
+        run_dir: Path,
+        scenario: str,
+        run_id: str,
+        accelerator: str,
+        accel_reason: str,
+        plan: ShardPlan,
     ) -> None:
         self.run_dir = run_dir
         self.data: dict[str, Any] = {
             "scenario": scenario,
             "run_id": run_id,
+            **plan.to_json(),
             "accelerator": accelerator,
             "accelerator_reason": accel_reason,
             "exit_code": None,

@@ -18,7 +18,8 @@ from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
 from lab.run.booter import CellBooter
 from lab.run.cell import CellRun
-from lab.spec.scenario import Cell, Scenario, expand
+from lab.spec.scenario import Cell, Scenario
+from lab.spec.shards import ShardPlan
 from lab.vm.accel import AccelChoice
 
 
@@ -82,19 +83,19 @@ class ScenarioRun:
             raise RuntimeError("the run has not started")
         return self._results
 
-    def start(self) -> RunResults:
-        """The run directory, with the scenario as it was, and its (empty) results."""
+    def start(self, plan: ShardPlan) -> RunResults:
+        """The run directory, with the scenario as it was, and its (empty) results, which
+        say what the run is part of (`plan`)."""
         run_id, run_dir = new_run_dir(self.opts.results_root)
         write_file(run_dir / "scenario.yaml", self.scenario.file.read_bytes())
-        self._results = RunResults(run_dir, self.scenario.name, run_id, "pending", "not chosen yet")
+        self._results = RunResults(
+            run_dir, self.scenario.name, run_id, "pending", "not chosen yet", plan
+        )
         self._results.expectations = self.scenario.expectations
         return self._results
 
-    def run(self, cells: list[Cell] | None = None) -> RunResults:
+    def run(self, cells: list[Cell]) -> RunResults:
         """Run every cell, `jobs` at a time; a cell's failure does not stop the others."""
-        cells = expand(self.scenario) if cells is None else cells
-        if self._results is None:
-            self.start()
         if self.opts.jobs <= 1 or len(cells) == 1:
             for i, cell in enumerate(cells, 1):
                 self.progress("run", f"cell {i}/{len(cells)}: {cell.name}")

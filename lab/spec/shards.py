@@ -5,15 +5,22 @@ its configs share ccache and the build directory.
 Balanced by recorded cell durations when a previous run's summary.json is given (a cell
 it does not know weighs the mean of those it does), else by cell count; groups are
 placed heaviest first on the lightest shard (ties: the lower shard, then file order).
+
+Each run records its ShardPlan, so that merging shards can tell a whole night from part
+of one, and the shards of one split from those of another.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from lab.core.cache import file_sha256
 from lab.core.errors import UsageError
 from lab.spec.scenario import Cell
 
@@ -27,6 +34,48 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+WHOLE = Shard(1, 1)  # a run without --shard
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What a run is part of: shard K of N of the cells its selection (--only) promised,
+    of the scenario whose expansion hashes to `scenario_hash`."""
+
+    shard: Shard
+    cells: tuple[str, ...]  # every promised cell, over all N shards, in file order
+    scenario_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard": str(self.shard),
+            "scenario_cells": list(self.cells),
+            "scenario_hash": self.scenario_hash,
+        }
+
+
+def plan(selection: list[Cell], shard: Shard = WHOLE) -> ShardPlan:
+    return ShardPlan(shard, tuple(c.name for c in selection), scenario_hash(selection))
+
+
+def scenario_hash(cells: list[Cell]) -> str:
+    """The cells with everything that decides what they run (kernel, config, machine,
+    devices, payload, expectations): two versions of a scenario differ here even where
+    their cell names agree."""
+    text = json.dumps(cells, sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Fields set after loading (the file's path, its line numbers) are not the scenario.
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Path):
+        # A patch counts by its content: runners may keep the checkout in other places.
+        return f"sha256:{file_sha256(value)}" if value.is_file() else str(value)
+    raise TypeError(f"{type(value).__name__} in a scenario")
 
 
 def parse_shard(text: str) -> Shard:

@@ -1,4 +1,4 @@
-"""Two shards of a small matrix run for real, then merged into one run."""
+"""Two shards of a small matrix run for real, then merged: one alone (incomplete), both."""
 
 from __future__ import annotations
 
@@ -28,10 +28,21 @@ def test_two_shards_run_and_merge_into_one_run_with_every_cell(results, tmp_path
         done = lab("run", str(scenario), "--shard", f"{k}/2", "-k", "bar0", "--results", str(root))
         assert done.returncode == 0, done.stdout + done.stderr
         runs.append((root / "latest").resolve())
+    shards = [json.loads((run / "summary.json").read_text()) for run in runs]
+    assert [s["shard"] for s in shards] == ["1/2", "2/2"]
+    assert all(s["scenario_cells"] == ["debian-stock", "again"] for s in shards)
+    assert shards[0]["scenario_hash"] == shards[1]["scenario_hash"]
+    # Shard 1 alone is an incomplete night: written, the missing cell named, exit 3.
+    alone = lab("merge", str(runs[0]), "--into", str(tmp_path / "alone"))
+    assert alone.returncode == 3, alone.stdout + alone.stderr
+    assert "missing (promised, in no run): again (no run of shard 2/2)" in alone.stdout
+    partial = json.loads((tmp_path / "alone" / "summary.json").read_text())
+    assert partial["missing"] == {"cells": ["again"], "shards": ["2/2"]}
     merged = tmp_path / "merged"
     done = lab("merge", *map(str, runs), "--into", str(merged))
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((merged / "summary.json").read_text())
+    assert summary["missing"] == {"cells": [], "shards": []}
     names = [c["name"] for c in summary["cells"]]
     assert names == ["debian-stock", "again"]
     for cell in summary["cells"]:

@@ -7,6 +7,9 @@ from pathlib import Path
 from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
 from lab.run.triage import counts, verdict
+from lab.spec.shards import WHOLE, Shard, ShardPlan
+
+SCENARIO_HASH = "0123456789abcdef"
 
 
 def rec(name: str, outcome: str = "pass", *diags: str, **kw: object) -> TestRecord:
@@ -19,11 +22,14 @@ def write_run(
     infra: dict[str, str] | None = None,
     run_id: str = "20261121-000000-abcd",
     kernel_identity: str | None = None,
+    plan: ShardPlan | None = None,
 ) -> Path:
-    """A finished run with these cells (in order); `infra` gives cells an infra error."""
+    """A finished run with these cells (in order); `infra` gives cells an infra error.
+    Without a `plan`, the cells are all the run promised."""
     run_dir = root / "run"
     run_dir.mkdir()
-    results = RunResults(run_dir, "two-cells", run_id, "tcg", "auto: no KVM")
+    plan = plan or ShardPlan(WHOLE, tuple(cells), SCENARIO_HASH)
+    results = RunResults(run_dir, "two-cells", run_id, "tcg", "auto: no KVM", plan)
     for name, records in cells.items():
         (run_dir / name).mkdir()
         error = (infra or {}).get(name)
@@ -44,6 +50,22 @@ def write_run(
         )
     results.finish()
     return run_dir
+
+
+CELLS = ("7.2-y", "7.2-n")
+
+
+def shard_run(
+    root: Path,
+    k: int,
+    n: int,
+    cells: dict[str, list[TestRecord]],
+    promised: tuple[str, ...] = CELLS,
+    digest: str = SCENARIO_HASH,
+) -> Path:
+    """The run of shard k/n of the `promised` cells, which ran `cells`."""
+    root.mkdir(parents=True)
+    return write_run(root, cells, plan=ShardPlan(Shard(k, n), promised, digest))
 
 
 def sample_cells() -> dict[str, list[TestRecord]]:

@@ -9,6 +9,9 @@ import pytest
 from lab.results.rundir import start_time
 from lab.results.summary import CellResult, RunResults, empty_counts, table
 from lab.run.matrix import new_run_dir
+from lab.spec.shards import WHOLE, ShardPlan
+
+PLAN = ShardPlan(WHOLE, ("a", "b", "c"), "0123456789abcdef")
 
 
 def cell(root, name: str, v: str, infra: str | None = None, **counts: int) -> CellResult:
@@ -26,7 +29,7 @@ def cell(root, name: str, v: str, infra: str | None = None, **counts: int) -> Ce
 
 
 def test_summary_is_written_after_each_cell(tmp_path):
-    r = RunResults(tmp_path, "quick", "run-1", "tcg", "auto: no KVM")
+    r = RunResults(tmp_path, "quick", "run-1", "tcg", "auto: no KVM", PLAN)
     r.add(cell(tmp_path, "a", "pass", **{"pass": 9}))
     data = json.loads((tmp_path / "summary.json").read_text())
     assert (
@@ -49,7 +52,7 @@ def test_summary_is_written_after_each_cell(tmp_path):
 
 
 def test_exit_codes(tmp_path):
-    r = RunResults(tmp_path, "s", "id", "tcg", "")
+    r = RunResults(tmp_path, "s", "id", "tcg", "", PLAN)
     assert r.finish() == 0  # nothing unexpected
     r.add(cell(tmp_path, "a", "pass"))
     assert r.exit_code == 0
@@ -61,14 +64,14 @@ def test_exit_codes(tmp_path):
     assert r.finish(interrupted=True) == 130
     other = tmp_path / "infra-only"
     other.mkdir()
-    infra_only = RunResults(other, "s", "id2", "tcg", "")
+    infra_only = RunResults(other, "s", "id2", "tcg", "", PLAN)
     infra_only.add(cell(other, "a", "pass"))
     infra_only.add(cell(other, "c", "error", infra="boot timeout"))
     assert infra_only.exit_code == 3
 
 
 def test_table_lists_cells_and_errors(tmp_path):
-    r = RunResults(tmp_path, "s", "id", "tcg", "auto: KVM unusable")
+    r = RunResults(tmp_path, "s", "id", "tcg", "auto: KVM unusable", PLAN)
     r.add(cell(tmp_path, "debian-stock", "pass", **{"pass": 18, "skip": 26}))
     r.add(cell(tmp_path, "broken", "error", infra="no SSH answer within 1 s"))
     r.cells[0].selftest_compat = ["kselftest-vfio: 0001-fix.patch"]
@@ -100,7 +103,7 @@ def test_expectations_that_matched_nothing_are_named(tmp_path):
     from lab.results.records import TestRecord
     from lab.spec.scenario import Expectation
 
-    r = RunResults(tmp_path, "s", "id", "tcg", "")
+    r = RunResults(tmp_path, "s", "id", "tcg", "", PLAN)
     r.expectations = [
         Expectation(test="t.known", reason="tracked"),
         Expectation(test="t.gone_*", reason="fixed upstream", cells="*=y"),

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from lab.cli import build_parser
+from lab.cli.common import selected
+from lab.cli.run import sharded
+from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.results import merge
 from lab.results.rundir import load_run
+from lab.run.matrix import RunOptions, ScenarioRun
 from lab.spec import scenario
-from lab.spec.shards import Shard, durations, parse_shard, shard_cells, split
+from lab.spec.shards import (
+    Shard,
+    durations,
+    parse_shard,
+    scenario_hash,
+    shard_cells,
+    split,
+)
 from tests.conftest import lab
-from tests.unit.run_fixtures import rec, write_run
+from tests.unit.run_fixtures import CELLS, SCENARIO_HASH, rec, shard_run, write_run
 
 TWO_TREES = """\
 kernels: [debian:6.12, debian:7.2]
@@ -82,11 +95,51 @@ def test_durations_read_a_runs_summary(tmp_path: Path) -> None:
         durations(tmp_path)
 
 
+PATCHED = """\
+name: night
+kernels:
+  - {source: "debian:7.2", patches: [fix.patch]}
+machine: {memory: 2G}
+"""
+FIX = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+def patched(where: Path, yaml: str = PATCHED, fix: str = FIX) -> str:
+    """The hash of a scenario file with one patch, written under `where`."""
+    where.mkdir()
+    (where / "s.yaml").write_text(yaml)
+    (where / "fix.patch").write_text(fix)
+    cells = scenario.expand(scenario.load(where / "s.yaml"))
+    assert [c.name for c in cells] == ["7.2+fix"]
+    return scenario_hash(cells)
+
+
+def test_the_scenario_hash_tells_versions_apart_not_checkouts(tmp_path: Path) -> None:
+    first = patched(tmp_path / "a")
+    assert patched(tmp_path / "b") == first, "another checkout of the same scenario"
+    assert patched(tmp_path / "c", PATCHED.replace("2G", "3G")) != first, "another machine"
+    assert patched(tmp_path / "d", fix=FIX.replace("+b", "+c")) != first, "another patch"
+
+
+def test_a_run_records_which_shard_of_which_cells_it_is(tmp_path: Path, matrix: Path) -> None:
+    args = build_parser().parse_args(["run", str(matrix), "--only", "*=y", "--shard", "2/2"])
+    s = scenario.load(matrix)
+    part_of, cells = sharded(s, args)
+    promised = ["6.12-iommufd_vfio_container=y", "7.2-iommufd_vfio_container=y"]
+    assert [c.name for c in cells] == promised[1:]
+    run = ScenarioRun(s, RunOptions(tmp_path / "results"), Cache(tmp_path / "cache"))
+    run.start(part_of).finish()
+    summary = json.loads((tmp_path / "results" / "latest" / "summary.json").read_text())
+    assert summary["shard"] == "2/2"
+    assert summary["scenario_cells"] == promised, "what --only promised, over all shards"
+    assert summary["scenario_hash"] == scenario_hash(selected(s, ["*=y"]))
+    whole, _ = sharded(s, build_parser().parse_args(["run", str(matrix)]))
+    assert whole.shard == Shard(1, 1) and len(whole.cells) == 4
+
+
 def two_shards(tmp_path: Path, second: str = "fail") -> tuple[Path, Path]:
-    (tmp_path / "1").mkdir()
-    (tmp_path / "2").mkdir()
-    one = write_run(tmp_path / "1", {"7.2-y": [rec("t.a"), rec("t.b")]})
-    two = write_run(tmp_path / "2", {"7.2-n": [rec("t.a"), rec("t.b", second)]})
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a"), rec("t.b")]})
+    two = shard_run(tmp_path / "2", 2, 2, {"7.2-n": [rec("t.a"), rec("t.b", second)]})
     return one, two
 
 
@@ -97,8 +150,12 @@ def test_merged_runs_are_one_run_with_every_cell(tmp_path: Path) -> None:
     again = load_run(tmp_path / "merged")
     assert [c.name for c in again.cells] == ["7.2-y", "7.2-n"]
     assert again.summary["exit_code"] == 1, "one shard's failure fails the merged run"
-    assert len(again.summary["merged_from"]) == 2
+    assert [m["shard"] for m in again.summary["merged_from"]] == ["1/2", "2/2"]
     assert again.summary["started"] == "2026-11-21T00:00:00+00:00", "the earliest shard's"
+    # The merged run is the whole split, complete.
+    assert again.summary["shard"] == "1/1" and again.summary["scenario_cells"] == list(CELLS)
+    assert again.summary["scenario_hash"] == SCENARIO_HASH
+    assert again.summary["missing"] == {"cells": [], "shards": []} and again.missing == []
     junit = (tmp_path / "merged" / "junit.xml").read_text()
     assert 'name="7.2-y"' in junit and 'name="7.2-n"' in junit
     assert "7.2-n" in (tmp_path / "merged" / "report.html").read_text()
@@ -106,10 +163,107 @@ def test_merged_runs_are_one_run_with_every_cell(tmp_path: Path) -> None:
     assert cell_dir.parent == tmp_path / "merged" and (cell_dir / "tests.json").is_file()
 
 
+def test_one_shard_alone_is_an_incomplete_night_that_names_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    one, _ = two_shards(tmp_path)
+    done = lab("merge", str(one), "--into", str(tmp_path / "m"))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "missing (promised, in no run): 7.2-n (no run of shard 2/2)" in done.stdout
+    merged = load_run(tmp_path / "m")
+    assert merged.summary["missing"] == {"cells": ["7.2-n"], "shards": ["2/2"]}
+    assert merged.summary["exit_code"] == 3 and merged.missing == ["7.2-n"]
+    suites = {s.get("name"): s for s in ET.parse(tmp_path / "m" / "junit.xml").iter("testsuite")}
+    assert suites["7.2-n"].get("errors") == "1", "a missing cell is an error, not absent"
+    assert "never ran" in suites["7.2-n"].find("testcase/error").get("message")
+    html = (tmp_path / "m" / "report.html").read_text()
+    assert "<tr class=r-fail><td>7.2-n<td><span class='o o-fail'>MISSING</span>" in html
+    assert "<span class='o o-fail'>CELLS MISSING: 1</span>" in html
+
+
+def test_a_shard_that_lost_cells_leaves_them_missing_and_failures_still_outweigh(
+    tmp_path: Path,
+) -> None:
+    # Shard 2/2 came, but interrupted before its cell (or split by other --durations).
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a", "fail")]})
+    two = shard_run(tmp_path / "2", 2, 2, {})
+    merged = merge.merge([one, two], tmp_path / "m")
+    assert merged.summary["missing"] == {"cells": ["7.2-n"], "shards": []}
+    assert merged.summary["exit_code"] == 1, "a failed test outweighs a cell that never ran"
+
+
+def test_merge_refuses_shards_of_two_different_splits(tmp_path: Path) -> None:
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a")]})
+    other = shard_run(tmp_path / "2", 2, 3, {"7.2-n": [rec("t.a")]})
+    with pytest.raises(
+        UsageError, match=r"different splits: .*1/run is shard 1/2, .*2/run is shard 2/3"
+    ):
+        merge.merge([one, other], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_refuses_two_versions_of_a_scenario_with_one_name(tmp_path: Path) -> None:
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a")]})
+    newer = shard_run(tmp_path / "2", 2, 2, {"7.2-n": [rec("t.a")]}, digest="fedcba9876543210")
+    with pytest.raises(
+        UsageError,
+        match=f"different versions of scenario two-cells .scenario_hash {SCENARIO_HASH} and "
+        "fedcba9876543210",
+    ):
+        merge.merge([one, newer], tmp_path / "m")
+
+
+def test_merge_refuses_shards_of_different_selections(tmp_path: Path) -> None:
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a")]})
+    narrower = shard_run(tmp_path / "2", 2, 2, {"7.2-x": [rec("t.a")]}, ("7.2-y", "7.2-x"))
+    with pytest.raises(
+        UsageError,
+        match=r"promised different cells .*: only .*1/run has 7\.2-n; only .*2/run has 7\.2-x",
+    ):
+        merge.merge([one, narrower], tmp_path / "m")
+
+
+def test_merge_refuses_the_same_shard_twice(tmp_path: Path) -> None:
+    # Runners balanced by different --durations: two runs that both say 1/2.
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a")]})
+    again = shard_run(tmp_path / "2", 1, 2, {"7.2-n": [rec("t.a")]})
+    with pytest.raises(UsageError, match=r"1/run and .*2/run are both shard 1/2"):
+        merge.merge([one, again], tmp_path / "m")
+    with pytest.raises(UsageError, match=r"are both shard 1/2"):
+        merge.merge([one, one], tmp_path / "m")
+
+
+def test_merge_refuses_a_cell_its_run_did_not_promise(tmp_path: Path) -> None:
+    one = shard_run(tmp_path / "1", 1, 2, {"7.2-y": [rec("t.a")], "7.2-z": []})
+    two = shard_run(tmp_path / "2", 2, 2, {"7.2-n": [rec("t.a")]})
+    with pytest.raises(UsageError, match=r"1/run has cells its scenario_cells lacks: 7\.2-z"):
+        merge.merge([one, two], tmp_path / "m")
+
+
+def test_merge_refuses_a_run_that_does_not_say_what_it_is_part_of(tmp_path: Path) -> None:
+    one, two = two_shards(tmp_path)
+    summary = json.loads((two / "summary.json").read_text())
+    for field in ("shard", "scenario_cells", "scenario_hash"):
+        del summary[field]
+    (two / "summary.json").write_text(json.dumps(summary))
+    done = lab("merge", str(one), str(two), "--into", str(tmp_path / "m"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{two / 'summary.json'} has no shard, scenario_cells, scenario_hash" in done.stderr
+    summary["shard"], summary["scenario_cells"], summary["scenario_hash"] = "2/2", "7.2-n", "h"
+    (two / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UsageError, match="scenario_cells is not a list of cell names"):
+        merge.merge([one, two], tmp_path / "m")
+    summary["scenario_cells"], summary["shard"] = list(CELLS), "3/2"
+    (two / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UsageError, match=r"summary\.json: shard 3/2: expected K/N"):
+        merge.merge([one, two], tmp_path / "m")
+
+
 def test_merge_refuses_a_cell_twice_and_a_non_empty_target(tmp_path: Path) -> None:
     one, two = two_shards(tmp_path)
+    doubled = shard_run(tmp_path / "3", 2, 2, {"7.2-y": [rec("t.a")]})
     with pytest.raises(UsageError, match=r"cell 7\.2-y is in both"):
-        merge.merge([one, one], tmp_path / "m1")
+        merge.merge([one, doubled], tmp_path / "m1")
     (tmp_path / "m2").mkdir()
     (tmp_path / "m2" / "x").write_text("")
     with pytest.raises(UsageError, match="not empty"):
@@ -120,7 +274,7 @@ def test_merge_cli_exits_with_the_merged_code(tmp_path: Path) -> None:
     one, two = two_shards(tmp_path, second="pass")
     done = lab("merge", str(one), str(two), "--into", str(tmp_path / "m"))
     assert done.returncode == 0, done.stderr
-    assert "cells 7.2-y, 7.2-n" in done.stdout
+    assert "cells 7.2-y, 7.2-n" in done.stdout and "missing" not in done.stdout
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["exit_code"] == 0
 
 
@@ -139,7 +293,7 @@ def test_list_shows_a_shard(matrix: Path) -> None:
 def test_the_cli_refuses_a_bad_merge_and_durations_without_a_shard(tmp_path: Path, matrix) -> None:
     one, _ = two_shards(tmp_path)
     twice = lab("merge", str(one), str(one), "--into", str(tmp_path / "m"))
-    assert twice.returncode == 2 and "cell 7.2-y is in both" in twice.stderr
+    assert twice.returncode == 2 and "are both shard 1/2" in twice.stderr
     alone = lab("list", str(matrix), "--durations", str(one))
     assert (
         alone.returncode == 2
