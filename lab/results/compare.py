@@ -1,9 +1,11 @@
 """`vfio-lab compare OLD NEW`: what changed between two runs, test by test and cell by cell.
 
 Every test lands in at most one list. Regressions, the exit code a nightly job gates on:
-new failures and errors, cells that stopped booting, and lost coverage: a test that ran
-and now skips (a kernel that lost /dev/iommu), a test or a cell that vanished. Lost
-coverage can be accepted (`--accept-lost`) when it was meant, e.g. a smaller matrix.
+new failures and errors, cells that stopped booting, cells the new run promised and
+never ran (`missing`: a merged night whose shard never came), and lost coverage: a test
+that ran and now skips (a kernel that lost /dev/iommu), a test or a cell that vanished.
+Lost coverage can be accepted (`--accept-lost`) when it was meant, e.g. a smaller
+matrix; a missing cell cannot: nobody meant it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class Comparison:
     # a regression when the old run of that cell had none.
     cells_broken: list[str] = field(default_factory=list)
     cells_still_broken: list[str] = field(default_factory=list)
+    # Cells the new run promised and never ran: a regression unless the old run's were
+    # missing too.
+    cells_missing: list[str] = field(default_factory=list)
+    cells_still_missing: list[str] = field(default_factory=list)
     accept_lost: bool = False
 
     @property
@@ -52,7 +58,7 @@ class Comparison:
     @property
     def regressions(self) -> bool:
         lost = self.lost and not self.accept_lost
-        return bool(self.new_failures or self.cells_broken or lost)
+        return bool(self.new_failures or self.cells_broken or self.cells_missing or lost)
 
 
 # Outcomes that say the test really ran: going from one of these to a skip loses coverage.
@@ -63,7 +69,10 @@ def compare(old: RunData, new: RunData, accept_lost: bool = False) -> Comparison
     result = Comparison(accept_lost=accept_lost)
     old_cells = {c.name: c.by_name() for c in old.cells}
     new_cells = {c.name: c.by_name() for c in new.cells}
-    result.cells_vanished = [c for c in old_cells if c not in new_cells]
+    result.cells_vanished = [c for c in old_cells if c not in new_cells and c not in new.missing]
+    for cell in new.missing:
+        missing = result.cells_still_missing if cell in old.missing else result.cells_missing
+        missing.append(cell)
     result.cells_appeared = [c for c in new_cells if c not in old_cells]
     _infra(result, old, new)
     for cell, after in new_cells.items():
@@ -135,6 +144,8 @@ def render(c: Comparison, old: RunData, new: RunData) -> str:
     for title, cells in (
         ("cells that appeared", c.cells_appeared),
         ("cells that vanished", c.cells_vanished),
+        ("cells missing from the new run (promised, never ran)", c.cells_missing),
+        ("cells still missing (promised, never ran)", c.cells_still_missing),
     ):
         if cells:
             lines.append(f"{title}: {', '.join(cells)}")

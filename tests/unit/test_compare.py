@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from lab.results import compare
+from lab.results import compare, merge
 from lab.results.rundir import load_run
 from tests.conftest import lab
-from tests.unit.run_fixtures import rec, write_run
+from tests.unit.run_fixtures import rec, shard_run, write_run
 
 
 def two_runs(tmp_path, old, new):
@@ -97,6 +97,27 @@ def test_a_vanished_cell_is_lost_coverage(tmp_path):
     c = compare.compare(load_run(a), load_run(b))
     assert c.cells_vanished == ["d"] and c.regressions
     assert not compare.compare(load_run(a), load_run(b), accept_lost=True).regressions
+
+
+def test_a_cell_missing_from_a_merged_night_is_a_regression_not_lost_coverage(tmp_path):
+    both = {"7.2-y": [rec("t.a")], "7.2-n": [rec("t.a")]}
+    (tmp_path / "old").mkdir()
+    old = write_run(tmp_path / "old", both)
+    shard = shard_run(tmp_path / "shard", 1, 2, {"7.2-y": [rec("t.a")]})
+    new = merge.merge([shard], tmp_path / "new").dir
+    c = compare.compare(load_run(old), load_run(new), accept_lost=True)
+    assert c.cells_missing == ["7.2-n"] and c.cells_vanished == []
+    assert c.regressions, "a shard that never came is not a smaller matrix"
+    done = lab("compare", str(old), str(new), "--accept-lost")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cells missing from the new run (promised, never ran): 7.2-n" in done.stdout
+    # Missing on both nights: still missing, as a cell still broken is no new regression.
+    again = compare.compare(load_run(new), load_run(new))
+    assert again.cells_still_missing == ["7.2-n"] and not again.regressions
+    # A cell new in the scenario that never ran has lost nothing, but is not fine either.
+    (tmp_path / "older").mkdir()
+    older = write_run(tmp_path / "older", {"7.2-y": [rec("t.a")]})
+    assert compare.compare(load_run(older), load_run(new)).cells_missing == ["7.2-n"]
 
 
 def test_cli_compare_exit_codes_and_text(tmp_path):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from lab.core.errors import UsageError
-from lab.results import history
+from lab.results import history, merge
 from lab.results.rundir import load_run
+from lab.spec.shards import Shard, ShardPlan
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 
@@ -55,6 +56,17 @@ def test_a_flip_with_the_kernel_unchanged_is_flaky_one_with_a_new_kernel_a_regre
 def test_adding_a_run_again_stores_it_once(db, tmp_path) -> None:
     history.add(db, load_run(tmp_path / "night22" / "run"))
     assert len(by_test(db)["t.broken"].nights) == 3
+
+
+def test_a_cell_missing_from_a_merged_night_is_absent_not_passed(db, tmp_path) -> None:
+    (tmp_path / "shard").mkdir()
+    shard = write_run(tmp_path / "shard", {"other": [rec("t.steady")]},
+                      run_id="20261123-020000-abcd",
+                      plan=ShardPlan(Shard(1, 2), (CELL, "other"), "0123456789abcdef"))  # fmt: skip
+    history.add(db, merge.merge([shard], tmp_path / "merged"))
+    steady = next(s for s in history.series(db) if s.test == "t.steady" and s.cell == CELL)
+    assert steady.symbols == "PPP-" and steady.nights[-1].kernel is None
+    assert [len(t.points) for t in history.trends(db, CELL)] == [3]
 
 
 def test_trends_per_cell(db) -> None:
