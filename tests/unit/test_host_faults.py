@@ -27,7 +27,7 @@ from lab.results import history
 from lab.run.booter import CellBooter, ReadyGuest
 from lab.run.matrix import RunOptions, ScenarioRun
 from lab.run.payload import TapStream
-from lab.spec import scenario
+from lab.spec import scenario, shards
 from lab.vm import snapshot
 from tests.unit.test_cache import Messages, rootfs_builder
 from tests.unit.test_snapshot import QUICK, cell, prepared
@@ -203,9 +203,10 @@ def test_a_tap_stream_into_a_full_disk_is_an_infra_error_naming_it(tmp_path: Pat
 def test_a_run_into_a_results_root_that_cannot_be_made_names_it(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory\n")
     root = tmp_path / "file" / "results"
-    run = ScenarioRun(scenario.load(QUICK), RunOptions(results_root=root), Cache(tmp_path))
+    s = scenario.load(QUICK)
+    run = ScenarioRun(s, RunOptions(results_root=root), Cache(tmp_path))
     with pytest.raises(InfraError) as e:
-        run.start()
+        run.start(shards.plan(scenario.expand(s)))
     assert str(e.value).startswith(f"{root}/")
     assert str(e.value).endswith(": [Errno 20] Not a directory")
 
