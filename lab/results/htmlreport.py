@@ -11,8 +11,8 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+from lab.results import parity
 from lab.results.history import CellTrend, svg
-from lab.results.parity import run_parity
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import MISSING_WHY, CellData, Row, RunData, cell_facts, matrix
 
@@ -109,30 +109,40 @@ def _trend_section(trends: list[CellTrend]) -> str:
 
 
 def _parity_section(run: RunData) -> str:
-    """The lab's payload against the C suites, per cell (nothing when no cell ran both)."""
-    cells = run_parity(run)
+    """The lab's payload against the C suites, per cell (nothing when no cell ran both): the
+    numbers, the pairs of outcomes, the disagreements."""
+    cells = parity.run_parity(run)
     if not cells:
         return ""
     rows = []
     for p in cells:
+        explained = len(p.disagree) - len(p.unexplained)
         rows.append(
             f"<tr><td>{escape(p.cell)}</td><td>{p.shared}</td><td>{p.agree}</td>"
-            f"<td>{len(p.disagree)}</td><td>{len(p.unexplained)}</td>"
+            f"<td>{len(p.disagree)}</td><td>{explained}</td><td>{len(p.unexplained)}</td>"
             f"<td>{', '.join(f'{escape(k)} {len(v)}' for k, v in p.only.items())}</td></tr>"
         )
+        for pair, n in parity.table(p):
+            rows.append(
+                f"<tr><td></td><td colspan=6>{n} &times; lab {_badge(pair.lab)}, "
+                f"{escape(pair.suite)} {_badge(pair.other)}: "
+                f"{'agree' if pair.agree else '<b>differ</b>'}</td></tr>"
+            )
         for d in p.disagree:
             why = escape(d.explained_by) if d.explained_by else "<b>unexplained</b>"
             rows.append(
-                f"<tr><td></td><td colspan=5>{escape(d.id)}: lab {_badge(d.lab)}, "
+                f"<tr><td></td><td colspan=6>{escape(d.id)}: lab {_badge(d.lab)}, "
                 f"{escape(d.suite)} {_badge(d.other)} ({why})</td></tr>"
             )
-    head = "<tr><th>cell</th><th>shared</th><th>agree</th><th>disagree</th>"
+    head = "<tr><th>cell</th><th>shared</th><th>agree</th><th>differ</th><th>explained</th>"
     head += "<th>unexplained</th><th>ids only one suite has</th></tr>"
     return f"<h2 id=parity>Parity</h2><table>{head}{''.join(rows)}</table>"
 
 
 def _badge(outcome: str, text: str = "") -> str:
-    return f"<span class='o o-{outcome}'>{escape((text or outcome).upper())}</span>"
+    """An outcome, or parity's `xfail(fail)`: coloured by the outcome the run reported."""
+    reported = outcome.partition("(")[0]
+    return f"<span class='o o-{reported}'>{escape((text or outcome).upper())}</span>"
 
 
 def _cells_table(run: RunData) -> str:

@@ -28,12 +28,20 @@ class TestRecord:
     console: list[str] = field(default_factory=list)  # the console while it ran
     expectation: dict[str, str] | None = None  # the known failure it matched
     suite: str = DEFAULT_SUITE  # which suite ran it
+    raw: str | None = None  # the outcome before the expectation it matched (kept with it)
 
     @property
     def id(self) -> str:
         """The test's own id: a C suite's records are named `suite:id`, so that they never
         collide with the lab's records of the same upstream id."""
         return self.name.removeprefix(f"{self.suite}:")
+
+    @property
+    def raw_outcome(self) -> str | None:
+        """What the test came to before expectations: only a matched expectation rewrites an
+        outcome, so a record without one is its own. None: one matched, but the record (from
+        before vfio-lab kept `raw`) does not say whether the test failed or crashed."""
+        return self.outcome if self.expectation is None else self.raw
 
     @property
     def unexpected(self) -> bool:

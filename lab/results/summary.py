@@ -48,6 +48,7 @@ class CellResult:
     selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
+    parity: str | None = None  # "MODE: the parity line" when the cell ran a C suite
 
 
 def exit_code_of(cells: list[dict[str, Any]], missing: list[str] | None = None) -> int:
@@ -164,6 +165,8 @@ def table(results: RunResults) -> str:
         if c.infra_error:
             lines.append(f"{c.name}: {c.infra_error}")
         lines += [f"{c.name}: {p}" for p in c.problems]
+        if c.parity:
+            lines.append(f"{c.name}: parity {c.parity}")
         lines += [
             f"{c.name}: upstream selftests needed compat patch {p}" for p in c.selftest_compat
         ]

@@ -24,6 +24,7 @@ from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import InfraError
 from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
+from lab.results import parity
 from lab.results.records import UNEXPECTED, TestRecord
 from lab.results.summary import CellResult, empty_counts
 from lab.results.tap import TapParser, TapResult
@@ -228,8 +229,10 @@ class CellRun:
         result.counts = triage.counts(recs)
         kernel_log = outcome.dmesg if outcome.dmesg is not None else console_lines
         result.problems = problems + result.problems + triage.outside_alarms(kernel_log)
-        result.verdict = triage.verdict(recs, result.problems)
-        result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected]
+        cell_parity = parity.cell_parity(self.cell.name, recs)
+        result.parity, gate = parity.judge(cell_parity, self.cell.scenario.payload.parity)
+        result.verdict = triage.verdict(recs, result.problems, gate)
+        result.unexpected = [f"{r.name}: {r.outcome}" for r in recs if r.unexpected] + gate
         c = result.counts
         self.progress(
             self.cell.name,

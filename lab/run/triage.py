@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from lab.results.records import TestRecord
@@ -153,7 +154,8 @@ def _attribute(
 
 
 def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -> None:
-    """Known failures: a matching test that fails or errs is XFAIL, one that passes XPASS.
+    """Known failures: a matching test that fails or errs is XFAIL, one that passes XPASS;
+    the record keeps what it came to before (`raw`: a crash stays told from a failed assertion).
     A kernel splat attributed to the test stays an error unless the expectation says the
     known failure is that splat (`kernel: true`): a known assertion failure must not hide
     a new WARN or Oops."""
@@ -171,6 +173,7 @@ def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -
         if exp is None:
             continue
         rec.expectation = {k: str(v) for k, v in asdict(exp).items()}
+        rec.raw = rec.outcome
         if rec.outcome == "error" and splat(rec) and not exp.kernel:
             rec.reason += (
                 f" (not covered by the known failure {exp.reason!r}: kernel: true is not set)"
@@ -198,11 +201,14 @@ def counts(recs: list[TestRecord]) -> dict[str, int]:
     return c
 
 
-def verdict(recs: list[TestRecord], problems: list[str]) -> str:
-    """pass: nothing unexpected; fail: an unexpected fail or pass; error: the rest."""
+def verdict(
+    recs: list[TestRecord], problems: list[str], parity_failures: Sequence[str] = ()
+) -> str:
+    """pass: nothing unexpected; fail: an unexpected fail or pass, or a parity gate that
+    failed; error: the rest."""
     outcomes = {r.outcome for r in recs}
     if problems or not recs or outcomes & {"error", "notrun"}:
         return "error"
-    if outcomes & {"fail", "xpass"}:
+    if outcomes & {"fail", "xpass"} or parity_failures:
         return "fail"
     return "pass"

@@ -25,7 +25,7 @@ from lab.spec.kernelspec import (
     parse_kernel_spec,
 )
 from lab.spec.schema import Axis, KValue, Size, doc_field
-from lab.spec.suites import SUITES
+from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
 
 DEFAULT_SCENARIO = SCENARIOS / "quick.yaml"
@@ -102,6 +102,13 @@ class Payload:
         "seconds one test may run; then the guest is killed, the test is an error "
         "and the tests after it are not run",
         120.0,
+    )
+    parity: Literal["report", "gate"] = doc_field(
+        "the lab's payload against the C suites, per cell (`vfio-lab parity`): report (a "
+        "line per cell in summary.json, parity.json) or gate (also: a disagreement no "
+        "expectation explains, or nothing to compare, fails the cell: exit 1); gate needs "
+        "lab and a C suite in suites",
+        "report",
     )
 
 
@@ -423,6 +430,12 @@ def _validate_suites(s: Scenario) -> None:
         _check_registry(s, f"payload.suites[{i}]", name, SUITES)
         if name in s.payload.suites[:i]:
             raise s.error(f"payload.suites[{i}]", f"{name} is listed twice")
+    c_suites = [name for name in s.payload.suites if SUITES[name].selftest_dir]
+    if s.payload.parity == "gate" and (DEFAULT_SUITE not in s.payload.suites or not c_suites):
+        raise s.error(
+            "payload.parity",
+            f"gate compares the {DEFAULT_SUITE} suite with a C suite: payload.suites needs both",
+        )
 
 
 def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any]) -> None:

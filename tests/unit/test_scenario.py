@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lab.core.errors import ScenarioError
-from lab.spec import scenario
+from lab.spec import scenario, schema
 from lab.spec.schema import parse_size
 
 
@@ -337,3 +337,19 @@ def test_an_axis_on_the_models_option_wins_however_it_is_spelled(tmp_path):
     on_axis, outside = scenario.expand(s)
     assert on_axis.config.overrides == (("CONFIG_VIRTIO_IOMMU", "n"),)
     assert outside.config.overrides == (("VIRTIO_IOMMU", "y"),), "no axis: the model's own"
+
+
+def test_payload_parity_is_report_or_gate(tmp_path):
+    path = write(tmp_path, "payload:\n  suites: [lab, kselftest-vfio]\n  parity: gates\n")
+    e = error_of(path)
+    assert (e.file, e.line, e.field) == (path, 3, "payload.parity")
+    assert e.message == "'gates' is not one of: report, gate"
+    row = next(r for r in schema.describe(scenario.Scenario) if r[0] == "payload.parity")
+    assert row[1] == "'report'" and "gate" in row[2]
+
+
+def test_a_parity_gate_needs_the_lab_and_a_c_suite(tmp_path):
+    for suites in ("[lab]", "[kselftest-vfio]"):
+        path = write(tmp_path, f"payload:\n  suites: {suites}\n  parity: gate\n")
+        e = error_of(path)
+        assert (e.line, e.field) == (3, "payload.parity") and "needs both" in e.message

@@ -115,6 +115,7 @@ def test_expectations_make_xfail_and_xpass_only_where_they_match():
     ]
     triage.expect(recs, "7.2-x=y", known)
     assert [r.outcome for r in recs] == ["xfail", "xpass", "fail"]
+    assert [r.raw for r in recs] == ["fail", "pass", None], "what they came to is kept"
     assert recs[0].reason == "known failure: tracked (was fail: boom)"
     assert recs[0].expectation["link"] == "https://lore/x"
     assert recs[1].reason == "expected to fail (was broken), but passed"
@@ -143,7 +144,7 @@ def test_an_expectation_for_the_splat_itself_makes_it_xfail():
     rec = splatted("m.known")
     known = Expectation(test="m.known", reason="WARN in x.c, fixed upstream", kernel=True)
     triage.expect([rec], "c", [known])
-    assert rec.outcome == "xfail"
+    assert rec.outcome == "xfail" and rec.raw == "error"
     assert rec.reason.startswith("known failure: WARN in x.c, fixed upstream (was error: kernel")
 
 
