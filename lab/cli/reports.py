@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hadd.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     hshow = hsub.add_parser(
         "show",
-        help="per test and cell the outcome across nights, the first bad night, flaky tests "
-        "(flips with the kernel unchanged) apart from regressions; pass rate and wall time",
+        help="per test and cell the outcome across nights, the first bad night, and its "
+        "latest change: a regression (or fix) naming the components of the cell's identity "
+        "that changed, or flaky (flips with none changed); pass rate and wall time",
     )
     hshow.add_argument("--test", default="*", metavar="GLOB")
     hshow.add_argument("--cell", default="*", metavar="GLOB")

@@ -1,7 +1,12 @@
 """Runs over nights, in an embedded SQLite database: each test's outcome per cell and
-night, the first night it went wrong, flips told apart by whether the kernel changed
-(a flip with the same kernel is flakiness; with another kernel, a regression or a fix),
-and each cell's pass rate and duration.
+night, the first night it went wrong, and each cell's pass rate and duration.
+
+What a series is comes from its LATEST change between good and bad (judged on raw
+outcomes: an expectation added or dropped is no change) and the cell's identity on the
+two nights around it (summary.json's per-cell `identity`: kernel, config, QEMU, payload,
+root filesystem, suites, machine): components that changed make it a regression (or a
+fix) naming them; none is flakiness, counted over the nights with that same identity;
+one not recorded on both nights (a run from before the lab recorded it) leaves it open.
 """
 
 from __future__ import annotations
@@ -9,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import itertools
+import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.errors import HostIOError, UsageError
@@ -20,6 +25,8 @@ from lab.core.files import make_dir
 from lab.results.rundir import RunData, run_started
 
 DEFAULT_DB = Path("results/history.sqlite")
+COMPONENTS = ("kernel", "config", "qemu", "payload", "rootfs", "suites", "machine")
+# Good raw outcomes; xfail here is a suite's own (TAP's XFAIL), never an expectation's.
 GOOD = ("pass", "skip", "xfail")
 SYMBOL = {
     "pass": "P",
@@ -36,11 +43,13 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, scenario TEXT, started TEXT, dir TEXT, exit_code INTEGER);
 CREATE TABLE IF NOT EXISTS cells (
     run_id TEXT, cell TEXT, kernel TEXT, verdict TEXT, wall_s REAL,
-    passed INTEGER, total INTEGER, PRIMARY KEY (run_id, cell));
+    passed INTEGER, total INTEGER, identity TEXT, PRIMARY KEY (run_id, cell));
 CREATE TABLE IF NOT EXISTS results (
-    run_id TEXT, cell TEXT, test TEXT, outcome TEXT, reason TEXT,
+    run_id TEXT, cell TEXT, test TEXT, outcome TEXT, reason TEXT, raw TEXT,
     PRIMARY KEY (run_id, cell, test));
 """
+# Columns a database made by an earlier vfio-lab lacks: (table, column).
+ADDED = (("cells", "identity"), ("results", "raw"))
 
 
 @contextlib.contextmanager
@@ -54,6 +63,9 @@ def opened(db: Path, create: bool = False) -> Iterator[sqlite3.Connection]:
         raise _host_fault(db, e) from e
     try:
         conn.executescript(SCHEMA)
+        for table, column in ADDED:
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         with conn:
             yield conn
     except sqlite3.DatabaseError as e:
@@ -94,15 +106,18 @@ def add(db: Path, run: RunData) -> str:
             c = cell.summary
             passed = sum(r.outcome == "pass" for r in cell.records)
             kernel = c.get("kernel_identity") or c.get("kernel")
+            # A run from before the lab recorded the identity: its kernel is all it says.
+            identity = c.get("identity") or ({"kernel": kernel} if c.get("kernel_identity") else {})
             conn.execute(
-                "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, cell.name, kernel, c.get("verdict"), c.get("wall_s"), passed,
-                 len(cell.records)),
+                 len(cell.records), json.dumps(identity)),
             )  # fmt: skip
             conn.executemany(
-                "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
-                [(run_id, cell.name, r.name, r.outcome, r.reason) for r in cell.records],
-            )
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, cell.name, r.name, r.outcome, r.reason, r.raw_outcome)
+                 for r in cell.records],
+            )  # fmt: skip
     return run_id
 
 
@@ -110,8 +125,45 @@ def add(db: Path, run: RunData) -> str:
 class Night:
     run_id: str
     started: str
-    kernel: str | None  # the cell's kernel that night (None: the cell did not run)
+    identity: dict[str, str]  # the cell's that night, by component (empty: not recorded)
     outcome: str | None  # the test's outcome (None: absent)
+    raw: str | None = None  # before expectations (None: absent, or stored before it was kept)
+
+    @property
+    def kernel(self) -> str | None:
+        return self.identity.get("kernel")
+
+    @property
+    def bad(self) -> bool:
+        """Judged on the raw outcome; a night stored before raw outcomes were kept, on its
+        outcome."""
+        return (self.raw or self.outcome) not in GOOD
+
+
+def differences(before: dict[str, str], after: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(components that changed, components not recorded on both nights)."""
+    changed = [c for c in COMPONENTS if c in before and c in after and before[c] != after[c]]
+    unknown = [c for c in COMPONENTS if c not in before or c not in after]
+    return changed, unknown
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a series' latest change between good and bad says."""
+
+    kind: str  # "" all good | failing | known failure | flaky | regression | fixed (+ "?")
+    flips: int = 0  # flaky: flips over the nights with the latest identity
+    changed: list[str] = field(default_factory=list)  # regression, fixed: what changed
+    unknown: list[str] = field(default_factory=list)  # regression?, fixed?: not recorded
+
+    def __str__(self) -> str:
+        if self.kind == "flaky":
+            return f"flaky ({self.flips} flip{'s' * (self.flips != 1)}, same identity)"
+        if self.changed:
+            return f"{self.kind}: {', '.join(self.changed)} changed"
+        if self.unknown:
+            return f"{self.kind} ({', '.join(self.unknown)} not recorded, the rest the same)"
+        return self.kind
 
 
 @dataclass
@@ -130,31 +182,33 @@ class Series:
         for night in self.nights:
             if night.outcome is None:
                 continue
-            first = None if night.outcome in GOOD else (first or night)
+            first = (first or night) if night.bad else None
         return first
 
-    def flips(self) -> tuple[int, int]:
-        """(flips with the kernel unchanged, flips with another kernel) between nights the
-        test ran."""
+    def change(self) -> Change:
         ran = [n for n in self.nights if n.outcome is not None]
-        same = other = 0
-        for before, after in itertools.pairwise(ran):
-            if (before.outcome in GOOD) != (after.outcome in GOOD):
-                if before.kernel == after.kernel:
-                    same += 1
-                else:
-                    other += 1
-        return same, other
+        flips = [i for i in range(1, len(ran)) if ran[i - 1].bad != ran[i].bad]
+        if not flips:
+            last = ran[-1] if ran else None
+            if last is None or not last.bad:
+                return Change("")
+            return Change("known failure" if last.outcome == "xfail" else "failing")
+        before, after = ran[flips[-1] - 1], ran[flips[-1]]
+        kind = "regression" if after.bad else "fixed"
+        changed, unknown = differences(before.identity, after.identity)
+        if changed:
+            return Change(kind, changed=changed)
+        if unknown:
+            return Change(f"{kind}?", unknown=unknown)
+        # Flaky: count the flips over the nights around it with the very same identity.
+        start = flips[-1]
+        while start > 0 and differences(ran[start - 1].identity, after.identity) == ([], []):
+            start -= 1
+        return Change("flaky", flips=sum(i > start for i in flips))
 
     @property
     def kind(self) -> str:
-        same, other = self.flips()
-        if same:
-            return "flaky"
-        last = next((n for n in reversed(self.nights) if n.outcome is not None), None)
-        if other and last is not None:
-            return "regression" if last.outcome not in GOOD else "fixed"
-        return "" if last is None or last.outcome in GOOD else "failing"
+        return str(self.change())
 
 
 def series(db: Path, test_glob: str = "*", cell_glob: str = "*") -> list[Series]:
@@ -162,14 +216,20 @@ def series(db: Path, test_glob: str = "*", cell_glob: str = "*") -> list[Series]
         nights = conn.execute(
             "SELECT run_id, started FROM runs ORDER BY started, run_id"
         ).fetchall()
-        kernels = {(r, c): k for r, c, k in conn.execute("SELECT run_id, cell, kernel FROM cells")}
+        identities = {
+            (r, c): json.loads(i) if i else {}
+            for r, c, i in conn.execute("SELECT run_id, cell, identity FROM cells")
+        }
         outcomes = {
-            (r, c, t): o
-            for r, c, t, o in conn.execute("SELECT run_id, cell, test, outcome FROM results")
+            (r, c, t): (o, raw)
+            for r, c, t, o, raw in conn.execute(
+                "SELECT run_id, cell, test, outcome, raw FROM results"
+            )
         }
     pairs = sorted({(t, c) for _, c, t in outcomes})
     return [
-        Series(test, cell, [Night(r, s, kernels.get((r, cell)), outcomes.get((r, cell, test)))
+        Series(test, cell, [Night(r, s, identities.get((r, cell), {}),
+                                  *outcomes.get((r, cell, test), (None, None)))
                             for r, s in nights])
         for test, cell in pairs
         if fnmatch.fnmatchcase(test, test_glob) and fnmatch.fnmatchcase(cell, cell_glob)
@@ -198,13 +258,14 @@ def trends(db: Path, cell_glob: str = "*") -> list[CellTrend]:
 def show(db: Path, test_glob: str = "*", cell_glob: str = "*", all_tests: bool = False) -> str:
     """The history as text: each test and cell whose outcomes are not all good (all with
     `all_tests`), oldest night first, then each cell's pass rate and wall time per night."""
-    lines = []
-    rows = [s for s in series(db, test_glob, cell_glob) if all_tests or s.kind]
-    lines.append(f"{'outcomes':12}  {'kind':10}  {'since':22}  test  [cell]")
-    for s in rows:
+    rows = [(s, s.kind) for s in series(db, test_glob, cell_glob)]
+    rows = [(s, kind) for s, kind in rows if all_tests or kind]
+    width = max([len("kind"), *(len(kind) for _, kind in rows)])
+    lines = [f"{'outcomes':12}  {'kind':{width}}  {'since':22}  test  [cell]"]
+    for s, kind in rows:
         first = s.first_failed()
         since = first.started[:19] if first else ""
-        lines.append(f"{s.symbols:12}  {s.kind:10}  {since:22}  {s.test}  [{s.cell}]")
+        lines.append(f"{s.symbols:12}  {kind:{width}}  {since:22}  {s.test}  [{s.cell}]")
     lines.append("(P pass, F fail, E error, N not run, S skip, x xfail, U xpass, - absent)")
     for trend in trends(db, cell_glob):
         rates = " ".join(f"{rate:.0%}" for _, rate, _ in trend.points)

@@ -32,6 +32,9 @@ class CellResult:
     problems: list[str] = field(default_factory=list)
     kernel_release: str | None = None
     kernel_identity: str | None = None
+    # What the outcomes can depend on, by component (kernel, config, qemu, payload, rootfs,
+    # suites, machine): history names the ones that changed with a flip.
+    identity: dict[str, str] = field(default_factory=dict)
     qemu: str | None = None  # system | lab | path (machine.qemu)
     qemu_version: str | None = None
     qemu_patches: list[str] = field(default_factory=list)  # the lab's patches in that QEMU

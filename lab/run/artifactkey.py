@@ -34,12 +34,14 @@ def artifact_key(cells: list[Cell], cache: Cache) -> str:
             builder.resolved(cell.kernel, cache),
             patches_digest(cell.kernel.patches),
             wanted_text(cell.config),
-            _qemu(cell.scenario.machine.qemu),
+            qemu_identity(cell.scenario.machine.qemu),
         ]
     return content_key(parts)
 
 
-def _qemu(choice: str) -> str:
+def qemu_identity(choice: str) -> str:
+    """The QEMU a scenario's machine.qemu names: the lab's by its build key (version,
+    patches, configure options, compiler), any other by its version."""
     if choice == "lab":
         return qemu_key()
     binary = QEMU_SOURCES[choice].placeholder() if choice in QEMU_SOURCES else choice

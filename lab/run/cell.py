@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.core.cache import file_sha256, tree_digest
+from lab.build.kbuild import wanted_text
+from lab.build.selftests import SELFTESTS
+from lab.core.cache import content_key, file_sha256, tree_digest
 from lab.core.errors import InfraError
 from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
@@ -30,6 +32,7 @@ from lab.results.summary import CellResult, empty_counts
 from lab.results.tap import TapParser, TapResult
 from lab.run import provenance as provenance_mod
 from lab.run import triage
+from lab.run.artifactkey import qemu_identity
 from lab.run.booter import CellBooter, Prepared, ReadyGuest
 from lab.run.payload import (
     PYTEST_RAN,
@@ -39,6 +42,7 @@ from lab.run.payload import (
     run_payload,
     run_selftests,
 )
+from lab.spec.kernelspec import KERNEL_SOURCES
 from lab.spec.scenario import Cell
 from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm import console
@@ -117,6 +121,7 @@ class CellRun:
         result.selftest_compat = [
             f"{b.suite}: {patch}" for b in prepared.selftests.values() for patch in b.compat
         ]
+        result.identity = identity(self.cell, prepared, self.pytest_args)
         record = provenance(self.cell, prepared, self.pytest_args)
         write_file(self.dir / "provenance.json", json.dumps(record, indent=2) + "\n")
         keep_patches(self.cell, self.dir)
@@ -280,6 +285,41 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
             "version": prepared.qemu.version,
             "patches": list(prepared.qemu.patches),
         },
+    }
+
+
+def identity(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[str, str]:
+    """What the cell's outcomes can depend on, one digest or name per component (in the
+    order of history.COMPONENTS): history tells a flip with a component changed (a
+    regression, a fix) from one with none (flakiness)."""
+    s, m = cell.scenario, cell.scenario.machine
+    configurable = KERNEL_SOURCES[cell.kernel.source].configurable
+    base = prepared.image.base.stat()
+    machine = [m.memory, m.cpus, cell.iommu, sorted(m.hugepages.items()), m.cmdline]
+    return {
+        "kernel": prepared.kernel.identity,
+        "config": content_key(["config", wanted_text(cell.config)]) if configurable else "its own",
+        "qemu": qemu_identity(m.qemu),
+        "payload": content_key(
+            [
+                "payload",
+                tree_digest(s.payload_dir),
+                tree_digest(RUNTIME_DIR),
+                *s.payload.args,
+                *pytest_args,
+            ]
+        ),
+        # The recipe's key, and the image built from it: a rebuild (a newer mirror) is new.
+        "rootfs": content_key([prepared.image.key, f"{base.st_size}:{base.st_mtime_ns}"]),
+        "suites": content_key(["suites", *s.payload.suites, tree_digest(SELFTESTS)]),
+        "machine": content_key(
+            [
+                "machine",
+                json.dumps(machine),
+                json.dumps([asdict(d) for d in s.devices]),
+                prepared.accel,
+            ]
+        ),
     }
 
 

@@ -23,6 +23,7 @@ def write_run(
     run_id: str = "20261121-000000-abcd",
     kernel_identity: str | None = None,
     plan: ShardPlan | None = None,
+    identity: dict[str, str] | None = None,
 ) -> Path:
     """A finished run with these cells (in order); `infra` gives cells an infra error.
     Without a `plan`, the cells are all the run promised."""
@@ -45,6 +46,7 @@ def write_run(
                 boot_to_ssh_s=5.0,
                 kernel_release="7.2.13-vfio-lab",
                 kernel_identity=kernel_identity,
+                identity=identity or {},
                 infra_error=error,
             )
         )
