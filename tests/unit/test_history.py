@@ -156,8 +156,8 @@ def test_a_cell_missing_from_a_merged_night_is_absent_not_passed(db, tmp_path) -
                       plan=ShardPlan(Shard(1, 2), (CELL, "other"), "0123456789abcdef"))  # fmt: skip
     history.add(db, merge.merge([shard], tmp_path / "merged"))
     steady = next(s for s in history.series(db) if s.test == "t.steady" and s.cell == CELL)
-    assert steady.symbols == "PPP-" and steady.nights[-1].kernel is None
-    assert [len(t.points) for t in history.trends(db, CELL)] == [3]
+    assert steady.symbols == "PPPP-" and steady.nights[-1].kernel is None
+    assert [len(t.points) for t in history.trends(db, CELL)] == [4]
 
 
 def test_trends_per_cell(db) -> None:

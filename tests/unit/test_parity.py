@@ -15,7 +15,7 @@ from lab.results.rundir import load_run
 from lab.results.summary import CellResult, RunResults, empty_counts
 from lab.results.tap import parse_text
 from lab.run.cell import CellRun, PayloadOutcome
-from lab.spec import scenario
+from lab.spec import scenario, shards
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 
@@ -209,7 +209,9 @@ def run_cell(tmp_path: Path, mode: str) -> tuple[int, dict[str, object]]:
     taps = {"lab": parse_text(LAB_TAP), "kselftest-vfio": parse_text(C_TAP)}
     records = run.triage(PayloadOutcome(taps, [], None), result)
     assert [(r.outcome, r.raw) for r in records] == [("xfail", "fail"), ("xfail", "error")]
-    results = RunResults(cell_dir.parent, "gate", "20261121-000000-abcd", "tcg", "test")
+    results = RunResults(
+        cell_dir.parent, "gate", "20261121-000000-abcd", "tcg", "test", shards.plan([cell])
+    )
     results.set_records(cell.name, records)
     results.add(result)
     code = results.finish()
