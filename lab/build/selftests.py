@@ -5,6 +5,9 @@ kernel came from, against that tree's uAPI headers (`make headers` with O=), out
 tree (`OUTPUT=`), so the tree stays as it was. It is cached by the tree's identity, the
 lab's patches for it and the compiler.
 
+The payload's own programs (suite `programs`) are not built here: they are the
+executables the user put in the payload's `programs/`, run the same way.
+
 Patches come per suite from `images/selftests/<dir>/series`, one per line:
 `lab NAME` always applies (e.g. the lab's edu driver for the VFIO library); `compat
 NAME` is a build fix some trees need (its header says which). A suite is first built
@@ -200,6 +203,16 @@ def _make(tree: SourceTree, where: Path, headers: Path, scratch: Path) -> None:
         artifact="selftests",
         log=scratch / "build.log",
     )
+
+
+def payload_programs(suite: Suite, payload: Path) -> SelftestBuild:
+    """A suite of programs the user built (`programs_dir` of the payload), run as they are."""
+    assert suite.programs_dir is not None
+    where = payload / suite.programs_dir
+    programs = _programs(where)
+    if not programs:
+        return SelftestBuild(suite.name, "payload", absent=f"{where} holds no executable")
+    return SelftestBuild(suite.name, "payload", bin=str(where), programs=programs)
 
 
 def _programs(out: Path) -> tuple[str, ...]:

@@ -106,6 +106,7 @@ def load_scenario(name: str, payload: Path | None = None) -> Scenario:
         if not payload.is_dir():
             raise UsageError(f"--payload: {payload} is not a directory")
         s.payload.tests = payload.resolve()
+        scenario.validate(s)  # what the suites need of the payload directory
     return s
 
 

@@ -23,6 +23,10 @@ _DIRECTIVE = re.compile(
     r"(?<!\\)#\s*(?P<kind>SKIP|TODO|XFAIL|ERROR)\b\s*(?P<reason>.*)$", re.IGNORECASE
 )
 
+# The header's announcement of a test to come. Before the plan they are the document's
+# notes; so are they before the first result when the plan comes last (the C suites'
+# runner announces what the programs listed, then reports, then plans).
+COLLECTED = "collected: "
 # What a test can come to. `notrun`: planned, never started (the guest died before it).
 OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error", "notrun")
 INDENT = 4
@@ -102,6 +106,11 @@ class TapParser:
         """Diagnostics before the plan: the document's header (e.g. the collected tests)."""
         return self.root.notes
 
+    @property
+    def collected(self) -> list[str]:
+        """The tests the header announced (`# collected: NAME`), reported or not."""
+        return [n[len(COLLECTED) :] for n in self.notes if n.startswith(COLLECTED)]
+
     def flat(self) -> Iterator[tuple[str, TapResult]]:
         """Every result with its full name; a subtest is `parent/child`."""
 
@@ -132,7 +141,9 @@ class TapParser:
         elif stripped.startswith("#"):
             # Only TAP lines move between levels: a stray line never closes subtests.
             level = next(lv for lv in reversed(self.stack) if lv.indent <= indent)
-            level.pending.append(stripped.lstrip("#").strip())
+            text = stripped.lstrip("#").strip()
+            header = level is self.root and level.plan is None and not level.results
+            (level.notes if header and text.startswith(COLLECTED) else level.pending).append(text)
         else:
             self.garbage += 1
 
@@ -241,8 +252,10 @@ class TapParser:
         counts = dict.fromkeys(OUTCOMES, 0)
         for r in self.results:
             counts[r.outcome] += 1
-        if self.plan is not None:
-            counts["notrun"] += max(0, self.plan - len(self.results))
+        reported = {r.name for r in self.results}
+        announced = len([n for n in self.collected if n not in reported])
+        planned = max(0, self.plan - len(self.results)) if self.plan is not None else 0
+        counts["notrun"] += max(announced, planned)
         return counts
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from lab.build.kconfig import parse_config
 from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
-from lab.build.selftests import SelftestBuild, provide_selftests
+from lab.build.selftests import SelftestBuild, payload_programs, provide_selftests
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
 from lab.core.files import blaming, copy_file, make_dir, move, write_file
@@ -200,14 +200,19 @@ class CellBooter:
         return Prepared(keys, image, kernel, qemu, accel, self._selftests(cell))
 
     def _selftests(self, cell: Cell) -> dict[str, SelftestBuild]:
-        """The C suites the cell runs, built from its own kernel's tree."""
-        suites = [SUITES[s] for s in cell.scenario.payload.suites if SUITES[s].selftest_dir]
-        if not suites:
-            return {}
-        tree = KERNEL_BUILDERS[cell.kernel.source].source_tree(
-            cell.kernel, self.cache, self.progress
-        )
-        return {s.name: provide_selftests(s, tree, self.cache, self.progress) for s in suites}
+        """The C suites the cell runs, built from its own kernel's tree, and the payload's
+        own programs."""
+        suites = [SUITES[s] for s in cell.scenario.payload.suites]
+        out = {
+            s.name: payload_programs(s, cell.scenario.payload_dir) for s in suites if s.programs_dir
+        }
+        built = [s for s in suites if s.selftest_dir]
+        if built:
+            tree = KERNEL_BUILDERS[cell.kernel.source].source_tree(
+                cell.kernel, self.cache, self.progress
+            )
+            out |= {s.name: provide_selftests(s, tree, self.cache, self.progress) for s in built}
+        return out
 
     def _provide_qemu(self, choice: str) -> QemuBinary:
         """Once per booter: the lab's QEMU may need building (and a build uses every core)."""

@@ -88,11 +88,6 @@ def cap(lines: list[str]) -> list[str]:
     return [*lines[:SLICE_HEAD], f"[... {skipped} lines ...]", *lines[-SLICE_TAIL:]]
 
 
-def collected(tap: TapParser) -> list[str]:
-    prefix = "collected: "
-    return [n[len(prefix) :] for n in tap.notes if n.startswith(prefix)]
-
-
 def records(
     tap: TapParser,
     dmesg: list[str] | None,
@@ -112,7 +107,7 @@ def records(
         tail = [f"console: {line}" for line in console[-CONSOLE_TAIL:]]
         out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail, suite=suite))
         reported.add(running)
-    names = collected(tap)
+    names = tap.collected
     missing = [n for n in names if n not in reported]
     if not names and tap.plan is not None:
         missing = [f"(test {i})" for i in range(len(tap.results) + 1, tap.plan + 1)]

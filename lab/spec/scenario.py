@@ -90,7 +90,7 @@ class Payload:
     suites: list[str] = doc_field(
         "test suites to run in each cell, in order, from the suite registry: lab (this "
         "payload), kselftest-vfio and kselftest-iommu (the kernel's C selftests, built from "
-        "the cell's kernel tree)",
+        "the cell's kernel tree), programs (the payload's programs/, built by you)",
         ["lab"],
     )
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
@@ -430,7 +430,13 @@ def _validate_suites(s: Scenario) -> None:
         _check_registry(s, f"payload.suites[{i}]", name, SUITES)
         if name in s.payload.suites[:i]:
             raise s.error(f"payload.suites[{i}]", f"{name} is listed twice")
-    c_suites = [name for name in s.payload.suites if SUITES[name].selftest_dir]
+        where = SUITES[name].programs_dir
+        if where is not None and not (s.payload_dir / where).is_dir():
+            raise s.error(
+                f"payload.suites[{i}]",
+                f"{name} runs {s.payload_dir / where}/, which is no directory",
+            )
+    c_suites = [n for n in s.payload.suites if SUITES[n].selftest_dir or SUITES[n].programs_dir]
     if s.payload.parity == "gate" and (DEFAULT_SUITE not in s.payload.suites or not c_suites):
         raise s.error(
             "payload.parity",

@@ -2,7 +2,7 @@
 the kernel's C selftests built from the cell's own kernel tree.
 
 The registry here knows each suite's name and needs; `lab.build.selftests` builds the
-C suites, and `lab.run.payload` runs them.
+C suites (and finds the payload's own programs), and `lab.run.payload` runs them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ class Suite:
     name: ClassVar[str]
     doc: ClassVar[str]
     selftest_dir: ClassVar[str | None] = None  # tools/testing/selftests/<dir> (C suites)
+    programs_dir: ClassVar[str | None] = None  # <payload>/<dir>: programs built elsewhere
     needs_device: ClassVar[bool] = True  # its programs take the device's BDF
 
 
@@ -37,7 +38,16 @@ class KselftestIommu(Suite):
     needs_device = False
 
 
+class PayloadPrograms(Suite):
+    name = "programs"
+    doc = (
+        "the payload's own programs: every executable in programs/ of the payload "
+        "directory, printing KTAP, run as the C selftests are (the device's BDF as argument)"
+    )
+    programs_dir = "programs"
+
+
 SUITES: Registry[Suite] = Registry(
-    "suite", {s.name: s() for s in (LabSuite, KselftestVfio, KselftestIommu)}
+    "suite", {s.name: s() for s in (LabSuite, KselftestVfio, KselftestIommu, PayloadPrograms)}
 )
 DEFAULT_SUITE = LabSuite.name

@@ -204,6 +204,38 @@ def test_hung_test_is_an_error_after_its_timeout_and_the_guest_is_killed(results
     assert "stopped early: hang" in " ".join(cell["problems"])
 
 
+def test_a_c_program_that_dies_part_way_is_an_error_and_its_other_tests_notrun(results, tmp_path):
+    """The payload's own programs (suite `programs`) through the real C-suite runner on
+    the stock kernel: a static stand-in for a kselftest_harness.h program lists five
+    tests (-l), reports three, then aborts. The cell is no clean pass."""
+    payload = tmp_path / "payload"
+    (payload / "programs").mkdir(parents=True)
+    fake = REPO / "tests" / "fixtures" / "kselftest" / "fake_harness.c"
+    built = payload / "programs" / "fake_harness"
+    defines = ["-DREPORTED=3", "-DEND=ABORT"]
+    subprocess.run(["gcc", "-static", "-o", str(built), str(fake), *defines], check=True)
+    scenario = tmp_path / "programs.yaml"
+    scenario.write_text(f"payload:\n  tests: {payload}\n  suites: [programs]\n")
+    done = lab("run", str(scenario), "--results", str(results))
+    assert done.returncode == 1, done.stdout + done.stderr
+    (cell,) = summary(results)["cells"]
+    assert cell["verdict"] == "error" and cell["infra_error"] is None, cell
+    tests = {name.removeprefix("programs:"): r for name, r in records(cell).items()}
+    first = "vfio_fake_harness_fixture"
+    assert {name: r["outcome"] for name, r in tests.items()} == {
+        f"{first}.first": "pass",
+        f"{first}.second": "pass",
+        f"{first}.third": "pass",
+        "fake_harness": "error",
+        "fake_variants.iommufd.map": "notrun",
+        "fake_variants.vfio_type1_iommu_with_a_long_name.map": "notrun",
+    }
+    assert tests["fake_harness"]["reason"] == "killed by SIGABRT after reporting 3 of 5 tests"
+    assert "stderr: the fake's last words" in tests["fake_harness"]["diagnostics"]
+    assert cell["counts"]["error"] == 1 and cell["counts"]["notrun"] == 2
+    assert (Path(cell["dir"]) / "results.programs.tap").is_file()
+
+
 def test_known_failure_is_xfail_and_the_run_passes(results, tmp_path):
     scenario = tmp_path / "known.yaml"
     scenario.write_text(

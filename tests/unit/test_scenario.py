@@ -217,6 +217,7 @@ def test_shipped_matrix_scenarios_load():
         ("payload: {suites: [lab, kselftest]}\n", "payload.suites[1]", "kselftest-vfio"),
         ("payload: {suites: [lab, lab]}\n", "payload.suites[1]", "listed twice"),
         ("payload: {suites: []}\n", "payload.suites", "at least one"),
+        ("payload: {suites: [lab, programs]}\n", "payload.suites[1]", "programs/, which is no"),
     ],
 )
 def test_matrix_rules(tmp_path, text, field, message):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.build.kbuild import SourceTree
-from lab.build.selftests import provide_selftests
+from lab.build.selftests import payload_programs, provide_selftests
 from lab.core.cache import Cache
 from lab.core.errors import BuildError
 from lab.spec.suites import SUITES
@@ -97,3 +97,15 @@ def test_of_several_versions_of_a_patch_the_one_that_applies_is_used(tmp_path):
     (root / "vfio" / "0002-new.patch").write_text(new)
     built = provide_selftests(SUITE, tree(tmp_path, fixed), Cache(tmp_path / "c"), print, root)
     assert built.patches == ("0002-new.patch",)
+
+
+def test_the_payloads_own_programs_are_its_executables(tmp_path):
+    suite = SUITES["programs"]
+    where = tmp_path / "programs"
+    where.mkdir()
+    assert payload_programs(suite, tmp_path).absent == f"{where} holds no executable"
+    for name, mode in (("b_test", 0o755), ("a_test", 0o755), ("notes.txt", 0o644)):
+        (where / name).write_text("#!/bin/sh\n")
+        (where / name).chmod(mode)
+    built = payload_programs(suite, tmp_path)
+    assert (built.bin, built.programs, built.absent) == (str(where), ("a_test", "b_test"), "")

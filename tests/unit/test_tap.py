@@ -128,6 +128,21 @@ def test_notes_before_the_plan_are_the_header():
     assert tap.results[0].diagnostics == ["d"]
 
 
+def test_a_plan_that_comes_last_keeps_the_announced_tests_in_the_header():
+    # The C suites' runner: it announces, reports, then plans; a dying guest never plans.
+    text = "TAP version 13\n# collected: a\n# collected: b\n# d\nok 1 a\n"
+    cut = parse_text(text)
+    assert cut.collected == ["a", "b"] and cut.results[0].diagnostics == ["d"]
+    assert cut.counts()["notrun"] == 1
+    done = parse_text(text + "# collected: c\n1..1\n")
+    assert done.collected == ["a", "b", "c"] and done.counts()["notrun"] == 2
+
+
+def test_an_announcement_after_the_first_result_is_a_diagnostic():
+    tap = parse_text("TAP version 13\nok 1 a\n# collected: x\nok 2 b\n1..2\n")
+    assert tap.collected == [] and tap.results[1].diagnostics == ["collected: x"]
+
+
 GOLDEN_TAP = sorted((REPO / "tests" / "golden" / "tap").glob("*.tap"))
 
 
