@@ -1,4 +1,5 @@
-"""Shared test helpers: paths, and golden files with a regenerate switch."""
+"""Shared test helpers: paths, golden files with a regenerate switch, and a kernel log
+of their own for the guest code the tests run on the host."""
 
 from __future__ import annotations
 
@@ -38,3 +39,14 @@ def golden():
         assert text == path.read_text()
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def kmsg(tmp_path, monkeypatch):
+    """The file the guest code's kernel-log markers go to (vfiolib.kmsg), never the
+    host's /dev/kmsg: set in the environment, so the pytest plugin and the C suites'
+    runner that the tests start as processes inherit it."""
+    path = tmp_path / "kmsg"
+    path.touch()  # as /dev/kmsg exists: the markers never create their file
+    monkeypatch.setenv("VFIO_LAB_KMSG", str(path))
+    return path

@@ -45,17 +45,12 @@ def runner_argv(tap_fd: int, programs: list[Path]) -> list[str]:
 
 
 def run_runner(tmp_path: Path, *programs: str | Path) -> tuple[str, str]:
-    tap, kmsg = tmp_path / "out.tap", tmp_path / "kmsg"
-    kmsg.touch()  # /dev/kmsg exists; the markers never create a file
+    """The runner's TAP, and the markers it wrote (to the `kmsg` fixture's file)."""
+    tap = tmp_path / "out.tap"
     paths = [p if isinstance(p, Path) else PROGRAMS / p for p in programs]
     with tap.open("w") as out:
-        subprocess.run(
-            runner_argv(out.fileno(), paths),
-            check=True,
-            pass_fds=(out.fileno(),),
-            env=dict(os.environ, VFIO_LAB_KMSG=str(kmsg)),
-        )
-    return tap.read_text(), kmsg.read_text()
+        subprocess.run(runner_argv(out.fileno(), paths), check=True, pass_fds=(out.fileno(),))
+    return tap.read_text(), Path(os.environ["VFIO_LAB_KMSG"]).read_text()
 
 
 def fake(tmp_path: Path, name: str, **defines: object) -> Path:
@@ -199,20 +194,16 @@ def test_a_program_cannot_announce_tests_of_its_own(tmp_path):
     assert outcomes(records(tap)) == {"real": "pass"}
 
 
-def test_a_hung_program_is_an_error_of_its_test_and_the_rest_are_notrun(tmp_path):
+def test_a_hung_program_is_an_error_of_its_test_and_the_rest_are_notrun(tmp_path, kmsg):
     """The host's watch over the console (here: the kmsg file the markers go to) gives up
     on the running test after the per-test timeout; the guest is abandoned (here: the
     runner is killed) and triage names the timeout and what never ran."""
     program = fake(tmp_path, "fake", REPORTED=1, END="RUN_HANG")
-    tap, kmsg = tmp_path / "out.tap", tmp_path / "kmsg"
-    kmsg.touch()
+    tap = tmp_path / "out.tap"
     watch = ConsoleWatch(kmsg, stall_s=60.0, test_s=1.0)
     with tap.open("w") as out:
         runner = subprocess.Popen(
-            runner_argv(out.fileno(), [program]),
-            pass_fds=(out.fileno(),),
-            env=dict(os.environ, VFIO_LAB_KMSG=str(kmsg)),
-            start_new_session=True,
+            runner_argv(out.fileno(), [program]), pass_fds=(out.fileno(),), start_new_session=True
         )
     try:
         deadline = time.monotonic() + 30

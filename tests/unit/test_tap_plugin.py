@@ -50,6 +50,13 @@ def test_tap_lines_names_and_directives(tmp_path):
     assert tap.problems() == []
 
 
+def test_markers_go_to_the_tests_own_kernel_log(tmp_path, kmsg):
+    run_sample(tmp_path)
+    lines = kmsg.read_text().splitlines()
+    assert "vfio-lab: test-start sample_test.vfio_type1_iommu.map" in lines
+    assert "vfio-lab: test-end sample_test.vfio_type1_iommu.map pass" in lines
+
+
 def test_a_failing_test_still_releases_its_resources(tmp_path):
     _, _, work = run_sample(tmp_path)
     assert (work / "released.txt").read_text() == "released\n"

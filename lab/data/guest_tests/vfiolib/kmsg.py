@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import os
 
-KMSG = os.environ.get("VFIO_LAB_KMSG", "/dev/kmsg")  # the unit tests point it at a file
-
 
 def mark(text: str) -> None:
+    # Read at each call: the host's unit tests point VFIO_LAB_KMSG at a file of their own.
+    path = os.environ.get("VFIO_LAB_KMSG", "/dev/kmsg")
     # os.open, not open(..., "a"): Python seeks to the end of a file opened to append,
-    # and /dev/kmsg refuses a seek on a write-only descriptor (EBADF).
+    # and /dev/kmsg refuses a seek on a write-only descriptor (EBADF). No O_CREAT: a
+    # missing /dev/kmsg is no place to leave a file of markers.
     try:
-        fd = os.open(KMSG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except OSError:
         return  # not root, or no /dev/kmsg: markers are a help, not a requirement
     try:
