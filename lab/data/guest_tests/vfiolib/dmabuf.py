@@ -42,3 +42,11 @@ def export(device: VfioPciDevice, region: int, ranges: list[tuple[int, int]]) ->
         bytes(U.vfio_region_dma_range(offset=o, length=n)) for o, n in ranges
     )
     return _feature(device, U.VFIO_DEVICE_FEATURE_GET | U.VFIO_DEVICE_FEATURE_DMA_BUF, payload)
+
+
+def mmap_not_offered(e: OSError) -> bool:
+    """Whether a refused mmap of a dma-buf means the exporter offers none. dma-buf's own
+    mmap (drivers/dma-buf/dma-buf.c, dma_buf_mmap_internal) answers EINVAL where the
+    exporter has no mmap op, as vfio-pci's has none upstream; any other errno (EACCES,
+    ENODEV of a revoked buffer, ENOMEM...) is an mmap that was offered and failed."""
+    return e.errno == errno.EINVAL
