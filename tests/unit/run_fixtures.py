@@ -24,6 +24,7 @@ def write_run(
     kernel_identity: str | None = None,
     plan: ShardPlan | None = None,
     identity: dict[str, str] | None = None,
+    kernel: str = "debian:7.2",
 ) -> Path:
     """A finished run with these cells (in order); `infra` gives cells an infra error.
     Without a `plan`, the cells are all the run promised."""
@@ -38,7 +39,7 @@ def write_run(
         results.add(
             CellResult(
                 name=name,
-                kernel="debian:7.2",
+                kernel=kernel,
                 verdict="error" if error else verdict(records, []),
                 counts=counts(records),
                 dir=str(run_dir / name),

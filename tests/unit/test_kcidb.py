@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import kcidb_io
 import pytest
 
+from lab.core.cache import file_sha256
+from lab.core.errors import UsageError
 from lab.results import kcidb
 from lab.results.rundir import load_run, start_time
 from tests.conftest import lab
@@ -70,3 +73,74 @@ def test_export_cli_writes_the_file_and_refuses_a_bad_origin(tmp_path: Path) -> 
 @pytest.mark.parametrize("outcome", sorted(kcidb.STATUS))
 def test_every_outcome_has_a_kcidb_status(outcome: str) -> None:
     assert kcidb.STATUS[outcome] in {"FAIL", "ERROR", "MISS", "PASS", "DONE", "SKIP"}
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def local_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identity: str, patches=True):
+    """A run of a patched local: tree under a (fake) home directory, whose paths are in
+    everything a run can carry them in: the kernel's label, an infrastructure error, a
+    test's reason and diagnostics, the patches' provenance."""
+    home = tmp_path / "home" / "alice"
+    checkout = home / "src" / "linux-vfio"
+    checkout.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    files = []
+    for name, text in (("0001-fix.patch", "--- a/x\n+++ b/x\n"), ("0002-more.patch", "more\n")):
+        files.append(home / "patches" / name)
+        files[-1].parent.mkdir(exist_ok=True)
+        files[-1].write_text(text)
+    cells = {
+        "local-linux-vfio+0001-fix": [
+            rec("t.one", "fail", f"log: {checkout}/tools/testing/x.c:3", reason=f"see {home}/x")
+        ],
+        "local-linux-vfio+0001-fix.retry": [rec("t.one")],
+    }
+    infra = {"local-linux-vfio+0001-fix.retry": f"build failed: {checkout}/.build/log"}
+    run = write_run(tmp_path, cells, infra, kernel_identity=identity, kernel=f"local:{checkout}")
+    record = {"kernel": {"patches": [{"file": str(f), "sha256": file_sha256(f)} for f in files]}}
+    for cell in cells if patches else []:
+        (run / cell / "provenance.json").write_text(json.dumps(record))
+    return run, home, checkout, files
+
+
+def test_a_patched_local_tree_keeps_its_commit_and_hashes_its_patches_as_kcidb_says(
+    tmp_path, monkeypatch
+):
+    identity = f"git:{COMMIT}+patches:fedcba9876543210"
+    run, home, checkout, files = local_run(tmp_path, monkeypatch, identity)
+    data = kcidb.export(load_run(run))
+    kcidb_io.schema.LATEST.validate(data)
+    (checkout_record,) = data["checkouts"]
+    assert checkout_record["git_commit_hash"] == COMMIT
+    # The schema's own recipe: sha256sum *.patch | cut -c-64 | sha256sum | cut -c-64
+    listed = subprocess.run(["sha256sum", *map(str, files)], capture_output=True, text=True)
+    hashes = "".join(line[:64] + "\n" for line in listed.stdout.splitlines())
+    expected = subprocess.run(["sha256sum"], input=hashes, capture_output=True, text=True)
+    assert checkout_record["patchset_hash"] == expected.stdout[:64]
+    assert "tree_name" not in checkout_record, "a local checkout has no widely-known name"
+    text = json.dumps(data)
+    assert str(home) not in text and str(checkout) not in text and "alice" not in text
+    build = next(b for b in data["builds"] if b.get("log_excerpt"))
+    assert build["log_excerpt"] == "build failed: <local tree>/.build/log"
+
+
+def test_uncommitted_changes_leave_the_patchset_unknown(tmp_path, monkeypatch):
+    run, *_ = local_run(tmp_path, monkeypatch, f"git:{COMMIT}+0123456789abcdef", patches=False)
+    (checkout_record,) = kcidb.export(load_run(run))["checkouts"]
+    assert checkout_record["git_commit_hash"] == COMMIT
+    assert "patchset_hash" not in checkout_record  # not "": that would say no changes
+    assert checkout_record["misc"]["uncommitted_changes"] is True
+
+
+def test_a_patched_kernel_without_its_patches_record_is_refused(tmp_path, monkeypatch):
+    identity = f"git:{COMMIT}+patches:fedcba9876543210"
+    run, *_ = local_run(tmp_path, monkeypatch, identity, patches=False)
+    with pytest.raises(UsageError, match=r"provenance.json: unreadable .* cannot be hashed"):
+        kcidb.export(load_run(run))
+
+
+def test_an_unpatched_debian_kernel_has_an_empty_patchset_and_a_tree_name(tmp_path):
+    (checkout_record,) = exported(tmp_path)["checkouts"]
+    assert checkout_record["patchset_hash"] == "" and checkout_record["tree_name"] == "debian"
