@@ -42,11 +42,11 @@ def golden():
 
 
 @pytest.fixture(autouse=True)
-def kmsg(tmp_path, monkeypatch):
+def kmsg(tmp_path_factory, monkeypatch):
     """The file the guest code's kernel-log markers go to (vfiolib.kmsg), never the
     host's /dev/kmsg: set in the environment, so the pytest plugin and the C suites'
     runner that the tests start as processes inherit it."""
-    path = tmp_path / "kmsg"
+    path = tmp_path_factory.mktemp("kmsg") / "kmsg"  # apart: tests list their tmp_path
     path.touch()  # as /dev/kmsg exists: the markers never create their file
     monkeypatch.setenv("VFIO_LAB_KMSG", str(path))
     return path
