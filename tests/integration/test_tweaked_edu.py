@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lab
+from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
 
@@ -87,16 +87,20 @@ def test_dmabuf_ranges_of_the_bar(bigbar_run):
     assert revoked["outcome"] == "pass" and diags(revoked)["dma_after_reset"] == "faulted"
 
 
-def test_ivshmem_and_igb_boot_and_bind_to_vfio_pci(tmp_path):
-    """The other device types: ivshmem's RAM BAR2 (Debian's QEMU has it too) and igb (the
-    lab's QEMU only), each behind its own root port and bound to vfio-pci beside edu."""
+def three_devices(tmp_path: Path) -> Path:
     scenario = tmp_path / "devices.yaml"
     scenario.write_text(
         "machine: {qemu: lab}\n"
         "devices:\n  - type: edu\n  - type: ivshmem\n    bar: {size: 64M}\n  - type: igb\n"
     )
+    return scenario
+
+
+def test_ivshmem_and_igb_boot_and_bind_to_vfio_pci(tmp_path):
+    """The other device types: ivshmem's RAM BAR2 (Debian's QEMU has it too) and igb (the
+    lab's QEMU only), each behind its own root port and bound to vfio-pci beside edu."""
     script = "lspci -nk; lspci -vv -d 1af4:1110; lspci -vv -d 8086:10c9"
-    done = lab("shell", str(scenario), "-q", "--", "sh", "-c", script)
+    done = lab("shell", str(three_devices(tmp_path)), "-q", "--", "sh", "-c", script)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for pci_id in ("1234:11e8", "1af4:1110", "8086:10c9"):
@@ -105,3 +109,18 @@ def test_ivshmem_and_igb_boot_and_bind_to_vfio_pci(tmp_path):
         assert re.search(bound, out), (pci_id, out)
     assert "Region 2: Memory at" in out and "(64-bit, prefetchable) [size=64M]" in out
     assert "Single Root I/O Virtualization (SR-IOV)" in out
+
+
+def test_mmio_reads_while_bars_move_leave_qemu_running(tmp_path):
+    """One vCPU reads the three devices' BARs while the other flips their memory decoding.
+    QEMU 10.0.13 aborted in iotlb_to_section() when a read went through a TLB entry filled
+    before a flip (`section_index < d->map.sections_nb`); the lab's QEMU carries upstream's
+    fix (patch 0002: the entry keeps its section)."""
+    script = (REPO / "tests" / "fixtures" / "guest" / "mmio_while_bars_move.py").read_text()
+    scenario = three_devices(tmp_path)
+    done = lab("shell", str(scenario), "-q", "--no-bind", "--", "python3", "-c", script, "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    reads = re.search(r"^reads: (\d+) over (\d+) BARs$", done.stdout, re.MULTILINE)
+    flips = re.search(r"^flips: (\d+) over 3 devices$", done.stdout, re.MULTILINE)
+    assert reads and flips, done.stdout
+    assert int(reads[1]) > 0 and int(reads[2]) >= 3 and int(flips[1]) > 0
