@@ -39,6 +39,8 @@ class CellResult:
     qemu_version: str | None = None
     qemu_patches: list[str] = field(default_factory=list)  # the lab's patches in that QEMU
     qemu_build_s: float | None = None  # when this cell built the lab's QEMU
+    # The machine's PCI devices as QEMU is given them (lab.spec.variants.DeviceConfig).
+    devices: list[dict[str, Any]] = field(default_factory=list)
     guest_release: str | None = None
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel
     container_provider: str | None = None  # who provides /dev/vfio/vfio: vfio | iommufd | none

@@ -59,10 +59,11 @@ def device_configs(cell: Cell) -> tuple[DeviceConfig, ...]:
 
 
 def device_config(d: DeviceSpec) -> DeviceConfig:
+    delay = None if d.dma_delay is None else int(d.dma_delay)
     if d.bar is None:
-        return DeviceConfig(d.type, d.dma_mask)
+        return DeviceConfig(d.type, d.dma_mask, dma_delay_ns=delay)
     index = d.bar.index or DEVICES[d.type].fixed_bar_index or 1
-    return DeviceConfig(d.type, d.dma_mask, d.bar.size, index)
+    return DeviceConfig(d.type, d.dma_mask, d.bar.size, index, delay)
 
 
 def vm_config(

@@ -33,7 +33,7 @@ from lab.results.tap import TapParser, TapResult
 from lab.run import provenance as provenance_mod
 from lab.run import triage
 from lab.run.artifactkey import qemu_identity
-from lab.run.booter import CellBooter, Prepared, ReadyGuest
+from lab.run.booter import CellBooter, Prepared, ReadyGuest, device_configs
 from lab.run.payload import (
     PYTEST_RAN,
     RUNTIME_DIR,
@@ -91,6 +91,7 @@ class CellRun:
             counts=empty_counts(),
             dir=str(self.dir),
             wall_s=0.0,
+            devices=[asdict(d) for d in device_configs(self.cell)],
         )
         records: list[TestRecord] = []
         try:

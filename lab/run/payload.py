@@ -92,6 +92,8 @@ def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
     }
     if edu.type == "edu" and edu.bar is not None:
         env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index or 1}"
+    if edu.dma_delay is not None:
+        env["VFIO_LAB_EDU_DMA_DELAY_NS"] = str(edu.dma_delay)
     argv = [*pytest_argv("python3", GUEST_TAP), f"--tap-fd={TAP_FD}"]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -24,7 +24,7 @@ from lab.spec.kernelspec import (
     option_name,
     parse_kernel_spec,
 )
-from lab.spec.schema import Axis, KValue, Size, doc_field
+from lab.spec.schema import Axis, Duration, KValue, Size, doc_field
 from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
 
@@ -57,6 +57,12 @@ class DeviceSpec:
     bar: RamBarSpec | None = doc_field(
         "a RAM-backed 64-bit prefetchable BAR: the tweaked edu's (needs machine.qemu: lab), "
         "or ivshmem's shared memory (required for ivshmem)",
+        None,
+    )
+    dma_delay: Duration | None = doc_field(
+        "how long each of edu's DMA transfers takes, from start to done: a duration with a "
+        "unit, ns, us, ms or s (e.g. 10us; 0ns completes on QEMU's next timer run, still "
+        "after the start); default: edu's own 100 ms; needs machine.qemu: lab",
         None,
     )
 
@@ -256,6 +262,7 @@ def validate(s: Scenario) -> None:
             raise s.error(f"devices[{i}].dma_mask", "must be between 1 and 2**64-1")
     _validate_qemu(s)
     _validate_ram_bars(s)
+    _validate_dma_delays(s)
     _validate_kernels(s)
     _validate_config(s)
     _validate_machine(s)
@@ -421,6 +428,26 @@ def _validate_bar(s: Scenario, i: int, dev: DeviceSpec) -> int:
     if fixed is None and index is not None and not 1 <= index <= 4:
         raise s.error(f"{field}.index", "must be 1 to 4 (BAR 0 holds the registers)")
     return size
+
+
+def _validate_dma_delays(s: Scenario) -> None:
+    for i, dev in enumerate(s.devices):
+        if dev.dma_delay is None:
+            continue
+        field, longest = f"devices[{i}].dma_delay", DEVICES[dev.type].dma_delay_max_ns
+        if longest is None:
+            raise s.error(field, f"a {dev.type} has no DMA delay to set")
+        if s.machine.qemu == "system":
+            raise s.error(
+                field,
+                f"Debian's QEMU cannot set the {dev.type}'s DMA delay (it is always 100 ms); "
+                "set machine.qemu: lab",
+            )
+        if dev.dma_delay > longest:
+            limit = f"{longest // 10**9} s"
+            raise s.error(
+                field, f"{dev.dma_delay} ns is longer than the {dev.type}'s limit, {limit}"
+            )
 
 
 def _validate_suites(s: Scenario) -> None:

@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*(ns|us|ms|s)\s*$")
+_DURATION_UNITS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9}
 
 
 def doc_field(
@@ -47,8 +49,30 @@ def parse_size(text: str | int) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
 
 
+def parse_duration(text: str) -> int:
+    """'10us', '1.5ms', '0ns' -> nanoseconds. The unit is required: a bare number could mean
+    anything from nanoseconds to seconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(
+            f"not a duration: {text!r} (a number and a unit, ns, us, ms or s: e.g. 10us)"
+        )
+    whole, fraction, unit = m.group(1), m.group(2) or "", m.group(3)
+    scale = _DURATION_UNITS[unit]
+    # Exact: integers only, so 1.1us is 1100 ns and not 1100.0000000000002.
+    places: int = 10 ** len(fraction)
+    ns, rest = divmod(int(whole + fraction) * scale, places)
+    if rest:
+        raise ValueError(f"{text!r} is not a whole number of nanoseconds")
+    return ns
+
+
 class Size(int):
     """A byte count written in YAML as 3G, 512M or a plain integer."""
+
+
+class Duration(int):
+    """Nanoseconds, written in YAML with a unit: 10us, 1.5ms, 0ns."""
 
 
 class Axis(list[str]):
@@ -187,6 +211,10 @@ def _coerce(tp: Any, value: Any, ctx: Context) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise TypeError(f"expected a size such as 2G, got {value!r}")
         return Size(parse_size(value))
+    if tp is Duration:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a duration with a unit such as 10us, got {value!r}")
+        return Duration(parse_duration(value))
     if tp is KValue:
         if isinstance(value, bool):
             return KValue("y" if value else "n")

@@ -94,6 +94,7 @@ class DeviceConfig:
     dma_mask: int = (1 << 64) - 1
     ram_bar_size: int = 0  # a RAM-backed BAR of this size (edu's tweak, ivshmem's memory)
     ram_bar_index: int = 1
+    dma_delay_ns: int | None = None  # edu's DMA completion delay; None: the device's own
 
 
 class PciDevice:
@@ -104,6 +105,8 @@ class PciDevice:
     ram_bar_required: ClassVar[bool] = False  # whether it has no size of its own
     fixed_bar_index: ClassVar[int | None] = None  # where its RAM BAR always is
     lab_qemu_only: ClassVar[bool] = False  # Debian's QEMU 7.2 does not have it
+    # The longest DMA completion delay the lab's QEMU lets it set; None: none can be set.
+    dma_delay_max_ns: ClassVar[int | None] = None
 
     def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
         """The device's argv; `index` is its position in the scenario's device list."""
@@ -126,12 +129,15 @@ class Edu(PciDevice):
     )
     pci_id = PciId(0x1234, 0x11E8)
     ram_bar = True
+    dma_delay_max_ns = 3600 * 10**9  # images/qemu/patches/0003: an hour
 
     def device_argv(self, dev: DeviceConfig, index: int) -> list[str]:
         bus, port = root_port_argv(index)
         props = f"edu,bus={bus},dma_mask={dev.dma_mask:#x}"
         if dev.ram_bar_size:
             props += f",ram-bar-size={dev.ram_bar_size:#x},ram-bar-index={dev.ram_bar_index}"
+        if dev.dma_delay_ns is not None:
+            props += f",dma-delay-ns={dev.dma_delay_ns}"
         return [*port, "-device", props]
 
 

@@ -49,6 +49,19 @@ def test_lab_qemu_shows_in_the_dry_run_without_building(capsys):
     assert "edu,bus=rp0,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,ram-bar-index=1" in argv
 
 
+def test_a_dma_delay_reaches_the_lab_qemus_argv_and_an_hour_is_allowed(capsys, tmp_path):
+    path = tmp_path / "delay.yaml"
+    path.write_text(
+        "machine: {qemu: lab}\n"
+        "devices:\n  - type: edu\n    dma_delay: 1.5us\n  - type: edu\n    dma_delay: 3600s\n"
+    )
+    code, out, _ = run(capsys, "run", "--dry-run", str(path))
+    assert code == 0
+    argv = shlex.split(next(line for line in out.splitlines() if not line.startswith("#")))
+    assert "edu,bus=rp0,dma_mask=0xffffffffffffffff,dma-delay-ns=1500" in argv
+    assert "edu,bus=rp1,dma_mask=0xffffffffffffffff,dma-delay-ns=3600000000000" in argv
+
+
 def test_missing_payload_dir_is_exit_2(capsys, tmp_path):
     code, _, err = run(capsys, "run", "--payload", str(tmp_path / "none"), "--dry-run")
     assert code == 2 and "--payload" in err
@@ -77,9 +90,11 @@ def test_schema_documents_every_field(capsys):
         "machine.memory",
         "machine.hugepages",
         "devices[].dma_mask",
+        "devices[].dma_delay",
         "payload.timeout",
         "intel-iommu",
         "edu",
+        "default: edu's own 100 ms",
     ):
         assert key in out
 
@@ -214,6 +229,48 @@ def test_negative_retries_is_exit_2(capsys):
             "machine: {qemu: lab}\ndevices:\n"
             + "".join("  - type: edu\n    bar: {size: 64G}\n" for _ in range(3)),
             "2: devices: RAM BARs of 192 GiB do not fit the guest's 64-bit PCI window",
+        ),
+        (
+            "list",
+            "devices:\n  - type: edu\n    dma_delay: 10us\n",
+            "3: devices[0].dma_delay: Debian's QEMU cannot set the edu's DMA delay "
+            "(it is always 100 ms); set machine.qemu: lab",
+        ),
+        (
+            "list",
+            "machine: {qemu: system}\ndevices:\n  - type: edu\n  - type: edu\n    dma_delay: 0ns\n",
+            "5: devices[1].dma_delay: Debian's QEMU cannot set",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    dma_delay: 10\n",
+            "4: devices[0].dma_delay: expected a duration with a unit such as 10us, got 10",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    dma_delay: 10 min\n",
+            "4: devices[0].dma_delay: not a duration: '10 min' (a number and a unit, ns, us, ms "
+            "or s: e.g. 10us)",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    dma_delay: 0.5ns\n",
+            "4: devices[0].dma_delay: '0.5ns' is not a whole number of nanoseconds",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n    dma_delay: 3600.000000001s\n",
+            "4: devices[0].dma_delay: 3600000000001 ns is longer than the edu's limit, 3600 s",
+        ),
+        (
+            "list",
+            "machine: {qemu: lab}\ndevices:\n  - type: edu\n  - type: igb\n    dma_delay: 1ms\n",
+            "5: devices[1].dma_delay: a igb has no DMA delay to set",
+        ),
+        (
+            "list",
+            "devices:\n  - type: ivshmem\n    bar: {size: 64M}\n    dma_delay: 1ms\n",
+            "4: devices[0].dma_delay: a ivshmem has no DMA delay to set",
         ),
     ],
 )

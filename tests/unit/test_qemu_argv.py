@@ -106,3 +106,26 @@ def test_ivshmem_and_igb_each_behind_their_own_root_port():
         "-device", "pcie-root-port,id=rp2,chassis=3",
         "-device", "igb,bus=rp2",
     ]  # fmt: skip
+
+
+def test_edu_dma_delay_becomes_its_property_and_only_when_set():
+    devices = (
+        DeviceConfig("edu", dma_delay_ns=10_000),
+        DeviceConfig("edu", ram_bar_size=1 << 30, ram_bar_index=2, dma_delay_ns=0),
+        DeviceConfig("edu"),
+    )
+    argv = build_argv(config(devices=devices))
+    assert argv[-12:] == [
+        "-device", "pcie-root-port,id=rp0,chassis=1",
+        "-device", "edu,bus=rp0,dma_mask=0xffffffffffffffff,dma-delay-ns=10000",
+        "-device", "pcie-root-port,id=rp1,chassis=2",
+        "-device", "edu,bus=rp1,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,"
+        "ram-bar-index=2,dma-delay-ns=0",
+        "-device", "pcie-root-port,id=rp2,chassis=3",
+        "-device", "edu,bus=rp2,dma_mask=0xffffffffffffffff",
+    ]  # fmt: skip
+
+
+def test_the_golden_argv_of_a_short_dma_delay(golden):
+    cfg = config(qemu="<lab qemu>", devices=(DeviceConfig("edu", dma_delay_ns=10_000),))
+    golden("argv-tcg-intel-iommu-edu-dma-delay.json", json.dumps(build_argv(cfg), indent=2) + "\n")
