@@ -65,7 +65,7 @@ def test_bar0_liveness(default_device):
         assert edu.liveness(value) == (~value & 0xFFFFFFFF)
 
 
-def test_reset(default_device, edu_dma_mask, diag):
+def test_reset(default_device, edu_driver, diag):
     """As upstream, then the lab checks the device still works: its ID register and a DMA.
     The lab puts edu alone behind a PCIe root port, so vfio-pci can reset it (a secondary
     bus reset): the lab's configuration promises reset, and its absence is a failure."""
@@ -73,9 +73,9 @@ def test_reset(default_device, edu_dma_mask, diag):
     diag("reset_supported", bool(info.flags & U.VFIO_DEVICE_FLAGS_RESET))
     assert info.flags & U.VFIO_DEVICE_FLAGS_RESET, "vfio-pci offers no reset for edu"
     default_device.reset()
-    edu = E.Edu(default_device, edu_dma_mask)
+    edu = edu_driver(default_device)
     assert edu.ident() == E.IDENT_VALUE
-    allocator = IovaAllocator(default_device.iommu.info().ranges, edu_dma_mask)
+    allocator = IovaAllocator(default_device.iommu.info().ranges, edu.dma_mask)
     with (
         memory.dma_mapped(default_device, allocator, E.CHUNK) as (src, src_iova),
         memory.dma_mapped(default_device, allocator, E.CHUNK) as (dst, dst_iova),

@@ -151,11 +151,11 @@ def imported(default_device, ram_bar, edu_dma_mask, diag):
         os.close(fd)
 
 
-def dma_lands(device, ram_bar, edu_dma_mask, imported: Imported) -> bool:
+def dma_lands(device, ram_bar, edu_driver, imported: Imported) -> bool:
     """Whether a chunk edu copies out to the imported IOVA shows up in the BAR's mmap."""
     bar = device.mmap(ram_bar.index)
-    edu = E.Edu(device, edu_dma_mask)
-    allocator = IovaAllocator(imported.ioas.info().ranges, edu_dma_mask)
+    edu = edu_driver(device)
+    allocator = IovaAllocator(imported.ioas.info().ranges, edu.dma_mask)
     with memory.dma_mapped(device, allocator, E.CHUNK) as (src, src_iova):
         pattern = os.urandom(E.CHUNK)
         src.write(0, pattern)
@@ -165,22 +165,22 @@ def dma_lands(device, ram_bar, edu_dma_mask, imported: Imported) -> bool:
         return bar.read(imported.offset, E.CHUNK) == pattern
 
 
-def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, imported, diag):
+def test_dma_through_an_imported_dmabuf(default_device, ram_bar, edu_driver, imported, diag):
     """edu's DMA through the IOVA of an imported dma-buf lands in the BAR."""
-    landed = dma_lands(default_device, ram_bar, edu_dma_mask, imported)
+    landed = dma_lands(default_device, ram_bar, edu_driver, imported)
     diag("bytes_verified", E.CHUNK if landed else 0)
     assert landed, "the DMA through the imported dma-buf did not land in the BAR"
     assert imported.ioas.unmap_dma(imported.iova, imported.length) == imported.length
 
 
-def test_reset_revokes_an_imported_dmabuf(default_device, ram_bar, edu_dma_mask, imported, diag):
+def test_reset_revokes_an_imported_dmabuf(default_device, ram_bar, edu_driver, imported, diag):
     """The importer sees the revoke: resetting the exporting device (VFIO_DEVICE_RESET)
     revokes its dma-bufs, iommufd unmaps their IOVAs and keeps them unmapped once the
     device is back, so edu's DMA there no longer lands (the IOMMU faults it instead).
     The IOVA range stays reserved in the IOAS until it is unmapped."""
-    assert dma_lands(default_device, ram_bar, edu_dma_mask, imported), "no DMA before reset"
+    assert dma_lands(default_device, ram_bar, edu_driver, imported), "no DMA before reset"
     default_device.reset()
-    landed = dma_lands(default_device, ram_bar, edu_dma_mask, imported)
+    landed = dma_lands(default_device, ram_bar, edu_driver, imported)
     diag("dma_after_reset", "landed" if landed else "faulted")
     assert not landed, "DMA through a revoked dma-buf still reaches the BAR"
     assert imported.ioas.unmap_dma(imported.iova, imported.length) == imported.length

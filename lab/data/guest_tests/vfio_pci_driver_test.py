@@ -100,7 +100,9 @@ def test_mix_and_match(device, edu, mapped, iova_allocator, diag):
     diag("rounds", ROUNDS)
 
 
-STORM = 16  # copies; each is two DMAs of ~100 ms virtual time, so upstream's 60 s holds
+# Copies; each is two DMAs of edu's delay (100 ms by default, devices[].dma_delay), so
+# upstream's 60 s holds.
+STORM = 16
 
 
 def test_memcpy_storm(device, edu, mapped, diag):

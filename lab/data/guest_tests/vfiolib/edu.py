@@ -27,6 +27,16 @@ BUF_SIZE = 4096
 # QEMU 7.2's edu_check_range() rejects a transfer that ends exactly at the buffer's end
 # (off by one) and aborts QEMU with hw_error, so transfers stay strictly inside it.
 CHUNK = BUF_SIZE // 2
+# How long a transfer takes unless the scenario says otherwise (devices[].dma_delay): edu's
+# own 100 ms of virtual time.
+DEFAULT_DMA_DELAY = 0.1
+# How long past its delay a transfer may take before it counts as lost: a busy host delays
+# QEMU's timers.
+DMA_GRACE = 5.0
+# Polls start short, so that a short delay costs little more than itself, and back off to
+# this, so that a long one costs few MMIO reads.
+POLL_FIRST = 20e-6
+POLL_MAX = 5e-3
 
 
 class EduError(Exception):
@@ -43,9 +53,15 @@ def ram_bar(device: VfioPciDevice, promised: tuple[int, int]) -> Region:
 
 
 class Edu:
-    def __init__(self, device: VfioPciDevice, dma_mask: int = (1 << 64) - 1) -> None:
+    def __init__(
+        self,
+        device: VfioPciDevice,
+        dma_mask: int = (1 << 64) - 1,
+        dma_delay: float = DEFAULT_DMA_DELAY,
+    ) -> None:
         self.device = device
         self.dma_mask = dma_mask
+        self.dma_delay = dma_delay  # seconds each transfer takes (edu's dma-delay-ns)
         self.bar: Mapping = device.mmap(0)
         self.irq: Interrupts | None = None  # set: transfers complete by MSI instead of polling
         device.set_bus_master(True)
@@ -78,8 +94,11 @@ class Edu:
         self.bar.write32(IRQ_ACK, status)
         return status
 
-    def _start(self, src: int, dst: int, length: int, cmd: int, timeout: float) -> None:
-        """Start a transfer and wait for it: by polling, or by its MSI when `irq` is set."""
+    def _start(self, src: int, dst: int, length: int, cmd: int, timeout: float | None) -> None:
+        """Start a transfer and wait for it: by polling, or by its MSI when `irq` is set;
+        `timeout` defaults to the device's delay and a grace."""
+        if timeout is None:
+            timeout = self.dma_delay + DMA_GRACE
         self.bar.write64(DMA_SRC, src)
         self.bar.write64(DMA_DST, dst)
         self.bar.write64(DMA_COUNT, length)
@@ -92,17 +111,23 @@ class Edu:
                 raise EduError(f"an MSI whose status {status:#x} does not say DMA ({IRQ_DMA:#x})")
             return
         deadline = time.monotonic() + timeout
+        pause = POLL_FIRST
         while self.bar.read64(DMA_CMD) & DMA_RUN:
             if time.monotonic() > deadline:
                 raise EduError(f"DMA did not complete within {timeout} s")
-            time.sleep(0.005)
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX)
 
-    def to_device(self, iova: int, length: int, buf_off: int = 0, timeout: float = 5.0) -> None:
+    def to_device(
+        self, iova: int, length: int, buf_off: int = 0, timeout: float | None = None
+    ) -> None:
         """RAM (at `iova`, through the IOMMU) -> edu's buffer."""
         self._check(iova, length, buf_off)
         self._start(iova, BUF_ADDR + buf_off, length, 0, timeout)
 
-    def from_device(self, iova: int, length: int, buf_off: int = 0, timeout: float = 5.0) -> None:
+    def from_device(
+        self, iova: int, length: int, buf_off: int = 0, timeout: float | None = None
+    ) -> None:
         """edu's buffer -> RAM (at `iova`, through the IOMMU)."""
         self._check(iova, length, buf_off)
         self._start(BUF_ADDR + buf_off, iova, length, DMA_TO_RAM, timeout)

@@ -34,6 +34,14 @@ def edu_dma_mask() -> int:
 
 
 @pytest.fixture(scope="session")
+def edu_dma_delay() -> float:
+    """Seconds each of edu's DMA transfers takes: the scenario's devices[].dma_delay, or
+    edu's own."""
+    ns = os.environ.get("VFIO_LAB_EDU_DMA_DELAY_NS")
+    return edu_mod.DEFAULT_DMA_DELAY if ns is None else int(ns) / 1e9
+
+
+@pytest.fixture(scope="session")
 def edu_ram_bar() -> tuple[int, int]:
     """(size, BAR index) of the RAM BAR the scenario gave edu (devices[].bar, the lab's
     QEMU); skipped where it gave none, since stock edu has only its register BAR."""
@@ -78,9 +86,19 @@ def iova_allocator(device: vfio.VfioPciDevice, edu_dma_mask: int) -> IovaAllocat
     return IovaAllocator(device.iommu.info().ranges, edu_dma_mask)
 
 
+@pytest.fixture(scope="session")
+def edu_driver(
+    edu_dma_mask: int, edu_dma_delay: float
+) -> Callable[[vfio.VfioPciDevice], edu_mod.Edu]:
+    """The lab's edu driver for an opened device, with the scenario's DMA mask and delay."""
+    return lambda device: edu_mod.Edu(device, edu_dma_mask, edu_dma_delay)
+
+
 @pytest.fixture
-def edu(device: vfio.VfioPciDevice, edu_dma_mask: int) -> edu_mod.Edu:
-    return edu_mod.Edu(device, edu_dma_mask)
+def edu(
+    device: vfio.VfioPciDevice, edu_driver: Callable[[vfio.VfioPciDevice], edu_mod.Edu]
+) -> edu_mod.Edu:
+    return edu_driver(device)
 
 
 @pytest.fixture
