@@ -83,17 +83,20 @@ def pytest_argv(python: str, tap: str) -> list[str]:
 
 
 def pytest_command(scenario: Scenario, extra_args: list[str]) -> str:
-    edu = scenario.devices[0]
     env = {
         "PYTHONPATH": GUEST_RUNTIME,
         "PYTHONDONTWRITEBYTECODE": "1",
         "VFIO_LAB_KCONFIG": GUEST_KCONFIG,
-        "VFIO_LAB_EDU_DMA_MASK": hex(edu.dma_mask),
     }
-    if edu.type == "edu" and edu.bar is not None:
-        env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index or 1}"
-    if edu.dma_delay is not None:
-        env["VFIO_LAB_EDU_DMA_DELAY_NS"] = str(edu.dma_delay)
+    # The edu the payload drives: the first one, wherever it is listed (igb may come first,
+    # for the C suites).
+    edu = next((d for d in scenario.devices if d.type == "edu"), None)
+    if edu is not None:
+        env["VFIO_LAB_EDU_DMA_MASK"] = hex(edu.dma_mask)
+        if edu.bar is not None:
+            env["VFIO_LAB_EDU_RAM_BAR"] = f"{edu.bar.size:#x}:{edu.bar.index or 1}"
+        if edu.dma_delay is not None:
+            env["VFIO_LAB_EDU_DMA_DELAY_NS"] = str(edu.dma_delay)
     argv = [*pytest_argv("python3", GUEST_TAP), f"--tap-fd={TAP_FD}"]
     argv += scenario.payload.args + extra_args
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -90,6 +90,26 @@ def test_the_guest_is_told_the_delay_only_when_the_scenario_sets_it(tmp_path):
     assert "VFIO_LAB_EDU_DMA_DELAY_NS" not in env("  - type: edu\n")
 
 
+def test_the_guest_is_told_of_the_first_edu_wherever_it_is_listed(tmp_path):
+    """igb comes first for the C suites; the payload still drives edu, and must get edu's
+    DMA mask, RAM BAR and delay, not igb's defaults."""
+    s = load(
+        tmp_path,
+        "  - type: igb\n"
+        "  - type: edu\n    dma_mask: 0xfffffff\n    dma_delay: 1ms\n    bar: {size: 4K}\n"
+        "  - type: edu\n    dma_delay: 2ms\n",
+    )
+    words = shlex.split(pytest_command(s, []))
+    env = dict(w.split("=", 1) for w in words if w.startswith("VFIO_LAB_EDU"))
+    assert env == {
+        "VFIO_LAB_EDU_DMA_MASK": "0xfffffff",
+        "VFIO_LAB_EDU_RAM_BAR": "0x1000:1",
+        "VFIO_LAB_EDU_DMA_DELAY_NS": "1000000",
+    }
+    alone = load(tmp_path, "  - type: igb\n")
+    assert "VFIO_LAB_EDU" not in pytest_command(alone, [])
+
+
 class NoKernelToday:
     def prepare(self, cell: scenario.Cell) -> None:
         raise InfraError("no kernel today")
