@@ -16,7 +16,7 @@ from lab.core.errors import InfraError
 from lab.results.summary import RunResults
 from lab.run.cell import CellRun
 from lab.run.payload import pytest_command
-from lab.spec import scenario
+from lab.spec import scenario, shards
 from lab.spec.schema import parse_duration
 from lab.spec.variants import DEVICES
 from vfiolib import edu as E
@@ -118,7 +118,7 @@ class NoKernelToday:
 def test_summary_records_each_cells_devices_even_when_the_cell_failed_early(tmp_path):
     s = load(tmp_path, "  - type: edu\n    dma_delay: 10us\n    bar: {size: 1G}\n  - type: edu\n")
     (cell,) = scenario.expand(s)
-    run = RunResults(tmp_path / "run", "s", "id", "tcg", "test")
+    run = RunResults(tmp_path / "run", "s", "id", "tcg", "test", shards.plan([cell]))
     (tmp_path / "run").mkdir()
     result, records = CellRun(
         cell, tmp_path / "run" / cell.name, NoKernelToday(), [], lambda *a: None
