@@ -126,13 +126,18 @@ def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
 
 
 def capture(
-    argv: Sequence[str | Path], *, artifact: str, cwd: Path | None = None, check: bool = True
+    argv: Sequence[str | Path],
+    *,
+    artifact: str,
+    cwd: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> str:
     """Run a short query command and return its stdout; BuildError on failure (with `check`:
     a non-zero exit; always: a command that is not there)."""
     args = [str(a) for a in argv]
     try:
-        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+        done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise BuildError(artifact, f"{args[0]} not found (run `vfio-lab doctor`)") from None
     if check and done.returncode != 0:

@@ -30,6 +30,9 @@ class CellResult:
     artifacts_s: float | None = None  # preparing kernel and root filesystem (a build when cold)
     infra_error: str | None = None
     problems: list[str] = field(default_factory=list)
+    # Serious kernel alarms outside every test (also among the problems): the cell's own,
+    # no test's; `vfio-lab bisect` cannot judge a commit by its tests after one.
+    outside_alarms: list[str] = field(default_factory=list)
     kernel_release: str | None = None
     kernel_identity: str | None = None
     # What the outcomes can depend on, by component (kernel, config, qemu, payload, rootfs,

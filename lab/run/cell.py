@@ -35,6 +35,7 @@ from lab.run import triage
 from lab.run.artifactkey import qemu_identity
 from lab.run.booter import CellBooter, Prepared, ReadyGuest, device_configs
 from lab.run.payload import (
+    PYTEST_NO_TESTS,
     PYTEST_RAN,
     RUNTIME_DIR,
     TapStream,
@@ -73,6 +74,7 @@ class CellRun:
         pytest_args: list[str],
         progress: Progress,
         gdb_port: int | None = None,
+        pytest_may_select_none: bool = False,
     ) -> None:
         self.cell = cell
         self.dir = cell_dir
@@ -80,6 +82,7 @@ class CellRun:
         self.pytest_args = pytest_args
         self.progress = progress
         self.gdb_port = gdb_port
+        self.pytest_may_select_none = pytest_may_select_none
 
     def run(self) -> tuple[CellResult, list[TestRecord]]:
         make_dir(self.dir, exist_ok=False)
@@ -194,16 +197,23 @@ class CellRun:
         log = self.dir / "payload.log"
         try:
             if suite == DEFAULT_SUITE:
-                run = run_payload(ssh, self.cell.scenario, self.pytest_args, stream, watch, log)
+                run = run_payload(
+                    ssh,
+                    self.cell.scenario,
+                    self.pytest_args,
+                    stream,
+                    watch,
+                    log,
+                    self.pytest_may_select_none,
+                )
             else:
                 build = prepared.selftests[suite]
                 bdf = ready.bound[0] if SUITES[suite].needs_device and ready.bound else None
                 run = run_selftests(ssh, build, bdf, timeout, stream, watch, log)
             # A panicking guest drops SSH (no exit status) a moment before QEMU
             # (-no-reboot) finishes exiting.
-            grace = (
-                CRASH_GRACE_S if run.stop is None and run.pytest_status not in PYTEST_RAN else 0.0
-            )
+            ran = run.pytest_status in PYTEST_RAN or run.pytest_status == PYTEST_NO_TESTS
+            grace = CRASH_GRACE_S if run.stop is None and not ran else 0.0
             return run.stop, grace
         except InfraError:
             if ready.guest.machine.exit_status(wait=CRASH_GRACE_S) is None:
@@ -234,7 +244,8 @@ class CellRun:
         triage.expect(recs, self.cell.name, self.cell.scenario.expectations)
         result.counts = triage.counts(recs)
         kernel_log = outcome.dmesg if outcome.dmesg is not None else console_lines
-        result.problems = problems + result.problems + triage.outside_alarms(kernel_log)
+        result.outside_alarms = triage.outside_alarms(kernel_log)
+        result.problems = problems + result.problems + result.outside_alarms
         cell_parity = parity.cell_parity(self.cell.name, recs)
         result.parity, gate = parity.judge(cell_parity, self.cell.scenario.payload.parity)
         result.verdict = triage.verdict(recs, result.problems, gate)

@@ -32,6 +32,9 @@ class RunOptions:
     jobs: int = 1
     retries: int = 0  # attempts more for a cell that failed for infrastructure reasons
     snapshots: bool = True  # restore test-ready guests from snapshots where valid
+    # pytest collecting no test (its -k selects none of the lab's) is a result, not a usage
+    # error: `vfio-lab bisect` judges its selection over every suite of the cell.
+    pytest_may_select_none: bool = False
 
 
 def default_jobs(s: Scenario) -> int:
@@ -133,6 +136,7 @@ class ScenarioRun:
                 self.opts.pytest_args,
                 self.progress,
                 self.opts.gdb_port,
+                self.opts.pytest_may_select_none,
             )
             result, records = attempt_run.run()
             if result.infra_error is None or attempt == self.opts.retries:

@@ -28,7 +28,8 @@ TAP_FD = 3
 # 4 (bad arguments) and 5 (no test collected, e.g. a -k that matches nothing) are the
 # user's to fix, not the infrastructure's.
 PYTEST_RAN = (0, 1)
-PYTEST_USAGE = (4, 5)
+PYTEST_NO_TESTS = 5
+PYTEST_USAGE = (4, PYTEST_NO_TESTS)
 
 
 @dataclass
@@ -153,14 +154,18 @@ def run_payload(
     stream: TapStream,
     watch: ConsoleWatch,
     log: Path,
+    may_select_none: bool = False,
 ) -> PayloadRun:
     """Run pytest in a ready guest (see `CellBooter.ready`), its TAP going into `stream` as it
     comes. A panic or a hung test ends it early with a `stop`; any other trouble is an
-    InfraError."""
+    InfraError. pytest collecting no test is a UsageError, unless `may_select_none` (its
+    TAP then says so: a plan of 0)."""
     command = pytest_command(scenario, extra_args)
     result = _stream(ssh, command, scenario.payload.timeout, stream, watch, log)
     if isinstance(result, PayloadRun):
         return result
+    if may_select_none and result.status == PYTEST_NO_TESTS and stream.parser.plan == 0:
+        return PayloadRun(pytest_status=result.status)
     if result.status in PYTEST_USAGE and not stream.parser.results:
         tail = result.stderr.strip().splitlines()[-3:]
         raise UsageError(
