@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab.build.kernels import KERNEL_BUILDERS
 from lab.core.cache import Cache
@@ -50,22 +51,35 @@ def debian_72_checkout(tmp_path: Path) -> Path:
     return tree
 
 
+def known_failure(tmp_path: Path) -> Path:
+    """iommufd-compat with the bisected test declared a known failure: bisect must judge
+    the raw outcome all the same, not an XFAIL as good and an XPASS as bad."""
+    scenario = yaml.safe_load((REPO / "lab/data/scenarios/iommufd-compat.yaml").read_text())
+    scenario["expectations"].append({"test": "release_test.*", "reason": "declared to fool bisect"})
+    path = tmp_path / "iommufd-compat-known.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    return path
+
+
 def test_bisect_names_the_commit_the_guest_sees(results, tmp_path) -> None:
     tree = debian_72_checkout(tmp_path)
     good = git(tree, "rev-parse", "HEAD")
     commit(tree, "Documentation/vfio-lab-note.txt", "one\n", "docs: a note")
     bad = commit(tree, "localversion-bisect", "-bisect-bad\n", "kbuild: the release goes bad")
     last = commit(tree, "Documentation/vfio-lab-note2.txt", "two\n", "docs: another note")
-    done = lab(
-        "bisect", "iommufd-compat", "--cell", "7.2-iommufd_vfio_container=n",
-        "--kernel", f"local:{tree}", "--good", good, "--bad", last, "-k", "release",
-        "--payload", str(REPO / "tests" / "fixtures" / "bisect_payload"),
-        "--results", str(results),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"first bad commit: {bad} kbuild: the release goes bad" in done.stdout
-    steps = re.findall(r"^  ([0-9a-f]{12}) (good|bad|skip) .*?  (\S+)  ", done.stdout, re.M)
-    assert steps and all(verdict in ("good", "bad") for _, verdict, _ in steps), done.stdout
-    for _, _, run_dir in steps:
-        assert (Path(run_dir) / "summary.json").is_file(), "each step keeps its run"
-    assert git(tree, "rev-parse", "HEAD") == last, "the checkout is back where it was"
+    for scenario in ("iommufd-compat", str(known_failure(tmp_path))):
+        done = lab(
+            "bisect", scenario, "--cell", "7.2-iommufd_vfio_container=n",
+            "--kernel", f"local:{tree}", "--good", good, "--bad", last, "-k", "release",
+            "--payload", str(REPO / "tests" / "fixtures" / "bisect_payload"),
+            "--results", str(results),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert f"first bad commit: {bad} kbuild: the release goes bad" in done.stdout
+        steps = re.findall(r"^  ([0-9a-f]{12}) (good|bad|skip) *  (\S+)  ", done.stdout, re.M)
+        assert [v for _, v, _ in steps[:2]] == ["good", "bad"], "--good and --bad come first"
+        assert [c for c, _, _ in steps[:2]] == [good[:12], last[:12]], done.stdout
+        assert all(verdict in ("good", "bad") for _, verdict, _ in steps), done.stdout
+        for _, _, run_dir in steps:
+            assert (Path(run_dir) / "summary.json").is_file(), "each step keeps its run"
+        assert git(tree, "rev-parse", "HEAD") == last, "the checkout is back where it was"
