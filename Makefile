@@ -39,17 +39,17 @@ integration: setup-test
 	$(BIN)/pytest -m vm
 
 lint: venv
-	$(BIN)/ruff check lab tests benchmarks
-	$(BIN)/ruff format --check lab tests benchmarks
+	$(BIN)/ruff check lab guest_tests tests benchmarks
+	$(BIN)/ruff format --check lab guest_tests tests benchmarks
 	$(BIN)/lint-imports
 
 format: venv
-	$(BIN)/ruff format lab tests benchmarks
-	$(BIN)/ruff check --fix lab tests benchmarks
+	$(BIN)/ruff format lab guest_tests tests benchmarks
+	$(BIN)/ruff check --fix lab guest_tests tests benchmarks
 
 type: venv
 	$(BIN)/mypy
-	MYPYPATH=lab/data/guest_tests $(BIN)/mypy --config-file /dev/null --strict --python-version 3.11 -p vfiolib
+	MYPYPATH=guest_tests $(BIN)/mypy --config-file /dev/null --strict --python-version 3.11 -p vfiolib
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

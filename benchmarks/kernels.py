@@ -24,7 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import REPO, machine, timed_run, write_report
 
-SCENARIO = REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml"
+SCENARIO = REPO / "scenarios" / "iommufd-compat.yaml"
 PATCH = REPO / "tests/fixtures/kernel_patches/0001-localversion-name-the-lab-s-patched-build.patch"
 
 

@@ -4,7 +4,7 @@ timestamped as they arrive.
 Line-fed (`BootMarks.feed`), with a thin thread that tails the console file while the
 guest boots (`watching`). The stages: the kernel is up when it prints its banner, user
 space when it runs the initramfs's /init, and the lab's own /sbin/lab-init says when it
-starts sshd (lab/data/images/rootfs/lab-init).
+starts sshd (images/rootfs/lab-init).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def debian_72_checkout(tmp_path: Path) -> Path:
 def known_failure(tmp_path: Path) -> Path:
     """iommufd-compat with the bisected test declared a known failure: bisect must judge
     the raw outcome all the same, not an XFAIL as good and an XPASS as bad."""
-    scenario = yaml.safe_load((REPO / "lab/data/scenarios/iommufd-compat.yaml").read_text())
+    scenario = yaml.safe_load((REPO / "scenarios/iommufd-compat.yaml").read_text())
     scenario["expectations"].append({"test": "release_test.*", "reason": "declared to fool bisect"})
     path = tmp_path / "iommufd-compat-known.yaml"
     path.write_text(yaml.safe_dump(scenario))

@@ -163,7 +163,7 @@ def test_kernel_crash_in_one_cell_is_its_error_and_the_next_cell_runs(tmp_path):
     """The crash payload panics 7.2 with IOMMUFD_VFIO_CONTAINER=y and spares =n."""
     scenario = tmp_path / "crash-pair.yaml"
     scenario.write_text(
-        (REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml").read_text()
+        (REPO / "scenarios" / "iommufd-compat.yaml").read_text()
         + f"payload:\n  tests: {REPO}/tests/fixtures/crash_payload\n"
         "  test_timeout: 600\n  stall_timeout: 600\n"
     )
@@ -241,7 +241,7 @@ def test_upstreams_vfio_selftests_run_beside_the_payload_and_agree(tmp_path):
     every IOMMU mode, and agree with the lab's tests of the same ids."""
     scenario = tmp_path / "suites.yaml"
     scenario.write_text(
-        (REPO / "lab" / "data" / "scenarios" / "iommufd-compat.yaml").read_text()
+        (REPO / "scenarios" / "iommufd-compat.yaml").read_text()
         + "payload:\n  suites: [lab, kselftest-vfio]\n"
         "  args: [-k, 'vfio_pci_driver_test or vfio_iommufd_setup_test']\n"
     )

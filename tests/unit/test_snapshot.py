@@ -23,7 +23,7 @@ from lab.vm import snapshot
 from lab.vm.qemu import build_argv
 from tests.unit.test_qemu_argv import config
 
-QUICK = Path(__file__).resolve().parents[2] / "lab" / "data" / "scenarios" / "quick.yaml"
+QUICK = Path(__file__).resolve().parents[2] / "scenarios" / "quick.yaml"
 
 
 def prepared(tmp_path: Path, version: str = "7.2.22") -> Prepared:

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 def run_sample(tmp_path, *extra, pass_fds=()):
     work = tmp_path / "tests"
     shutil.copytree(REPO / "tests" / "fixtures" / "tap_sample", work)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "lab" / "data" / "guest_tests"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
     done = subprocess.run(
         [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q", *extra],
         cwd=work,
@@ -86,7 +86,7 @@ def names_of(tmp_path, module: str) -> list[str]:
     work = tmp_path / "tests"
     work.mkdir()
     (work / "user_test.py").write_text(module)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "lab" / "data" / "guest_tests"))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "guest_tests"))
     done = subprocess.run(
         [*pytest_argv(sys.executable, str(tmp_path / "out.tap")), "-q"],
         cwd=work,
