@@ -46,7 +46,8 @@ def test_lab_qemu_shows_in_the_dry_run_without_building(capsys):
     assert "0001-hw-misc-edu-add-an-optional-RAM-backed-64-bit-BAR.patch" in out
     argv = shlex.split(next(line for line in out.splitlines() if not line.startswith("#")))
     assert argv[0] == "<lab qemu>"
-    assert "edu,bus=rp0,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,ram-bar-index=1" in argv
+    edu = "edu,bus=rp0,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,ram-bar-index=1"
+    assert f"{edu},dma-delay-ns=10000" in argv
 
 
 def test_a_dma_delay_reaches_the_lab_qemus_argv_and_an_hour_is_allowed(capsys, tmp_path):
