@@ -8,6 +8,8 @@ placed heaviest first on the lightest shard (ties: the lower shard, then file or
 
 Each run records its ShardPlan, so that merging shards can tell a whole night from part
 of one, and the shards of one split from those of another.
+
+A shard's time limit for a CI job is estimated from the same inputs (see `minutes`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.core.cache import file_sha256
 from lab.core.errors import UsageError
+from lab.spec.kernelspec import KERNEL_SOURCES
 from lab.spec.scenario import Cell
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
@@ -103,11 +108,10 @@ def split(
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.kernel.label, []).append(cell)
-    known = [w for w in (weights or {}).values() if w > 0]
-    default = sum(known) / len(known) if known else 1.0
+    cell_weight = _weigher(weights, 1.0)
 
     def weight(group: list[Cell]) -> float:
-        return sum((weights or {}).get(c.name, default) for c in group)
+        return sum(cell_weight(c) for c in group)
 
     order = sorted(enumerate(groups.values()), key=lambda ig: (-weight(ig[1]), ig[0]))
     loads = [0.0] * count
@@ -118,6 +122,34 @@ def split(
         members[lightest] += group
     position = {c.name: i for i, c in enumerate(cells)}
     return [sorted(m, key=lambda c: position[c.name]) for m in members]
+
+
+def _weigher(weights: dict[str, float] | None, unrecorded: float) -> Callable[[Cell], float]:
+    """A cell's recorded weight; one not recorded weighs the mean of those that are, or
+    `unrecorded` when none is."""
+    known = [w for w in (weights or {}).values() if w > 0]
+    default = sum(known) / len(known) if known else unrecorded
+    return lambda cell: (weights or {}).get(cell.name, default)
+
+
+# A CI job's time limit for a shard: an estimate, generous on purpose, since a job cut
+# short by its limit loses the whole shard's results.
+SETUP_MIN = 20  # host packages, the virtualenv, the root filesystem (debootstrap)
+BUILD_MIN = 60  # a cold kernel build per tree built from source (a bump empties its cache)
+CELL_MIN = 15  # a cell no earlier run timed: a TCG boot to test-ready and the payload
+RECORDED_MARGIN = 2  # a recorded wall time, times this (a slower runner, a colder cache)
+
+
+def minutes(cells: list[Cell], durations_s: dict[str, float] | None = None) -> int:
+    """The estimated limit for a job running `cells`: setup, a cold build of each kernel
+    tree built from source, and per cell its recorded wall time with a margin (a cell not
+    recorded: the mean of those that are) or, with no record at all, CELL_MIN; rounded up
+    to ten minutes."""
+    trees = {c.kernel.label for c in cells if KERNEL_SOURCES[c.kernel.source].configurable}
+    weigh = _weigher(durations_s, 0.0)
+    cells_min = [weigh(c) * RECORDED_MARGIN / 60 or CELL_MIN for c in cells]
+    total = SETUP_MIN + BUILD_MIN * len(trees) + math.ceil(sum(cells_min))
+    return math.ceil(total / 10) * 10
 
 
 def shard_cells(

@@ -19,8 +19,12 @@ from lab.results.rundir import load_run
 from lab.run.matrix import RunOptions, ScenarioRun
 from lab.spec import scenario
 from lab.spec.shards import (
+    BUILD_MIN,
+    CELL_MIN,
+    SETUP_MIN,
     Shard,
     durations,
+    minutes,
     parse_shard,
     scenario_hash,
     shard_cells,
@@ -86,6 +90,26 @@ def test_shard_selects_the_kth(matrix: Path) -> None:
 def test_a_bad_shard_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError, match=f"^{re.escape(text)}: expected K/N"):
         parse_shard(text)
+
+
+def test_a_shards_time_limit_counts_setup_each_tree_it_builds_and_each_cell(
+    matrix: Path, tmp_path: Path
+) -> None:
+    cells = expand(matrix)  # two trees built from source, two cells each
+    assert minutes(cells) == SETUP_MIN + 2 * BUILD_MIN + 4 * CELL_MIN  # 140: a ten already
+    assert minutes(cells[:1]) == 100, "20 + 60 + 15, rounded up to ten minutes"
+    assert minutes([]) == SETUP_MIN, "an empty shard only sets up"
+    stock = tmp_path / "stock.yaml"
+    stock.write_text("kernels: [debian-stock]\n")
+    assert minutes(scenario.expand(scenario.load(stock))) == 40, "a stock kernel is not built"
+
+
+def test_recorded_wall_times_replace_the_allowance_with_a_margin(matrix: Path) -> None:
+    cells = expand(matrix)
+    recorded = {cells[0].name: 1800.0, cells[1].name: 600.0}  # 30 and 10 minutes
+    # 20 + 2 trees x 60 + 2 x (30 + 10) + 2 x 2 x 20 (two cells not recorded: the mean)
+    assert minutes(cells, recorded) == 300
+    assert minutes(cells, {c.name: 6.0 for c in cells}) == 150, "0.2 min a cell, rounded up"
 
 
 def test_durations_read_a_runs_summary(tmp_path: Path) -> None:
