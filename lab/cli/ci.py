@@ -1,65 +1,128 @@
-"""`vfio-lab ci github|gitlab` (a nightly pipeline for a scenario) and `vfio-lab cache-key`.
+"""`vfio-lab ci github|gitlab` (a nightly pipeline for a scenario), `vfio-lab ci
+fetch-previous` (what its merge job calls) and `vfio-lab cache-key`.
 
 The pipeline: one job per shard, each with its cache of the lab's artifacts keyed by
-`vfio-lab cache-key` (so a runner whose cache matches builds nothing, and one whose
-cache is older starts from it); a merge job making one run of the shards' runs; and a
-compare against the previous successful night's merged run, gating on regressions.
-Jobs run as root in a Debian container, as the lab's CI does.
+`vfio-lab cache-key --shard K/N` (so a runner whose cache matches builds nothing, one
+whose cache is older starts from it, and a kernel bump costs only its own shard) and
+saved whatever the night's results; a merge job making one run of the shards' runs; and
+a compare against the previous successful night's merged run, gating on regressions.
+Jobs run as root in a privileged Debian container, as the lab's CI does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lab.cli.common import load_scenario, only_arg, scenario_arg, selected
+from lab.cli.common import Parser, load_scenario, only_arg, scenario_arg
+from lab.cli.run import shard_args, sharded
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
+from lab.results import previous
 from lab.run.artifactkey import artifact_key
+from lab.spec import scenario
+from lab.spec.shards import durations, minutes, split
 
 IMAGE = "debian:bookworm"
 TOOLS = "git make python3 python3-venv sudo ca-certificates"
 CACHE = "~/.cache/vfio-lab"
 LAB = ".venv/bin/vfio-lab"
 DEFAULT_CRON = "0 2 * * *"
+GITHUB_MAX_MIN = 360  # the most a job on a GitHub-hosted runner may take
+# GitLab: the tag of the runners that may take a shard. Docker executor with
+# `privileged = true`: debootstrap mounts /proc and /sys in the root filesystem it builds,
+# and the container needs /dev/kvm where the host has it.
+RUNNER_TAG = "vfio-lab-privileged"
+PREVIOUS = "previous"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     key = sub.add_parser(
         "cache-key",
-        help="the key of every artifact a scenario's cells need (for a CI cache), found "
-        "without building anything",
+        help="the key of every artifact a scenario's cells (or one shard's) need, for a CI "
+        "cache, found without building anything",
     )
     scenario_arg(key)
     only_arg(key)
+    shard_args(key)
     key.set_defaults(func=cmd_cache_key)
 
-    ci = sub.add_parser("ci", help="print a nightly CI pipeline for a scenario")
-    ci.add_argument("engine", choices=sorted(ENGINES), help="the CI engine")
-    scenario_arg(ci)
-    ci.add_argument("--shards", type=int, default=1, metavar="N", help="runners (default 1)")
-    ci.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule (default {DEFAULT_CRON!r})")
-    ci.set_defaults(func=cmd_ci)
+    ci = sub.add_parser("ci", help="a nightly CI pipeline for a scenario, and what it calls")
+    what = ci.add_subparsers(dest="ci_command", required=True, parser_class=Parser)
+    for engine in sorted(ENGINES):
+        p = what.add_parser(engine, help=f"print a nightly {engine} pipeline for a scenario")
+        scenario_arg(p)
+        p.add_argument("--shards", type=int, default=1, metavar="N", help="runners (default 1)")
+        p.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule (default {DEFAULT_CRON!r})")
+        p.add_argument(
+            "--durations",
+            type=Path,
+            metavar="RUN_DIR",
+            help="estimate each shard's time limit from this earlier run's cell wall times",
+        )
+        p.set_defaults(func=cmd_ci, engine=engine)
+    fetch = what.add_parser(
+        "fetch-previous",
+        help="in a pipeline's merge job: the previous successful night's merged run into "
+        "DEST; when the engine has none (a first night), DEST is not made and it says why",
+    )
+    fetch.add_argument("engine", choices=sorted(previous.ENGINES))
+    fetch.add_argument("dest", type=Path)
+    fetch.set_defaults(func=cmd_fetch_previous)
 
 
 def cmd_cache_key(args: argparse.Namespace) -> int:
     s = load_scenario(args.scenario)
-    print(artifact_key(selected(s, args.only), Cache()))
+    print(artifact_key(sharded(s, args), Cache()))
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Plan:
+    scenario: str
+    shards: int
+    cron: str
+    limits: list[int]  # each shard's time limit in minutes
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
     if args.shards < 1:
         raise UsageError(f"--shards {args.shards}: at least 1")
-    load_scenario(args.scenario)  # a scenario that does not load is no pipeline
-    pipeline = ENGINES[args.engine](args.scenario, args.shards, args.cron)
+    s = load_scenario(args.scenario)  # a scenario that does not load is no pipeline
+    # The jobs split as `run --shard K/N` does (by count); recorded times only say how
+    # long each shard may take.
+    weights = durations(args.durations) if args.durations is not None else None
+    limits = [minutes(cells, weights) for cells in split(scenario.expand(s), args.shards)]
+    plan = Plan(args.scenario, args.shards, args.cron, limits)
+    pipeline = ENGINES[args.engine](plan)
     print(f"# vfio-lab ci {args.engine} {args.scenario} --shards {args.shards}")
     if args.engine == "gitlab":
         print(f"# Run it nightly from a pipeline schedule ({args.cron}): CI/CD > Schedules.")
+        print(f"# The shard jobs need a runner tagged {RUNNER_TAG}: a Docker executor with")
+        print("# `privileged = true` (debootstrap mounts /proc in the root filesystem it builds).")
+    elif max(limits) > GITHUB_MAX_MIN:
+        print(
+            f"vfio-lab: warning: a shard may take {max(limits)} minutes, more than a GitHub-"
+            f"hosted job's {GITHUB_MAX_MIN}: use more --shards",
+            file=sys.stderr,
+        )
     print(yaml.dump(pipeline, Dumper=_Plain, sort_keys=False, width=100), end="")
+    return EXIT_OK
+
+
+def cmd_fetch_previous(args: argparse.Namespace) -> int:
+    fetched = previous.fetch(args.engine, os.environ, args.dest)
+    if fetched.run is None:
+        print(f"no previous night to compare with: {fetched.why}; the comparison is skipped")
+    else:
+        print(f"the previous night: {fetched.why}, in {fetched.run}")
     return EXIT_OK
 
 
@@ -70,46 +133,67 @@ class _Plain(yaml.SafeDumper):
         return True
 
 
-def _setup() -> list[str]:
-    return [f"apt-get update -q && apt-get install -y -q {TOOLS} gh", "make setup"]
+INSTALL_TOOLS = f"apt-get update -q && apt-get install -y -q {TOOLS}"
+# A regression fails the night; a first night (nothing fetched) has nothing to compare.
+COMPARE = f"if [ -d {PREVIOUS} ]; then {LAB} compare {PREVIOUS} merged; fi"
 
 
-def github(scenario: str, shards: int, cron: str) -> dict[str, Any]:
-    shard = "${{ matrix.shard }}/" + str(shards)
+def github(plan: Plan) -> dict[str, Any]:
+    shard = "${{ matrix.shard }}/" + str(plan.shards)
     container = {"image": IMAGE, "options": "--privileged"}
-    tools = {"name": "tools", "run": f"apt-get update -q && apt-get install -y -q {TOOLS} gh"}
+    tools = {"name": "tools", "run": INSTALL_TOOLS}
     checkout = {"uses": "actions/checkout@v4"}
+    keyed = "vfio-lab-${{ matrix.shard }}-"
     return {
-        "name": f"vfio-lab nightly: {scenario}",
-        "on": {"schedule": [{"cron": cron}], "workflow_dispatch": {}},
+        "name": f"vfio-lab nightly: {plan.scenario}",
+        "on": {"schedule": [{"cron": plan.cron}], "workflow_dispatch": {}},
         "permissions": {"contents": "read", "actions": "read"},
         "jobs": {
             "shard": {
                 "name": f"shard {shard}",
                 "runs-on": "ubuntu-24.04",
                 "container": container,
-                "timeout-minutes": 360,
-                "strategy": {"fail-fast": False, "matrix": {"shard": list(range(1, shards + 1))}},
+                "timeout-minutes": min(max(plan.limits), GITHUB_MAX_MIN),
+                "strategy": {
+                    "fail-fast": False,
+                    "matrix": {"shard": list(range(1, plan.shards + 1))},
+                },
                 "steps": [
                     tools,
                     checkout,
                     {"name": "set up the lab", "run": "make setup"},
                     {
-                        "name": "artifact key",
+                        "name": "artifact key of this shard's cells",
                         "id": "key",
-                        "run": f'echo "key=$({LAB} cache-key {scenario})" >> "$GITHUB_OUTPUT"',
+                        # An assignment, so that a failing cache-key fails the step.
+                        "run": f"key=$({LAB} cache-key {plan.scenario} --shard {shard})\n"
+                        'echo "key=$key" >> "$GITHUB_OUTPUT"\n',
                     },
                     {
-                        "uses": "actions/cache@v4",
+                        # GitHub's caches cannot be overwritten: each night saves its own
+                        # (the run id), and the newest of this key, else of this shard, is
+                        # restored.
+                        "name": "restore the cache",
+                        "id": "cache",
+                        "uses": "actions/cache/restore@v4",
                         "with": {
                             "path": CACHE,
-                            "key": "vfio-lab-${{ matrix.shard }}-${{ steps.key.outputs.key }}",
-                            "restore-keys": "vfio-lab-${{ matrix.shard }}-",
+                            "key": keyed + "${{ steps.key.outputs.key }}-${{ github.run_id }}",
+                            "restore-keys": f"{keyed}${{{{ steps.key.outputs.key }}}}-\n{keyed}",
                         },
                     },
                     {
                         "name": "run the shard",
-                        "run": f"{LAB} run {scenario} --shard {shard} --results results",
+                        "run": f"{LAB} run {plan.scenario} --shard {shard} --results results",
+                    },
+                    {
+                        "name": "save the cache, whatever the results",
+                        "uses": "actions/cache/save@v4",
+                        "if": "always() && steps.cache.outputs.cache-primary-key != ''",
+                        "with": {
+                            "path": CACHE,
+                            "key": "${{ steps.cache.outputs.cache-primary-key }}",
+                        },
                     },
                     {
                         "uses": "actions/upload-artifact@v4",
@@ -133,24 +217,23 @@ def github(scenario: str, shards: int, cron: str) -> dict[str, Any]:
                     },
                     {
                         "name": "merge the shards",
-                        "id": "merge",
                         "run": f"{LAB} merge shards/shard-*/2* --into merged",
                     },
                     {
                         "name": "the previous successful night",
                         "if": "always()",
-                        "env": {"GH_TOKEN": "${{ github.token }}"},
-                        "run": PREVIOUS_GITHUB,
+                        "env": {"GITHUB_TOKEN": "${{ github.token }}"},
+                        "run": f"{LAB} ci fetch-previous github {PREVIOUS}",
                     },
                     {
                         "name": "compare with it: regressions fail the night",
-                        "if": "always() && hashFiles('previous/summary.json') != ''",
-                        "run": f"{LAB} compare previous merged",
+                        "if": "always()",
+                        "run": COMPARE,
                     },
                     {
                         "uses": "actions/upload-artifact@v4",
                         "if": "always()",
-                        "with": {"name": "merged", "path": "merged"},
+                        "with": {"name": previous.MERGED, "path": "merged"},
                     },
                 ],
             },
@@ -158,61 +241,69 @@ def github(scenario: str, shards: int, cron: str) -> dict[str, Any]:
     }
 
 
-PREVIOUS_GITHUB = """\
-id=$(gh run list -R "$GITHUB_REPOSITORY" --workflow "$GITHUB_WORKFLOW" --status success \\
-  --limit 1 --json databaseId --jq '.[0].databaseId')
-if [ -n "$id" ]; then gh run download -R "$GITHUB_REPOSITORY" "$id" -n merged -D previous; fi
-"""
-
-
-def gitlab(scenario: str, shards: int, cron: str) -> dict[str, Any]:
-    cache = "vfio-lab-${SHARD}"
-    return {
+def gitlab(plan: Plan) -> dict[str, Any]:
+    shards = range(1, plan.shards + 1)
+    pipeline: dict[str, Any] = {
         "stages": ["plan", "shard", "merge"],
-        "default": {"image": IMAGE, "before_script": _setup()},
+        "default": {"image": IMAGE, "before_script": [INSTALL_TOOLS, "make setup"]},
         "variables": {"VFIO_LAB_CACHE": "$CI_PROJECT_DIR/.vfio-lab-cache"},
         "plan": {
             "stage": "plan",
-            "script": [f'echo "ARTIFACT_KEY=$({LAB} cache-key {scenario})" > plan.env'],
+            # GitLab reads a cache key before the job's script: each shard's artifact key
+            # comes from this job's dotenv. Assignments, so that a failing cache-key fails.
+            "script": [
+                line
+                for k in shards
+                for line in (
+                    f"key=$({LAB} cache-key {plan.scenario} --shard {k}/{plan.shards})",
+                    f'echo "ARTIFACT_KEY_{k}=$key" >> plan.env',
+                )
+            ],
             "artifacts": {"reports": {"dotenv": "plan.env"}},
         },
-        "shard": {
+    }
+    for k in shards:
+        cache = f"vfio-lab-shard{k}"
+        pipeline[f"shard-{k}"] = {
             "stage": "shard",
             "needs": ["plan"],
-            "parallel": {"matrix": [{"SHARD": [str(k) for k in range(1, shards + 1)]}]},
+            "tags": [RUNNER_TAG],
+            "timeout": f"{plan.limits[k - 1]} minutes",
             "cache": [
                 {
-                    "key": f"{cache}-$ARTIFACT_KEY",
+                    "key": f"{cache}-$ARTIFACT_KEY_{k}",
                     "fallback_keys": [f"{cache}-latest"],
                     "paths": [".vfio-lab-cache/"],
+                    "when": "always",
                 },
-                {"key": f"{cache}-latest", "paths": [".vfio-lab-cache/"], "policy": "push"},
+                {
+                    "key": f"{cache}-latest",
+                    "paths": [".vfio-lab-cache/"],
+                    "policy": "push",
+                    "when": "always",
+                },
             ],
-            "script": [f"{LAB} run {scenario} --shard $SHARD/{shards} --results results"],
-            "artifacts": {"when": "always", "paths": ["results/"]},
-        },
-        "merge": {
-            "stage": "merge",
-            "when": "always",
             "script": [
-                # The merged run's verdict is the job's, after the comparison has run.
-                f"{LAB} merge results/2* --into merged || echo $? > merged.status",
-                PREVIOUS_GITLAB,
-                f"if [ -d previous ]; then {LAB} compare previous/merged merged; fi",
-                "exit $(cat merged.status 2>/dev/null || echo 0)",
+                f"{LAB} run {plan.scenario} --shard {k}/{plan.shards} --results results/shard-{k}"
             ],
-            "artifacts": {"when": "always", "paths": ["merged/"]},
-        },
+            "artifacts": {"when": "always", "paths": [f"results/shard-{k}/"]},
+        }
+    pipeline[previous.MERGE_JOB] = {
+        "stage": "merge",
+        "needs": [{"job": f"shard-{k}", "artifacts": True} for k in shards],
+        "when": "always",
+        "script": [
+            # The merged run's verdict is the job's, after the comparison has run.
+            f"{LAB} merge results/shard-*/2* --into merged || echo $? > merged.status",
+            # GitLab runs a job's lines in one shell (`set -e`): a fetch that fails fails
+            # the job; no line may leave the project directory.
+            f"{LAB} ci fetch-previous gitlab {PREVIOUS}",
+            COMPARE,
+            "exit $(cat merged.status 2>/dev/null || echo 0)",
+        ],
+        "artifacts": {"when": "always", "paths": [f"{previous.MERGED}/"]},
     }
+    return pipeline
 
-
-# The last successful pipeline's merged run, through GitLab's job artifacts API.
-PREVIOUS_GITLAB = (
-    'curl -sfL -o previous.zip -H "JOB-TOKEN: $CI_JOB_TOKEN" '
-    '"$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/$CI_DEFAULT_BRANCH/download?job=merge" '
-    # No `cd`: GitLab runs a job's script lines in one shell, and the lines after this
-    # one work from the project directory.
-    "&& python3 -m zipfile -e previous.zip previous || true"
-)
 
 ENGINES = {"github": github, "gitlab": gitlab}
