@@ -51,6 +51,7 @@ class Prepared:
     kernel: KernelArtifact
     qemu: QemuBinary
     accel: Accel
+    cpu: accel_mod.GuestCpu  # what the guest sees of the host's CPU under `accel`
     selftests: dict[str, SelftestBuild] = field(default_factory=dict)  # the C suites, by name
 
 
@@ -103,13 +104,14 @@ def vm_config(
 
 
 # Bump when what a snapshot holds, or how it is restored, changes.
-SNAPSHOT_FORMAT = "1"
+SNAPSHOT_FORMAT = "2"
 
 
 def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
     """Everything a test-ready guest's state depends on: the machine (its command line with
     the per-boot paths and ports left out), the QEMU that runs it (version and file), the
-    root filesystem, and what the lab copied in and bound."""
+    CPU the guest sees (under KVM, the host's model and flags), the root filesystem, and
+    what the lab copied in and bound."""
     k = prepared.kernel
     cfg = vm_config(
         cell, k, prepared.qemu.binary, prepared.accel, Path("d"), Path("v"), Path("c"), 0
@@ -126,6 +128,7 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
             json.dumps(argv),
             prepared.qemu.version,
             f"{binary.st_size}:{binary.st_mtime_ns}",
+            prepared.cpu.key(),
             k.vmlinuz_sha256,
             prepared.image.key,
             f"{base.st_size}:{base.st_mtime_ns}",
@@ -198,7 +201,8 @@ class CellBooter:
         with self._lock:
             qemu = self._provide_qemu(cell.scenario.machine.qemu)
             accel = self._choose_accel(cell, kernel, qemu)
-        return Prepared(keys, image, kernel, qemu, accel, self._selftests(cell))
+        cpu = accel_mod.guest_cpu(accel, accel_mod.host_cpuinfo())
+        return Prepared(keys, image, kernel, qemu, accel, cpu, self._selftests(cell))
 
     def _selftests(self, cell: Cell) -> dict[str, SelftestBuild]:
         """The C suites the cell runs, built from its own kernel's tree, and the payload's
@@ -462,7 +466,11 @@ class CellBooter:
                     # copy is the disk as the saved state knows it.
                     copy_file(guest.disk, entry / snapshot.DISK)
                     copy_file(cell_dir / "console.log", entry / snapshot.CONSOLE)
-                    meta = {"bound": ready.bound, "boot_to_ssh_s": guest.boot_to_ssh_s}
+                    meta = {
+                        "bound": ready.bound,
+                        "boot_to_ssh_s": guest.boot_to_ssh_s,
+                        "cpu": prepared.cpu.as_json(),
+                    }
                     write_file(entry / snapshot.META, json.dumps(meta, indent=2) + "\n")
             except HostIOError as e:
                 # A snapshot only saves time: one the host cannot hold (a full cache disk)
@@ -483,11 +491,16 @@ class CellBooter:
     def _restore(
         self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str
     ) -> Iterator[ReadyGuest]:
-        """A guest started from the snapshot, its clock, entropy and devices made current."""
+        """A guest started from the snapshot, its clock, entropy and devices made current.
+        One saved on another CPU is refused before QEMU starts: its guest may use a feature
+        this CPU lacks, and fault mid-test."""
         self._check_stopping()
         entry = self.cache.entry("snapshots", key)
         try:  # another run may have just pruned it
-            bound = list(json.loads((entry / snapshot.META).read_text())["bound"])
+            meta = json.loads((entry / snapshot.META).read_text())
+            bound = list(meta["bound"])
+            if why := prepared.cpu.unlike(accel_mod.GuestCpu.from_json(meta["cpu"])):
+                raise snapshot.SnapshotFailed("restore", why)
             console = (entry / snapshot.CONSOLE).read_bytes()
             state = (entry / snapshot.STATE).open("rb")
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -3,7 +3,10 @@
 `/dev/kvm` existing proves little: on some hosts (nested, paravirtual KVM) it opens
 but fails in the kernel decompressor. So `auto` boots the cell's own kernel under
 KVM for a few seconds and looks for its first console line. The verdict is cached
-per host kernel, QEMU version and guest kernel.
+per host kernel, QEMU version, guest kernel and host CPU.
+
+The CPU a guest sees is named here too (`GuestCpu`): caches are shared across CI runners,
+and a guest saved on one CPU under KVM may fault on another.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lab.core.cache import Cache, content_key
 from lab.core.errors import InfraError
@@ -26,12 +30,89 @@ from lab.spec.variants import Accel
 
 PROBE_SECONDS = 20.0
 BOOT_MARK = "Linux version"
+CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
 class AccelChoice:
     accel: Accel
     reason: str
+
+
+@dataclass(frozen=True)
+class GuestCpu:
+    """The CPU a guest sees, as far as a saved guest or a probe's verdict depends on it.
+    Under KVM (`-cpu host`) QEMU passes the host CPU's model and flags through, so a guest
+    saved on a CPU with more features than this one may use one that is not here. Under
+    TCG (`-cpu max`) QEMU emulates every feature it implements whatever the host has, so
+    the guest's CPU is the same on every host: only the accelerator is named."""
+
+    accel: Accel
+    model: str = ""
+    flags: tuple[str, ...] = ()  # sorted
+
+    def key(self) -> str:
+        return f"{self.accel}|{self.model}|{' '.join(self.flags)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"accel": self.accel, "model": self.model, "flags": list(self.flags)}
+
+    @classmethod
+    def from_json(cls, d: Any) -> GuestCpu:
+        """ValueError for anything but what `as_json` writes."""
+        if not isinstance(d, dict) or d.get("accel") not in ("kvm", "tcg"):
+            raise ValueError(f"not a guest CPU: {d!r}")
+        flags, model = d.get("flags"), d.get("model")
+        if not isinstance(model, str) or not isinstance(flags, list):
+            raise ValueError(f"not a guest CPU: {d!r}")
+        return cls(d["accel"], model, tuple(sorted(str(f) for f in flags)))
+
+    def unlike(self, saved: GuestCpu) -> str | None:
+        """Why a guest saved on `saved` is not one this CPU may run; None when it is."""
+        if saved == self:
+            return None
+        why = []
+        if saved.accel != self.accel:
+            why.append(f"under {saved.accel}, and this guest runs under {self.accel}")
+        if saved.model != self.model:
+            why.append(f"on a {saved.model or 'CPU of no model'}, and this host has a "
+                       f"{self.model or 'CPU of no model'}")  # fmt: skip
+        if lacking := sorted(set(saved.flags) - set(self.flags)):
+            why.append(f"with CPU flags this host lacks: {_some(lacking)}")
+        if extra := sorted(set(self.flags) - set(saved.flags)):
+            why.append(f"without CPU flags this host has: {_some(extra)}")
+        return "it was saved " + "; ".join(why)
+
+
+def _some(names: list[str], most: int = 8) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return " ".join(names[:most]) + more
+
+
+def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
+    """The first processor's model name and flags, from /proc/cpuinfo's text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() and fields:
+            break  # the end of the first processor's block
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.setdefault(name.strip(), value.strip())
+    return fields.get("model name", ""), tuple(sorted(set(fields.get("flags", "").split())))
+
+
+def guest_cpu(accel: Accel, cpuinfo: str) -> GuestCpu:
+    """The CPU a guest under `accel` sees on a host whose /proc/cpuinfo reads `cpuinfo`."""
+    if accel == "tcg":
+        return GuestCpu("tcg")
+    model, flags = parse_cpuinfo(cpuinfo)
+    return GuestCpu(accel, model, flags)
+
+
+def host_cpuinfo() -> str:
+    with contextlib.suppress(OSError):
+        return CPUINFO.read_text()
+    return ""
 
 
 def probe_argv(qemu: str, kernel: Path, console: Path) -> list[str]:
@@ -84,9 +165,11 @@ def _watch(proc: subprocess.Popen[bytes], console: Path, log: Path) -> tuple[boo
 
 
 def _probe_once(qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> tuple[bool, str]:
-    """The probe's verdict, remembered per host kernel, QEMU and guest kernel. Two runs
-    starting at once probe once: the second waits for the first's verdict."""
-    key = content_key([platform.release(), version_text(qemu), kernel_digest])
+    """The probe's verdict, remembered per host kernel, QEMU, guest kernel and host CPU (a
+    cache shared by CI runners holds other hosts' verdicts). Two runs starting at once
+    probe once: the second waits for the first's verdict."""
+    cpu = guest_cpu("kvm", host_cpuinfo())
+    key = probe_key(platform.release(), version_text(qemu), kernel_digest, cpu)
     memo = cache.root / "kvm-probe" / f"{key}.json"
     with cache.lock(f"kvm-probe-{key}"):
         with contextlib.suppress(OSError, ValueError):
@@ -96,6 +179,10 @@ def _probe_once(qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> tu
         make_dir(memo.parent)
         write_atomic(memo, json.dumps([works, why]))
     return works, why
+
+
+def probe_key(host_kernel: str, qemu_version: str, kernel_digest: str, cpu: GuestCpu) -> str:
+    return content_key([host_kernel, qemu_version, kernel_digest, cpu.key()])
 
 
 def choose(

@@ -29,6 +29,7 @@ from lab.run.matrix import RunOptions, ScenarioRun
 from lab.run.payload import TapStream
 from lab.spec import scenario, shards
 from lab.vm import snapshot
+from lab.vm.accel import GuestCpu
 from tests.unit.test_cache import Messages, rootfs_builder
 from tests.unit.test_snapshot import QUICK, cell, prepared
 
@@ -45,7 +46,8 @@ def full(path: Path) -> Path:
 
 def saved_snapshot(cache: Cache) -> Path:
     with cache.build("snapshots", KEY) as entry:
-        (entry / snapshot.META).write_text(json.dumps({"bound": ["0000:00:03.0"]}))
+        meta = {"bound": ["0000:00:03.0"], "cpu": GuestCpu("tcg").as_json()}
+        (entry / snapshot.META).write_text(json.dumps(meta))
         (entry / snapshot.CONSOLE).write_bytes(CONSOLE)
         (entry / snapshot.STATE).write_bytes(b"s" * 4096)
         (entry / snapshot.DISK).write_bytes(b"d" * 4096)

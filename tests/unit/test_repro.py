@@ -17,6 +17,7 @@ from lab.run import repro
 from lab.run.booter import Prepared
 from lab.run.payload import RUNTIME_DIR
 from lab.spec.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
+from lab.vm.accel import GuestCpu
 
 
 def write_cell(tmp_path: Path, **kernel: object) -> tuple[Path, Prepared]:
@@ -60,7 +61,8 @@ def write_cell(tmp_path: Path, **kernel: object) -> tuple[Path, Prepared]:
     )
     keys = LabKeys(tmp_path / "k", tmp_path / "h")
     qemu = QemuBinary("qemu-system-x86_64", "system", "7.2.22")
-    return cell, Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "abc"), artifact, qemu, "tcg")
+    image = RootfsImage(tmp_path / "base.qcow2", "abc")
+    return cell, Prepared(keys, image, artifact, qemu, "tcg", GuestCpu("tcg"))
 
 
 def test_plan_pins_the_kernel_and_keeps_the_arguments(tmp_path):

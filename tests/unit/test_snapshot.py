@@ -20,6 +20,7 @@ from lab.core.data import GUEST_TESTS
 from lab.run.booter import Prepared, snapshot_key
 from lab.spec import scenario
 from lab.vm import snapshot
+from lab.vm.accel import GuestCpu
 from lab.vm.qemu import build_argv
 from tests.unit.test_qemu_argv import config
 
@@ -35,7 +36,8 @@ def prepared(tmp_path: Path, version: str = "7.2.22") -> Prepared:
     keys = LabKeys(tmp_path / "c", tmp_path / "h")
     qemu = QemuBinary(str(qemu_bin), "system", version)
     (tmp_path / "base.qcow2").touch()
-    return Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "rootfs1"), artifact, qemu, "tcg")
+    image = RootfsImage(tmp_path / "base.qcow2", "rootfs1")
+    return Prepared(keys, image, artifact, qemu, "tcg", GuestCpu("tcg"))
 
 
 def cell(**machine: object) -> scenario.Cell:

@@ -1,0 +1,170 @@
+"""The CPU a guest sees, in the keys of what CI runners share through a cache: a snapshot
+and the KVM probe's verdict are the host CPU's under KVM, and nobody's under TCG; a
+snapshot saved on another CPU is refused before QEMU starts, and made again."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.core.cache import Cache
+from lab.run.booter import CellBooter, snapshot_key
+from lab.vm import accel, snapshot
+from lab.vm.accel import GuestCpu, guest_cpu, parse_cpuinfo, probe_key
+from tests.unit.test_cache import Messages
+from tests.unit.test_snapshot import cell, prepared
+
+KEY = "0123456789abcdef"
+
+
+def cpuinfo(model: str, flags: str, processors: int = 2) -> str:
+    """/proc/cpuinfo as Linux writes it: a block per processor, a blank line after each."""
+    block = (
+        "processor\t: {n}\nvendor_id\t: GenuineIntel\nmodel name\t: {model}\n"
+        "flags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
+    )
+    return "".join(block.format(n=n, model=model, flags=flags) for n in range(processors))
+
+
+OLD = cpuinfo("Intel(R) Xeon(R) CPU E5-2680 v4", "fpu sse2 avx avx2 vmx")
+NEW = cpuinfo("Intel(R) Xeon(R) Platinum 8480+", "fpu sse2 avx avx2 vmx avx512f amx_tile")
+SAME_MODEL_FEWER_FLAGS = cpuinfo("Intel(R) Xeon(R) Platinum 8480+", "fpu sse2 avx avx2 vmx")
+
+
+def test_cpuinfo_gives_the_first_processors_model_and_flags() -> None:
+    text = OLD + cpuinfo("another", "sse2", processors=1)  # a hybrid's later cores: not read
+    assert parse_cpuinfo(text) == ("Intel(R) Xeon(R) CPU E5-2680 v4", (
+        "avx", "avx2", "fpu", "sse2", "vmx"))  # fmt: skip
+    assert parse_cpuinfo("") == ("", ())
+
+
+def test_under_kvm_two_cpus_are_two_snapshot_keys(tmp_path: Path) -> None:
+    p = dataclasses.replace(prepared(tmp_path), accel="kvm")
+    keys = {
+        snapshot_key(cell(), dataclasses.replace(p, cpu=guest_cpu("kvm", text)), bind=True)
+        for text in (OLD, NEW, SAME_MODEL_FEWER_FLAGS)
+    }
+    assert len(keys) == 3, "another model, or the same model with other flags, is another key"
+
+
+def test_under_tcg_the_host_cpu_is_in_no_key(tmp_path: Path) -> None:
+    """TCG's `-cpu max` is emulated: no host flag reaches the guest, so a TCG snapshot
+    restores on any host (and QEMU's version, in the key, fixes what `max` is)."""
+    assert guest_cpu("tcg", OLD) == guest_cpu("tcg", NEW) == GuestCpu("tcg")
+    p = prepared(tmp_path)
+    key = snapshot_key(cell(), dataclasses.replace(p, cpu=guest_cpu("tcg", OLD)), bind=True)
+    assert snapshot_key(cell(), dataclasses.replace(p, cpu=guest_cpu("tcg", NEW)), True) == key
+
+
+def test_the_kvm_probe_verdict_is_kept_per_host_cpu() -> None:
+    key = probe_key("6.1.0-30-amd64", "QEMU 7.2.15", "aa", guest_cpu("kvm", OLD))
+    assert probe_key("6.1.0-30-amd64", "QEMU 7.2.15", "aa", guest_cpu("kvm", OLD)) == key
+    assert probe_key("6.1.0-30-amd64", "QEMU 7.2.15", "aa", guest_cpu("kvm", NEW)) != key
+
+
+def test_a_probe_memo_from_another_runners_cpu_is_not_taken_for_this_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(accel, "CPUINFO", info)
+    probes: list[str] = []
+
+    def probe(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
+        probes.append(info.read_text())
+        return False, "KVM cannot run the guest kernel: on the old runner"
+
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    monkeypatch.setattr(accel, "version_text", lambda qemu: "QEMU 7.2.15")
+    cache = Cache(tmp_path / "cache")
+    info.write_text(OLD)
+    for _ in range(2):
+        accel._probe_once("qemu", tmp_path / "vmlinuz", "aa", cache)
+    assert probes == [OLD], "the same host probes once"
+    info.write_text(NEW)  # the cache restored on another runner
+    accel._probe_once("qemu", tmp_path / "vmlinuz", "aa", cache)
+    assert probes == [OLD, NEW], "another CPU's verdict was taken for this one's"
+
+
+def test_a_mismatch_names_what_differs() -> None:
+    here = guest_cpu("kvm", SAME_MODEL_FEWER_FLAGS)
+    assert here.unlike(here) is None
+    assert here.unlike(guest_cpu("kvm", NEW)) == (
+        "it was saved with CPU flags this host lacks: amx_tile avx512f"
+    )
+    assert guest_cpu("kvm", NEW).unlike(guest_cpu("kvm", OLD)) == (
+        "it was saved on a Intel(R) Xeon(R) CPU E5-2680 v4, and this host has a "
+        "Intel(R) Xeon(R) Platinum 8480+; without CPU flags this host has: amx_tile avx512f"
+    )
+    assert GuestCpu.from_json(json.loads(json.dumps(here.as_json()))) == here
+    with pytest.raises(ValueError):
+        GuestCpu.from_json({"accel": "kvm", "flags": "fpu"})
+
+
+def saved_on(cache: Cache, cpu: GuestCpu) -> Path:
+    with cache.build("snapshots", KEY) as entry:
+        meta = {"bound": [], "cpu": cpu.as_json()}
+        (entry / snapshot.META).write_text(json.dumps(meta))
+        (entry / snapshot.CONSOLE).write_bytes(b"[    0.000000] Linux version 6.1\n")
+        (entry / snapshot.STATE).write_bytes(b"s" * 4096)
+        (entry / snapshot.DISK).write_bytes(b"d" * 4096)
+    return cache.entry("snapshots", KEY)
+
+
+def test_a_snapshot_saved_on_another_cpu_is_refused_before_qemu_and_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key names the CPU, so this takes a cache whose entry says otherwise (copied by
+    hand, or keyed before the CPU was): the entry's own record is checked all the same."""
+    cache = Cache(tmp_path / "cache")
+    entry = saved_on(cache, guest_cpu("kvm", NEW))
+    said = Messages()
+    booter = CellBooter(cache, said)  # type: ignore[arg-type]
+
+    def restoring(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a restore of a snapshot of another CPU was started")
+
+    @contextlib.contextmanager
+    def saved(*args: Any) -> Iterator[str]:
+        said("saving", f"a new snapshot; the old one is gone: {not entry.exists()}")
+        yield "ready"
+
+    monkeypatch.setattr(booter, "_guest", restoring)
+    monkeypatch.setattr("lab.build.rootfs.create_overlay", restoring)
+    monkeypatch.setattr(booter, "_saved", saved)
+    here = dataclasses.replace(
+        prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", SAME_MODEL_FEWER_FLAGS)
+    )
+    restoring = booter._from_snapshot(cell(), here, tmp_path, KEY, True)
+    assert next(restoring) == "ready"
+    assert said.lines == [
+        (cell().name, f"snapshot {KEY} did not restore (it was saved with CPU flags this host "
+         "lacks: amx_tile avx512f); making it again"),
+        ("saving", "a new snapshot; the old one is gone: True"),
+    ]  # fmt: skip
+
+
+def test_a_snapshot_of_the_same_cpu_is_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check refuses only what differs: the same CPU gets as far as starting QEMU."""
+    cache = Cache(tmp_path / "cache")
+    saved_on(cache, guest_cpu("kvm", NEW))
+    booter = CellBooter(cache, Messages())  # type: ignore[arg-type]
+
+    class Started(Exception):
+        pass
+
+    def qemu(*args: Any, **kwargs: Any) -> None:
+        raise Started
+
+    monkeypatch.setattr(booter, "_guest", qemu)
+    here = dataclasses.replace(prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", NEW))
+    monkeypatch.setattr("lab.build.rootfs.create_overlay", lambda base, overlay: None)
+    with pytest.raises(Started), contextlib.ExitStack() as stack:
+        booter._start(cell(), here, tmp_path, KEY, True, stack)
