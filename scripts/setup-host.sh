@@ -2,7 +2,8 @@
 # Installs the Debian packages vfio-lab needs, only those missing; safe to run again.
 # Also makes sure apt's lists know the stock kernel package the default scenario boots.
 # --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
-# --test adds what only the test suite needs (the lab's QEMU included).
+# --test adds what only the test suite needs (the lab's QEMU included, and gitlab-ci-local
+# through npm, pinned).
 set -euo pipefail
 
 PACKAGES=(
@@ -29,8 +30,12 @@ QEMU_PACKAGES=(     # lab/build/qemu.py BUILD_DEPENDS: QEMU from Debian's source
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser
 )
+# The suite runs `vfio-lab ci gitlab`'s pipeline with it. 4.74 and later need Node 22
+# (Set.prototype.union); 4.73.0 runs on the Node 20 of this project's machines.
+GITLAB_CI_LOCAL=4.73.0
+TEST=""
 case "${1:-}" in
-    --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+    --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); TEST=1 ;;
     --qemu) PACKAGES+=("${QEMU_PACKAGES[@]}") ;;
 esac
 
@@ -44,6 +49,11 @@ for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [ "$status" = "install ok installed" ] || missing+=("$pkg")
 done
+# Debian's npm only where there is none: a Node from elsewhere (NodeSource) brings its own,
+# and Debian's package would conflict with it.
+if [ -n "$TEST" ] && ! command -v npm >/dev/null; then
+    missing+=(npm)
+fi
 
 has_kernel_candidate() {
     # No grep -q: it would stop reading early, and pipefail would count apt-cache's SIGPIPE.
@@ -57,4 +67,16 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ -n "$TEST" ]; then
+    if [ "$(gitlab-ci-local --version 2>/dev/null || true)" != "$GITLAB_CI_LOCAL" ]; then
+        echo "setup-host: npm install -g gitlab-ci-local@$GITLAB_CI_LOCAL" >&2
+        $SUDO npm install -g --no-audit --no-fund "gitlab-ci-local@$GITLAB_CI_LOCAL"
+    fi
+    # Installed is not enough: a Node too old for it fails here, not in the test.
+    if [ "$(gitlab-ci-local --version 2>/dev/null || true)" != "$GITLAB_CI_LOCAL" ]; then
+        echo "setup-host: gitlab-ci-local $GITLAB_CI_LOCAL does not run with node $(node --version)" >&2
+        exit 1
+    fi
 fi
