@@ -127,10 +127,18 @@ def cmd_fetch_previous(args: argparse.Namespace) -> int:
 
 
 class _Plain(yaml.SafeDumper):
-    """Each job written out in full: no YAML anchors for the parts jobs share."""
+    """Each job written out in full: no YAML anchors for the parts jobs share; a script of
+    several lines as a block, as it is run."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, "|" if "\n" in text else None)
+
+
+_Plain.add_representer(str, _text)
 
 
 INSTALL_TOOLS = f"apt-get update -q && apt-get install -y -q {TOOLS}"
