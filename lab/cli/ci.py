@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_cache_key(args: argparse.Namespace) -> int:
     s = load_scenario(args.scenario)
-    print(artifact_key(sharded(s, args), Cache()))
+    _, cells = sharded(s, args)
+    print(artifact_key(cells, Cache()))
     return EXIT_OK
 
 

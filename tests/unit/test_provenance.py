@@ -15,6 +15,7 @@ from lab.run.booter import Prepared
 from lab.run.cell import identity
 from lab.run.provenance import GuestFacts, mismatches, parse_facts
 from lab.spec.scenario import expand, load
+from lab.vm.accel import GuestCpu
 
 
 def artifact(tmp_path, release="7.2.13-vfio-lab", config=b"CONFIG_IOMMUFD=y\n") -> KernelArtifact:
@@ -60,7 +61,8 @@ def test_a_cells_identity_names_each_component_and_moves_only_the_one_changed(tm
     (tmp_path / "base.qcow2").write_bytes(b"image")
     keys = LabKeys(tmp_path / "k", tmp_path / "h")
     prepared = Prepared(keys, RootfsImage(tmp_path / "base.qcow2", "r1"), artifact(tmp_path),
-                        QemuBinary("qemu-system-x86_64", "system", "7.2.22"), "tcg")  # fmt: skip
+                        QemuBinary("qemu-system-x86_64", "system", "7.2.22"), "tcg",
+                        GuestCpu("tcg"))  # fmt: skip
     first = identity(cell, prepared, [])
     assert tuple(first) == history.COMPONENTS
     assert first["kernel"] == "linux-source-7.2=7.2.13-1"
