@@ -13,7 +13,7 @@ from lab.core.exitcodes import EXIT_OK, EXIT_UNEXPECTED
 from lab.core.files import write_file
 from lab.results import compare, history, kcidb, merge, parity, reports
 from lab.results import tap as tap_mod
-from lab.results.records import UNEXPECTED
+from lab.results.outcomes import UNEXPECTED
 from lab.results.rundir import load_run
 
 

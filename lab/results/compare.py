@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.results.records import UNEXPECTED, TestRecord
+from lab.results.outcomes import RAN, SKIP, UNEXPECTED
+from lab.results.records import TestRecord
 from lab.results.rundir import RunData
 
 
@@ -61,10 +62,6 @@ class Comparison:
         return bool(self.new_failures or self.cells_broken or self.cells_missing or lost)
 
 
-# Outcomes that say the test really ran: going from one of these to a skip loses coverage.
-RAN = ("pass", "fail", "error", "xfail", "xpass")
-
-
 def compare(old: RunData, new: RunData, accept_lost: bool = False) -> Comparison:
     result = Comparison(accept_lost=accept_lost)
     old_cells = {c.name: c.by_name() for c in old.cells}
@@ -111,7 +108,7 @@ def _outcome_change(out: Comparison, change: Change) -> None:
     was_bad, is_bad = change.old in UNEXPECTED, change.new in UNEXPECTED
     if is_bad and not was_bad:
         out.new_failures.append(change)
-    elif change.old in RAN and change.new == "skip":
+    elif change.old in RAN and change.new == SKIP:
         out.lost_coverage.append(change)
     elif was_bad and not is_bad:
         out.fixes.append(change)

@@ -22,22 +22,12 @@ from pathlib import Path
 
 from lab.core.errors import HostIOError, UsageError
 from lab.core.files import make_dir
+from lab.results.outcomes import GOOD, LEGEND, PASS, SYMBOL, XFAIL
 from lab.results.rundir import RunData, run_started
 
 DEFAULT_DB = Path("results/history.sqlite")
 COMPONENTS = ("kernel", "config", "qemu", "payload", "rootfs", "suites", "machine")
-# Good raw outcomes; xfail here is a suite's own (TAP's XFAIL), never an expectation's.
-GOOD = ("pass", "skip", "xfail")
-SYMBOL = {
-    "pass": "P",
-    "fail": "F",
-    "error": "E",
-    "notrun": "N",
-    "skip": "S",
-    "xfail": "x",
-    "xpass": "U",
-    None: "-",
-}
+ABSENT = "-"  # the symbol of a night without the test
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, scenario TEXT, started TEXT, dir TEXT, exit_code INTEGER);
@@ -104,7 +94,7 @@ def add(db: Path, run: RunData) -> str:
         )
         for cell in run.cells:
             c = cell.summary
-            passed = sum(r.outcome == "pass" for r in cell.records)
+            passed = sum(r.outcome == PASS for r in cell.records)
             kernel = c.get("kernel_identity") or c.get("kernel")
             # A run from before the lab recorded the identity: its kernel is all it says.
             identity = c.get("identity") or ({"kernel": kernel} if c.get("kernel_identity") else {})
@@ -166,6 +156,10 @@ class Change:
         return self.kind
 
 
+def _symbol(outcome: str | None) -> str:
+    return ABSENT if outcome is None else SYMBOL.get(outcome, "?")
+
+
 @dataclass
 class Series:
     test: str
@@ -174,7 +168,7 @@ class Series:
 
     @property
     def symbols(self) -> str:
-        return "".join(SYMBOL.get(n.outcome, "?") for n in self.nights)
+        return "".join(_symbol(n.outcome) for n in self.nights)
 
     def first_failed(self) -> Night | None:
         """The first night of the current bad streak, if the last night was bad."""
@@ -192,7 +186,7 @@ class Series:
             last = ran[-1] if ran else None
             if last is None or not last.bad:
                 return Change("")
-            return Change("known failure" if last.outcome == "xfail" else "failing")
+            return Change("known failure" if last.outcome == XFAIL else "failing")
         before, after = ran[flips[-1] - 1], ran[flips[-1]]
         kind = "regression" if after.bad else "fixed"
         changed, unknown = differences(before.identity, after.identity)
@@ -266,7 +260,7 @@ def show(db: Path, test_glob: str = "*", cell_glob: str = "*", all_tests: bool =
         first = s.first_failed()
         since = first.started[:19] if first else ""
         lines.append(f"{s.symbols:12}  {kind:{width}}  {since:22}  {s.test}  [{s.cell}]")
-    lines.append("(P pass, F fail, E error, N not run, S skip, x xfail, U xpass, - absent)")
+    lines.append(f"({LEGEND}, {ABSENT} absent)")
     for trend in trends(db, cell_glob):
         rates = " ".join(f"{rate:.0%}" for _, rate, _ in trend.points)
         walls = " ".join(f"{w:.0f}s" if w is not None else "-" for _, _, w in trend.points)

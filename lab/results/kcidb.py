@@ -28,20 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UsageError
+from lab.results.outcomes import KCIDB_STATUS as STATUS
+from lab.results.outcomes import XFAIL, XPASS
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, RunData, run_started
 
 SCHEMA = {"major": 5, "minor": 3}
 DEFAULT_ORIGIN = "vfio_lab"
-STATUS = {
-    "pass": "PASS",
-    "fail": "FAIL",
-    "error": "ERROR",
-    "notrun": "MISS",
-    "skip": "SKIP",
-    "xfail": "FAIL",
-    "xpass": "PASS",
-}
 EXCERPT_MAX = 16384
 _PATH_CHARS = re.compile(r"[^a-zA-Z0-9_-]+")
 _COMMIT = re.compile(r"^git:(?P<commit>[0-9a-f]{40})(?P<dirty>\+(?!patches:)\w+)?")
@@ -197,9 +190,9 @@ def _test(
 ) -> dict[str, Any]:
     run_id = str(run.summary.get("run_id"))
     misc: dict[str, Any] = {"outcome": rec.outcome, "test": rec.name}
-    if rec.outcome == "xfail":
+    if rec.outcome == XFAIL:
         misc["expected_failure"] = rec.expectation
-    if rec.outcome == "xpass":
+    if rec.outcome == XPASS:
         misc["unexpected_pass"] = rec.expectation
     if rec.diagnostics:
         misc["diagnostics"] = rec.diagnostics

@@ -21,14 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.core.errors import UsageError
+from lab.results.outcomes import CLEAN, FAILED, XFAIL
 from lab.results.records import TestRecord
 from lab.results.rundir import RunData
 from lab.spec.suites import DEFAULT_SUITE
 
 PARITY = "parity.json"
 GATE = "gate"  # payload.parity: an unexplained disagreement fails the cell
-DECLARED = ("fail", "error")  # what an expectation declares: the test fails
-NOT_FAILED = ("pass", "skip")  # the other suite's test, for the difference to be the declared one
 
 
 @dataclass(frozen=True)
@@ -95,8 +94,8 @@ def explained_by(known: TestRecord, other_raw: str) -> str:
     """The reason of `known`'s expectation when the difference is the one it declares: its
     own suite's test failed as declared where the other suite's did not fail."""
     exp = known.expectation
-    failed_as_declared = known.outcome == "xfail" and known.raw_outcome in DECLARED
-    return exp["reason"] if exp and failed_as_declared and other_raw in NOT_FAILED else ""
+    failed_as_declared = known.outcome == XFAIL and known.raw_outcome in FAILED
+    return exp["reason"] if exp and failed_as_declared and other_raw in CLEAN else ""
 
 
 def cell_parity(cell: str, records: list[TestRecord]) -> CellParity | None:

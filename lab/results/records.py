@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.results.outcomes import UNEXPECTED
 from lab.spec.suites import DEFAULT_SUITE
 
-UNEXPECTED = ("fail", "error", "xpass", "notrun")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
 _UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections import Counter
 
 from lab.core.files import write_atomic
 from lab.results import htmlreport, parity
 from lab.results.history import CellTrend
+from lab.results.outcomes import JUNIT_CONSOLE, JUNIT_ELEMENT
 from lab.results.records import TestRecord, printable
 from lab.results.rundir import MISSING_WHY, CellData, RunData
 
@@ -40,16 +42,15 @@ def junit_xml(run: RunData) -> str:
 
 def _suite(cell: CellData, run: RunData) -> ET.Element:
     recs = cell.records
-    n = {o: sum(r.outcome == o for r in recs) for o in ("fail", "xpass", "error", "notrun")}
-    skipped = sum(r.outcome in ("skip", "xfail") for r in recs)
+    n = Counter(JUNIT_ELEMENT.get(r.outcome) for r in recs)  # testcases per element
     s = cell.summary
     suite = ET.Element(
         "testsuite",
         name=cell.name,
         tests=str(len(recs) + bool(s.get("infra_error"))),
-        failures=str(n["fail"] + n["xpass"]),
-        errors=str(n["error"] + n["notrun"] + bool(s.get("infra_error"))),
-        skipped=str(skipped),
+        failures=str(n["failure"]),
+        errors=str(n["error"] + bool(s.get("infra_error"))),
+        skipped=str(n["skipped"]),
         time=str(s.get("wall_s", 0)),
     )
     props = ET.SubElement(suite, "properties")
@@ -76,14 +77,7 @@ def _missing_suite(cell: str) -> ET.Element:
 def _case(cell: str, rec: TestRecord) -> ET.Element:
     module, _, rest = rec.name.partition(".")
     case = ET.Element("testcase", classname=f"{cell}.{module}", name=rest or rec.name)
-    tag = {
-        "fail": "failure",
-        "xpass": "failure",
-        "error": "error",
-        "notrun": "error",
-        "skip": "skipped",
-        "xfail": "skipped",
-    }.get(rec.outcome)
+    tag = JUNIT_ELEMENT.get(rec.outcome)
     if tag is not None:
         why = rec.reason or (rec.diagnostics[-1] if rec.diagnostics else "")
         message = f"{rec.outcome.upper()}: {why}" if why else rec.outcome.upper()
@@ -92,6 +86,6 @@ def _case(cell: str, rec: TestRecord) -> ET.Element:
             element.text = "\n".join([*rec.diagnostics, *(f"kernel {k}" for k in rec.kernel)])
     if rec.dmesg:
         ET.SubElement(case, "system-out").text = "\n".join(rec.dmesg)
-    if rec.console and rec.outcome in ("error", "notrun", "fail"):
+    if rec.console and rec.outcome in JUNIT_CONSOLE:
         ET.SubElement(case, "system-err").text = "\n".join(rec.console)
     return case

@@ -11,9 +11,9 @@ from typing import Any
 from lab.core.exitcodes import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED
 from lab.core.files import write_atomic
 from lab.results import reports
+from lab.results.outcomes import SHOWN_ORDER, count
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, RunData
-from lab.results.tap import OUTCOMES
 from lab.spec.scenario import Expectation
 from lab.spec.shards import ShardPlan
 
@@ -72,7 +72,7 @@ def exit_code_of(cells: list[dict[str, Any]], missing: list[str] | None = None) 
 
 
 def empty_counts() -> dict[str, int]:
-    return dict.fromkeys(OUTCOMES, 0)
+    return count(())
 
 
 class RunResults:
@@ -156,16 +156,15 @@ class RunResults:
         return RunData(self.run_dir, self.data, cells)
 
 
-TABLE_OUTCOMES = ("pass", "fail", "error", "notrun", "skip", "xfail", "xpass")
 UNEXPECTED_SHOWN = 10
 
 
 def table(results: RunResults) -> str:
-    header = ["cell", "verdict", *TABLE_OUTCOMES, "boot", "wall"]
+    header = ["cell", "verdict", *SHOWN_ORDER, "boot", "wall"]
     rows = [header]
     for c in results.cells:
         boot = f"{c.boot_to_ssh_s:.1f}s" if c.boot_to_ssh_s is not None else "-"
-        counts = [str(c.counts.get(k, 0)) for k in TABLE_OUTCOMES]
+        counts = [str(c.counts.get(k, 0)) for k in SHOWN_ORDER]
         rows.append([c.name, c.verdict, *counts, boot, f"{c.wall_s:.1f}s"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]

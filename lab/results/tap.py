@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.results.outcomes import ERROR, FAIL, NOTRUN, PASS, SKIP, XFAIL, XPASS, Outcome, count
+
 _VERSION = re.compile(r"^(?:TAP version \d+|KTAP version \d+)$")
 _PLAN = re.compile(r"^1\.\.(?P<n>\d+)\s*(?:#\s*(?P<skip>.*))?$")
 _RESULT = re.compile(r"^(?P<ok>ok|not ok)\b\s*(?P<num>\d+)?\s*(?:-\s*)?(?P<rest>.*)$")
@@ -27,8 +29,6 @@ _DIRECTIVE = re.compile(
 # notes; so are they before the first result when the plan comes last (the C suites'
 # runner announces what the programs listed, then reports, then plans).
 COLLECTED = "collected: "
-# What a test can come to. `notrun`: planned, never started (the guest died before it).
-OUTCOMES = ("pass", "fail", "skip", "xfail", "xpass", "error", "notrun")
 INDENT = 4
 
 
@@ -36,7 +36,7 @@ INDENT = 4
 class TapResult:
     number: int
     name: str
-    outcome: str  # one of OUTCOMES
+    outcome: Outcome
     reason: str = ""
     diagnostics: list[str] = field(default_factory=list)
     yaml: list[str] = field(default_factory=list)
@@ -57,14 +57,14 @@ class TapResult:
         return d
 
 
-def _outcome(ok: bool, directive: str | None) -> str:
+def _outcome(ok: bool, directive: str | None) -> Outcome:
     if directive == "SKIP":
-        return "skip"
+        return SKIP
     if directive in ("TODO", "XFAIL"):
-        return "xpass" if ok else "xfail"
+        return XPASS if ok else XFAIL
     if directive == "ERROR":
-        return "error"
-    return "pass" if ok else "fail"
+        return ERROR
+    return PASS if ok else FAIL
 
 
 @dataclass
@@ -249,13 +249,11 @@ class TapParser:
         return out
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(OUTCOMES, 0)
-        for r in self.results:
-            counts[r.outcome] += 1
+        counts = count(r.outcome for r in self.results)
         reported = {r.name for r in self.results}
         announced = len([n for n in self.collected if n not in reported])
         planned = max(0, self.plan - len(self.results)) if self.plan is not None else 0
-        counts["notrun"] += max(announced, planned)
+        counts[NOTRUN] += max(announced, planned)
         return counts
 
     def to_dict(self) -> dict[str, Any]:

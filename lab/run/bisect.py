@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from lab.core.errors import BuildError, InfraError, UsageError
 from lab.core.proc import capture
+from lab.results.outcomes import FAILED, PASS
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, load_run
 from lab.run import triage
 from lab.spec.suites import DEFAULT_SUITE, Keyword
 
 Verdict = Literal["good", "bad", "skip"]
-BAD_OUTCOMES = ("fail", "error")
 
 
 @dataclass
@@ -76,7 +76,7 @@ def judge(cell: CellData, keyword: Keyword) -> Judgement:
     ]
     if alarms:
         return Judgement("skip", f"a kernel alarm outside the selected tests: {alarms[0]}")
-    if bad := [r for r in chosen if triage.raw_outcome(r) in BAD_OUTCOMES]:
+    if bad := [r for r in chosen if triage.raw_outcome(r) in FAILED]:
         return Judgement("bad", "; ".join(f"{r.name}: {_raw(r)}" for r in bad))
     if not chosen:
         if problems:
@@ -84,7 +84,7 @@ def judge(cell: CellData, keyword: Keyword) -> Judgement:
         # At --good or --bad this stops the bisection: the selection is wrong. Between
         # them, a C suite's tests may not be in the tree yet.
         return Judgement("skip", f"-k {keyword.text!r} selects no test")
-    if others := [r for r in chosen if triage.raw_outcome(r) != "pass"]:
+    if others := [r for r in chosen if triage.raw_outcome(r) != PASS]:
         return Judgement("skip", "; ".join(f"{r.name}: {_raw(r)}" for r in others))
     if problems:
         return Judgement("skip", f"the run had problems: {'; '.join(problems)}")

@@ -27,7 +27,8 @@ from lab.core.errors import InfraError
 from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
 from lab.results import parity
-from lab.results.records import UNEXPECTED, TestRecord
+from lab.results.outcomes import ERROR, FAIL, NOTRUN, PASS, SKIP, UNEXPECTED
+from lab.results.records import TestRecord
 from lab.results.summary import CellResult, empty_counts
 from lab.results.tap import TapParser, TapResult
 from lab.run import provenance as provenance_mod
@@ -253,8 +254,8 @@ class CellRun:
         c = result.counts
         self.progress(
             self.cell.name,
-            f"{result.verdict}: {c['pass']} passed, {c['fail']} failed, {c['error']} errors, "
-            f"{c['notrun']} not run, {c['skip']} skipped",
+            f"{result.verdict}: {c[PASS]} passed, {c[FAIL]} failed, {c[ERROR]} errors, "
+            f"{c[NOTRUN]} not run, {c[SKIP]} skipped",
         )
         return recs
 

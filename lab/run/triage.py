@@ -15,8 +15,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from lab.results.outcomes import (
+    BROKEN,
+    ERROR,
+    FAILED,
+    NOTRUN,
+    PASS,
+    RAW_OF_MARKED,
+    WRONG,
+    XFAIL,
+    XPASS,
+    count,
+)
 from lab.results.records import TestRecord
-from lab.results.tap import OUTCOMES, TapParser
+from lab.results.tap import TapParser
 from lab.spec.scenario import Expectation
 from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm.console import KERNEL_CRASHES, MARKER, Stop
@@ -105,14 +117,14 @@ def records(
     running = stop.test if stop is not None else None
     if stop is not None and running and running not in reported and _of(running, suite):
         tail = [f"console: {line}" for line in console[-CONSOLE_TAIL:]]
-        out.append(TestRecord(running, "error", f"{stop.kind}: {stop.message}", tail, suite=suite))
+        out.append(TestRecord(running, ERROR, f"{stop.kind}: {stop.message}", tail, suite=suite))
         reported.add(running)
     names = tap.collected
     missing = [n for n in names if n not in reported]
     if not names and tap.plan is not None:
         missing = [f"(test {i})" for i in range(len(tap.results) + 1, tap.plan + 1)]
     why = f"not run: the guest stopped during {running}" if running else "not run"
-    out += [TestRecord(name, "notrun", why, suite=suite) for name in missing]
+    out += [TestRecord(name, NOTRUN, why, suite=suite) for name in missing]
     _attribute(out, by_test(dmesg if dmesg is not None else console), by_test(console))
     return out
 
@@ -142,10 +154,10 @@ def _attribute(
         found = alarms(lines if lines else console.get(rec.name, []))
         rec.kernel = [f"{kind}: {line}" for kind, line, _ in found]
         serious = [(kind, line) for kind, line, s in found if s]
-        if serious and rec.outcome not in ("error", "notrun"):
+        if serious and rec.outcome not in BROKEN:
             was = f" (the test itself: {rec.outcome})"
             rec.reason = f"kernel {serious[0][0]} during the test: {serious[0][1]}{was}"
-            rec.outcome = "error"
+            rec.outcome = ERROR
 
 
 def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -> None:
@@ -169,15 +181,15 @@ def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -
             continue
         rec.expectation = {k: str(v) for k, v in asdict(exp).items()}
         rec.raw = rec.outcome
-        if rec.outcome == "error" and serious(rec) and not exp.kernel:
+        if rec.outcome == ERROR and serious(rec) and not exp.kernel:
             rec.reason += (
                 f" (not covered by the known failure {exp.reason!r}: kernel: true is not set)"
             )
-        elif rec.outcome in ("fail", "error"):
+        elif rec.outcome in FAILED:
             was = f" (was {rec.outcome}: {rec.reason})" if rec.reason else f" (was {rec.outcome})"
-            rec.outcome, rec.reason = "xfail", f"known failure: {exp.reason}{was}"
-        elif rec.outcome == "pass":
-            rec.outcome, rec.reason = "xpass", f"expected to fail ({exp.reason}), but passed"
+            rec.outcome, rec.reason = XFAIL, f"known failure: {exp.reason}{was}"
+        elif rec.outcome == PASS:
+            rec.outcome, rec.reason = XPASS, f"expected to fail ({exp.reason}), but passed"
 
 
 def raw_outcome(rec: TestRecord) -> str:
@@ -185,7 +197,7 @@ def raw_outcome(rec: TestRecord) -> str:
     its raw outcome; pytest's own xfail marker leaves an xfail that was a fail or an error,
     an xpass that was a pass."""
     raw = rec.raw_outcome or rec.outcome
-    return {"xfail": "fail", "xpass": "pass"}.get(raw, raw)
+    return RAW_OF_MARKED.get(raw, raw)
 
 
 SERIOUS = frozenset(kind for kind, _, serious in ALARMS if serious)
@@ -197,11 +209,7 @@ def serious(rec: TestRecord) -> list[str]:
 
 
 def counts(recs: list[TestRecord]) -> dict[str, int]:
-    c = dict.fromkeys(OUTCOMES, 0)
-    for r in recs:
-        if "/" not in r.name:  # a subtest's result is its parent's business
-            c[r.outcome] += 1
-    return c
+    return count(r.outcome for r in recs if "/" not in r.name)  # subtests: their parent's
 
 
 def verdict(
@@ -210,8 +218,8 @@ def verdict(
     """pass: nothing unexpected; fail: an unexpected fail or pass, or a parity gate that
     failed; error: the rest."""
     outcomes = {r.outcome for r in recs}
-    if problems or not recs or outcomes & {"error", "notrun"}:
+    if problems or not recs or outcomes & BROKEN:
         return "error"
-    if outcomes & {"fail", "xpass"} or parity_failures:
+    if outcomes & WRONG or parity_failures:
         return "fail"
     return "pass"
