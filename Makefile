@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCENARIO ?= quick
 
-.PHONY: setup setup-test host host-test venv run test unit integration lint type format bench doctor clean
+.PHONY: setup setup-test host host-test venv run test unit integration lint type format docs bench doctor clean
 
 setup: host venv
 
@@ -50,6 +50,11 @@ format: venv
 type: venv
 	$(BIN)/mypy
 	MYPYPATH=guest_tests $(BIN)/mypy --config-file /dev/null --strict --python-version 3.11 -p vfiolib
+
+# The generated parts of docs/commands.md and docs/scenarios.md (tests/unit/test_docs.py
+# fails when they differ from the code).
+docs: venv
+	$(BIN)/python -m lab.cli.docgen
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

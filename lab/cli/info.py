@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from typing import Protocol
 
 from lab.cli import doctor
 from lab.core.cache import Cache
@@ -12,6 +14,11 @@ from lab.spec.kernelspec import KERNEL_SOURCES
 from lab.spec.schema import describe
 from lab.spec.suites import SUITES
 from lab.spec.variants import DEVICES, IOMMU_MODELS
+
+
+class Documented(Protocol):
+    @property
+    def doc(self) -> str: ...
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,18 +36,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if all(c.ok for c in checks) else EXIT_INFRA
 
 
-def cmd_schema(args: argparse.Namespace) -> int:
-    print("Scenario fields (key, default, meaning):")
-    for key, default, doc in describe(scenario.Scenario):
-        print(f"  {key:24} {default:22} {doc}")
-    for title, registry in (
+def registries() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(title, [(name, doc)]) for each registry a scenario names from: what `schema`
+    prints and docs/scenarios.md shows."""
+    named: tuple[tuple[str, Mapping[str, Documented]], ...] = (
         ("IOMMU models", IOMMU_MODELS),
         ("devices", DEVICES),
         ("kernel sources", KERNEL_SOURCES),
         ("test suites", SUITES),
-    ):
+    )
+    return [(title, [(name, v.doc) for name, v in reg.items()]) for title, reg in named]
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print("Scenario fields (key, default, meaning):")
+    for key, default, doc in describe(scenario.Scenario):
+        print(f"  {key:24} {default:22} {doc}")
+    for title, rows in registries():
         print(f"{title}:")
-        for name, variant in registry.items():
-            print(f"  {name:24} {variant.doc}")
+        for name, doc in rows:
+            print(f"  {name:24} {doc}")
     print(f"built-in scenarios: {', '.join(scenario.builtin_names())}")
     return EXIT_OK
