@@ -51,7 +51,7 @@ type: venv
 	$(BIN)/mypy
 	MYPYPATH=guest_tests $(BIN)/mypy --config-file /dev/null --strict --python-version 3.11 -p vfiolib
 
-# The generated parts of docs/commands.md and docs/scenarios.md (tests/unit/test_docs.py
+# The generated parts of docs/commands.md and docs/scenarios.md (tests/unit/test_docgen.py
 # fails when they differ from the code).
 docs: venv
 	$(BIN)/python -m lab.cli.docgen

@@ -4,7 +4,7 @@ the scenario fields and registries (docs/scenarios.md) from what `vfio-lab schem
 Each page keeps its own prose; only the text between the markers is generated, so the
 reference cannot drift from the code. `python -m lab.cli.docgen` (`make docs`) rewrites
 it; `--check` rewrites nothing and exits 1 naming each page that differs, as
-tests/unit/test_docs.py does.
+tests/unit/test_docgen.py does.
 """
 
 from __future__ import annotations
