@@ -26,7 +26,7 @@ from lab.build.kconfig import (
     parse_config,
     requested,
 )
-from lab.core.cache import Cache, content_key, tree_digest
+from lab.core.cache import BUILD_PREFIX, Cache, content_key, tree_digest
 from lab.core.errors import UsageError
 from lab.core.proc import capture, run_logged
 from lab.core.progress import Progress
@@ -34,10 +34,6 @@ from lab.spec.kernelspec import CellConfig
 
 # Lines of `make` output worth showing as progress: links and the final image.
 _BUILD_PROGRESS = re.compile(r"^\s+(LD|AR)\s+(vmlinux|arch/x86/boot/bzImage)\b|Kernel: .* is ready")
-
-
-# Build directories are subdirectories of the tree named with this prefix (see build_dir_for).
-BUILD_PREFIX = ".lab-build"
 
 
 @dataclass(frozen=True)
@@ -118,6 +114,12 @@ def wanted_text(cfg: CellConfig) -> str:
     return fragment_text(requested(cfg.fragments, dict(cfg.overrides)))
 
 
+def describe_config(cfg: CellConfig) -> str:
+    """A cell's config in a few words, for what a cache entry says it is."""
+    asked = [*cfg.fragments, *(f"{k}={v}" for k, v in cfg.overrides)]
+    return f"config {' '.join(asked)}" if asked else "the lab's config"
+
+
 def build_dir_for(tree: SourceTree, wanted: str) -> Path:
     """One persistent build directory per tree and requested config, kept across edits of
     the tree, so that a one-line change recompiles one object and relinks, and switching
@@ -128,11 +130,16 @@ def build_dir_for(tree: SourceTree, wanted: str) -> Path:
     so compiler command lines are the same in every copy of a tree (a patched copy, a
     second checkout) and ccache serves them. In a developer's checkout it carries a
     `.gitignore` of `*`, so `git status` and the tree's identity (`git diff`) ignore it."""
-    build_dir = tree.path / f"{BUILD_PREFIX}-{content_key([wanted])[:8]}"
+    build_dir = build_dir_path(tree, wanted)
     build_dir.mkdir(parents=True, exist_ok=True)
     if not tree.owned:
         (build_dir / ".gitignore").write_text("*\n")
     return build_dir
+
+
+def build_dir_path(tree: SourceTree, wanted: str) -> Path:
+    """Where build_dir_for puts the build directory, made or not."""
+    return tree.path / f"{BUILD_PREFIX}-{content_key([wanted])[:8]}"
 
 
 def config_digest(build_dir: Path) -> str:

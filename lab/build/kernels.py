@@ -19,19 +19,28 @@ from lab.build.initramfs import build_initramfs
 from lab.build.kbuild import (
     SourceTree,
     build_dir_for,
+    build_dir_path,
     build_initramfs_builtin,
     build_key,
     check_options_exist,
     compile_kernel,
     compiler_identity,
     config_digest,
+    describe_config,
     merge_config,
     store_artifact,
     wanted_text,
 )
 from lab.build.patches import patched_tree
 from lab.build.pvh import pvh_image
-from lab.core.cache import Cache, CorruptCacheFile, content_key, file_sha256, tree_digest
+from lab.core.cache import (
+    Cache,
+    CorruptCacheFile,
+    content_key,
+    file_sha256,
+    record_made_by,
+    tree_digest,
+)
 from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
@@ -177,7 +186,14 @@ class DebianStock(DebianStockKind, KernelBuilder):
             self._build(spec, package, version, scratch, entry)
 
         with cache.lock(f"kernel-{key}"):
-            cache.ensure("kernels", key, fetch, progress, legacy="artifact.json")
+            cache.ensure(
+                "kernels",
+                key,
+                fetch,
+                progress,
+                made_by=f"kernel {self.name}:{package}={version}",
+                legacy="artifact.json",
+            )
         # The pin is known here whatever wrote the cache entry, so repro can always name it.
         artifact = KernelArtifact.load(entry / "artifact.json")
         elf = pvh_image(artifact.vmlinuz, artifact.vmlinuz_sha256, artifact.config, cache)
@@ -273,7 +289,7 @@ class SourceBuilt(KernelBuilder):
         merged = ["merged-config", tree.config_identity, wanted, compiler_identity()]
         known = cache.recall(merged)
         key = build_key(tree, known) if known is not None else None
-        if key is None or not cache.complete("kernels", key):
+        if key is None or not cache.complete("kernels", key, _made_by(spec, tree, cfg)):
             known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress, known)
             cache.remember(merged, known)
             key = build_key(tree, known)
@@ -294,10 +310,13 @@ class SourceBuilt(KernelBuilder):
         returns the merged .config's sha256. `known` is what the merge gave for this
         tree's Kconfig and this config before: a build directory that still holds it (an
         edit of the tree that touched no Kconfig) builds without merging again."""
-        build_dir = build_dir_for(tree, wanted)
         # A build already uses every core: one merge-and-build at a time, across cells and
         # processes.
         with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
+            if not tree.owned:  # in a developer's checkout: an entry of its own
+                cache.use_local_build(tree.path, build_dir_path(tree, wanted))
+            build_dir = build_dir_for(tree, wanted)
+            record_made_by(build_dir, f"build directory of {spec.label} ({describe_config(cfg)})")
             log = tmp / "build.log"
             merged = (build_dir / ".config").exists() and config_digest(build_dir) == known
             if not merged:
@@ -314,6 +333,7 @@ class SourceBuilt(KernelBuilder):
                     spec, tree, build_dir, log, cache, scratch, entry, progress
                 ),
                 progress,
+                made_by=_made_by(spec, tree, cfg),
                 legacy="artifact.json",
             )
         return digest
@@ -345,6 +365,10 @@ class SourceBuilt(KernelBuilder):
             vmlinuz_sha256=file_sha256(scratch / "vmlinuz"),
             build_s=seconds,
         ).save(scratch / "artifact.json")
+
+
+def _made_by(spec: KernelSpec, tree: SourceTree, cfg: CellConfig) -> str:
+    return f"kernel {spec.label} ({tree.identity}; {describe_config(cfg)})"
 
 
 def _with_patches(
@@ -384,7 +408,9 @@ class DebianSource(DebianSourceKind, SourceBuilt):
             _unpack_source(apt, package, version, series, scratch)
 
         with cache.lock(f"src-{key}"):
-            cache.ensure("src", key, unpack, progress, legacy="linux")
+            cache.ensure(
+                "src", key, unpack, progress, made_by=f"source {package}={version}", legacy="linux"
+            )
         return SourceTree(identity=f"{package}={version}", path=entry / "linux", owned=True)
 
     def pin(self, spec: KernelSpec, tree: SourceTree) -> str:

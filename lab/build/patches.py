@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.build.kbuild import BUILD_PREFIX, SourceTree
-from lab.core.cache import Cache, content_key, file_sha256
+from lab.build.kbuild import SourceTree
+from lab.core.cache import BUILD_PREFIX, Cache, content_key, file_sha256
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
@@ -78,5 +78,6 @@ def patched_tree(
         apply_patches(patches, copy, artifact, scratch / "patch.log", progress)
 
     with cache.lock(f"src-{key}"):
-        cache.ensure("src", key, build, progress)
+        names = " ".join(p.name for p in patches)
+        cache.ensure("src", key, build, progress, made_by=f"{tree.identity} with {names}")
     return SourceTree(identity=identity, path=entry / "linux", owned=True)

@@ -57,6 +57,7 @@ def pvh_image(vmlinuz: Path, sha256: str, config: Path, cache: Cache) -> Path | 
         (scratch / "vmlinux").write_bytes(elf or b"")
 
     with cache.lock(f"pvh-{key}"):
-        entry = cache.ensure("pvh", key, extract, lambda *_: None)
+        made_by = f"PVH ELF of {vmlinuz} (sha256 {sha256[:16]})"
+        entry = cache.ensure("pvh", key, extract, lambda *_: None, made_by=made_by)
     vmlinux = entry / "vmlinux"
     return vmlinux if vmlinux.stat().st_size else None

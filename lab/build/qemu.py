@@ -21,7 +21,7 @@ from typing import ClassVar
 from lab.build.apt import PrivateApt
 from lab.build.kbuild import compiler_identity
 from lab.build.patches import apply_patches
-from lab.core.cache import Cache, CorruptCacheFile, content_key, tree_digest
+from lab.core.cache import Cache, CorruptCacheFile, content_key, record_made_by, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
 from lab.core.proc import capture, run_logged
@@ -157,7 +157,8 @@ def ensure_lab_qemu(cache: Cache, progress: Progress = SILENT) -> QemuBinary:
         built.append(round(time.monotonic() - started, 1))
 
     with cache.lock(f"qemu-{key}"):
-        entry = cache.ensure("qemu", key, build, progress)
+        made_by = f"the lab's QEMU {VERSION} with {', '.join(series()) or 'no patches'}"
+        entry = cache.ensure("qemu", key, build, progress, made_by=made_by)
     version, patches = read_info(entry / "qemu.json")
     return QemuBinary(
         str(entry / "qemu-system-x86_64"),
@@ -193,8 +194,11 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
         )
     # One source directory for every build of this version: the same paths each time,
     # so ccache serves a rebuild after a patch changed.
-    work = cache.entry("qemu-build", content_key([PACKAGE, VERSION]))
+    work_key = content_key([PACKAGE, VERSION])
+    cache.use("qemu-build", work_key)
+    work = cache.entry("qemu-build", work_key)
     work.mkdir(parents=True, exist_ok=True)
+    record_made_by(work, f"source and build tree of {PACKAGE} {VERSION}")
     # Beside the source, not in the entry's scratch: a failed build's log must outlive it.
     log = work / "build.log"
     log.unlink(missing_ok=True)

@@ -51,7 +51,14 @@ def ensure_rootfs(cache: Cache, keys: LabKeys, progress: Progress = SILENT) -> R
         _build(scratch, keys, progress)
 
     with cache.lock(f"rootfs-{key}"):
-        entry = cache.ensure("rootfs", key, build, progress, legacy="base.qcow2")
+        entry = cache.ensure(
+            "rootfs",
+            key,
+            build,
+            progress,
+            made_by=f"Debian {SUITE} root filesystem ({IMAGE_SIZE})",
+            legacy="base.qcow2",
+        )
     return RootfsImage(base=entry / "base.qcow2", key=key)
 
 

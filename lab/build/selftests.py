@@ -128,7 +128,8 @@ def provide_selftests(
         dataclasses.replace(built, build_s=seconds).save(scratch / "selftests.json")
 
     with cache.lock(f"selftests-{key}"):
-        cache.ensure("selftests", key, build, progress)
+        made_by = f"{suite.name} selftests from {tree.identity}"
+        cache.ensure("selftests", key, build, progress, made_by=made_by)
     return SelftestBuild.load(entry / "selftests.json")
 
 

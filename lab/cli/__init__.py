@@ -16,7 +16,7 @@ from types import FrameType
 
 from qemu.qmp import QMPError
 
-from lab.cli import bisect, ci, info, reports, repro, run, shell, vms
+from lab.cli import bisect, cache, ci, info, reports, repro, run, shell, vms
 from lab.cli.common import Parser, exit_code
 from lab.core.errors import HostIOError, LabError, UsageError
 from lab.core.exitcodes import (
@@ -27,7 +27,7 @@ from lab.core.exitcodes import (
     for_bisect,
 )
 
-COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, info)
+COMMAND_GROUPS = (run, shell, repro, bisect, vms, reports, ci, cache, info)
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports it
 BUG_REPORT = "this is a bug in vfio-lab; please report it with the traceback above"
 # The host's storage failed the lab: never a bug of the lab's, whatever it was writing.

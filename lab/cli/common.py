@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from lab.cli import doctor
+from lab.cli.cache import keep_ceiling
 from lab.core.cache import Cache
+from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.exitcodes import for_bisect
 from lab.core.progress import Progress
@@ -128,7 +130,9 @@ def run_cells(
     plan: ShardPlan | None = None,
 ) -> int:
     """Run cells into a new run directory; the table is printed however the run ends.
-    Without a `plan`, the cells are the whole of what the run promised (shard 1/1)."""
+    Without a `plan`, the cells are the whole of what the run promised (shard 1/1). The
+    cache is kept within its ceiling afterwards."""
+    limit = ceiling()  # a bad $VFIO_LAB_CACHE_MAX is told now, not after the run
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
@@ -143,6 +147,8 @@ def run_cells(
     finally:
         code = results.finish(interrupted=interrupted)
         print(table(results))
+    keep_ceiling(cache, limit)
+    cache.release()
     return code
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from lab.build.kernels import KernelArtifact
 from lab.cli import doctor
+from lab.cli.cache import keep_ceiling
 from lab.cli.common import boot_args, load_scenario, pick_cell, scenario_arg
 from lab.core.cache import Cache
+from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.progress import Progress
 from lab.run.booter import CellBooter, check_port_free
@@ -55,6 +57,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise UsageError(f"--overlay: {args.overlay} is not a file")
     if args.gdb is not None:
         check_port_free(args.gdb)
+    limit = ceiling()  # a bad $VFIO_LAB_CACHE_MAX is told now, not after the session
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
@@ -80,6 +83,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
         if ready.bound:
             print(f"vfio-lab: bound {' '.join(ready.bound)} to vfio-pci", file=sys.stderr)
         status = _session(ready.guest.ssh, args.remote)
+    if cache.built:  # a warm shell is seconds: the cache has not grown, so no walk over it
+        keep_ceiling(cache, limit)
     if keep is not None:
         again = shlex.join(
             ["vfio-lab", "shell", str(s.file), "--cell", cell.name, "--overlay", str(keep)]

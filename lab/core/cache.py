@@ -1,13 +1,19 @@
 """The artifact cache: content-keyed entries built atomically, outside the clone.
 
 Layout under the root (default ~/.cache/vfio-lab, or $VFIO_LAB_CACHE):
-  kernels/<key>/   rootfs/<key>/   src/<key>/   keys/
+  <kind>/<key>/    entries, one directory each (KINDS)
+  keys/            the lab's SSH identities
   memo/<key>       answers worth not asking again (Cache.memo)
+  in-use/<kind>/   one lock file per entry: held shared by each lab using the entry, its
+                   mtime the entry's last use (Cache.use; lab.core.cachegc prunes)
+  local-trees.json the `local:` checkouts the lab built in (their .lab-build-* directories
+                   are entries of kind local-build)
   tmp/ (per-run scratch, emptied by its owner, or by `sweep` once the owner is gone)
 
 Every entry made by `Cache.build` carries a manifest of its top-level files and their
 sizes, so `Cache.ensure` can tell a complete entry from one a full disk, a crash or a
-careless `rm` left behind, and rebuild it instead of booting a truncated image.
+careless `rm` left behind, and rebuild it instead of booting a truncated image; and a
+line saying what it is (MADE_BY), for `vfio-lab cache list`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,6 +37,24 @@ from lab.core.files import blaming, make_dir, write_atomic, write_file
 
 MANIFEST = ".manifest.json"
 OWNER = ".owner.json"
+MADE_BY = ".made-by"
+LOCAL_BUILD = "local-build"
+LOCAL_TREES = "local-trees.json"
+# The kinds of entry the lab makes, each a directory of the root but LOCAL_BUILD: the
+# build directories inside the `local:` checkouts LOCAL_TREES lists.
+KINDS = (
+    "kernels",
+    "src",
+    LOCAL_BUILD,
+    "selftests",
+    "pvh",
+    "rootfs",
+    "snapshots",
+    "qemu",
+    "qemu-build",
+)
+# A source tree's build directories are its subdirectories named with this prefix.
+BUILD_PREFIX = ".lab-build"
 # An unowned scratch directory this young may be one whose owner has not written its
 # owner file yet (mkdtemp and the write are two steps): leave it alone.
 UNOWNED_GRACE_S = 60.0
@@ -98,8 +123,30 @@ def _describe(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(directory: Path) -> None:
-    files = {p.name: _describe(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
+    """What `directory` holds now, but its manifest and its MADE_BY (a description only:
+    an entry that lost it is still whole)."""
+    files = {
+        p.name: _describe(p)
+        for p in sorted(directory.iterdir())
+        if p.name not in (MANIFEST, MADE_BY)
+    }
     write_file(directory / MANIFEST, json.dumps({"files": files}, indent=2) + "\n")
+
+
+def record_made_by(directory: Path, text: str) -> None:
+    """Say what made `directory` (an entry, a build directory), unless it says so already:
+    entries from before these records get one when they are next used."""
+    path = directory / MADE_BY
+    if not path.exists():
+        write_atomic(path, text + "\n")
+
+
+def made_by(directory: Path) -> str:
+    """What `directory` says made it, or "" when it does not say."""
+    try:
+        return (directory / MADE_BY).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def _read_manifest(entry: Path) -> dict[str, dict[str, Any]] | str:
@@ -141,7 +188,7 @@ def _adoptable(entry: Path, legacy: str | None) -> bool:
     return legacy is not None and not (entry / MANIFEST).exists() and (entry / legacy).exists()
 
 
-def _discard(path: Path) -> None:
+def discard(path: Path) -> None:
     """Remove an entry, first moving it off its name so a crash mid-removal cannot leave a
     half-deleted tree where the entry belongs."""
     with blaming(path):
@@ -201,12 +248,93 @@ def _abandoned(directory: Path, now: float) -> bool:
     return process_start(pid) != start
 
 
+def use_lock_path(root: Path, kind: str, key: str) -> Path:
+    """The lock file that marks entry (kind, key) in use; a key that is not a plain name
+    (a local build directory's path) is named by its digest."""
+    if kind not in KINDS:
+        raise ValueError(f"{kind!r} is not a kind of cache entry ({', '.join(KINDS)})")
+    name = key if key.replace("-", "").replace(".", "").isalnum() else content_key([key])
+    return root / "in-use" / kind / name
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor of the lock file at `path`, created if missing."""
+    make_dir(path.parent)
+    with blaming(path):
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def still_named(fd: int, path: Path) -> bool:
+    """Whether `path` is still the file `fd` locked: a pruner removes an entry's lock file
+    with the entry, and a lock on the removed file protects nothing."""
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
+
+
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_root()
+        self._held: dict[Path, int] = {}  # in-use locks this process holds, by lock file
+        self._held_lock = threading.Lock()  # cells are prepared from several threads
+        self.built = 0  # entries this object built: the cache grew only if some were
 
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
+
+    def use(self, kind: str, key: str) -> None:
+        """Mark entry (kind, key) used now, and in use by this process until `release`:
+        a shared lock on its lock file, which `vfio-lab cache prune` (an exclusive one,
+        not waited for) never gets while a lab holds it. Taken before the entry is looked
+        at or built, so that no prune removes it between the check and its use."""
+        path = use_lock_path(self.root, kind, key)
+        with self._held_lock:
+            fd = self._held.get(path)
+        if fd is None:
+            fd = self._lock_shared(path)
+            with self._held_lock:
+                if path in self._held:  # another thread of this process took it meanwhile
+                    os.close(fd)
+                    fd = self._held[path]
+                else:
+                    self._held[path] = fd
+        with blaming(path):
+            os.utime(fd)  # the entry's last use: atime is no clock under relatime
+
+    @staticmethod
+    def _lock_shared(path: Path) -> int:
+        while True:
+            fd = open_lock(path)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only for a prune removing the entry now
+            if still_named(fd, path):
+                return fd
+            os.close(fd)  # it was removed with its entry: lock the new one
+
+    def release(self) -> None:
+        """Let go of every entry this process marked in use (the run is over)."""
+        with self._held_lock:
+            held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
+
+    def use_local_build(self, tree: Path, build_dir: Path) -> None:
+        """Mark a build directory inside a `local:` checkout in use, and remember the
+        checkout, so that `vfio-lab cache` finds its build directories."""
+        self.use(LOCAL_BUILD, str(build_dir.resolve()))
+        with self.lock("local-trees"):
+            trees = self.local_trees()
+            if tree.resolve() not in trees:
+                listed = [str(t) for t in [*trees, tree.resolve()]]
+                write_atomic(self.root / LOCAL_TREES, json.dumps({"trees": listed}, indent=2))
+
+    def local_trees(self) -> list[Path]:
+        """The `local:` checkouts the lab has built in (an unreadable record: none)."""
+        try:
+            trees = json.loads((self.root / LOCAL_TREES).read_text())["trees"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [Path(t) for t in trees if isinstance(t, str)]
 
     @property
     def tmp(self) -> Path:
@@ -226,9 +354,9 @@ class Cache:
             yield
 
     @contextlib.contextmanager
-    def build(self, kind: str, key: str) -> Iterator[Path]:
+    def build(self, kind: str, key: str, made_by: str) -> Iterator[Path]:
         """Yield a scratch directory that becomes entry(kind, key) only if the block succeeds,
-        with a manifest of what it held then."""
+        with a manifest of what it held then and `made_by`, a line saying what it is."""
         final = self.entry(kind, key)
         make_dir(final.parent)
         with blaming(final.parent):
@@ -240,11 +368,13 @@ class Cache:
             yield scratch
             with blaming(scratch / OWNER):
                 (scratch / OWNER).unlink()
+            record_made_by(scratch, made_by)
             write_manifest(scratch)
             if final.exists():  # a damaged entry being replaced: rename cannot overwrite it
-                _discard(final)
+                discard(final)
             with blaming(final):
                 os.rename(scratch, final)
+            self.built += 1
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -254,30 +384,42 @@ class Cache:
         key: str,
         build: Callable[[Path], None],
         progress: Report,
+        *,
+        made_by: str,
         legacy: str | None = None,
     ) -> Path:
-        """entry(kind, key), built by `build(scratch)` if it is missing, and rebuilt (saying
-        so through `progress`) if it is damaged. The caller holds the entry's lock: the check
-        and the rebuild must not interleave with another process's build.
+        """entry(kind, key), marked in use (see `use`), built by `build(scratch)` if it is
+        missing, and rebuilt (saying so through `progress`) if it is damaged; `made_by`
+        says what it is. The caller holds the entry's lock: the check and the rebuild must
+        not interleave with another process's build.
 
         `legacy` names the file whose presence marked a complete entry before manifests
         existed (entries were already built atomically then): such an entry is adopted
         with a manifest of what it holds, not rebuilt."""
         entry = self.entry(kind, key)
-        if self.intact(kind, key, progress, legacy):
+        if self.intact(kind, key, progress, made_by, legacy):
             return entry
         if entry.exists():
             # Before the build, not after: a damaged kernel tree or image is big, and the
             # disk may be why it is damaged.
-            _discard(entry)
-        with self.build(kind, key) as scratch:
+            discard(entry)
+        with self.build(kind, key, made_by) as scratch:
             build(scratch)
         return entry
 
-    def intact(self, kind: str, key: str, progress: Report, legacy: str | None = None) -> bool:
-        """entry(kind, key) is there and whole, by its own manifest and nothing else. One
-        that is there but damaged is named with why through `progress`, since the caller
-        rebuilds it now; one from before manifests (see `ensure`) is adopted."""
+    def intact(
+        self,
+        kind: str,
+        key: str,
+        progress: Report,
+        made_by: str,
+        legacy: str | None = None,
+    ) -> bool:
+        """entry(kind, key), marked in use, is there and whole, by its own manifest and
+        nothing else. One that is there but damaged is named with why through `progress`,
+        since the caller rebuilds it now; one from before manifests (see `ensure`) is
+        adopted; one from before MADE_BY records is given `made_by`."""
+        self.use(kind, key)
         entry = self.entry(kind, key)
         if not entry.exists():
             return False
@@ -285,9 +427,11 @@ class Cache:
         if why is not None and _adoptable(entry, legacy):
             progress("cache", f"cache entry {kind}/{key} predates manifests; adopting it")
             write_manifest(entry)
-            return True
-        if why is not None:
+            why = None
+        elif why is not None:
             progress("cache", f"cache entry {kind}/{key} is damaged ({why}); rebuilding")
+        if why is None:
+            record_made_by(entry, made_by)
         return why is None
 
     def memo(self, parts: Iterable[str], compute: Callable[[], str]) -> str:
@@ -312,10 +456,15 @@ class Cache:
         make_dir(path.parent)
         write_atomic(path, value)
 
-    def complete(self, kind: str, key: str) -> bool:
-        """entry(kind, key) is there and whole (its manifest matches)."""
+    def complete(self, kind: str, key: str, made_by: str) -> bool:
+        """entry(kind, key), marked in use, is there and whole (its manifest matches); one
+        from before MADE_BY records is given `made_by`."""
+        self.use(kind, key)
         entry = self.entry(kind, key)
-        return entry.exists() and damage(entry) is None
+        if not entry.exists() or damage(entry) is not None:
+            return False
+        record_made_by(entry, made_by)
+        return True
 
     @contextlib.contextmanager
     def scratch(self, prefix: str) -> Iterator[Path]:

@@ -26,9 +26,10 @@ from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
 from lab.build.keys import LabKeys, ensure_keys
 from lab.build.qemu import QemuBinary, provide_qemu
 from lab.build.selftests import SelftestBuild, payload_programs, provide_selftests
+from lab.core import cachegc
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
-from lab.core.files import blaming, copy_file, make_dir, move, write_file
+from lab.core.files import copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
@@ -440,7 +441,8 @@ class CellBooter:
         other run takes it meanwhile."""
         with self.cache.lock(f"snapshot-{key}"):
             try:
-                if self.cache.intact("snapshots", key, self.progress):
+                made_by = _snapshot_made_by(cell, prepared)
+                if self.cache.intact("snapshots", key, self.progress, made_by):
                     return stack.enter_context(self._restore(cell, prepared, cell_dir, key)), None
                 return stack.enter_context(self._saved(cell, prepared, cell_dir, key, bind)), None
             except snapshot.SnapshotFailed as e:
@@ -458,7 +460,8 @@ class CellBooter:
             guest = ready.guest
             started = time.monotonic()
             try:
-                with self.cache.build("snapshots", key) as entry:
+                made_by = _snapshot_made_by(cell, prepared)
+                with self.cache.build("snapshots", key, made_by) as entry:
                     guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
                     guest.ssh.close()
                     snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
@@ -481,8 +484,8 @@ class CellBooter:
             seconds = time.monotonic() - started
             size = (self.cache.entry("snapshots", key) / snapshot.STATE).stat().st_size >> 20
             self.progress(cell.name, f"saved snapshot {key}: {size} MiB in {seconds:.1f} s")
-            for old in snapshot.prune(self.cache.root / "snapshots", SNAPSHOTS_KEPT):
-                self.progress(cell.name, f"removed the least recently used snapshot {old.name}")
+            for old in cachegc.keep_newest(self.cache, "snapshots", SNAPSHOTS_KEPT):
+                self.progress(cell.name, f"removed the least recently used snapshot {old.key}")
             ready.snapshot = f"saved {key}"
             ready.phases["snapshot_save"] = round(seconds, 2)
             yield ready
@@ -506,8 +509,6 @@ class CellBooter:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise snapshot.SnapshotFailed("restore", f"its files: {e}") from e
         with state, self.cache.scratch("vm-") as scratch:
-            with blaming(entry / snapshot.META):
-                (entry / snapshot.META).touch()  # used now: see snapshot.prune
             # Written apart from the reads above: a failure here is the cell directory's
             # (a full disk), never a reason to take the snapshot for damaged.
             marker = f"\n---- vfio-lab: restored from snapshot {key} ----\n"
@@ -552,9 +553,14 @@ class CellBooter:
 
 SAVE_TIMEOUT_S = 120.0
 # Each snapshot holds the guest's used RAM (about 200 MiB for the stock kernel): the most
-# recently used are kept, the rest removed when a new one is made. More than the built-in
-# nightly's 13 machines, which would otherwise push each other out in turn.
+# recently used are kept, the rest (but those a running lab holds) removed when a new one
+# is made. More than the built-in nightly's 13 machines, which would otherwise push each
+# other out in turn.
 SNAPSHOTS_KEPT = 24
+
+
+def _snapshot_made_by(cell: Cell, prepared: Prepared) -> str:
+    return f"test-ready snapshot of {cell.name}'s machine ({prepared.kernel.identity})"
 
 
 def resume(ssh: GuestSSH) -> list[str]:

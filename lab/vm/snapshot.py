@@ -10,7 +10,6 @@ guest runs on once the state is loaded. Both work with Debian's QEMU and the lab
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from pathlib import Path
 
@@ -115,19 +114,3 @@ def qemu_words(e: Exception) -> str:
         lines = [line for line in e.log_tail if not line.startswith("console: ")]
         return " | ".join(lines[-3:]) or str(e)
     return str(e)
-
-
-def prune(root: Path, keep: int) -> list[Path]:
-    """Remove all but the `keep` most recently used snapshots under `root` (a restore
-    touches its META); returns what was removed."""
-    entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    entries.sort(key=_last_used, reverse=True)
-    for old in entries[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-    return entries[keep:]
-
-
-def _last_used(entry: Path) -> float:
-    with contextlib.suppress(OSError):
-        return (entry / META).stat().st_mtime
-    return 0.0

@@ -66,7 +66,7 @@ def cache_entries() -> dict[str, bool]:
     """Every entry of the cache, by kind/key: whole by its own manifest or not."""
     cache = Cache()
     return {
-        f"{kind.name}/{entry.name}": cache.complete(kind.name, entry.name)
+        f"{kind.name}/{entry.name}": cache.complete(kind.name, entry.name, "test")
         for kind in sorted(cache.root.iterdir())
         if kind.is_dir() and kind.name not in ("tmp", "locks", "memo", "running", "keys")
         for entry in sorted(kind.iterdir())
@@ -141,6 +141,6 @@ def test_a_results_disk_full_at_the_restore_keeps_the_snapshot(results, tmpfs: M
     assert "Traceback" not in said, said
     assert re.search(rf"{disk}/[^ ]+/console\.log: \[Errno 28\] No space left on device", said)
     assert "did not restore" not in said and "damaged" not in said, said
-    assert Cache().complete("snapshots", entry.name)
+    assert Cache().complete("snapshots", entry.name, "test")
     now = (entry / snapshot.STATE).stat()
     assert (now.st_ino, now.st_mtime_ns) == (state.st_ino, state.st_mtime_ns), "remade"

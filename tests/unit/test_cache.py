@@ -64,7 +64,7 @@ def rootfs_builder() -> Builder:
 
 def test_build_writes_a_manifest_of_the_top_level(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    with cache.build("rootfs", "k1") as scratch:
+    with cache.build("rootfs", "k1", "test") as scratch:
         rootfs_builder()(scratch)
     manifest = json.loads((cache.entry("rootfs", "k1") / MANIFEST).read_text())
     assert manifest == {
@@ -79,7 +79,7 @@ def test_build_writes_a_manifest_of_the_top_level(tmp_path: Path) -> None:
 
 def test_a_missing_entry_is_built_without_a_damage_message(tmp_path: Path) -> None:
     cache, build, said = Cache(tmp_path), rootfs_builder(), Messages()
-    entry = cache.ensure("rootfs", "k1", build, said)
+    entry = cache.ensure("rootfs", "k1", build, said, made_by="test")
     assert entry == cache.entry("rootfs", "k1")
     assert build.calls == 1
     assert (entry / "base.qcow2").read_bytes() == IMAGE
@@ -88,9 +88,9 @@ def test_a_missing_entry_is_built_without_a_damage_message(tmp_path: Path) -> No
 
 def test_a_valid_entry_is_not_rebuilt(tmp_path: Path) -> None:
     cache, said = Cache(tmp_path), Messages()
-    cache.ensure("rootfs", "k1", rootfs_builder(), said)
+    cache.ensure("rootfs", "k1", rootfs_builder(), said, made_by="test")
     again = rootfs_builder()
-    cache.ensure("rootfs", "k1", again, said)
+    cache.ensure("rootfs", "k1", again, said, made_by="test")
     assert again.calls == 0
     assert said.lines == []
 
@@ -106,10 +106,10 @@ def test_a_truncated_file_is_reported_and_rebuilt(
     tmp_path: Path, kind: str, name: str, size: int, files: dict[str, bytes]
 ) -> None:
     cache, said = Cache(tmp_path), Messages()
-    entry = cache.ensure(kind, "k1", Builder(files), said)
+    entry = cache.ensure(kind, "k1", Builder(files), said, made_by="test")
     os.truncate(entry / name, size)
     rebuild = Builder(files)
-    cache.ensure(kind, "k1", rebuild, said)
+    cache.ensure(kind, "k1", rebuild, said, made_by="test")
     expected = len(files[name])
     assert said.lines == [
         (
@@ -125,10 +125,10 @@ def test_a_truncated_file_is_reported_and_rebuilt(
 
 def test_a_missing_file_is_reported_and_rebuilt(tmp_path: Path) -> None:
     cache, said = Cache(tmp_path), Messages()
-    entry = cache.ensure("rootfs", "k1", rootfs_builder(), said)
+    entry = cache.ensure("rootfs", "k1", rootfs_builder(), said, made_by="test")
     (entry / "base.qcow2").unlink()
     rebuild = rootfs_builder()
-    cache.ensure("rootfs", "k1", rebuild, said)
+    cache.ensure("rootfs", "k1", rebuild, said, made_by="test")
     assert rebuild.calls == 1
     assert said.lines == [
         ("cache", "cache entry rootfs/k1 is damaged (base.qcow2: missing); rebuilding")
@@ -148,13 +148,13 @@ def test_a_missing_or_unreadable_manifest_rebuilds(
     tmp_path: Path, manifest: bytes | None, why: str
 ) -> None:
     cache, said = Cache(tmp_path), Messages()
-    entry = cache.ensure("rootfs", "k1", rootfs_builder(), said)
+    entry = cache.ensure("rootfs", "k1", rootfs_builder(), said, made_by="test")
     if manifest is None:
         (entry / MANIFEST).unlink()
     else:
         (entry / MANIFEST).write_bytes(manifest)
     rebuild = rootfs_builder()
-    cache.ensure("rootfs", "k1", rebuild, said)
+    cache.ensure("rootfs", "k1", rebuild, said, made_by="test")
     assert rebuild.calls == 1
     [(label, message)] = said.lines
     assert label == "cache"
@@ -165,7 +165,7 @@ def test_a_missing_or_unreadable_manifest_rebuilds(
 
 def test_a_failed_rebuild_leaves_no_entry_to_trust(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    entry = cache.ensure("rootfs", "k1", rootfs_builder(), Messages())
+    entry = cache.ensure("rootfs", "k1", rootfs_builder(), Messages(), made_by="test")
     os.truncate(entry / "base.qcow2", 10)
 
     def broken(scratch: Path) -> None:
@@ -173,18 +173,18 @@ def test_a_failed_rebuild_leaves_no_entry_to_trust(tmp_path: Path) -> None:
         raise RuntimeError("debootstrap died")
 
     with pytest.raises(RuntimeError):
-        cache.ensure("rootfs", "k1", broken, Messages())
+        cache.ensure("rootfs", "k1", broken, Messages(), made_by="test")
     assert not entry.exists()
     assert [p.name for p in entry.parent.iterdir()] == []  # no scratch or discarded copy
     again = rootfs_builder()
-    cache.ensure("rootfs", "k1", again, Messages())
+    cache.ensure("rootfs", "k1", again, Messages(), made_by="test")
     assert again.calls == 1
 
 
 def test_build_replaces_an_existing_entry(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    cache.ensure("rootfs", "k1", Builder({"base.qcow2": b"old"}), Messages())
-    with cache.build("rootfs", "k1") as scratch:
+    cache.ensure("rootfs", "k1", Builder({"base.qcow2": b"old"}), Messages(), made_by="test")
+    with cache.build("rootfs", "k1", "test") as scratch:
         Builder({"base.qcow2": b"new!"})(scratch)
     entry = cache.entry("rootfs", "k1")
     assert (entry / "base.qcow2").read_bytes() == b"new!"
@@ -347,12 +347,23 @@ def test_an_entry_from_before_manifests_is_adopted_not_rebuilt(tmp_path):
     said: list[str] = []
     built: list[Path] = []
     entry = cache.ensure(
-        "rootfs", "k", built.append, lambda label, m: said.append(m), legacy="base.qcow2"
+        "rootfs",
+        "k",
+        built.append,
+        lambda label, m: said.append(m),
+        legacy="base.qcow2",
+        made_by="test",
     )
     assert built == [] and entry == old
     assert said == ["cache entry rootfs/k predates manifests; adopting it"]
     (old / "base.qcow2").write_bytes(b"q")  # truncated after adoption: now it is caught
-    cache.ensure("rootfs", "k", lambda s: (s / "base.qcow2").write_bytes(b"new"), lambda *a: None)
+    cache.ensure(
+        "rootfs",
+        "k",
+        lambda s: (s / "base.qcow2").write_bytes(b"new"),
+        lambda *a: None,
+        made_by="test",
+    )
     assert (old / "base.qcow2").read_bytes() == b"new"
 
 
@@ -366,7 +377,7 @@ def test_a_half_built_entry_of_a_dead_lab_is_swept(tmp_path):
     child.wait()
     (half,) = (tmp_path / "kernels").glob(".k-*")
     assert half in cache.sweep() and not half.exists()
-    with cache.build("kernels", "mine") as mine:  # a live build is never swept
+    with cache.build("kernels", "mine", "test") as mine:  # a live build is never swept
         assert mine not in cache.sweep() and mine.exists()
 
 
@@ -374,7 +385,7 @@ SCRIPT_BUILD = """
 import time
 from pathlib import Path
 from lab.core.cache import Cache
-with Cache(Path("{root}")).build("kernels", "k") as scratch:
+with Cache(Path("{root}")).build("kernels", "k", "test") as scratch:
     print("building", flush=True)
     time.sleep(60)
 """
@@ -396,8 +407,10 @@ def test_memo_computes_once_per_inputs(tmp_path: Path) -> None:
 
 def test_complete_is_false_for_a_missing_or_damaged_entry(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
-    assert not cache.complete("kernels", "k")
-    cache.ensure("kernels", "k", lambda d: (d / "vmlinuz").write_bytes(IMAGE), Messages())
-    assert cache.complete("kernels", "k")
+    assert not cache.complete("kernels", "k", "test")
+    cache.ensure(
+        "kernels", "k", lambda d: (d / "vmlinuz").write_bytes(IMAGE), Messages(), made_by="test"
+    )
+    assert cache.complete("kernels", "k", "test")
     (cache.entry("kernels", "k") / "vmlinuz").write_bytes(IMAGE[:10])
-    assert not cache.complete("kernels", "k")
+    assert not cache.complete("kernels", "k", "test")

@@ -45,7 +45,7 @@ def full(path: Path) -> Path:
 
 
 def saved_snapshot(cache: Cache) -> Path:
-    with cache.build("snapshots", KEY) as entry:
+    with cache.build("snapshots", KEY, "test") as entry:
         meta = {"bound": ["0000:00:03.0"], "cpu": GuestCpu("tcg").as_json()}
         (entry / snapshot.META).write_text(json.dumps(meta))
         (entry / snapshot.CONSOLE).write_bytes(CONSOLE)
@@ -78,7 +78,9 @@ def test_a_full_cell_directory_is_blamed_for_the_restored_console_not_the_snapsh
         booter._start(cell(), prepared(tmp_path), cell_dir, KEY, True, stack)
     assert str(e.value) == f"{console}: {ENOSPC}"
     assert e.value.exit_code == 3
-    assert cache.complete("snapshots", KEY), "the snapshot was condemned for a full cell dir"
+    assert cache.complete("snapshots", KEY, "test"), (
+        "the snapshot was condemned for a full cell dir"
+    )
     assert fingerprint(entry) == before
     assert not any("damaged" in m or "did not restore" in m for _, m in said.lines)
 
@@ -170,12 +172,12 @@ def test_a_manifest_that_cannot_be_written_fails_the_build_and_keeps_the_old_ent
     tmp_path: Path,
 ) -> None:
     cache = Cache(tmp_path)
-    old = cache.ensure("rootfs", KEY, rootfs_builder(), Messages())
-    with pytest.raises(InfraError) as e, cache.build("rootfs", KEY) as scratch:
+    old = cache.ensure("rootfs", KEY, rootfs_builder(), Messages(), made_by="test")
+    with pytest.raises(InfraError) as e, cache.build("rootfs", KEY, "test") as scratch:
         rootfs_builder()(scratch)
         manifest = full(scratch / MANIFEST)
     assert str(e.value) == f"{manifest}: {ENOSPC}"
-    assert cache.complete("rootfs", KEY) and old == cache.entry("rootfs", KEY)
+    assert cache.complete("rootfs", KEY, "test") and old == cache.entry("rootfs", KEY)
     assert [p.name for p in (tmp_path / "rootfs").iterdir()] == [KEY]
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from lab.build import kernels
-from lab.build.kbuild import BUILD_PREFIX, SourceTree, build_dir_for, build_key
+from lab.build.kbuild import SourceTree, build_dir_for, build_key
 from lab.build.kernels import KernelArtifact, LocalTree, SourceBuilt
-from lab.core.cache import Cache
+from lab.core import cachegc
+from lab.core.cache import BUILD_PREFIX, Cache
 from lab.spec.kernelspec import CellConfig, KernelSpec
 
 
@@ -90,7 +91,7 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
             entry / "initramfs.cpio", "00",
         ).save(entry / "artifact.json")  # fmt: skip
 
-    cache.ensure("kernels", key, fill, print)
+    cache.ensure("kernels", key, fill, print, made_by="test")
     merged = ["merged-config", tree.config_identity, kernels.wanted_text(cfg)]
     cache.remember([*merged, kernels.compiler_identity()], config_sha)
     monkeypatch.setattr(kernels, "merge_config", pytest.fail)
@@ -114,3 +115,43 @@ def test_kconfig_part_keeps_only_kconfig_and_fragment_changes() -> None:
     ))  # fmt: skip
     assert kconfig_part(diff) == chunk("drivers/vfio/Kconfig") + chunk("kernel/configs/tiny.config")
     assert kconfig_part("") == ""
+
+
+def test_a_local_build_directory_is_remembered_as_a_cache_entry(
+    checkout: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`vfio-lab cache` finds the build directories inside a developer's checkout only
+    through the checkouts the lab remembers having built in."""
+    cache = Cache(tmp_path / "cache")
+
+    def merge(tree: SourceTree, cfg: CellConfig, build_dir: Path, *_: object) -> None:
+        (build_dir / ".config").write_text("CONFIG_VFIO=y\n")
+
+    def build(
+        self: SourceBuilt,
+        spec: KernelSpec,
+        tree: SourceTree,
+        build_dir: Path,
+        log: Path,
+        cache: Cache,
+        scratch: Path,
+        entry: Path,
+        progress: object,
+    ) -> None:
+        (scratch / "vmlinuz").write_bytes(b"k")
+        KernelArtifact("local", "7.2.0", tree.identity, entry / "vmlinuz",
+                       entry / "initramfs.cpio", "00").save(scratch / "artifact.json")  # fmt: skip
+
+    monkeypatch.setattr(kernels, "check_options_exist", lambda *a: None)
+    monkeypatch.setattr(kernels, "merge_config", merge)
+    monkeypatch.setattr(SourceBuilt, "_build", build)
+    cfg = CellConfig(overrides=(("VFIO", "y"),))
+    LocalTree().prepare(KernelSpec("local", str(checkout)), cache, print, cfg)
+    assert cache.local_trees() == [checkout.resolve()]
+    (found,) = cachegc.entries(cache, ["local-build"])
+    assert found.path.parent == checkout and found.path.name.startswith(BUILD_PREFIX)
+    assert found.made_by == f"build directory of local:{checkout} (config VFIO=y)"
+    assert git(checkout, "status", "--porcelain") == ""
+    assert cachegc.in_use(cache, found), "the building lab holds its build directory"
+    cache.release()
+    assert not cachegc.in_use(cache, found)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kbuild import BUILD_PREFIX, SourceTree, build_dir_for
+from lab.build.kbuild import SourceTree, build_dir_for
 from lab.build.patches import patched_tree
-from lab.core.cache import Cache
+from lab.core.cache import BUILD_PREFIX, Cache
 from lab.core.errors import BuildError
 
 PATCH = """From 1 Mon Sep 17 00:00:00 2001

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import sys
 from pathlib import Path
 
@@ -174,14 +173,3 @@ def test_the_guest_writes_back_only_the_headers_qemu_lost(lab_guest, tmp_path: P
     restored = (sysfs / "0000:01:00.0" / "config").read_bytes()
     assert restored[0x10:0x14] == (0xFEA00000).to_bytes(4, "little")
     assert restored[0x04:0x06] == (0x0406).to_bytes(2, "little")
-
-
-def test_prune_keeps_the_most_recently_used(tmp_path: Path) -> None:
-    for age, name in enumerate(["newest", "middle", "oldest"]):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / snapshot.META).write_text("{}")
-        os.utime(tmp_path / name / snapshot.META, (1e9 - age, 1e9 - age))
-    (tmp_path / ".half-built-abc").mkdir()
-    removed = snapshot.prune(tmp_path, keep=2)
-    assert [p.name for p in removed] == ["oldest"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".half-built-abc", "middle", "newest"]

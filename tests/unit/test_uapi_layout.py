@@ -34,7 +34,7 @@ def uapi_include() -> list[Path]:
     with cache.lock("uapi"):
         entry = cache.entry("uapi", version)
         if not entry.exists():
-            with cache.build("uapi", version) as scratch:
+            with cache.build("uapi", version, "test") as scratch:
                 deb = apt.download("linux-libc-dev", version, scratch)
                 subprocess.run(["dpkg-deb", "-x", str(deb), str(scratch / "root")], check=True)
                 deb.unlink()
