@@ -1,8 +1,10 @@
 """report.html: one self-contained page (no external assets) for a run.
 
 The tests x cells matrix comes first, rows whose result or per-test diagnostics differ
-between cells highlighted; below it, per test and cell, the diagnostics, the kernel's
-alarms, the dmesg slice and the console excerpt the triage attributed to it.
+between cells highlighted, and results whose kernel lines deserve a look (splats,
+warnings, IOMMU faults, driver errors; records.notable) marked; below it, per test and
+cell, the diagnostics, those kernel alarms, the routine driver lines on demand, the
+dmesg slice and the console excerpt the triage attributed to it.
 """
 
 from __future__ import annotations
@@ -218,7 +220,10 @@ def _matrix_cell(rec: TestRecord | None, keys: list[str]) -> str:
     shown = "".join(
         f"<br><span class=diag>{escape(k)}: {escape(diags.get(k, '-'))}</span>" for k in keys
     )
-    alarm = " <span title='kernel lines attributed'>&#9888;</span>" if rec.kernel else ""
+    alarm = ""
+    if notable := rec.notable_kernel:
+        kinds = ", ".join(dict.fromkeys(line.partition(": ")[0] for line in notable))
+        alarm = f" <span title='kernel: {escape(kinds)}'>&#9888;</span>"
     return f"<td class='r-{rec.outcome}'>{_badge(rec.outcome)}{alarm}{shown}</td>"
 
 
@@ -241,12 +246,18 @@ def _cell_details(cell: CellData, rec: TestRecord | None) -> str:
         blocks.append(f"<p>known failure: {escape(rec.expectation.get('reason', ''))}{target}</p>")
     for title, lines, css in (
         ("diagnostics", rec.diagnostics, ""),
-        ("kernel alarms", rec.kernel, "alarm"),
+        ("kernel alarms", rec.notable_kernel, "alarm"),
         ("dmesg while it ran", rec.dmesg, ""),
         ("console while it ran", rec.console, ""),
     ):
         if lines:
             text = escape("\n".join(lines))
             blocks.append(f"<div>{title}:<pre class='{css}'>{text}</pre></div>")
-    is_open = " open" if rec.unexpected or rec.kernel else ""
+    if routine := rec.routine_kernel:
+        text = escape("\n".join(routine))
+        blocks.append(
+            f"<details class=routine><summary>{len(routine)} routine kernel "
+            f"line{'s' if len(routine) > 1 else ''}</summary><pre>{text}</pre></details>"
+        )
+    is_open = " open" if rec.unexpected or rec.notable_kernel else ""
     return f"<details{is_open}><summary>{head}</summary>{''.join(blocks)}</details>"

@@ -13,6 +13,22 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
 _UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 NOT_KEYS = ("setup", "call", "teardown", "console")
+# The kind of attributed kernel line that VFIO and IOMMUFD print themselves (see
+# lab.run.triage.ALARMS). Most are what every test makes them say (a vfio-pci reset, a
+# device enabled): such a line deserves a look only when it tells of trouble.
+DRIVER_KIND = "vfio"
+_TROUBLE = re.compile(
+    r"\b(?:errors?|err|fail(?:s|ed|ure)?|unable|cannot|can't|could ?n[o']t|timed out|"
+    r"time-?out|denied|refused|leak(?:s|ed)?|corrupt\w*|warn\w*)\b",
+    re.IGNORECASE,
+)
+
+
+def notable(line: str) -> bool:
+    """Whether an attributed kernel line (`kind: text`) deserves a look: a splat, a
+    warning, an IOMMU fault, or a driver line telling of trouble; not a routine one."""
+    kind, _, text = line.partition(": ")
+    return kind != DRIVER_KIND or _TROUBLE.search(text) is not None
 
 
 @dataclass
@@ -46,6 +62,16 @@ class TestRecord:
     @property
     def unexpected(self) -> bool:
         return self.outcome in UNEXPECTED
+
+    @property
+    def notable_kernel(self) -> list[str]:
+        """The attributed kernel lines that deserve a look (see `notable`)."""
+        return [line for line in self.kernel if notable(line)]
+
+    @property
+    def routine_kernel(self) -> list[str]:
+        """The attributed kernel lines every test has: shown on demand only."""
+        return [line for line in self.kernel if not notable(line)]
 
     def diagnostic_map(self) -> dict[str, str]:
         """The `key: value` diagnostics (iopte_size, container_provider, errno...), not the

@@ -27,7 +27,7 @@ from lab.results.outcomes import (
     XPASS,
     count,
 )
-from lab.results.records import TestRecord
+from lab.results.records import DRIVER_KIND, TestRecord
 from lab.results.tap import TapParser
 from lab.spec.scenario import Expectation
 from lab.spec.suites import DEFAULT_SUITE, SUITES
@@ -49,7 +49,7 @@ ALARMS = (
         re.compile(r"DMAR: \[DMA .*|AMD-Vi: .*IO_PAGE_FAULT.*|virtio_iommu.*fault.*"),
         False,
     ),
-    ("vfio", re.compile(r"(?:^|\]\s*)((?:vfio(?!-lab)[-_\w]*|iommufd)\b.*)"), False),
+    (DRIVER_KIND, re.compile(r"(?:^|\]\s*)((?:vfio(?!-lab)[-_\w]*|iommufd)\b.*)"), False),
 )
 SLICE_HEAD, SLICE_TAIL = 20, 40
 CONSOLE_TAIL = 25

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 from lab.results import reports
 from lab.results.rundir import load_run, matrix
+from lab.run.triage import alarms
 from tests.unit.run_fixtures import rec, sample_cells, write_run
 
 
@@ -77,3 +78,50 @@ def test_cell_wide_diagnostics_do_not_make_rows_differ(tmp_path):
     hugetlb = "vfio_dma_mapping_test.vfio_type1_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
     assert rows[hugetlb].changed_keys == ["iopte_size"]  # not container_provider
     assert not rows["vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region"].differs
+
+
+def attributed(*dmesg: str) -> dict[str, list[str]]:
+    """A record's kernel fields as the triage fills them from these dmesg lines."""
+    lines = list(dmesg)
+    return {"dmesg": lines, "kernel": [f"{k}: {line}" for k, line, _ in alarms(lines)]}
+
+
+RESET = ["[ 3.1] vfio-pci 0000:00:03.0: resetting", "[ 3.2] vfio-pci 0000:00:03.0: reset done"]
+DMAR = "[ 3.3] DMAR: [DMA Write NO_PASID] Request device [00:03.0] fault addr 0x1000"
+
+
+def row_and_details(html: str, test: str) -> tuple[str, str]:
+    row = re.search(rf"<tr [^>]*data-test='{re.escape(test)}'>.*?</tr>", html)
+    section = re.search(rf"<section id=t\d+><h3>{re.escape(test)}</h3>.*?</section>", html, re.S)
+    assert row and section
+    return row.group(0), section.group(0)
+
+
+def test_only_what_deserves_a_look_is_marked(tmp_path):
+    """Every test has routine driver lines (a vfio-pci reset): they are no alarm. A DMAR
+    fault, a splat, or a driver line telling of a failure is."""
+    cells = {
+        "c": [
+            rec("t.routine", "pass", **attributed(*RESET)),
+            rec("t.fault", "pass", **attributed(RESET[0], DMAR)),
+            rec("t.failed", "pass", **attributed("[ 3.4] vfio-pci 0000:00:04.0: probe failed")),
+            rec("t.quiet", "pass"),
+        ]
+    }
+    html = (write_run(tmp_path, cells) / reports.HTML).read_text()
+    row, details = row_and_details(html, "t.routine")
+    assert "&#9888;" not in row
+    assert "<details><summary>" in details and "<details open>" not in details
+    assert "kernel alarms" not in details
+    shown = re.search(r"<details class=routine><summary>2 routine kernel lines</summary>", details)
+    assert shown and "vfio-pci 0000:00:03.0: resetting" in details
+    row, details = row_and_details(html, "t.fault")
+    assert "<span title='kernel: iommu fault'>&#9888;</span>" in row
+    assert "<details open>" in details
+    alarm = re.search(r"kernel alarms:<pre class='alarm'>(.*?)</pre>", details, re.S)
+    assert alarm and "DMAR: [DMA Write NO_PASID]" in alarm.group(1)
+    assert "resetting" not in alarm.group(1)
+    assert "1 routine kernel line</summary>" in details
+    row, _ = row_and_details(html, "t.failed")
+    assert "<span title='kernel: vfio'>&#9888;</span>" in row
+    assert "&#9888;" not in row_and_details(html, "t.quiet")[0]
