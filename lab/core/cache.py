@@ -28,6 +28,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -273,11 +274,19 @@ def still_named(fd: int, path: Path) -> bool:
         return False
 
 
+def _close_all(held: dict[Path, int]) -> None:
+    for fd in held.values():
+        os.close(fd)
+    held.clear()
+
+
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or default_root()
         self._held: dict[Path, int] = {}  # in-use locks this process holds, by lock file
         self._held_lock = threading.Lock()  # cells are prepared from several threads
+        # A Cache dropped without `release` lets go of its entries all the same.
+        weakref.finalize(self, _close_all, self._held)
         self.built = 0  # entries this object built: the cache grew only if some were
 
     def entry(self, kind: str, key: str) -> Path:
@@ -314,9 +323,7 @@ class Cache:
     def release(self) -> None:
         """Let go of every entry this process marked in use (the run is over)."""
         with self._held_lock:
-            held, self._held = self._held, {}
-        for fd in held.values():
-            os.close(fd)
+            _close_all(self._held)
 
     def use_local_build(self, tree: Path, build_dir: Path) -> None:
         """Mark a build directory inside a `local:` checkout in use, and remember the

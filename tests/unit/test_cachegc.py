@@ -402,3 +402,13 @@ def test_an_entry_says_what_made_it_and_an_old_one_learns_it_when_used(cache: Ca
         "old": "kernel local:/src/linux",
     }
     cache.release()
+
+
+def test_a_cache_dropped_without_release_lets_go_of_its_entries(cache: Cache) -> None:
+    entry(cache, "kernels", "k", 4, days_ago=1)
+    (e,) = entries(cache)
+    other = Cache(cache.root)
+    other.use("kernels", "k")
+    assert cachegc.in_use(cache, e)
+    del other
+    assert not cachegc.in_use(cache, e)
