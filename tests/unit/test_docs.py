@@ -5,7 +5,6 @@ and links every page, and costs.md names every package the host setup installs."
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -14,9 +13,6 @@ from tests.conftest import REPO
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 README_MAX_LINES = 200
-# Pages another branch is adding: a link to one passes while the file does not exist yet,
-# and is checked like any other once it does.
-PENDING = {DOCS / "cache.md"}
 
 
 def pages() -> list[Path]:
@@ -67,7 +63,7 @@ def anchors(page: Path) -> set[str]:
     return found
 
 
-def broken_links(page: Path, pending: Collection[Path] = ()) -> list[str]:
+def broken_links(page: Path) -> list[str]:
     broken = []
     for line in prose_lines(page.read_text()):
         targets = INLINE_LINK.findall(line) + REFERENCE.findall(line)
@@ -77,15 +73,14 @@ def broken_links(page: Path, pending: Collection[Path] = ()) -> list[str]:
             path_part, _, anchor = unquote(target).partition("#")
             dest = (page.parent / path_part).resolve() if path_part else page
             if not dest.exists():
-                if dest not in pending:
-                    broken.append(f"{page.name}: {target}: no such file")
+                broken.append(f"{page.name}: {target}: no such file")
             elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
                 broken.append(f"{page.name}: {target}: no such heading")
     return broken
 
 
 def test_every_relative_link_resolves():
-    assert [b for page in pages() for b in broken_links(page, PENDING)] == []
+    assert [b for page in pages() for b in broken_links(page)] == []
 
 
 def test_the_link_check_finds_what_is_broken(tmp_path):
@@ -97,12 +92,12 @@ def test_the_link_check_finds_what_is_broken(tmp_path):
         "[ok](there.md) and [ok too](there.md#a-vfio-lab-run-heading) and [self](#local)\n"
         "[gone](missing.md) [`code` text](there.md#no-such-heading) ![img](pic.png)\n"
         "[web](https://example.org/x.md) [mail](mailto:a@b) `[in code](nope.md)`\n"
-        "[pending](later.md) [%20](with%20space.md)\n"
+        "[%20](with%20space.md)\n"
         "```\n[in a fence](nope.md)\n```\n"
         "[ref]: ref-missing.md\n"
         "## Local\n"
     )
-    assert broken_links(page, {tmp_path / "later.md"}) == [
+    assert broken_links(page) == [
         "page.md: missing.md: no such file",
         "page.md: there.md#no-such-heading: no such heading",
         "page.md: pic.png: no such file",
@@ -146,7 +141,6 @@ def test_the_readme_links_every_docs_page():
     for line in prose_lines(README.read_text()):
         linked |= {(REPO / t).resolve() for t in INLINE_LINK.findall(line)}
     assert [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked] == []
-    assert linked >= PENDING
 
 
 # --- costs.md ------------------------------------------------------------------------
