@@ -107,7 +107,7 @@ def test_a_mismatch_names_what_differs() -> None:
 
 
 def saved_on(cache: Cache, cpu: GuestCpu) -> Path:
-    with cache.build("snapshots", KEY) as entry:
+    with cache.build("snapshots", KEY, "test") as entry:
         meta = {"bound": [], "cpu": cpu.as_json()}
         (entry / snapshot.META).write_text(json.dumps(meta))
         (entry / snapshot.CONSOLE).write_bytes(b"[    0.000000] Linux version 6.1\n")
