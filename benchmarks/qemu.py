@@ -27,10 +27,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import machine, payload_seconds, timed_run, write_report
 
-from lab.build.qemu import ensure_lab_qemu
+from lab.artifacts.qemu import ensure_lab_qemu
 from lab.core.cache import Cache
 from lab.core.progress import Progress
-from lab.spec.scenario import locate
+from lab.model.scenario import locate
 
 
 def build_times(tmp: Path) -> dict[str, Any]:

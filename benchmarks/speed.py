@@ -119,8 +119,8 @@ def edit_loop(tmp: Path) -> dict[str, Any]:
 def checkout_72(tmp: Path) -> Path:
     """A git checkout of the lab's unpacked 7.2 tree, hard-linked (no gigabytes copied)."""
     code = (
-        "from lab.build.kernels import KERNEL_BUILDERS; from lab.core.cache import Cache;"
-        "from lab.spec.kernelspec import parse_kernel_spec; s = parse_kernel_spec('debian:7.2');"
+        "from lab.artifacts.kernels import KERNEL_BUILDERS; from lab.core.cache import Cache;"
+        "from lab.model.kernelspec import parse_kernel_spec; s = parse_kernel_spec('debian:7.2');"
         "print(KERNEL_BUILDERS[s.source].tree(s, Cache(), print).path)"
     )
     src = Path(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

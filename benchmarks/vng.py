@@ -63,7 +63,7 @@ def series(argv: list[str], cwd: Path, repeat: int) -> dict[str, Any]:
 
 def vmlinuz(scenario: Path) -> Path:
     code = (
-        "import sys; from pathlib import Path; from lab.spec import scenario;"
+        "import sys; from pathlib import Path; from lab.model import scenario;"
         "from lab.core.cache import Cache; from lab.run.booter import CellBooter;"
         "c = scenario.expand(scenario.load(Path(sys.argv[1])))[0];"
         "print(CellBooter(Cache()).prepare(c).kernel.vmlinuz)"

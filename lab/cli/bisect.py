@@ -19,10 +19,10 @@ from lab.cli.common import (
 )
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
+from lab.model.suites import parse_keyword
 from lab.results.rundir import CellData
 from lab.run import bisect
 from lab.run.matrix import RunOptions
-from lab.spec.suites import parse_keyword
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

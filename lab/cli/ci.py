@@ -25,10 +25,10 @@ from lab.cli.run import shard_args, sharded
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
+from lab.model import scenario
+from lab.model.shards import durations, minutes, split
 from lab.results import previous
 from lab.run.artifactkey import artifact_key
-from lab.spec import scenario
-from lab.spec.shards import durations, minutes, split
 
 IMAGE = "debian:bookworm"
 TOOLS = "git make python3 python3-venv sudo ca-certificates"

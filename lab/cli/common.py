@@ -14,12 +14,12 @@ from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.exitcodes import for_bisect
 from lab.core.progress import Progress
+from lab.model import scenario, shards
+from lab.model.kernelspec import parse_kernel_spec
+from lab.model.scenario import Cell, Scenario
+from lab.model.shards import ShardPlan
 from lab.results.summary import table
 from lab.run.matrix import RunOptions, ScenarioRun
-from lab.spec import scenario, shards
-from lab.spec.kernelspec import parse_kernel_spec
-from lab.spec.scenario import Cell, Scenario
-from lab.spec.shards import ShardPlan
 
 DEFAULT_GDB_PORT = 1234
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build import qemu as qemu_build
+from lab.artifacts import qemu as qemu_build
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple

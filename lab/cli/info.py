@@ -9,11 +9,11 @@ from typing import Protocol
 from lab.cli import doctor
 from lab.core.cache import Cache
 from lab.core.exitcodes import EXIT_INFRA, EXIT_OK
-from lab.spec import scenario
-from lab.spec.kernelspec import KERNEL_SOURCES
-from lab.spec.schema import describe
-from lab.spec.suites import SUITES
-from lab.spec.variants import DEVICES, IOMMU_MODELS
+from lab.model import scenario
+from lab.model.kernelspec import KERNEL_SOURCES
+from lab.model.schema import describe
+from lab.model.suites import SUITES
+from lab.model.variants import DEVICES, IOMMU_MODELS
 
 
 class Documented(Protocol):

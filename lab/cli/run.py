@@ -6,8 +6,8 @@ import argparse
 import shlex
 from pathlib import Path
 
-from lab.build.kernels import KernelArtifact
-from lab.build.qemu import describe_qemu, qemu_placeholder
+from lab.artifacts.kernels import KernelArtifact
+from lab.artifacts.qemu import describe_qemu, qemu_placeholder
 from lab.cli.common import (
     bisect_arg,
     boot_args,
@@ -21,10 +21,8 @@ from lab.cli.common import (
 )
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
-from lab.run.booter import check_port_free, vm_config
-from lab.run.matrix import RunOptions, default_jobs
-from lab.spec.scenario import Cell, Scenario
-from lab.spec.shards import (
+from lab.model.scenario import Cell, Scenario
+from lab.model.shards import (
     WHOLE,
     Shard,
     ShardPlan,
@@ -33,7 +31,9 @@ from lab.spec.shards import (
     plan,
     shard_cells,
 )
-from lab.spec.variants import Accel
+from lab.model.variants import Accel
+from lab.run.booter import check_port_free, vm_config
+from lab.run.matrix import RunOptions, default_jobs
 from lab.vm.qemu import build_argv
 
 

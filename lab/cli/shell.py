@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lab.build.kernels import KernelArtifact
+from lab.artifacts.kernels import KernelArtifact
 from lab.cli import doctor
 from lab.cli.cache import keep_ceiling
 from lab.cli.common import boot_args, load_scenario, pick_cell, scenario_arg
@@ -16,9 +16,9 @@ from lab.core.cache import Cache
 from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.progress import Progress
+from lab.model.scenario import Cell
 from lab.run.booter import CellBooter, check_port_free
 from lab.run.matrix import cell_dirname
-from lab.spec.scenario import Cell
 from lab.vm.ssh import GuestSSH
 
 

@@ -38,7 +38,7 @@ DEFAULT_ORIGIN = "vfio_lab"
 EXCERPT_MAX = 16384
 _PATH_CHARS = re.compile(r"[^a-zA-Z0-9_-]+")
 _COMMIT = re.compile(r"^git:(?P<commit>[0-9a-f]{40})(?P<dirty>\+(?!patches:)\w+)?")
-PATCHED = "+patches:"  # lab.build.patches: a tree with the lab's or the scenario's patches
+PATCHED = "+patches:"  # lab.artifacts.patches: a tree with the lab's or the scenario's patches
 # Kernel sources whose tree has a widely-recognized name (KCIDB's tree_name).
 TREE_NAMES = {"debian": "debian", "debian-stock": "debian"}
 LOCAL = "local:"

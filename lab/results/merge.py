@@ -20,10 +20,10 @@ from typing import Any
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_INTERRUPTED
 from lab.core.files import blaming, make_dir, write_atomic
+from lab.model.shards import WHOLE, Shard, ShardPlan, parse_shard
 from lab.results import reports
 from lab.results.rundir import CellData, RunData, load_run, run_started
 from lab.results.summary import exit_code_of
-from lab.spec.shards import WHOLE, Shard, ShardPlan, parse_shard
 
 PLAN_FIELDS = ("shard", "scenario_cells", "scenario_hash")
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lab.core.errors import UsageError
+from lab.model.suites import DEFAULT_SUITE
 from lab.results.outcomes import CLEAN, FAILED, XFAIL
 from lab.results.records import TestRecord
 from lab.results.rundir import RunData
-from lab.spec.suites import DEFAULT_SUITE
 
 PARITY = "parity.json"
 GATE = "gate"  # payload.parity: an unexplained disagreement fails the cell

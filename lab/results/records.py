@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.model.suites import DEFAULT_SUITE
 from lab.results.outcomes import UNEXPECTED
-from lab.spec.suites import DEFAULT_SUITE
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.

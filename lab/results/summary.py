@@ -10,12 +10,12 @@ from typing import Any
 
 from lab.core.exitcodes import EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED
 from lab.core.files import write_atomic
+from lab.model.scenario import Expectation
+from lab.model.shards import ShardPlan
 from lab.results import reports
 from lab.results.outcomes import SHOWN_ORDER, count
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, RunData
-from lab.spec.scenario import Expectation
-from lab.spec.shards import ShardPlan
 
 
 @dataclass
@@ -42,7 +42,7 @@ class CellResult:
     qemu_version: str | None = None
     qemu_patches: list[str] = field(default_factory=list)  # the lab's patches in that QEMU
     qemu_build_s: float | None = None  # when this cell built the lab's QEMU
-    # The machine's PCI devices as QEMU is given them (lab.spec.variants.DeviceConfig).
+    # The machine's PCI devices as QEMU is given them (lab.model.variants.DeviceConfig).
     devices: list[dict[str, Any]] = field(default_factory=list)
     guest_release: str | None = None
     kernel_verified: bool | None = None  # the guest provably runs the cell's kernel

@@ -8,16 +8,16 @@ key), and the recipes of the root filesystem, the initramfs and the C selftests.
 
 from __future__ import annotations
 
-from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
-from lab.build.kbuild import wanted_text
-from lab.build.kernels import KERNEL_BUILDERS
-from lab.build.patches import patches_digest
-from lab.build.qemu import QEMU_SOURCES, qemu_key
-from lab.build.rootfs import RECIPE as ROOTFS_RECIPE
-from lab.build.selftests import SELFTESTS
+from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
+from lab.artifacts.kbuild import wanted_text
+from lab.artifacts.kernels import KERNEL_BUILDERS
+from lab.artifacts.patches import patches_digest
+from lab.artifacts.qemu import QEMU_SOURCES, qemu_key
+from lab.artifacts.rootfs import RECIPE as ROOTFS_RECIPE
+from lab.artifacts.selftests import SELFTESTS
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.versions import qemu_version
-from lab.spec.scenario import Cell
+from lab.model.scenario import Cell
 
 
 def artifact_key(cells: list[Cell], cache: Cache) -> str:

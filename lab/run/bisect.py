@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 from lab.core.errors import BuildError, InfraError, UsageError
 from lab.core.proc import capture
+from lab.model.suites import DEFAULT_SUITE, Keyword
 from lab.results.outcomes import FAILED, PASS
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData, load_run
 from lab.run import triage
-from lab.spec.suites import DEFAULT_SUITE, Keyword
 
 Verdict = Literal["good", "bad", "skip"]
 

@@ -19,24 +19,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.build import rootfs
-from lab.build.kbuild import UnknownOption
-from lab.build.kconfig import parse_config
-from lab.build.kernels import KERNEL_BUILDERS, KernelArtifact
-from lab.build.keys import LabKeys, ensure_keys
-from lab.build.qemu import QemuBinary, provide_qemu
-from lab.build.selftests import SelftestBuild, payload_programs, provide_selftests
+from lab.artifacts import rootfs
+from lab.artifacts.kbuild import UnknownOption
+from lab.artifacts.kconfig import parse_config
+from lab.artifacts.kernels import KERNEL_BUILDERS, KernelArtifact
+from lab.artifacts.keys import LabKeys, ensure_keys
+from lab.artifacts.qemu import QemuBinary, provide_qemu
+from lab.artifacts.selftests import SelftestBuild, payload_programs, provide_selftests
 from lab.core import cachegc
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
 from lab.core.files import copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
+from lab.model.kernelspec import SpecError
+from lab.model.scenario import Cell, DeviceSpec
+from lab.model.suites import SUITES
+from lab.model.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
-from lab.spec.kernelspec import SpecError
-from lab.spec.scenario import Cell, DeviceSpec
-from lab.spec.suites import SUITES
-from lab.spec.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
 from lab.vm import accel as accel_mod
 from lab.vm import bootclock, inventory, snapshot
 from lab.vm.guest import Guest

@@ -20,12 +20,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.build.kbuild import wanted_text
-from lab.build.selftests import SELFTESTS
+from lab.artifacts.kbuild import wanted_text
+from lab.artifacts.selftests import SELFTESTS
 from lab.core.cache import content_key, file_sha256, tree_digest
 from lab.core.errors import InfraError
 from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
+from lab.model.kernelspec import KERNEL_SOURCES
+from lab.model.scenario import Cell
+from lab.model.suites import DEFAULT_SUITE, SUITES
 from lab.results import parity
 from lab.results.outcomes import ERROR, FAIL, NOTRUN, PASS, SKIP, UNEXPECTED
 from lab.results.records import TestRecord
@@ -44,9 +47,6 @@ from lab.run.payload import (
     run_payload,
     run_selftests,
 )
-from lab.spec.kernelspec import KERNEL_SOURCES
-from lab.spec.scenario import Cell
-from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm import console
 from lab.vm.console import ConsoleWatch, Stop
 from lab.vm.guest import Guest

@@ -14,12 +14,12 @@ from pathlib import Path
 from lab.core.cache import Cache
 from lab.core.files import blaming, make_dir, write_file
 from lab.core.progress import SILENT, Progress
+from lab.model.scenario import Cell, Scenario
+from lab.model.shards import ShardPlan
 from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
 from lab.run.booter import CellBooter
 from lab.run.cell import CellRun
-from lab.spec.scenario import Cell, Scenario
-from lab.spec.shards import ShardPlan
 from lab.vm.accel import AccelChoice
 
 

@@ -7,13 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build.selftests import SelftestBuild
+from lab.artifacts.selftests import SelftestBuild
 from lab.core.data import GUEST_TESTS
 from lab.core.errors import GuestCommandError, InfraError, UsageError
 from lab.core.files import HostFile, write_file
+from lab.model.scenario import Scenario
+from lab.model.variants import DEVICES
 from lab.results.tap import TapParser, TapResult
-from lab.spec.scenario import Scenario
-from lab.spec.variants import DEVICES
 from lab.vm.console import TEST_STOPS, ConsoleWatch, Stop
 from lab.vm.ssh import CommandResult, GuestSSH, GuestStalled
 

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build.kernels import KernelArtifact
+from lab.artifacts.kernels import KernelArtifact
 from lab.core.errors import InfraError
 from lab.vm.ssh import GuestSSH
 

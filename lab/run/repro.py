@@ -14,11 +14,11 @@ from typing import Any
 
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
+from lab.model import scenario as scenario_mod
+from lab.model.kernelspec import CellConfig, parse_kernel_spec
+from lab.model.scenario import Cell, Scenario
 from lab.run.booter import Prepared
 from lab.run.payload import RUNTIME_DIR
-from lab.spec import scenario as scenario_mod
-from lab.spec.kernelspec import CellConfig, parse_kernel_spec
-from lab.spec.scenario import Cell, Scenario
 
 REQUIRED = (
     "cell",

@@ -15,6 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from lab.model.scenario import Expectation
+from lab.model.suites import DEFAULT_SUITE, SUITES
 from lab.results.outcomes import (
     BROKEN,
     ERROR,
@@ -29,8 +31,6 @@ from lab.results.outcomes import (
 )
 from lab.results.records import DRIVER_KIND, TestRecord
 from lab.results.tap import TapParser
-from lab.spec.scenario import Expectation
-from lab.spec.suites import DEFAULT_SUITE, SUITES
 from lab.vm.console import KERNEL_CRASHES, MARKER, Stop
 
 # (kind, pattern, serious): serious alarms make the test an error; the others are

@@ -26,7 +26,7 @@ from lab.core.errors import InfraError
 from lab.core.files import HostFile, make_dir, write_atomic
 from lab.core.proc import die_with_lab
 from lab.core.versions import version_text
-from lab.spec.variants import Accel
+from lab.model.variants import Accel
 
 PROBE_SECONDS = 20.0
 BOOT_MARK = "Linux version"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.spec.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, DeviceConfig, qemu_escape
+from lab.model.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, DeviceConfig, qemu_escape
 
 # A log buffer that outlasts the payload: triage reads dmesg once, at the end, and loses
 # the per-test markers of whatever the default 128 KiB ring has overwritten (the

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.build.kernels import KERNEL_BUILDERS
+from lab.artifacts.kernels import KERNEL_BUILDERS
 from lab.core.cache import Cache
-from lab.spec.kernelspec import parse_kernel_spec
+from lab.model.kernelspec import parse_kernel_spec
 from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm

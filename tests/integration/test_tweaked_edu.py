@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import qemu
+from lab.artifacts import qemu
 from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab.model.shards import WHOLE, Shard, ShardPlan
 from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
 from lab.run.triage import counts, verdict
-from lab.spec.shards import WHOLE, Shard, ShardPlan
 
 SCENARIO_HASH = "0123456789abcdef"
 

@@ -17,12 +17,12 @@ import pytest
 
 from lab.cli import main
 from lab.core.errors import InfraError, UsageError
+from lab.model.suites import parse_keyword
 from lab.results.records import TestRecord
 from lab.results.rundir import CellData
 from lab.results.tap import parse_text
 from lab.run.bisect import Judgement, bisect, judge
 from lab.run.cell import CellRun, PayloadOutcome
-from lab.spec.suites import parse_keyword
 
 GIT = shutil.which("git") or "git"
 K = parse_keyword("bisected")
@@ -444,8 +444,8 @@ class NoTestSSH:
 
 
 def test_pytest_selecting_nothing_is_an_answer_only_for_bisect(tmp_path: Path) -> None:
+    from lab.model import scenario
     from lab.run.payload import TapStream, run_payload
-    from lab.spec import scenario
     from lab.vm.console import ConsoleWatch
 
     s = scenario.load(scenario.locate("quick"))

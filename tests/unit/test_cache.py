@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kernels import KernelArtifact
+from lab.artifacts.kernels import KernelArtifact
 from lab.core.cache import (
     MANIFEST,
     OWNER,

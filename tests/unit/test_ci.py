@@ -27,11 +27,11 @@ import pytest
 import yaml
 
 from lab.core.cache import Cache
+from lab.model import scenario
+from lab.model.shards import minutes, split
 from lab.results import previous
 from lab.results.previous import FetchFailed
 from lab.run.artifactkey import artifact_key
-from lab.spec import scenario
-from lab.spec.shards import minutes, split
 from tests.conftest import REPO, lab
 
 SCHEMAS = {"github": "vendor.github-workflows", "gitlab": "vendor.gitlab-ci"}

@@ -143,8 +143,8 @@ def test_jobs_must_be_positive_and_not_with_gdb(capsys):
 
 
 def test_default_jobs_respects_cores_and_memory(monkeypatch):
+    from lab.model import scenario
     from lab.run import matrix
-    from lab.spec import scenario
 
     s = scenario.load(scenario.DEFAULT_SCENARIO)  # 2 vCPUs, 4 GiB per guest
     monkeypatch.setattr(matrix.os, "cpu_count", lambda: 2)

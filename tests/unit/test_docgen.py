@@ -12,8 +12,8 @@ import pytest
 
 from lab.cli import build_parser, docgen
 from lab.cli.info import registries
-from lab.spec import scenario
-from lab.spec.schema import describe
+from lab.model import scenario
+from lab.model.schema import describe
 from tests.conftest import REPO
 
 DOCS = REPO / "docs"

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import qemu
+from lab.artifacts import qemu
 from lab.core.errors import InfraError
+from lab.model import scenario, shards
+from lab.model.schema import parse_duration
+from lab.model.variants import DEVICES
 from lab.results.summary import RunResults
 from lab.run.cell import CellRun
 from lab.run.payload import pytest_command
-from lab.spec import scenario, shards
-from lab.spec.schema import parse_duration
-from lab.spec.variants import DEVICES
 from vfiolib import edu as E
 
 DELAY_PATCH = "0003-hw-misc-edu-make-the-DMA-delay-a-property.patch"

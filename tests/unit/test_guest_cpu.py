@@ -135,7 +135,7 @@ def test_a_snapshot_saved_on_another_cpu_is_refused_before_qemu_and_made_again(
         yield "ready"
 
     monkeypatch.setattr(booter, "_guest", restoring)
-    monkeypatch.setattr("lab.build.rootfs.create_overlay", restoring)
+    monkeypatch.setattr("lab.artifacts.rootfs.create_overlay", restoring)
     monkeypatch.setattr(booter, "_saved", saved)
     here = dataclasses.replace(
         prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", SAME_MODEL_FEWER_FLAGS)
@@ -165,6 +165,6 @@ def test_a_snapshot_of_the_same_cpu_is_restored(
 
     monkeypatch.setattr(booter, "_guest", qemu)
     here = dataclasses.replace(prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", NEW))
-    monkeypatch.setattr("lab.build.rootfs.create_overlay", lambda base, overlay: None)
+    monkeypatch.setattr("lab.artifacts.rootfs.create_overlay", lambda base, overlay: None)
     with pytest.raises(Started), contextlib.ExitStack() as stack:
         booter._start(cell(), here, tmp_path, KEY, True, stack)

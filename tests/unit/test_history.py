@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from lab.core.errors import UsageError
+from lab.model.shards import Shard, ShardPlan
 from lab.results import history, merge
 from lab.results.rundir import load_run
-from lab.spec.shards import Shard, ShardPlan
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 

@@ -23,11 +23,11 @@ from lab.cli import run as run_cli
 from lab.core import files
 from lab.core.cache import MANIFEST, Cache
 from lab.core.errors import InfraError
+from lab.model import scenario, shards
 from lab.results import history
 from lab.run.booter import CellBooter, ReadyGuest
 from lab.run.matrix import RunOptions, ScenarioRun
 from lab.run.payload import TapStream
-from lab.spec import scenario, shards
 from lab.vm import snapshot
 from lab.vm.accel import GuestCpu
 from tests.unit.test_cache import Messages, rootfs_builder

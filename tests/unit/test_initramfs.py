@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.build.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
+from lab.artifacts.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
 from lab.core.errors import BuildError
 
 DEP = """\
@@ -46,7 +46,7 @@ def test_module_list_recipe(tmp_path):
 def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
     import subprocess
 
-    from lab.build.kbuild import build_initramfs_builtin
+    from lab.artifacts.kbuild import build_initramfs_builtin
 
     out = tmp_path / "initramfs.cpio"
     build_initramfs_builtin("7.2.13-vfio-lab", out, tmp_path / "log")
@@ -60,7 +60,7 @@ def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
 
 
 def test_iommu_modules_load_right_after_the_virtio_bus():
-    from lab.build.initramfs import load_order
+    from lab.artifacts.initramfs import load_order
 
     boot = [line.split()[1] for line in load_order(["virtio_iommu"]).splitlines()
             if line.startswith("boot ")]  # fmt: skip

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.build import kernels
-from lab.build.kbuild import SourceTree, build_dir_for, build_key
-from lab.build.kernels import KernelArtifact, LocalTree, SourceBuilt
+from lab.artifacts import kernels
+from lab.artifacts.kbuild import SourceTree, build_dir_for, build_key
+from lab.artifacts.kernels import KernelArtifact, LocalTree, SourceBuilt
 from lab.core import cachegc
 from lab.core.cache import BUILD_PREFIX, Cache
-from lab.spec.kernelspec import CellConfig, KernelSpec
+from lab.model.kernelspec import CellConfig, KernelSpec
 
 
 def git(tree: Path, *args: str) -> str:
@@ -104,7 +104,7 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_kconfig_part_keeps_only_kconfig_and_fragment_changes() -> None:
-    from lab.build.kernels import kconfig_part
+    from lab.artifacts.kernels import kconfig_part
 
     def chunk(name: str) -> str:
         return f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n@@ -1 +1 @@\n-a\n+b\n"

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from lab.build.kconfig import (
+from lab.artifacts.kconfig import (
     fragment_text,
     kconfig_dependencies,
     mismatches,
     parse_config,
     requested,
 )
-from lab.spec.kernelspec import available_fragments, option_name
+from lab.model.kernelspec import available_fragments, option_name
 
 CONFIG = """\
 #

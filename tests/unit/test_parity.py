@@ -10,12 +10,12 @@ import pytest
 
 from lab.core.errors import UsageError
 from lab.core.progress import SILENT
+from lab.model import scenario, shards
 from lab.results import parity
 from lab.results.rundir import load_run
 from lab.results.summary import CellResult, RunResults, empty_counts
 from lab.results.tap import parse_text
 from lab.run.cell import CellRun, PayloadOutcome
-from lab.spec import scenario, shards
 from tests.conftest import lab
 from tests.unit.run_fixtures import rec, write_run
 

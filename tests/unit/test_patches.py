@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kbuild import SourceTree, build_dir_for
-from lab.build.patches import patched_tree
+from lab.artifacts.kbuild import SourceTree, build_dir_for
+from lab.artifacts.patches import patched_tree
 from lab.core.cache import BUILD_PREFIX, Cache
 from lab.core.errors import BuildError
 

@@ -5,16 +5,16 @@ from dataclasses import replace
 
 import pytest
 
-from lab.build.kernels import KernelArtifact
-from lab.build.keys import LabKeys
-from lab.build.qemu import QemuBinary
-from lab.build.rootfs import RootfsImage
+from lab.artifacts.kernels import KernelArtifact
+from lab.artifacts.keys import LabKeys
+from lab.artifacts.qemu import QemuBinary
+from lab.artifacts.rootfs import RootfsImage
 from lab.core.errors import InfraError
+from lab.model.scenario import expand, load
 from lab.results import history
 from lab.run.booter import Prepared
 from lab.run.cell import identity
 from lab.run.provenance import GuestFacts, mismatches, parse_facts
-from lab.spec.scenario import expand, load
 from lab.vm.accel import GuestCpu
 
 

@@ -6,7 +6,7 @@ import gzip
 import lzma
 from pathlib import Path
 
-from lab.build.pvh import extract_elf, pvh_image
+from lab.artifacts.pvh import extract_elf, pvh_image
 from lab.core.cache import Cache
 
 ELF = b"\x7fELF" + bytes(range(256)) * 64

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lab.spec.variants import DeviceConfig, qemu_escape
+from lab.model.variants import DeviceConfig, qemu_escape
 from lab.vm.qemu import VMConfig, build_argv, kernel_cmdline
 
 

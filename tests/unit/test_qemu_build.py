@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.build import qemu
+from lab.artifacts import qemu
 from tests.conftest import REPO
 
 

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kernels import KernelArtifact
-from lab.build.keys import LabKeys
-from lab.build.qemu import QemuBinary
-from lab.build.rootfs import RootfsImage
+from lab.artifacts.kernels import KernelArtifact
+from lab.artifacts.keys import LabKeys
+from lab.artifacts.qemu import QemuBinary
+from lab.artifacts.rootfs import RootfsImage
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
+from lab.model.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
 from lab.run import repro
 from lab.run.booter import Prepared
 from lab.run.payload import RUNTIME_DIR
-from lab.spec.scenario import DEFAULT_PAYLOAD, DEFAULT_SCENARIO
 from lab.vm.accel import GuestCpu
 
 

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
+from lab.model.shards import WHOLE, ShardPlan
 from lab.results.rundir import start_time
 from lab.results.summary import CellResult, RunResults, empty_counts, table
 from lab.run.matrix import new_run_dir
-from lab.spec.shards import WHOLE, ShardPlan
 
 PLAN = ShardPlan(WHOLE, ("a", "b", "c"), "0123456789abcdef")
 
@@ -100,8 +100,8 @@ def test_table_lists_cells_and_errors(tmp_path):
 
 
 def test_expectations_that_matched_nothing_are_named(tmp_path):
+    from lab.model.scenario import Expectation
     from lab.results.records import TestRecord
-    from lab.spec.scenario import Expectation
 
     r = RunResults(tmp_path, "s", "id", "tcg", "", PLAN)
     r.expectations = [

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from lab.core.errors import ScenarioError
-from lab.spec import scenario, schema
-from lab.spec.schema import parse_size
+from lab.model import scenario, schema
+from lab.model.schema import parse_size
 
 
 def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
@@ -308,7 +308,7 @@ def test_a_kernel_names_the_models_it_runs_behind(tmp_path):
 
 
 def test_a_model_the_prebuilt_kernel_lacks_is_refused_before_boot(tmp_path):
-    from lab.build.kernels import KernelArtifact
+    from lab.artifacts.kernels import KernelArtifact
     from lab.core.errors import ScenarioError
     from lab.run.booter import _check_model
 

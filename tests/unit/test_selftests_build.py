@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.build.kbuild import SourceTree
-from lab.build.selftests import payload_programs, provide_selftests
+from lab.artifacts.kbuild import SourceTree
+from lab.artifacts.selftests import payload_programs, provide_selftests
 from lab.core.cache import Cache
 from lab.core.errors import BuildError
-from lab.spec.suites import SUITES
+from lab.model.suites import SUITES
 
 SUITE = SUITES["kselftest-vfio"]
 TOP = "headers:\n\tmkdir -p $(O)/usr/include/linux\n\techo '#define LAB 1' > $(O)/usr/include/linux/lab.h\n"

@@ -14,11 +14,8 @@ from lab.cli.common import selected
 from lab.cli.run import sharded
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
-from lab.results import merge
-from lab.results.rundir import load_run
-from lab.run.matrix import RunOptions, ScenarioRun
-from lab.spec import scenario
-from lab.spec.shards import (
+from lab.model import scenario
+from lab.model.shards import (
     BUILD_MIN,
     CELL_MIN,
     SETUP_MIN,
@@ -30,6 +27,9 @@ from lab.spec.shards import (
     shard_cells,
     split,
 )
+from lab.results import merge
+from lab.results.rundir import load_run
+from lab.run.matrix import RunOptions, ScenarioRun
 from tests.conftest import lab
 from tests.unit.run_fixtures import CELLS, SCENARIO_HASH, rec, shard_run, write_run
 

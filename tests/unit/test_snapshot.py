@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from qemu.qmp import QMPError
 
-from lab.build.kernels import KernelArtifact
-from lab.build.keys import LabKeys
-from lab.build.qemu import QemuBinary
-from lab.build.rootfs import RootfsImage
+from lab.artifacts.kernels import KernelArtifact
+from lab.artifacts.keys import LabKeys
+from lab.artifacts.qemu import QemuBinary
+from lab.artifacts.rootfs import RootfsImage
 from lab.core.data import GUEST_TESTS
+from lab.model import scenario
 from lab.run.booter import Prepared, snapshot_key
-from lab.spec import scenario
 from lab.vm import snapshot
 from lab.vm.accel import GuestCpu
 from lab.vm.qemu import build_argv

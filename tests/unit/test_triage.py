@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from lab.model.scenario import Expectation
 from lab.results.records import TestRecord
 from lab.results.tap import parse_text
 from lab.run import triage
-from lab.spec.scenario import Expectation
 from lab.vm.console import Stop
 
 TAP = """\

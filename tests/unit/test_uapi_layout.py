@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from lab.build.apt import PrivateApt
+from lab.artifacts.apt import PrivateApt
 from lab.core.cache import Cache
 from vfiolib import uapi
 

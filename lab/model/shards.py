@@ -26,8 +26,8 @@ from typing import Any
 
 from lab.core.cache import file_sha256
 from lab.core.errors import UsageError
-from lab.spec.kernelspec import KERNEL_SOURCES
-from lab.spec.scenario import Cell
+from lab.model.kernelspec import KERNEL_SOURCES
+from lab.model.scenario import Cell
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 

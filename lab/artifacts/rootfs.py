@@ -6,8 +6,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build.apt import host_mirror
-from lab.build.keys import LabKeys
+from lab.artifacts.apt import host_mirror
+from lab.artifacts.keys import LabKeys
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.data import IMAGES
 from lab.core.proc import run_logged

@@ -1,6 +1,6 @@
 """Kernel builders, one per kernel source, and the artifacts they produce for a cell.
 
-A spec is written `SOURCE[:ARG]` in a scenario's `kernels:` list (lab.spec.kernelspec).
+A spec is written `SOURCE[:ARG]` in a scenario's `kernels:` list (lab.model.kernelspec).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.build.apt import SUITES, PrivateApt, host_apt_state
-from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
-from lab.build.initramfs import build_initramfs
-from lab.build.kbuild import (
+from lab.artifacts.apt import SUITES, PrivateApt, host_apt_state
+from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
+from lab.artifacts.initramfs import build_initramfs
+from lab.artifacts.kbuild import (
     SourceTree,
     build_dir_for,
     build_dir_path,
@@ -31,8 +31,8 @@ from lab.build.kbuild import (
     store_artifact,
     wanted_text,
 )
-from lab.build.patches import patched_tree
-from lab.build.pvh import pvh_image
+from lab.artifacts.patches import patched_tree
+from lab.artifacts.pvh import pvh_image
 from lab.core.cache import (
     Cache,
     CorruptCacheFile,
@@ -45,7 +45,7 @@ from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
-from lab.spec.kernelspec import (
+from lab.model.kernelspec import (
     DEBIAN_SERIES,
     NO_CONFIG,
     CellConfig,
@@ -56,7 +56,7 @@ from lab.spec.kernelspec import (
     LocalTreeKind,
     SpecError,
 )
-from lab.spec.variants import model_modules
+from lab.model.variants import model_modules
 
 
 @dataclass(frozen=True)
@@ -472,7 +472,7 @@ def _dirty(diff: str) -> str:
     return f"+{content_key([diff])}" if diff else ""
 
 
-# One builder per source of lab.spec.kernelspec.KERNEL_SOURCES (a unit test keeps them in step).
+# One builder per source of lab.model.kernelspec.KERNEL_SOURCES (a unit test keeps them in step).
 KERNEL_BUILDERS: Registry[KernelBuilder] = Registry(
     "kernel source", {b.name: b() for b in (DebianStock, DebianSource, LocalTree)}
 )

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lab.core.errors import InfraError
-from lab.spec.kernelspec import BASE_FRAGMENT, FRAGMENTS_DIR, option_name
+from lab.model.kernelspec import BASE_FRAGMENT, FRAGMENTS_DIR, option_name
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")

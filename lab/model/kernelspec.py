@@ -1,7 +1,7 @@
 """What a scenario can say about kernels: a spec (`SOURCE[:ARG]`) from the registry of
 kernel sources, and the config a cell asks of a source-built kernel.
 
-The registry here knows each source's syntax and naming; `lab.build.kernels` builds
+The registry here knows each source's syntax and naming; `lab.artifacts.kernels` builds
 what a spec names, with one builder per source listed here.
 """
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 from lab.core.data import GUEST_TESTS, SCENARIOS
 from lab.core.errors import ScenarioError, UsageError
 from lab.core.registry import Registry, UnknownVariant
-from lab.spec import schema
-from lab.spec.kernelspec import (
+from lab.model import schema
+from lab.model.kernelspec import (
     KERNEL_SOURCES,
     NO_CONFIG,
     CellConfig,
@@ -24,9 +24,9 @@ from lab.spec.kernelspec import (
     option_name,
     parse_kernel_spec,
 )
-from lab.spec.schema import Axis, Duration, KValue, Size, doc_field
-from lab.spec.suites import DEFAULT_SUITE, SUITES
-from lab.spec.variants import DEVICES, IOMMU_MODELS
+from lab.model.schema import Axis, Duration, KValue, Size, doc_field
+from lab.model.suites import DEFAULT_SUITE, SUITES
+from lab.model.variants import DEVICES, IOMMU_MODELS
 
 DEFAULT_SCENARIO = SCENARIOS / "quick.yaml"
 DEFAULT_PAYLOAD = GUEST_TESTS

@@ -1,7 +1,7 @@
 """The test suites a cell can run (`payload.suites`): the lab's own pytest payload, and
 the kernel's C selftests built from the cell's own kernel tree.
 
-The registry here knows each suite's name and needs; `lab.build.selftests` builds the
+The registry here knows each suite's name and needs; `lab.artifacts.selftests` builds the
 C suites (and finds the payload's own programs), and `lab.run.payload` runs them.
 """
 

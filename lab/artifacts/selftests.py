@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.build.kbuild import SourceTree, compiler_identity
-from lab.build.patches import applies_exactly, patched_tree, patches_digest
+from lab.artifacts.kbuild import SourceTree, compiler_identity
+from lab.artifacts.patches import applies_exactly, patched_tree, patches_digest
 from lab.core.cache import Cache, CorruptCacheFile, content_key
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
-from lab.spec.suites import Suite
+from lab.model.suites import Suite
 
 SELFTESTS = IMAGES / "selftests"
 KINDS = ("lab", "compat")

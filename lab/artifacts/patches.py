@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.build.kbuild import SourceTree
+from lab.artifacts.kbuild import SourceTree
 from lab.core.cache import BUILD_PREFIX, Cache, content_key, file_sha256
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from lab.build.apt import PrivateApt
-from lab.build.kbuild import compiler_identity
-from lab.build.patches import apply_patches
+from lab.artifacts.apt import PrivateApt
+from lab.artifacts.kbuild import compiler_identity
+from lab.artifacts.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, record_made_by, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError

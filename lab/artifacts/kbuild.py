@@ -15,9 +15,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.build.initramfs import RECIPE as INITRAMFS_RECIPE
-from lab.build.initramfs import build_initramfs
-from lab.build.kconfig import (
+from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
+from lab.artifacts.initramfs import build_initramfs
+from lab.artifacts.kconfig import (
     ConfigError,
     fragment_text,
     kconfig_dependencies,
@@ -30,7 +30,7 @@ from lab.core.cache import BUILD_PREFIX, Cache, content_key, tree_digest
 from lab.core.errors import UsageError
 from lab.core.proc import capture, run_logged
 from lab.core.progress import Progress
-from lab.spec.kernelspec import CellConfig
+from lab.model.kernelspec import CellConfig
 
 # Lines of `make` output worth showing as progress: links and the final image.
 _BUILD_PROGRESS = re.compile(r"^\s+(LD|AR)\s+(vmlinux|arch/x86/boot/bzImage)\b|Kernel: .* is ready")
