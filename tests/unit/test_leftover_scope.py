@@ -40,9 +40,11 @@ def foreign_qemu(qemu_like):
 
 def test_another_runs_qemu_is_not_this_tests(monkeypatch, foreign_qemu):
     monkeypatch.delenv(vm.TAG, raising=False)
-    assert foreign_qemu in vm.lab_qemus()  # untagged, everything counts
+    seen = vm.lab_qemus()
+    assert foreign_qemu in seen, (foreign_qemu, seen)  # untagged, everything counts
     monkeypatch.setenv(vm.TAG, uuid.uuid4().hex)
-    assert foreign_qemu not in vm.lab_qemus()
+    seen = vm.lab_qemus()
+    assert foreign_qemu not in seen, (foreign_qemu, seen, vm._environ(str(foreign_qemu)))
 
 
 def test_another_live_runs_scratch_is_not_this_tests(
