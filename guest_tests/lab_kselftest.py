@@ -7,7 +7,10 @@ on at the top level under upstream's own ids, qualified by the suite
 (`kselftest-vfio:fixture.variant.test`, so they never collide with the lab's pytest
 payload, which carries the same ids), renumbered into one document, each result preceded
 by the program's `#` lines since the last result (kselftest style: the parser attaches
-them to that test). Markers go to /dev/kmsg around each test, from the harness's `#  RUN`
+them to that test), and followed by a TAP 13 YAML block with its wall time
+(`duration_ms`, as the pytest plugin writes it): from its `#  RUN` line, else from the
+program's previous result or its start, to its result line, as the runner reads them.
+Markers go to /dev/kmsg around each test, from the harness's `#  RUN`
 and result lines, as the pytest plugin does, so the host attributes kernel messages per
 test.
 
@@ -31,10 +34,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vfiolib import kmsg
+from vfiolib.tap import duration_block
 
 _RUN = re.compile(r"^#\s+RUN\s+(?P<name>\S+)")
 _RESULT = re.compile(r"^(?P<ok>ok|not ok)\s+\d+\s+(?:-\s*)?(?P<rest>.*)$")
@@ -65,6 +70,7 @@ class Program:
     running: str | None = None  # `#  RUN` seen, no result yet
     skip_all: str | None = None
     pending: list[str] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)  # where its next result's time starts
 
     @property
     def name(self) -> str:
@@ -84,11 +90,15 @@ class Writer:
         for name in names:
             self.out.write(f"# {COLLECTED}{name}\n")
 
-    def result(self, ok: bool, rest: str, diagnostics: list[str]) -> None:
+    def result(self, program: Program, ok: bool, rest: str, diagnostics: list[str]) -> None:
+        """A result of the program, timed from its `since`, which then starts again."""
         self.count += 1
         for line in diagnostics:
             self.out.write(f"{line}\n")
+        now = time.monotonic()
         self.out.write(f"{'ok' if ok else 'not ok'} {self.count} {rest}\n")
+        self.out.write(duration_block(now - program.since) + "\n")
+        program.since = now
 
     def close(self, late: list[str]) -> None:
         """The plan, after the tests only a program's plan announced (the parser takes
@@ -160,6 +170,7 @@ def relay(program: Program, line: str, out: Writer) -> None:
     nested = line[:1].isspace()  # a nested document's line: its own summary follows
     if m := _RUN.match(stripped):
         program.running = m.group("name")
+        program.since = time.monotonic()
         kmsg.mark(f"test-start {program.qualified(program.running)}")
     if m := _SKIP_ALL.match(stripped):
         program.skip_all = m.group("reason") or "skipped"
@@ -187,7 +198,7 @@ def _result(program: Program, m: re.Match[str], out: Writer) -> None:
     program.skipped += bool(directive and directive.group("kind").upper() == "SKIP")
     program.running = None
     kmsg.mark(f"test-end {program.qualified(name)} {'pass' if ok else 'fail'}")
-    out.result(ok, program.qualified(rest), program.pending)
+    out.result(program, ok, program.qualified(rest), program.pending)
     program.pending = []
 
 
@@ -195,6 +206,7 @@ def run(program: Program, argv: list[str], out: Writer) -> list[str]:
     """Run one program, passing its results on; returns the tests only its plan announced
     that it never reported (the header did not know them)."""
     kmsg.mark(f"program-start {program.name}")
+    program.since = time.monotonic()  # not when it was listed
     # stderr to a file: a pipe could fill while stdout is being read, and stall both.
     status: int | str
     with tempfile.TemporaryFile("w+") as err:
@@ -219,7 +231,10 @@ def finish(program: Program, status: int | str, stderr: str, out: Writer) -> lis
     if program.skip_all is not None and status in (KSFT_PASS, KSFT_SKIP):
         for name in program.listed or [program.name]:
             out.result(
-                True, f"{program.qualified(name)} # SKIP {program.skip_all}", program.pending
+                program,
+                True,
+                f"{program.qualified(name)} # SKIP {program.skip_all}",
+                program.pending,
             )
             program.pending = []
         return []
@@ -237,7 +252,9 @@ def finish(program: Program, status: int | str, stderr: str, out: Writer) -> lis
     if program.running is not None:
         why = f"{program.name} {why}, during this test"
         kmsg.mark(f"test-end {program.qualified(program.running)} error")
-    out.result(False, f"{program.qualified(culprit)} # ERROR {why}", program.pending + tail)
+    out.result(
+        program, False, f"{program.qualified(culprit)} # ERROR {why}", program.pending + tail
+    )
     program.pending = []
     return unnamed
 

@@ -3,7 +3,8 @@
 One `ok`/`not ok` line per test, named like upstream's KTAP lines
 (`<test>.<mode>[_<variant>].<case>`), `# SKIP reason` and `# TODO reason`
 directives, `# ERROR` for a broken setup, and each test's diagnostics as `#` lines
-before its result. The header names every collected test (`# collected: NAME`), so
+before its result, and after it a TAP 13 YAML block with its wall time (`duration_ms`:
+setup, call and teardown as pytest timed them). The header names every collected test (`# collected: NAME`), so
 tests a dying guest never got to can be told apart. Markers go to /dev/kmsg around
 every test so the host can attribute kernel messages to the test that was running.
 With `--tap-fd N` the same lines also go to that file descriptor as they are written:
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from vfiolib import kmsg
+from vfiolib.tap import duration_block
 
 # The lab's own parameters name the variant in this order (upstream's <mode>_<variant>);
 # any other parameter follows, so two parametrizations never share a name.
@@ -73,7 +75,7 @@ class TapWriter:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
-        self.state[nodeid] = {"outcome": None, "reason": "", "details": []}
+        self.state[nodeid] = {"outcome": None, "reason": "", "details": [], "duration": 0.0}
 
     def pytest_runtest_setup(self, item: Any) -> None:
         self.state[item.nodeid]["name"] = tap_name(item)
@@ -82,6 +84,7 @@ class TapWriter:
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         st = self.state[report.nodeid]
+        st["duration"] += report.duration
         outcome, reason = _classify(report)
         if outcome is not None and RANK[outcome] > RANK.get(st["outcome"], 0):
             st["outcome"], st["reason"] = outcome, reason
@@ -101,6 +104,7 @@ class TapWriter:
         outcome = st["outcome"] or "error"
         kmsg.mark(f"test-end {name} {outcome}")
         self.emit(_result_line(self.count, name, outcome, st["reason"]))
+        self.emit(duration_block(st["duration"]))
         del self.state[nodeid]
 
 

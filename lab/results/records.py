@@ -45,6 +45,7 @@ class TestRecord:
     expectation: dict[str, str] | None = None  # the known failure it matched
     suite: str = DEFAULT_SUITE  # which suite ran it
     raw: str | None = None  # the outcome before the expectation it matched (kept with it)
+    duration_s: float | None = None  # its wall time as the guest measured it; None: unknown
 
     @property
     def id(self) -> str:

@@ -5,6 +5,8 @@ guest prints. It keeps each test's `#` diagnostics (the lines before its result 
 kselftest style) and YAML block, nests subtests by indentation (four spaces a level,
 as TAP 14 and KTAP write them), skips garbage, and says what is missing: a plan it never
 saw, tests the plan promised, output that ends inside subtests or a YAML block.
+A test's wall time is the `duration_ms` key of its YAML block (TAP 13's convention, as
+node-tap writes it), which the guest's runners write after every result.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _DIRECTIVE = re.compile(
 # runner announces what the programs listed, then reports, then plans).
 COLLECTED = "collected: "
 INDENT = 4
+# At the YAML block's own level only: a nested `duration_ms` belongs to something else.
+_DURATION = re.compile(r"^duration_ms:\s*(?P<ms>\d+(?:\.\d+)?)\s*$")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class TapResult:
     diagnostics: list[str] = field(default_factory=list)
     yaml: list[str] = field(default_factory=list)
     subtests: list[TapResult] = field(default_factory=list)
+    duration_s: float | None = None  # from the YAML block's duration_ms
 
     def diagnostic(self, key: str) -> str | None:
         """The value of a `key: value` diagnostic line, if the test recorded one."""
@@ -54,6 +59,8 @@ class TapResult:
                 d[key] = getattr(self, key)
         if self.subtests:
             d["subtests"] = [s.to_dict() for s in self.subtests]
+        if self.duration_s is not None:
+            d["duration_s"] = self.duration_s
         return d
 
 
@@ -215,10 +222,14 @@ class TapParser:
 
     def _feed_yaml(self, block: tuple[TapResult, int], raw: str, stripped: str) -> None:
         result, indent = block
+        line = raw[indent:] if raw[:indent].isspace() else raw.strip()
         if stripped == "...":
             self._yaml = None
+        elif (m := _DURATION.match(line)) and result.duration_s is None:
+            # Kept apart from the YAML: the record's diagnostics would differ on every run.
+            result.duration_s = round(float(m.group("ms")) / 1000, 6)
         else:
-            result.yaml.append(raw[indent:] if raw[:indent].isspace() else raw.strip())
+            result.yaml.append(line)
 
     def _last_result(self) -> TapResult | None:
         top = self.stack[-1]

@@ -110,7 +110,9 @@ def records(
     """One record per test of one suite: reported, interrupted, or never run. `dmesg` is
     None when the guest could not give it (it died): the console then speaks for the kernel."""
     out = [
-        TestRecord(name, r.outcome, r.reason, r.diagnostics + r.yaml, suite=suite)
+        TestRecord(
+            name, r.outcome, r.reason, r.diagnostics + r.yaml, suite=suite, duration_s=r.duration_s
+        )
         for name, r in tap.flat()
     ]
     reported = {r.name for r in out}

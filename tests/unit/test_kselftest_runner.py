@@ -222,3 +222,25 @@ def test_a_hung_program_is_an_error_of_its_test_and_the_rest_are_notrun(tmp_path
     assert recs[FAKE_TESTS[1]].reason == (
         f"hang: {SUITE}:{FAKE_TESTS[1]} still running after the per-test timeout of 1 s"
     )
+
+
+def test_a_c_tests_duration_runs_from_its_run_line_to_its_result(tmp_path):
+    # The second before the RUN line is the program's, not the test's.
+    script = tmp_path / "timed"
+    script.write_text(
+        "#!/bin/sh\necho 1..2\nsleep 1\n"
+        'echo "#  RUN           f.slow ..."\nsleep 0.5\necho "ok 1 f.slow"\n'
+        'echo "#  RUN           f.fast ..."\necho "ok 2 f.fast"\n'
+    )
+    script.chmod(0o755)
+    tap, _ = run_runner(tmp_path, script)
+    recs = records(tap)
+    assert 0.5 <= (recs["f.slow"].duration_s or 0) < 1.0
+    assert (recs["f.fast"].duration_s or 1) < 0.5
+
+
+def test_every_record_the_runner_writes_has_a_duration(tmp_path):
+    tap, _ = run_runner(tmp_path, "skips_all", "no_driver", "harness_like")
+    recs = records(tap)
+    assert len(recs) == 6 and all(r.duration_s is not None for r in recs.values())
+    assert parse_text(tap).problems() == []

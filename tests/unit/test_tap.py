@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lab.results.tap import TapParser, parse_text
+from lab.run import triage
 from tests.conftest import REPO
 
 SAMPLE = """\
@@ -154,3 +155,48 @@ def test_golden_parses(sample, golden):
 
 def test_golden_samples_exist():
     assert {p.stem for p in GOLDEN_TAP} >= {"payload-6.12", "kunit-ktap", "tap14-yaml"}
+
+
+TIMED = """\
+TAP version 13
+1..4
+ok 1 fast
+  ---
+  duration_ms: 12.5
+  ...
+not ok 2 slow # TODO known
+  ---
+  message: "boom"
+  duration_ms: 61000
+  duration_ms: 3
+  ...
+ok 3 untimed
+  ---
+  data:
+    duration_ms: 99
+  ...
+ok 4 odd
+  ---
+  duration_ms: soon
+  ...
+"""
+
+
+def test_durations_come_from_the_yaml_block_and_leave_it():
+    tap = parse_text(TIMED)
+    assert [r.duration_s for r in tap.results] == [0.0125, 61.0, None, None]
+    assert tap.results[0].yaml == []  # else every run's records would differ
+    assert tap.results[1].yaml == ['message: "boom"', "duration_ms: 3"]  # the first counts
+    assert tap.results[2].yaml == ["data:", "  duration_ms: 99"]  # nested: someone else's
+    assert tap.results[3].yaml == ["duration_ms: soon"]
+    assert tap.results[0].to_dict()["duration_s"] == 0.0125
+    assert "duration_s" not in tap.results[2].to_dict()
+    assert tap.problems() == []
+
+
+def test_durations_reach_the_records_and_stay_out_of_the_diagnostics():
+    recs = {r.name: r for r in triage.records(parse_text(TIMED), [], [], None)}
+    assert recs["fast"].duration_s == 0.0125 and recs["fast"].diagnostics == []
+    assert recs["untimed"].duration_s is None
+    assert recs["slow"].duration_s == 61.0
+    assert recs["slow"].diagnostics == ['message: "boom"', "duration_ms: 3"]

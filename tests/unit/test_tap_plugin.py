@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 
-from lab.results.tap import parse_text
+from lab.results.tap import TapResult, parse_text
 from lab.run.payload import pytest_argv
 from tests.conftest import REPO
 
@@ -47,6 +47,7 @@ def test_tap_lines_names_and_directives(tmp_path):
     )
     assert by_name["sample_test.known_bug"].outcome == "xfail"
     assert by_name["sample_test.setup_error"].outcome == "error"
+    assert all(r.duration_s is not None and r.yaml == [] for r in tap.results)
     assert tap.problems() == []
 
 
@@ -81,8 +82,8 @@ def test_map(iommu_mode, size):
 """
 
 
-def names_of(tmp_path, module: str) -> list[str]:
-    """The TAP names the plugin gives the tests of `module` (user_test.py)."""
+def results_of(tmp_path, module: str) -> list[TapResult]:
+    """What the plugin reports of the tests of `module` (user_test.py)."""
     work = tmp_path / "tests"
     work.mkdir()
     (work / "user_test.py").write_text(module)
@@ -96,7 +97,11 @@ def names_of(tmp_path, module: str) -> list[str]:
         check=False,
     )
     assert done.returncode == 0, done.stdout
-    return [r.name for r in parse_text((tmp_path / "out.tap").read_text()).results]
+    return parse_text((tmp_path / "out.tap").read_text()).results
+
+
+def names_of(tmp_path, module: str) -> list[str]:
+    return [r.name for r in results_of(tmp_path, module)]
 
 
 def test_every_parameter_is_part_of_the_name(tmp_path):
@@ -110,3 +115,28 @@ def test_every_parameter_is_part_of_the_name(tmp_path):
 def test_a_module_names_the_upstream_fixture_it_mirrors(tmp_path):
     module = 'TAP_FIXTURE = "vfio_cdev"\n\ndef test_bind():\n    pass\n'
     assert names_of(tmp_path, module) == ["vfio_cdev.bind"]
+
+
+TIMED = """
+import time
+
+import pytest
+
+@pytest.fixture
+def slow_fixture():
+    time.sleep(0.3)
+    yield
+    time.sleep(0.3)
+
+def test_slow(slow_fixture):
+    time.sleep(0.3)
+
+def test_fast():
+    pass
+"""
+
+
+def test_a_tests_duration_is_its_setup_call_and_teardown(tmp_path):
+    slow, fast = results_of(tmp_path, TIMED)
+    assert slow.duration_s is not None and slow.duration_s >= 0.9
+    assert fast.duration_s is not None and fast.duration_s < 0.3
