@@ -19,7 +19,9 @@ from lab.results.rundir import load_run
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rpt = sub.add_parser(
-        "report", help="write a run directory's junit.xml and report.html again from its results"
+        "report",
+        help="write a run directory's junit.xml and report.html again from its results, and "
+        "print each cell's slowest tests",
     )
     rpt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     rpt.add_argument(
@@ -105,6 +107,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir)
     trends = history.trends(args.history) if args.history is not None else None
     reports.write_all(run, trends)
+    if run.cells:
+        print(reports.slowest_text(run))
     print(f"{args.run_dir / reports.HTML}\n{args.run_dir / reports.JUNIT}")
     return EXIT_OK
 

@@ -4,7 +4,8 @@ The tests x cells matrix comes first, rows whose result or per-test diagnostics 
 between cells highlighted, and results whose kernel lines deserve a look (splats,
 warnings, IOMMU faults, driver errors; records.notable) marked; below it, per test and
 cell, the diagnostics, those kernel alarms, the routine driver lines on demand, the
-dmesg slice and the console excerpt the triage attributed to it.
+dmesg slice and the console excerpt the triage attributed to it. Each cell's slowest
+tests come before the matrix, with their wall times.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 from lab.results import parity
 from lab.results.history import CellTrend, svg
-from lab.results.records import TestRecord, printable
+from lab.results.records import TestRecord, printable, slowest
 from lab.results.rundir import MISSING_WHY, CellData, Row, RunData, cell_facts, matrix
 
 CSS = """
@@ -82,6 +83,7 @@ def render(run: RunData, trends: list[CellTrend] | None = None) -> str:
         _cells_table(run),
         _parity_section(run),
         _trend_section(trends or []),
+        _slowest_section(run, rows),
         f"<h2>Tests &times; cells</h2><p>{len(rows)} tests, {differing} differ between cells.</p>",
         _controls(),
         _matrix_table(run, rows),
@@ -108,6 +110,27 @@ def _trend_section(trends: list[CellTrend]) -> str:
     ]
     head = "<tr><th>cell</th><th>pass rate</th><th>last</th><th>nights</th></tr>"
     return f"<h2 id=trend>Trend</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _slowest_section(run: RunData, rows: list[Row]) -> str:
+    """Each cell's slowest tests, linked to their details; a cell whose records carry no
+    durations (a run from before they were kept) says so."""
+    if not run.cells:
+        return ""
+    anchor = {row.test: i for i, row in enumerate(rows)}
+    out = []
+    for cell in run.cells:
+        top = slowest(cell.records)
+        name = f"<td rowspan={max(1, len(top))}>{escape(cell.name)}"
+        if not top:
+            out.append(f"<tr>{name}<td colspan=3 class=muted>no test durations recorded</tr>")
+        for i, rec in enumerate(top):
+            out.append(
+                f"<tr>{name if i == 0 else ''}<td class=test><a href='#t{anchor[rec.name]}'>"
+                f"{escape(rec.name)}</a><td>{rec.duration_s:.2f} s<td>{_badge(rec.outcome)}</tr>"
+            )
+    head = "<tr><th>cell<th>test<th>wall<th>result</tr>"
+    return f"<h2 id=slowest>Slowest tests</h2><table id=slowest-tests>{head}{''.join(out)}</table>"
 
 
 def _parity_section(run: RunData) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 from lab.model.suites import DEFAULT_SUITE
 from lab.results.outcomes import UNEXPECTED
 
+SLOWEST = 10  # how many of a cell's slowest tests the reports list
+
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # What XML 1.0 (and so HTML) can carry; a dying UART prints plenty that it cannot.
 _UNPRINTABLE = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -85,6 +87,14 @@ class TestRecord:
         if not isinstance(d, dict):
             raise TypeError(f"a test record is an object, not {type(d).__name__}")
         return TestRecord(**d)
+
+
+def slowest(recs: list[TestRecord], n: int = SLOWEST) -> list[TestRecord]:
+    """The n tests that took longest, slowest first (ties by name, so reports are stable).
+    Tests without a duration (not run, from an older run) are left out, and so are
+    subtests: their time is their parent's."""
+    timed = [r for r in recs if r.duration_s is not None and "/" not in r.name]
+    return sorted(timed, key=lambda r: (-(r.duration_s or 0.0), r.name))[:n]
 
 
 def printable(text: str) -> str:

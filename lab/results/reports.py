@@ -1,5 +1,6 @@
 """What a run leaves for people and CI besides summary.json: junit.xml, report.html, and
-parity.json when a cell ran a C suite beside the lab's payload.
+parity.json when a cell ran a C suite beside the lab's payload; and for the terminal,
+each cell's slowest tests.
 
 Both are rewritten after every cell, from the same data `vfio-lab report` reads back.
 """
@@ -14,7 +15,7 @@ from lab.core.files import write_atomic
 from lab.results import htmlreport, parity
 from lab.results.history import CellTrend
 from lab.results.outcomes import JUNIT_CONSOLE, JUNIT_ELEMENT
-from lab.results.records import TestRecord, printable
+from lab.results.records import TestRecord, printable, slowest
 from lab.results.rundir import MISSING_WHY, CellData, RunData
 
 JUNIT = "junit.xml"
@@ -27,6 +28,16 @@ def write_all(run: RunData, trends: list[CellTrend] | None = None) -> None:
     cells = parity.run_parity(run)
     if cells:
         write_atomic(run.dir / parity.PARITY, json.dumps(parity.to_json(cells), indent=2) + "\n")
+
+
+def slowest_text(run: RunData) -> str:
+    """Each cell's slowest tests with their wall times, for `vfio-lab report`."""
+    lines = []
+    for cell in run.cells:
+        top = slowest(cell.records)
+        lines.append(f"{cell.name}: " + (f"slowest {len(top)}" if top else "no test durations"))
+        lines += [f"  {r.duration_s:8.2f} s  {r.name} ({r.outcome})" for r in top]
+    return "\n".join(lines)
 
 
 # -- junit.xml -----------------------------------------------------------------------------

@@ -72,16 +72,20 @@ def shard_run(
 
 
 def sample_cells() -> dict[str, list[TestRecord]]:
-    """Two cells that differ the way the seed-000 pair does, plus the triage outcomes."""
+    """Two cells that differ the way the seed-000 pair does, plus the triage outcomes; the
+    tests the guest died under or never ran have no duration."""
     hugetlb = "vfio_dma_mapping_test.vfio_type1_iommu_anonymous_hugetlb_1gb.dma_map_unmap"
     return {
         "7.2-iommufd_vfio_container=y": [
-            rec(hugetlb, "pass", "container_provider: iommufd", "iopte_size: 4K"),
-            rec("vfio_pci_device_test.reset", "pass", "container_provider: iommufd"),
+            rec(hugetlb, "pass", "container_provider: iommufd", "iopte_size: 4K", duration_s=3.2),
+            rec(
+                "vfio_pci_device_test.reset", "pass", "container_provider: iommufd", duration_s=1.05
+            ),
             rec(
                 "vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region",
                 "pass",
                 "container_provider: iommufd",
+                duration_s=0.42,
                 kernel=["iommu fault: DMAR: [DMA Write NO_PASID] Request device [00:03.0]"],
                 dmesg=["[ 28.4] DMAR: [DMA Write NO_PASID] Request device [00:03.0]"],
             ),
@@ -95,13 +99,20 @@ def sample_cells() -> dict[str, list[TestRecord]]:
             rec("after_test.never", "notrun", reason="not run: the guest stopped during x"),
         ],
         "7.2-iommufd_vfio_container=n": [
-            rec(hugetlb, "pass", "container_provider: vfio", "iopte_size: 1G"),
-            rec("vfio_pci_device_test.reset", "fail", "container_provider: vfio", "call: E 1 != 0"),
-            rec("vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region", "pass"),
+            rec(hugetlb, "pass", "container_provider: vfio", "iopte_size: 1G", duration_s=2.9),
+            rec(
+                "vfio_pci_device_test.reset",
+                "fail",
+                "container_provider: vfio",
+                "call: E 1 != 0",
+                duration_s=1.05,
+            ),
+            rec("vfio_pci_driver_test.iommufd.memcpy_to_unmapped_region", "pass", duration_s=0.4),
             rec(
                 "crash_test.crash_the_kernel",
                 "xfail",
                 reason="known failure: sysrq",
+                duration_s=0.8,
                 expectation={
                     "test": "crash_test.*",
                     "cells": "*",

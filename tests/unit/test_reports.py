@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+from dataclasses import asdict
 
 from lab.results import reports
+from lab.results.records import TestRecord, slowest
 from lab.results.rundir import load_run, matrix
 from lab.run.triage import alarms
 from tests.unit.run_fixtures import rec, sample_cells, write_run
@@ -125,3 +129,54 @@ def test_only_what_deserves_a_look_is_marked(tmp_path):
     row, _ = row_and_details(html, "t.failed")
     assert "<span title='kernel: vfio'>&#9888;</span>" in row
     assert "&#9888;" not in row_and_details(html, "t.quiet")[0]
+
+
+def test_a_record_keeps_its_duration_through_tests_json(tmp_path):
+    timed = rec("t.a", duration_s=1.25)
+    old = {k: v for k, v in asdict(rec("t.b")).items() if k != "duration_s"}
+    run_dir = write_run(tmp_path, {"c": [timed]})
+    assert load_run(run_dir).cells[0].records == [timed]
+    # A record from before durations were kept still loads: its duration is unknown.
+    assert TestRecord.from_dict(old).duration_s is None
+
+
+def timed(durations: dict[str, float | None]) -> list[TestRecord]:
+    return [rec(name, duration_s=d) for name, d in durations.items()]
+
+
+def test_the_slowest_come_first_ties_by_name_unknown_left_out():
+    recs = timed({"t.b": 2.0, "t.none": None, "t.a": 2.0, "t.c": 9.5, "t.d": 0.0})
+    assert [r.name for r in slowest(recs)] == ["t.c", "t.a", "t.b", "t.d"]
+    assert slowest(timed({"t.none": None})) == []
+
+
+def test_only_ten_and_never_a_subtest():
+    recs = timed({f"t.{i:02}": float(i) for i in range(15)} | {"t.14/inner": 99.0})
+    assert [r.name for r in slowest(recs)] == [f"t.{i:02}" for i in range(14, 4, -1)]
+
+
+def test_report_lists_each_cells_slowest_tests(tmp_path):
+    cells = {
+        "a": timed({f"t.{i:02}": float(i) for i in range(12)} | {"t.x": None}),
+        "b": timed({"t.x": None}),
+    }
+    run_dir = write_run(tmp_path, cells)
+    done = subprocess.run(
+        [sys.executable, "-m", "lab", "report", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:3] == ["a: slowest 10", "     11.00 s  t.11 (pass)", "     10.00 s  t.10 (pass)"]
+    assert lines[10:13] == [
+        "      2.00 s  t.02 (pass)",
+        "b: no test durations",
+        str(run_dir / reports.HTML),
+    ]
+    html = (run_dir / reports.HTML).read_text()
+    section = html.split("<h2 id=slowest>")[1].split("</table>")[0]
+    assert section.count("<tr>") == 1 + 10 + 1  # the head, a's ten, b's none
+    assert ">t.11</a><td>11.00 s<td>" in section and "t.01" not in section
+    assert "no test durations recorded" in section
