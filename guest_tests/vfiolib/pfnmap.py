@@ -47,8 +47,13 @@ class _Window:
         if now - cls.start > RATELIMIT_S:
             cls.start, cls.lines = now, 0
         elif cls.lines + LINES_PER_FAULT > RATELIMIT_BURST:
-            time.sleep(cls.start + RATELIMIT_S + 0.2 - now)
-            cls.start, cls.lines = time.monotonic(), 0
+            cls.wait_for_next(cls.start + RATELIMIT_S + 0.2 - now)
+
+    @classmethod
+    def wait_for_next(cls, seconds: float) -> None:
+        """Sleep until the kernel's window is sure to be over, then count a new one."""
+        time.sleep(seconds)
+        cls.start, cls.lines = time.monotonic(), 0
 
 
 def fault_size(fresh: Callable[[], Touchable]) -> int | str:
@@ -68,8 +73,7 @@ def fault_size(fresh: Callable[[], Touchable]) -> int | str:
     _Window.make_room()
     size = size_from(_fault_fresh(fresh))
     if size is None:
-        time.sleep(RATELIMIT_S + 0.2)
-        _Window.start, _Window.lines = time.monotonic(), 0
+        _Window.wait_for_next(RATELIMIT_S + 0.2)
         size = size_from(_fault_fresh(fresh))
     return size or f"unknown ({FUNC} logged no order that mapped a fresh mmap)"
 
