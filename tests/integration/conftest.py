@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.core.cache import OWNER, Cache
+from lab.core.cache import Cache, _read_owner, process_start
 
 # Set for the length of a test (the `results` fixture): every lab it starts, and every
 # QEMU those start, inherits it, so that other lab runs on the same host are not counted.
@@ -50,11 +50,10 @@ def lab_qemus() -> set[int]:
 
 def _live_owner(directory: Path) -> str | None:
     """The pid of the live process that owns a scratch directory, if any."""
-    try:
-        pid = str(json.loads((directory / OWNER).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    owner = _read_owner(directory)
+    if owner is None or process_start(owner[0]) != owner[1]:
         return None
-    return pid if Path(f"/proc/{pid}").exists() else None
+    return str(owner[0])
 
 
 def vm_scratch() -> set[str]:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from lab.core.cache import OWNER, Cache
+from lab.core.cache import OWNER, Cache, process_start
 from tests.integration import conftest as vm
 
 
@@ -56,6 +56,7 @@ def test_another_live_runs_scratch_is_not_this_tests(
     owners = {"theirs": foreign_qemu, "mine": tagged, "orphan": 999999999}
     for name, pid in owners.items():
         (Cache().tmp / name).mkdir()
-        (Cache().tmp / name / OWNER).write_text(f'{{"pid": {pid}, "start": 1}}\n')
+        start = process_start(pid) or 1  # the orphan's pid is no process
+        (Cache().tmp / name / OWNER).write_text(f'{{"pid": {pid}, "start": {start}}}\n')
     (Cache().tmp / "unowned").mkdir()
     assert vm.vm_scratch() == {"mine", "orphan", "unowned"}
