@@ -150,9 +150,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
 
     def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
         """Debian's linux-source of the image's series (the selftests of 6.1 for 6.1)."""
-        package, _, pinned = spec.arg.partition("=")
-        if not pinned:
-            package, _ = resolved_image(package or self.default_package, cache)
+        package, _ = self._package(spec, cache)
         series = re.match(r"linux-image-(\d+\.\d+)", package)
         if series is None:
             raise SpecError(f"{package}: cannot tell which linux-source-X.Y it was built from")
