@@ -1,8 +1,13 @@
 """Booting one cell's guest, the one path `run`, `shell` and `repro` share.
 
-Artifacts (keys, root filesystem, kernel) are prepared once per booter, the
-accelerator is chosen once, and every guest runs on its own overlay in a scratch
-directory that is removed when the guest stops, unless the caller keeps the overlay.
+Artifacts (keys, root filesystem, kernel) are prepared once per booter, and the
+accelerator is chosen once. A guest starts (`CellBooter.ready`) as one flat sequence of
+steps, each a small method: a cold boot (scratch directory, configure, overlay, launch,
+wait for SSH, set up), the same saved as the machine's snapshot on the way, or a restore
+of that snapshot (read it, scratch directory, its console, configure, overlay, load, wait
+for the resumed guest). Each step pushes the undoing of what it set up onto the boot's
+one stack, which unwinds in reverse when the guest stops or a step fails. Every guest
+runs on its own overlay in its scratch directory, unless the caller brings or keeps one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from lab.artifacts import rootfs
 from lab.artifacts.kbuild import UnknownOption
@@ -151,6 +157,49 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
+@dataclass
+class _Boot:
+    """One start of a guest, as its steps see it: what the caller asked for, `undo`, the
+    stack each step pushes the undoing of what it set up onto, and what the steps made."""
+
+    cell: Cell
+    prepared: Prepared
+    cell_dir: Path
+    undo: contextlib.ExitStack[bool | None]
+    bind: bool = True
+    disk: Path | None = None  # the caller's overlay, booted instead of a fresh one
+    keep_disk: Path | None = None  # where the fresh overlay goes when the guest stops
+    gdb_port: int | None = None
+    key: str = ""  # the machine's snapshot, when it may have one
+    # What the steps made: left out of `init`, so that `fresh` starts without any.
+    snapshot: str = field(init=False, default="")  # as in ReadyGuest
+    state: BinaryIO | None = field(init=False, default=None)  # the snapshot's, restoring
+    console: bytes = field(init=False, default=b"")  # the snapshot's boot, restoring
+    bound: list[str] = field(init=False, default_factory=list)
+    phases: dict[str, float] = field(init=False, default_factory=dict)
+    scratch: Path = field(init=False)
+    cfg: VMConfig = field(init=False)
+    argv: list[str] = field(init=False)
+    guest: Guest = field(init=False)
+
+    @property
+    def restoring(self) -> bool:
+        return self.state is not None
+
+    def fresh(self, undo: contextlib.ExitStack[bool | None]) -> _Boot:
+        """The same request, nothing made yet, undone by `undo`."""
+        return dataclasses.replace(self, undo=undo)
+
+
+Step = Callable[[_Boot], None]
+
+
+def _keep(overlay: Path, kept: Path) -> None:
+    if overlay.exists():
+        make_dir(kept.parent)
+        move(overlay, kept)
+
+
 class CellBooter:
     def __init__(
         self,
@@ -242,98 +291,6 @@ class CellBooter:
         return self._accel.accel
 
     @contextlib.contextmanager
-    def boot(
-        self,
-        cell: Cell,
-        prepared: Prepared,
-        cell_dir: Path,
-        *,
-        disk: Path | None = None,
-        keep_disk: Path | None = None,
-        gdb_port: int | None = None,
-    ) -> Iterator[Guest]:
-        """A ready guest (SSH answers). `disk` reuses an existing overlay; `keep_disk` moves the
-        fresh one there when the guest stops instead of deleting it."""
-        self._check_stopping()
-        with self.cache.scratch("vm-") as scratch:
-            overlay = disk or scratch / "overlay.qcow2"
-            if disk is None:
-                rootfs.create_overlay(prepared.image.base, overlay)
-            cfg = self._config(cell, prepared, overlay, scratch, cell_dir, gdb_port)
-            argv = self._argv(cfg, cell_dir)
-            try:
-                with (
-                    self._guest(cfg, argv, prepared, cell_dir, kept=disk or keep_disk) as guest,
-                    bootclock.watching(cfg.console_log) as marks,
-                ):
-                    self._booting(cell, cfg, prepared)
-                    boot = guest.wait_ready(cell.scenario.machine.boot_timeout)
-                    m = guest.machine
-                    guest.phases = marks.phases(m.qmp_up, m.started, m.started + boot)
-                    self.progress(cell.name, f"SSH up after {boot:.1f} s")
-                    yield guest
-            finally:
-                if keep_disk is not None and disk is None and overlay.exists():
-                    make_dir(keep_disk.parent)
-                    move(overlay, keep_disk)
-
-    def _config(
-        self,
-        cell: Cell,
-        prepared: Prepared,
-        overlay: Path,
-        scratch: Path,
-        cell_dir: Path,
-        gdb_port: int | None = None,
-        console_append: bool = False,
-    ) -> VMConfig:
-        q, k, a = prepared.qemu.binary, prepared.kernel, prepared.accel
-        port = free_port()
-        return vm_config(cell, k, q, a, overlay, scratch, cell_dir, port, gdb_port, console_append)
-
-    def _argv(self, cfg: VMConfig, cell_dir: Path, incoming_fd: int | None = None) -> list[str]:
-        argv = build_argv(cfg)
-        if incoming_fd is not None:
-            argv = snapshot.restore_argv(argv, incoming_fd)
-        write_file(cell_dir / "qemu-argv.json", json.dumps(argv, indent=2) + "\n")
-        return argv
-
-    def _booting(self, cell: Cell, cfg: VMConfig, prepared: Prepared, how: str = "booting") -> None:
-        self.progress(
-            cell.name, f"{how} ({prepared.accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)"
-        )
-
-    @contextlib.contextmanager
-    def _guest(
-        self,
-        cfg: VMConfig,
-        argv: list[str],
-        prepared: Prepared,
-        cell_dir: Path,
-        kept: Path | None,
-        pass_fds: tuple[int, ...] = (),
-    ) -> Iterator[Guest]:
-        """QEMU launched, announced to `vfio-lab qmp`/`console`, and tracked for stop_all."""
-        ssh = GuestSSH(cfg.ssh_port, prepared.keys.client, prepared.keys.host_pub)
-        machine = Machine(argv, cfg.qmp_socket, cell_dir / "qemu.log", cfg.console_log, pass_fds)
-        guest = Guest(cfg.name, machine, ssh, sync_on_exit=kept is not None, disk=cfg.disk)
-        with machine, guest:
-            record = inventory.RunningVM(
-                id=cfg.qmp_socket.parent.name,
-                name=cfg.name,
-                pid=machine.pid or -1,
-                ssh_port=cfg.ssh_port,
-                qmp_socket=str(cfg.user_qmp_socket or ""),
-                console_log=str(cfg.console_log),
-            )
-            with inventory.announced(self.cache.root / "running", record):
-                self.active.add(guest)
-                try:
-                    yield guest
-                finally:
-                    self.active.discard(guest)
-
-    @contextlib.contextmanager
     def ready(
         self,
         cell: Cell,
@@ -350,205 +307,280 @@ class CellBooter:
 
         Restored from the machine's snapshot where one is valid (made first if missing, made
         again if it fails to load); booted cold where the caller keeps or brings a disk,
-        watches the boot with gdb, or turned snapshots off."""
-        why_not = self._no_snapshot(disk, keep_disk, gdb_port)
-        if why_not is None:
-            key = snapshot_key(cell, prepared, bind)
-            why_not = self.cache.recall(["unsnapshotable", key])
-        if why_not is not None:
-            with self._cold(
-                cell, prepared, cell_dir, bind, disk, keep_disk, gdb_port, why_not
-            ) as r:
-                yield r
-            return
-        yield from self._from_snapshot(cell, prepared, cell_dir, key, bind)
+        watches the boot with gdb, or turned snapshots off. `disk` boots an existing
+        overlay; `keep_disk` is where the fresh one goes when the guest stops.
 
-    def _no_snapshot(
-        self, disk: Path | None, keep_disk: Path | None, gdb_port: int | None
-    ) -> str | None:
+        Everything the boot sets up is undone by one stack, in reverse order, when the
+        block ends or a step fails, whatever the failure (see `_run`)."""
+        with contextlib.ExitStack() as undo:
+            b = _Boot(cell, prepared, cell_dir, undo, bind, disk, keep_disk, gdb_port)
+            yield self._start(b)
+
+    def _start(self, b: _Boot) -> ReadyGuest:
+        """The one choice of a boot: from the snapshot, or cold and why."""
+        why_not = self._no_snapshot(b)
+        if why_not is None:
+            b.key = snapshot_key(b.cell, b.prepared, b.bind)
+            why_not = self.cache.recall(["unsnapshotable", b.key])
+        if why_not is None:
+            return self._from_snapshot(b)
+        return self._cold(b, why_not)
+
+    def _no_snapshot(self, b: _Boot) -> str | None:
         if not self.snapshots:
             return "--no-snapshot"
-        if disk is not None or keep_disk is not None:
+        if b.disk is not None or b.keep_disk is not None:
             return "the guest's disk is kept"
-        if gdb_port is not None:
+        if b.gdb_port is not None:
             return "--gdb watches the boot"
         return None
 
-    @contextlib.contextmanager
-    def _cold(
-        self,
-        cell: Cell,
-        prepared: Prepared,
-        cell_dir: Path,
-        bind: bool,
-        disk: Path | None = None,
-        keep_disk: Path | None = None,
-        gdb_port: int | None = None,
-        why: str = "",
-    ) -> Iterator[ReadyGuest]:
-        """A cold boot to test-ready; `why` there is no snapshot, when there is none."""
-        with self.boot(
-            cell, prepared, cell_dir, disk=disk, keep_disk=keep_disk, gdb_port=gdb_port
-        ) as guest:
-            started = time.monotonic()
-            files = install_runtime(guest.ssh, cell.scenario.payload_dir, prepared.kernel.config)
-            self.progress(cell.name, f"copied {files} files from {cell.scenario.payload_dir}")
-            bound = bind_devices(guest.ssh, cell.scenario) if bind else []
-            if bound:
-                self.progress(cell.name, f"bound {' '.join(bound)} to vfio-pci")
-            setup = round(time.monotonic() - started, 2)
-            snapshot_use = f"none: {why}" if why else ""
-            yield ReadyGuest(guest, bound, snapshot_use, {**guest.phases, "setup": setup})
+    def _cold(self, b: _Boot, why: str) -> ReadyGuest:
+        """A cold boot to test-ready; `why` there is no snapshot."""
+        b.snapshot = f"none: {why}"
+        return self._run(b, self._cold_steps())
 
-    def _from_snapshot(
-        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
-    ) -> Iterator[ReadyGuest]:
+    def _from_snapshot(self, b: _Boot) -> ReadyGuest:
         """The machine's snapshot restored; where there is none yet, a cold boot that is
-        saved on the way and goes on (a restore would only cost the first run time)."""
-        for attempt in (1, 2):
-            with contextlib.ExitStack() as stack:
-                ready, failed = self._start(cell, prepared, cell_dir, key, bind, stack)
-                if ready is not None:
-                    yield ready
-                    return
-            assert failed is not None
-            if failed.action == "save":
-                break
-            if attempt == 2:
-                raise failed
+        saved on the way and goes on (a restore would only cost the first run time). One
+        that does not restore is made again, once; one that cannot be saved, booted around."""
+        outcome = self._attempt(b)
+        if isinstance(outcome, snapshot.SnapshotFailed) and outcome.action == "restore":
             self.progress(
-                cell.name, f"snapshot {key} did not restore ({failed.reason}); making it again"
+                b.cell.name,
+                f"snapshot {b.key} did not restore ({outcome.reason}); making it again",
             )
+            outcome = self._attempt(b)
+            if isinstance(outcome, snapshot.SnapshotFailed) and outcome.action == "restore":
+                raise outcome
+        if isinstance(outcome, ReadyGuest):
+            return outcome
         # The save failed: this machine boots cold (from now on, if QEMU refuses it).
-        assert failed is not None
-        if failed.permanent:
-            self.cache.remember(["unsnapshotable", key], failed.reason)
-        self.progress(cell.name, f"no snapshot of this machine: {failed.reason}")
-        with self._cold(cell, prepared, cell_dir, bind, why=failed.reason) as cold:
-            yield cold
+        if outcome.permanent:
+            self.cache.remember(["unsnapshotable", b.key], outcome.reason)
+        self.progress(b.cell.name, f"no snapshot of this machine: {outcome.reason}")
+        return self._cold(b, outcome.reason)
 
-    def _start(
-        self,
-        cell: Cell,
-        prepared: Prepared,
-        cell_dir: Path,
-        key: str,
-        bind: bool,
-        stack: contextlib.ExitStack,
-    ) -> tuple[ReadyGuest | None, snapshot.SnapshotFailed | None]:
-        """Restore the snapshot, or boot cold and save it, with the guest's cleanup in
-        `stack`. A snapshot that did not restore is removed under its lock, so that no
-        other run takes it meanwhile."""
-        with self.cache.lock(f"snapshot-{key}"):
+    def _attempt(self, b: _Boot) -> ReadyGuest | snapshot.SnapshotFailed:
+        """Restore the snapshot, or boot cold and save it, under the snapshot's lock, so
+        that no other run takes one that did not restore before it is removed. The attempt
+        has a stack of its own: undone before this returns when the snapshot failed (what
+        comes next starts clean), handed on to the boot's `undo` when a guest came up."""
+        with self.cache.lock(f"snapshot-{b.key}"), contextlib.ExitStack() as undo:
+            made_by = _snapshot_made_by(b.cell, b.prepared)
+            restoring = self.cache.intact("snapshots", b.key, self.progress, made_by)
+            steps = self._restore_steps() if restoring else self._save_steps()
             try:
-                made_by = _snapshot_made_by(cell, prepared)
-                if self.cache.intact("snapshots", key, self.progress, made_by):
-                    return stack.enter_context(self._restore(cell, prepared, cell_dir, key)), None
-                return stack.enter_context(self._saved(cell, prepared, cell_dir, key, bind)), None
+                ready = self._run(b.fresh(undo), steps)
             except snapshot.SnapshotFailed as e:
-                stack.close()
+                undo.close()
                 if e.action == "restore":
-                    shutil.rmtree(self.cache.entry("snapshots", key), ignore_errors=True)
-                return None, e
+                    shutil.rmtree(self.cache.entry("snapshots", b.key), ignore_errors=True)
+                return e
+            b.undo.push(undo.pop_all())
+            return ready
 
-    @contextlib.contextmanager
-    def _saved(
-        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str, bind: bool
-    ) -> Iterator[ReadyGuest]:
-        """A cold boot to test-ready, saved as the machine's snapshot, then let run on."""
-        with self._cold(cell, prepared, cell_dir, bind) as ready:
-            guest = ready.guest
-            started = time.monotonic()
-            try:
-                made_by = _snapshot_made_by(cell, prepared)
-                with self.cache.build("snapshots", key, made_by) as entry:
-                    guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
-                    guest.ssh.close()
-                    snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
-                    # QEMU flushed and let go of the overlay when the migration completed: a
-                    # copy is the disk as the saved state knows it.
-                    copy_file(guest.disk, entry / snapshot.DISK)
-                    copy_file(cell_dir / "console.log", entry / snapshot.CONSOLE)
-                    meta = {
-                        "bound": ready.bound,
-                        "boot_to_ssh_s": guest.boot_to_ssh_s,
-                        "cpu": prepared.cpu.as_json(),
-                    }
-                    write_file(entry / snapshot.META, json.dumps(meta, indent=2) + "\n")
-            except HostIOError as e:
-                # A snapshot only saves time: one the host cannot hold (a full cache disk)
-                # is a failed save, like a state QEMU could not write, and the cell goes on.
-                raise snapshot.SnapshotFailed("save", str(e)) from e
-            guest.machine.query("cont")
-            guest.ssh.connect()
-            seconds = time.monotonic() - started
-            size = (self.cache.entry("snapshots", key) / snapshot.STATE).stat().st_size >> 20
-            self.progress(cell.name, f"saved snapshot {key}: {size} MiB in {seconds:.1f} s")
-            for old in cachegc.keep_newest(self.cache, "snapshots", SNAPSHOTS_KEPT):
-                self.progress(cell.name, f"removed the least recently used snapshot {old.key}")
-            ready.snapshot = f"saved {key}"
-            ready.phases["snapshot_save"] = round(seconds, 2)
-            yield ready
+    # -- the steps, in the order each way of starting a guest runs them ----------------------
+    def _cold_steps(self) -> tuple[Step, ...]:
+        return (
+            self._scratch,
+            self._configure,
+            self._overlay,
+            self._launch,
+            self._wait_for_ssh,
+            self._set_up,
+        )
 
-    @contextlib.contextmanager
-    def _restore(
-        self, cell: Cell, prepared: Prepared, cell_dir: Path, key: str
-    ) -> Iterator[ReadyGuest]:
-        """A guest started from the snapshot, its clock, entropy and devices made current.
+    def _save_steps(self) -> tuple[Step, ...]:
+        return (*self._cold_steps(), self._save)
+
+    def _restore_steps(self) -> tuple[Step, ...]:
+        return (
+            self._read_snapshot,
+            self._scratch,
+            self._restored_console,
+            self._configure,
+            self._overlay,
+            self._load,
+            self._wait_resumed,
+        )
+
+    def _run(self, b: _Boot, steps: tuple[Step, ...]) -> ReadyGuest:
+        """`steps` in order. Each pushes the undoing of what it set up onto `b.undo`, the one
+        place cleanup happens: a step that fails leaves the steps before it to be undone in
+        reverse, and none after it runs."""
+        self._check_stopping()
+        for step in steps:
+            step(b)
+        return ReadyGuest(b.guest, b.bound, b.snapshot, b.phases)
+
+    def _scratch(self, b: _Boot) -> None:
+        """A directory of the guest's own (its overlay, its QMP sockets), removed when the
+        guest has stopped."""
+        b.scratch = b.undo.enter_context(self.cache.scratch("vm-"))
+
+    def _configure(self, b: _Boot) -> None:
+        """The machine, its command line written to the cell directory. A restored guest's
+        console goes on after the snapshot's, and QEMU loads the state from its descriptor."""
+        q, k, a = b.prepared.qemu.binary, b.prepared.kernel, b.prepared.accel
+        disk = b.disk or b.scratch / "overlay.qcow2"
+        b.cfg = vm_config(
+            b.cell, k, q, a, disk, b.scratch, b.cell_dir, free_port(), b.gdb_port, b.restoring
+        )
+        b.argv = build_argv(b.cfg)
+        if b.state is not None:
+            b.argv = snapshot.restore_argv(b.argv, b.state.fileno())
+        write_file(b.cell_dir / "qemu-argv.json", json.dumps(b.argv, indent=2) + "\n")
+
+    def _overlay(self, b: _Boot) -> None:
+        """A fresh overlay for the guest to write to, on the snapshot's disk when restoring,
+        else on the root filesystem; none when the caller brought a disk. One the caller
+        keeps is moved there once QEMU has let go of it."""
+        if b.disk is not None:
+            return
+        base = b.prepared.image.base
+        if b.restoring:
+            base = self.cache.entry("snapshots", b.key) / snapshot.DISK
+        rootfs.create_overlay(base, b.cfg.disk)
+        if b.keep_disk is not None:
+            b.undo.callback(_keep, b.cfg.disk, b.keep_disk)
+
+    def _launch(self, b: _Boot) -> None:
+        """QEMU started, announced to `vfio-lab qmp`/`console`, and tracked for stop_all."""
+        cfg, keys = b.cfg, b.prepared.keys
+        fds = () if b.state is None else (b.state.fileno(),)
+        machine = Machine(b.argv, cfg.qmp_socket, b.cell_dir / "qemu.log", cfg.console_log, fds)
+        ssh = GuestSSH(cfg.ssh_port, keys.client, keys.host_pub)
+        kept = b.disk is not None or b.keep_disk is not None  # worth a `sync` before QEMU quits
+        guest = Guest(cfg.name, machine, ssh, sync_on_exit=kept, disk=cfg.disk)
+        b.undo.enter_context(machine)
+        b.guest = b.undo.enter_context(guest)
+        record = inventory.RunningVM(
+            id=cfg.qmp_socket.parent.name,
+            name=cfg.name,
+            pid=machine.pid or -1,
+            ssh_port=cfg.ssh_port,
+            qmp_socket=str(cfg.user_qmp_socket or ""),
+            console_log=str(cfg.console_log),
+        )
+        b.undo.enter_context(inventory.announced(self.cache.root / "running", record))
+        self.active.add(guest)
+        b.undo.callback(self.active.discard, guest)
+
+    def _wait_for_ssh(self, b: _Boot) -> None:
+        """The guest booted until SSH answers, the console's lines timing each phase."""
+        guest, m = b.guest, b.guest.machine
+        with bootclock.watching(b.cfg.console_log) as marks:
+            self._booting(b, "booting")
+            boot = guest.wait_ready(b.cell.scenario.machine.boot_timeout)
+        b.phases = marks.phases(m.qmp_up, m.started, m.started + boot)
+        self.progress(b.cell.name, f"SSH up after {boot:.1f} s")
+
+    def _set_up(self, b: _Boot) -> None:
+        """The lab's runtime, the cell's tests and its kernel's config copied in, and the
+        devices bound to vfio-pci (unless the caller said not to)."""
+        ssh, started = b.guest.ssh, time.monotonic()
+        files = install_runtime(ssh, b.cell.scenario.payload_dir, b.prepared.kernel.config)
+        self.progress(b.cell.name, f"copied {files} files from {b.cell.scenario.payload_dir}")
+        b.bound = bind_devices(ssh, b.cell.scenario) if b.bind else []
+        if b.bound:
+            self.progress(b.cell.name, f"bound {' '.join(b.bound)} to vfio-pci")
+        b.phases["setup"] = round(time.monotonic() - started, 2)
+
+    def _save(self, b: _Boot) -> None:
+        """The test-ready guest saved as the machine's snapshot, then let run on."""
+        guest, started = b.guest, time.monotonic()
+        try:
+            with self.cache.build(
+                "snapshots", b.key, _snapshot_made_by(b.cell, b.prepared)
+            ) as entry:
+                guest.ssh.check(["python3", f"{GUEST_RUNTIME}/lab_guest.py", "snapshot-save"])
+                guest.ssh.close()
+                snapshot.save(guest.machine, entry / snapshot.STATE, SAVE_TIMEOUT_S)
+                # QEMU flushed and let go of the overlay when the migration completed: a
+                # copy is the disk as the saved state knows it.
+                copy_file(guest.disk, entry / snapshot.DISK)
+                copy_file(b.cell_dir / "console.log", entry / snapshot.CONSOLE)
+                meta = {
+                    "bound": b.bound,
+                    "boot_to_ssh_s": guest.boot_to_ssh_s,
+                    "cpu": b.prepared.cpu.as_json(),
+                }
+                write_file(entry / snapshot.META, json.dumps(meta, indent=2) + "\n")
+        except HostIOError as e:
+            # A snapshot only saves time: one the host cannot hold (a full cache disk) is a
+            # failed save, like a state QEMU could not write, and the cell goes on.
+            raise snapshot.SnapshotFailed("save", str(e)) from e
+        guest.machine.query("cont")
+        guest.ssh.connect()
+        seconds = time.monotonic() - started
+        size = (self.cache.entry("snapshots", b.key) / snapshot.STATE).stat().st_size >> 20
+        self.progress(b.cell.name, f"saved snapshot {b.key}: {size} MiB in {seconds:.1f} s")
+        for old in cachegc.keep_newest(self.cache, "snapshots", SNAPSHOTS_KEPT):
+            self.progress(b.cell.name, f"removed the least recently used snapshot {old.key}")
+        b.snapshot = f"saved {b.key}"
+        b.phases["snapshot_save"] = round(seconds, 2)
+
+    def _read_snapshot(self, b: _Boot) -> None:
+        """The snapshot's record, its boot's console, and its state opened for QEMU to load.
         One saved on another CPU is refused before QEMU starts: its guest may use a feature
         this CPU lacks, and fault mid-test."""
-        self._check_stopping()
-        entry = self.cache.entry("snapshots", key)
+        entry = self.cache.entry("snapshots", b.key)
         try:  # another run may have just pruned it
             meta = json.loads((entry / snapshot.META).read_text())
-            bound = list(meta["bound"])
-            if why := prepared.cpu.unlike(accel_mod.GuestCpu.from_json(meta["cpu"])):
+            b.bound = list(meta["bound"])
+            if why := b.prepared.cpu.unlike(accel_mod.GuestCpu.from_json(meta["cpu"])):
                 raise snapshot.SnapshotFailed("restore", why)
-            console = (entry / snapshot.CONSOLE).read_bytes()
-            state = (entry / snapshot.STATE).open("rb")
+            b.console = (entry / snapshot.CONSOLE).read_bytes()
+            b.state = b.undo.enter_context((entry / snapshot.STATE).open("rb"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise snapshot.SnapshotFailed("restore", f"its files: {e}") from e
-        with state, self.cache.scratch("vm-") as scratch:
-            # Written apart from the reads above: a failure here is the cell directory's
-            # (a full disk), never a reason to take the snapshot for damaged.
-            marker = f"\n---- vfio-lab: restored from snapshot {key} ----\n"
-            write_file(cell_dir / "console.log", console + marker.encode())
-            overlay = scratch / "overlay.qcow2"
-            rootfs.create_overlay(entry / snapshot.DISK, overlay)
-            cfg = self._config(cell, prepared, overlay, scratch, cell_dir, console_append=True)
-            argv = self._argv(cfg, cell_dir, incoming_fd=state.fileno())
-            fds = (state.fileno(),)
-            with contextlib.ExitStack() as stack:
-                self._booting(cell, cfg, prepared, how=f"restoring snapshot {key}")
-                boot_timeout = cell.scenario.machine.boot_timeout
-                try:
-                    # QEMU may die of a bad state before its monitor is up: a failed load.
-                    guest = stack.enter_context(
-                        self._guest(cfg, argv, prepared, cell_dir, kept=None, pass_fds=fds)
-                    )
-                except LaunchError as e:
-                    raise snapshot.SnapshotFailed("restore", snapshot.qemu_words(e)) from e
-                m = guest.machine
-                loaded = snapshot.wait_restored(m, boot_timeout)
-                try:  # a state that loads but gives no working guest is no snapshot either
-                    seconds = guest.wait_ready(boot_timeout)
-                    resumed = time.monotonic()
-                    replayed = resume(guest.ssh)
-                except InfraError as e:
-                    raise snapshot.SnapshotFailed("restore", str(e).splitlines()[0]) from e
-                phases = {
-                    "qemu_start": m.qmp_up - m.started,
-                    "restore": loaded - (m.qmp_up - m.started),
-                    "ssh": seconds - loaded,
-                    "resume": time.monotonic() - resumed,
-                }
-                self.progress(
-                    cell.name,
-                    f"SSH up after {seconds:.1f} s (restored"
-                    + (f"; rewrote the config space of {' '.join(replayed)})" if replayed else ")"),
-                )
-                rounded = {k: round(v, 2) for k, v in phases.items()}
-                yield ReadyGuest(guest, bound, f"restored {key}", rounded)
+
+    def _restored_console(self, b: _Boot) -> None:
+        """The snapshot's boot, then a line saying so, begin the cell's console log. Written
+        apart from the reads of `_read_snapshot`: a failure here is the cell directory's (a
+        full disk), never a reason to take the snapshot for damaged."""
+        marker = f"\n---- vfio-lab: restored from snapshot {b.key} ----\n"
+        write_file(b.cell_dir / "console.log", b.console + marker.encode())
+
+    def _load(self, b: _Boot) -> None:
+        """QEMU started on the snapshot's state."""
+        self._booting(b, f"restoring snapshot {b.key}")
+        try:
+            self._launch(b)
+        except LaunchError as e:  # QEMU may die of a bad state before its monitor is up
+            raise snapshot.SnapshotFailed("restore", snapshot.qemu_words(e)) from e
+
+    def _wait_resumed(self, b: _Boot) -> None:
+        """The state loaded, SSH answering, and the guest made current (see `resume`)."""
+        guest, m = b.guest, b.guest.machine
+        boot_timeout = b.cell.scenario.machine.boot_timeout
+        loaded = snapshot.wait_restored(m, boot_timeout)
+        try:  # a state that loads but gives no working guest is no snapshot either
+            seconds = guest.wait_ready(boot_timeout)
+            resumed = time.monotonic()
+            replayed = resume(guest.ssh)
+        except InfraError as e:
+            raise snapshot.SnapshotFailed("restore", str(e).splitlines()[0]) from e
+        phases = {
+            "qemu_start": m.qmp_up - m.started,
+            "restore": loaded - (m.qmp_up - m.started),
+            "ssh": seconds - loaded,
+            "resume": time.monotonic() - resumed,
+        }
+        self.progress(
+            b.cell.name,
+            f"SSH up after {seconds:.1f} s (restored"
+            + (f"; rewrote the config space of {' '.join(replayed)})" if replayed else ")"),
+        )
+        b.phases = {k: round(v, 2) for k, v in phases.items()}
+        b.snapshot = f"restored {b.key}"
+
+    def _booting(self, b: _Boot, how: str) -> None:
+        cfg = b.cfg
+        self.progress(
+            b.cell.name, f"{how} ({b.prepared.accel}, {cfg.memory_mib} MiB, {cfg.cpus} vCPUs)"
+        )
 
 
 SAVE_TIMEOUT_S = 120.0

@@ -34,7 +34,6 @@ class Guest:
         self.ssh = ssh
         self.sync_on_exit = sync_on_exit
         self.boot_to_ssh_s: float | None = None
-        self.phases: dict[str, float] = {}  # seconds per phase of its start (see bootclock)
 
     def __enter__(self) -> Guest:
         return self

@@ -6,7 +6,9 @@ a snapshot that does not restore or save is undone before the next attempt start
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +24,17 @@ from lab.run.booter import CellBooter, ReadyGuest
 from lab.vm import inventory, snapshot
 from tests.unit.test_cache import Messages
 from tests.unit.test_snapshot import cell, prepared
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_to_the_garbage_collector() -> Iterator[None]:
+    """A file a step opened and nothing closed (the snapshot's state) is closed by the
+    garbage collector, with a ResourceWarning: the stack is to close it, in its turn."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
 class Interrupted(BaseException):

@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.core.cache import Cache
-from lab.run.booter import CellBooter, snapshot_key
+from lab.run.booter import CellBooter, _Boot, snapshot_key
 from lab.vm import accel, snapshot
 from lab.vm.accel import GuestCpu, guest_cpu, parse_cpuinfo, probe_key
 from tests.unit.test_cache import Messages
@@ -129,19 +128,19 @@ def test_a_snapshot_saved_on_another_cpu_is_refused_before_qemu_and_made_again(
     def restoring(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a restore of a snapshot of another CPU was started")
 
-    @contextlib.contextmanager
-    def saved(*args: Any) -> Iterator[str]:
+    def saved(b: _Boot) -> None:
         said("saving", f"a new snapshot; the old one is gone: {not entry.exists()}")
-        yield "ready"
+        b.guest = "ready"  # type: ignore[assignment]
 
-    monkeypatch.setattr(booter, "_guest", restoring)
+    monkeypatch.setattr(booter, "_launch", restoring)
     monkeypatch.setattr("lab.artifacts.rootfs.create_overlay", restoring)
-    monkeypatch.setattr(booter, "_saved", saved)
+    monkeypatch.setattr(booter, "_save_steps", lambda: (saved,))
     here = dataclasses.replace(
         prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", SAME_MODEL_FEWER_FLAGS)
     )
-    restoring = booter._from_snapshot(cell(), here, tmp_path, KEY, True)
-    assert next(restoring) == "ready"
+    with contextlib.ExitStack() as stack:
+        ready = booter._from_snapshot(_Boot(cell(), here, tmp_path, stack, key=KEY))
+    assert ready.guest == "ready"
     assert said.lines == [
         (cell().name, f"snapshot {KEY} did not restore (it was saved with CPU flags this host "
          "lacks: amx_tile avx512f); making it again"),
@@ -163,8 +162,8 @@ def test_a_snapshot_of_the_same_cpu_is_restored(
     def qemu(*args: Any, **kwargs: Any) -> None:
         raise Started
 
-    monkeypatch.setattr(booter, "_guest", qemu)
+    monkeypatch.setattr(booter, "_launch", qemu)
     here = dataclasses.replace(prepared(tmp_path), accel="kvm", cpu=guest_cpu("kvm", NEW))
     monkeypatch.setattr("lab.artifacts.rootfs.create_overlay", lambda base, overlay: None)
     with pytest.raises(Started), contextlib.ExitStack() as stack:
-        booter._start(cell(), here, tmp_path, KEY, True, stack)
+        booter._attempt(_Boot(cell(), here, tmp_path, stack, key=KEY))

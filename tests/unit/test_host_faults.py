@@ -12,9 +12,7 @@ import errno
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,7 +23,7 @@ from lab.core.cache import MANIFEST, Cache
 from lab.core.errors import InfraError
 from lab.model import scenario, shards
 from lab.results import history
-from lab.run.booter import CellBooter, ReadyGuest
+from lab.run.booter import CellBooter, ReadyGuest, _Boot
 from lab.run.matrix import RunOptions, ScenarioRun
 from lab.run.payload import TapStream
 from lab.vm import snapshot
@@ -75,7 +73,7 @@ def test_a_full_cell_directory_is_blamed_for_the_restored_console_not_the_snapsh
     said = Messages()
     booter = CellBooter(cache, said)  # type: ignore[arg-type]
     with contextlib.ExitStack() as stack, pytest.raises(InfraError) as e:
-        booter._start(cell(), prepared(tmp_path), cell_dir, KEY, True, stack)
+        booter._attempt(_Boot(cell(), prepared(tmp_path), cell_dir, stack, key=KEY))
     assert str(e.value) == f"{console}: {ENOSPC}"
     assert e.value.exit_code == 3
     assert cache.complete("snapshots", KEY, "test"), (
@@ -94,15 +92,14 @@ def test_a_snapshot_failing_its_manifest_is_named_with_why_before_it_is_made_aga
     said = Messages()
     booter = CellBooter(cache, said)  # type: ignore[arg-type]
 
-    @contextlib.contextmanager
-    def saved(*args: Any) -> Iterator[str]:
+    def saved(b: _Boot) -> None:
         said("saving", "a new snapshot")
-        yield "ready"
+        b.guest = "ready"  # type: ignore[assignment]
 
-    monkeypatch.setattr(booter, "_saved", saved)
+    monkeypatch.setattr(booter, "_save_steps", lambda: (saved,))
     with contextlib.ExitStack() as stack:
-        ready, failed = booter._start(cell(), prepared(tmp_path), tmp_path, KEY, True, stack)
-    assert (ready, failed) == ("ready", None)
+        ready = booter._attempt(_Boot(cell(), prepared(tmp_path), tmp_path, stack, key=KEY))
+    assert isinstance(ready, ReadyGuest) and ready.guest == "ready"
     assert said.lines == [
         ("cache", f"cache entry snapshots/{KEY} is damaged (state: 100 bytes, expected 4096); "
          "rebuilding"),
@@ -143,9 +140,8 @@ def test_a_full_cache_disk_fails_the_save_blaming_the_entry_not_the_guests_disk(
     (cell_dir / "console.log").write_bytes(CONSOLE)
     booter = CellBooter(cache, Messages())  # type: ignore[arg-type]
 
-    @contextlib.contextmanager
-    def cold(*args: Any, **kwargs: Any) -> Iterator[ReadyGuest]:
-        yield ReadyGuest(FakeGuest(guest_disk), [])  # type: ignore[arg-type]
+    def cold(b: _Boot) -> None:
+        b.guest = FakeGuest(guest_disk)  # type: ignore[assignment]
 
     real_sendfile = os.sendfile
 
@@ -154,12 +150,12 @@ def test_a_full_cache_disk_fails_the_save_blaming_the_entry_not_the_guests_disk(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_sendfile(out_fd, in_fd, offset, count)
 
-    monkeypatch.setattr(booter, "_cold", cold)
+    monkeypatch.setattr(booter, "_cold_steps", lambda: (cold,))
     monkeypatch.setattr(snapshot, "save", lambda m, state, timeout: state.write_bytes(b"s"))
     monkeypatch.setattr(os, "sendfile", sendfile)
     with contextlib.ExitStack() as stack:
-        ready, failed = booter._start(cell(), prepared(tmp_path), cell_dir, KEY, True, stack)
-    assert ready is None and failed is not None
+        failed = booter._attempt(_Boot(cell(), prepared(tmp_path), cell_dir, stack, key=KEY))
+    assert isinstance(failed, snapshot.SnapshotFailed)
     assert failed.action == "save" and not failed.permanent, "a full disk may be gone next time"
     assert failed.reason.endswith(f"/{snapshot.DISK}: {ENOSPC}"), failed.reason
     assert str(cache.root / "snapshots") in failed.reason
