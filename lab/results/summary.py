@@ -52,7 +52,7 @@ class CellResult:
     # Seconds per phase: prepare, qemu_start, then firmware+kernel, userspace, ssh, setup
     # (a cold boot) or restore, ssh, resume (from a snapshot), payload, teardown.
     phases_s: dict[str, float] = field(default_factory=dict)
-    snapshot: str | None = None  # "restored KEY", "saved and restored KEY", "none: why"
+    snapshot: str | None = None  # "restored KEY", "saved KEY", "none: why"
     selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
