@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -475,3 +476,29 @@ def test_an_interrupt_during_the_save_undoes_the_guest_and_boots_nothing_more(
 
 def saved_snapshots(cache: Cache) -> list[Path]:
     return list((cache.root / "snapshots").glob("[!.]*"))
+
+
+def test_what_a_save_then_a_restore_say_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = Lab(tmp_path, monkeypatch)
+    lab.boot(lab.booter())
+    lab.boot(lab.booter())
+    name, payload = cell().name, cell().scenario.payload_dir
+    key = saved_snapshots(lab.cache)[0].name
+
+    def numbers(text: str) -> str:
+        return re.sub(r"\d+(\.\d+)?", "N", text)
+
+    assert [(label, numbers(m)) for label, m in lab.said.lines] == [
+        (name, numbers(text))
+        for text in (
+            "booting (tcg, 1 MiB, 1 vCPUs)",
+            "SSH up after 1 s",
+            f"copied 3 files from {payload}",
+            "bound 0000:01:00.0 to vfio-pci",
+            f"saved snapshot {key}: 1 MiB in 1 s",
+            f"restoring snapshot {key} (tcg, 1 MiB, 1 vCPUs)",
+            "SSH up after 1 s (restored)",
+        )
+    ]
