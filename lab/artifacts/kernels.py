@@ -32,7 +32,7 @@ from lab.artifacts.kbuild import (
     wanted_text,
 )
 from lab.artifacts.patches import patched_tree
-from lab.artifacts.pvh import pvh_image
+from lab.artifacts.pvh import built_pvh_elf, pvh_image
 from lab.core.cache import (
     Cache,
     CorruptCacheFile,
@@ -292,7 +292,11 @@ class SourceBuilt(KernelBuilder):
             cache.remember(merged, known)
             key = build_key(tree, known)
         artifact = KernelArtifact.load(cache.entry("kernels", key) / "artifact.json")
-        return dataclasses.replace(artifact, resolved_spec=self.pin(spec, pristine))
+        return dataclasses.replace(
+            artifact,
+            resolved_spec=self.pin(spec, pristine),
+            pvh_elf=built_pvh_elf(artifact.vmlinuz, artifact.config),
+        )
 
     def _merge_and_build(
         self,

@@ -61,3 +61,10 @@ def pvh_image(vmlinuz: Path, sha256: str, config: Path, cache: Cache) -> Path | 
         entry = cache.ensure("pvh", key, extract, lambda *_: None, made_by=made_by)
     vmlinux = entry / "vmlinux"
     return vmlinux if vmlinux.stat().st_size else None
+
+
+def built_pvh_elf(vmlinuz: Path, config: Path) -> Path | None:
+    """A kernel the lab built keeps its vmlinux beside the image: that ELF, where the
+    kernel was configured with PVH (the base fragment asks for it), else None."""
+    vmlinux = vmlinuz.parent / "vmlinux"
+    return vmlinux if pvh_capable(config) and vmlinux.exists() else None
