@@ -85,15 +85,16 @@ def matrix(tmp: Path, before: str | None) -> dict[str, Any]:
     return out
 
 
-def matrix_at(rev: str, tmp: Path) -> dict[str, Any]:
-    """The same matrix as commit `rev` of the lab ran it, from a worktree of that commit."""
-    tree = tmp / "before"
+def matrix_at(rev: str, tmp: Path, scenario: str = "iommufd-compat") -> dict[str, Any]:
+    """A scenario as commit `rev` of the lab ran it, from a worktree of that commit."""
+    tree = tmp / f"before-{scenario}"
     subprocess.run(["git", "worktree", "add", "-f", str(tree), rev], cwd=REPO, check=True,
                    capture_output=True)  # fmt: skip
     try:
-        results = tmp / "before-results"
-        wall, done = lab("run", "iommufd-compat", "-q", "--results", str(results), cwd=tree)
-        return {"rev": rev, "exit_code": done.returncode, "wall_s": wall}
+        results = tmp / f"before-results-{scenario}"
+        wall, done = lab("run", scenario, "-q", "--results", str(results), cwd=tree)
+        run = str((results / "latest").resolve())
+        return {"rev": rev, "exit_code": done.returncode, "wall_s": wall, "run": run}
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
 
