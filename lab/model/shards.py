@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.core.cache import file_sha256
+from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
 from lab.model.kernelspec import KERNEL_SOURCES
 from lab.model.scenario import Cell
@@ -78,8 +78,11 @@ def _plain(value: object) -> object:
         # Fields set after loading (the file's path, its line numbers) are not the scenario.
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, Path):
-        # A patch counts by its content: runners may keep the checkout in other places.
-        return f"sha256:{file_sha256(value)}" if value.is_file() else str(value)
+        # A patch or a payload directory counts by its content: runners keep the checkout
+        # in other places (GitLab's shell runners each in a directory of their own).
+        if value.is_file():
+            return f"sha256:{file_sha256(value)}"
+        return f"tree:{tree_digest(value)}" if value.is_dir() else str(value)
     raise TypeError(f"{type(value).__name__} in a scenario")
 
 

@@ -145,6 +145,20 @@ def test_the_scenario_hash_tells_versions_apart_not_checkouts(tmp_path: Path) ->
     assert patched(tmp_path / "d", fix=FIX.replace("+b", "+c")) != first, "another patch"
 
 
+def with_payload(where: Path, test: str) -> str:
+    """The hash of a scenario file whose payload directory (beside it) holds `test`."""
+    (where / "payload").mkdir(parents=True)
+    (where / "payload" / "night_test.py").write_text(test)
+    (where / "s.yaml").write_text("name: night\npayload: {tests: payload}\n")
+    return scenario_hash(scenario.expand(scenario.load(where / "s.yaml")))
+
+
+def test_the_scenario_hash_counts_a_payload_directory_by_its_content(tmp_path: Path) -> None:
+    first = with_payload(tmp_path / "a", "def test_x(): pass\n")
+    assert with_payload(tmp_path / "b", "def test_x(): pass\n") == first, "another checkout"
+    assert with_payload(tmp_path / "c", "def test_x(): assert 0\n") != first, "another payload"
+
+
 def test_a_run_records_which_shard_of_which_cells_it_is(tmp_path: Path, matrix: Path) -> None:
     args = build_parser().parse_args(["run", str(matrix), "--only", "*=y", "--shard", "2/2"])
     s = scenario.load(matrix)
