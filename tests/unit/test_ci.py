@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +28,7 @@ from lab.results import previous
 from lab.results.previous import FetchFailed
 from lab.run.artifactkey import artifact_key
 from tests.conftest import REPO, lab
+from tests.fakeapi import FakeApi, serving, zipped
 
 SCHEMAS = {"github": "vendor.github-workflows", "gitlab": "vendor.gitlab-ci"}
 
@@ -49,10 +45,13 @@ def emitted(engine: str, *args: str) -> Any:
     return yaml.safe_load(_emit(engine, *args))
 
 
-@pytest.mark.parametrize("engine", sorted(SCHEMAS))
-@pytest.mark.parametrize("shards", [1, 4])
-def test_the_emitted_pipeline_passes_its_engines_validator(engine, shards, tmp_path) -> None:
-    done = lab("ci", engine, "nightly", "--shards", str(shards))
+@pytest.mark.parametrize(
+    ("engine", "args"),
+    [(engine, ("--shards", shards)) for engine in sorted(SCHEMAS) for shards in ("1", "4")]
+    + [("gitlab", ("--shards", "2", "--venv", "/opt/vfio-lab/.venv"))],
+)
+def test_the_emitted_pipeline_passes_its_engines_validator(engine, args, tmp_path) -> None:
+    done = lab("ci", engine, "nightly", *args)
     assert done.returncode == 0, done.stderr
     path = tmp_path / f"{engine}.yml"
     path.write_text(done.stdout)
@@ -280,53 +279,10 @@ def test_the_gitlab_walk_finds_a_name_that_leads_nowhere(fool: Callable[[Any], N
 # -- the jobs' shell lines, run as the engines run them -------------------------------------
 
 
-@dataclass
-class FakeApi:
-    """An engine's API on 127.0.0.1: each path (with its query) answers as told; a route
-    may be a function of the request's headers (names in lower case). Every request is
-    kept."""
-
-    url: str
-    routes: dict[str, Any] = field(default_factory=dict)
-    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-
-
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
-    fake = FakeApi("")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            fake.requests.append((self.path, headers))
-            route = fake.routes.get(self.path, (404, {}, b'{"message": "404 Not Found"}'))
-            status, extra, body = route(headers) if callable(route) else route
-            self.send_response(status)
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-def zipped(files: Mapping[str, str]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as z:
-        for name, text in files.items():
-            z.writestr(name, text)
-    return out.getvalue()
+    with serving() as fake:
+        yield fake
 
 
 def gitlab_env(api: FakeApi) -> dict[str, str]:
@@ -413,6 +369,27 @@ def test_gitlab_a_first_night_skips_the_comparison_saying_so(tmp_path, api) -> N
 def test_gitlab_a_failing_cache_key_fails_the_plan(tmp_path) -> None:
     done = job(tmp_path, {}, KEY_EXIT="3")(emitted("gitlab", "--shards", "2")["plan"]["script"])
     assert done.returncode == 3, "the shards would be cached under an empty key"
+
+
+def test_gitlab_on_a_set_up_runner_installs_nothing_and_runs_its_venvs_lab(tmp_path, api) -> None:
+    run = job(tmp_path, gitlab_env(api), COMPARE_EXIT="1")
+    venv = tmp_path / "lab venv"  # a space: every line must quote it
+    venv.symlink_to(tmp_path / "job" / ".venv")
+    p = emitted("gitlab", "--shards", "2", "--venv", str(venv))
+    assert "default" not in p, "no image, no before_script: the runner is set up already"
+    assert gitlab_dangling(p) == []
+    scripts = "\n".join(
+        line for j in p.values() if isinstance(j, dict) for line in j.get("script", [])
+    )
+    assert ".venv/bin" not in scripts
+    done = run(p["plan"]["script"])
+    assert done.returncode == 0, done.stderr
+    assert done.calls == [f"cache-key nightly --shard {k}/2" for k in (1, 2)]
+    api.routes[GITLAB_ARTIFACTS] = (200, {"Content-Type": "application/zip"}, GITLAB_ZIP)
+    done = run(p["merge"]["script"])
+    assert "compare previous merged" in done.calls, done.stdout + done.stderr
+    assert done.returncode == 1
+    assert lab("ci", "github", "nightly", "--venv", str(venv)).returncode == 2, "GitLab's only"
 
 
 def github_env(api: FakeApi) -> dict[str, str]:
