@@ -6,13 +6,15 @@ The pipeline: one job per shard, each with its cache of the lab's artifacts keye
 whose cache is older starts from it, and a kernel bump costs only its own shard) and
 saved whatever the night's results; a merge job making one run of the shards' runs; and
 a compare against the previous successful night's merged run, gating on regressions.
-Jobs run as root in a privileged Debian container, as the lab's CI does.
+Jobs run as root in a privileged Debian container, as the lab's CI does; GitLab's may
+instead run on a shell runner whose host is set up already (`--venv`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from lab.run.artifactkey import artifact_key
 IMAGE = "debian:bookworm"
 TOOLS = "git make python3 python3-venv sudo ca-certificates"
 CACHE = "~/.cache/vfio-lab"
-LAB = ".venv/bin/vfio-lab"
+VENV = ".venv"  # where `make setup` puts the lab, in the job's checkout
 DEFAULT_CRON = "0 2 * * *"
 GITHUB_MAX_MIN = 360  # the most a job on a GitHub-hosted runner may take
 # GitLab: the tag of the runners that may take a shard. Docker executor with
@@ -67,6 +69,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             metavar="RUN_DIR",
             help="estimate each shard's time limit from this earlier run's cell wall times",
         )
+        if engine == "gitlab":
+            p.add_argument(
+                "--venv",
+                metavar="DIR",
+                help="the jobs run on a shell runner whose host is set up already (`make "
+                "setup`): no image, nothing installed, the lab of the virtualenv DIR on the "
+                "runner (default: each job sets up .venv in a debian:bookworm container)",
+            )
         p.set_defaults(func=cmd_ci, engine=engine)
     fetch = what.add_parser(
         "fetch-previous",
@@ -91,6 +101,12 @@ class Plan:
     shards: int
     cron: str
     limits: list[int]  # each shard's time limit in minutes
+    venv: str | None = None  # a set-up runner's lab; None: each job sets up VENV
+
+    @property
+    def lab(self) -> str:
+        """The lab's command in a job's shell line."""
+        return shlex.quote(f"{self.venv or VENV}/bin/vfio-lab")
 
 
 def cmd_ci(args: argparse.Namespace) -> int:
@@ -101,13 +117,19 @@ def cmd_ci(args: argparse.Namespace) -> int:
     # long each shard may take.
     weights = durations(args.durations) if args.durations is not None else None
     limits = [minutes(cells, weights) for cells in split(scenario.expand(s), args.shards)]
-    plan = Plan(args.scenario, args.shards, args.cron, limits)
+    plan = Plan(args.scenario, args.shards, args.cron, limits, getattr(args, "venv", None))
     pipeline = ENGINES[args.engine](plan)
-    print(f"# vfio-lab ci {args.engine} {args.scenario} --shards {args.shards}")
+    venv = "" if plan.venv is None else f" --venv {shlex.quote(plan.venv)}"
+    print(f"# vfio-lab ci {args.engine} {args.scenario} --shards {args.shards}{venv}")
     if args.engine == "gitlab":
+        runner = (
+            "a Docker executor with\n# `privileged = true` (debootstrap mounts /proc in the "
+            "root filesystem it builds)."
+            if plan.venv is None
+            else f"a shell executor on a host\n# set up with `make setup`, the lab in {plan.venv}."
+        )
         print(f"# Run it nightly from a pipeline schedule ({args.cron}): CI/CD > Schedules.")
-        print(f"# The shard jobs need a runner tagged {RUNNER_TAG}: a Docker executor with")
-        print("# `privileged = true` (debootstrap mounts /proc in the root filesystem it builds).")
+        print(f"# The shard jobs need a runner tagged {RUNNER_TAG}: {runner}")
     elif max(limits) > GITHUB_MAX_MIN:
         print(
             f"vfio-lab: warning: a shard may take {max(limits)} minutes, more than a GitHub-"
@@ -143,8 +165,11 @@ _Plain.add_representer(str, _text)
 
 
 INSTALL_TOOLS = f"apt-get update -q && apt-get install -y -q {TOOLS}"
-# A regression fails the night; a first night (nothing fetched) has nothing to compare.
-COMPARE = f"if [ -d {PREVIOUS} ]; then {LAB} compare {PREVIOUS} merged; fi"
+
+
+def compare_line(lab: str) -> str:
+    """A regression fails the night; a first night (nothing fetched) has nothing to compare."""
+    return f"if [ -d {PREVIOUS} ]; then {lab} compare {PREVIOUS} merged; fi"
 
 
 def github(plan: Plan) -> dict[str, Any]:
@@ -175,7 +200,7 @@ def github(plan: Plan) -> dict[str, Any]:
                         "name": "artifact key of this shard's cells",
                         "id": "key",
                         # An assignment, so that a failing cache-key fails the step.
-                        "run": f"key=$({LAB} cache-key {plan.scenario} --shard {shard})\n"
+                        "run": f"key=$({plan.lab} cache-key {plan.scenario} --shard {shard})\n"
                         'echo "key=$key" >> "$GITHUB_OUTPUT"\n',
                     },
                     {
@@ -193,7 +218,7 @@ def github(plan: Plan) -> dict[str, Any]:
                     },
                     {
                         "name": "run the shard",
-                        "run": f"{LAB} run {plan.scenario} --shard {shard} --results results",
+                        "run": f"{plan.lab} run {plan.scenario} --shard {shard} --results results",
                     },
                     {
                         "name": "save the cache, whatever the results",
@@ -226,18 +251,18 @@ def github(plan: Plan) -> dict[str, Any]:
                     },
                     {
                         "name": "merge the shards",
-                        "run": f"{LAB} merge shards/shard-*/2* --into merged",
+                        "run": f"{plan.lab} merge shards/shard-*/2* --into merged",
                     },
                     {
                         "name": "the previous successful night",
                         "if": "always()",
                         "env": {"GITHUB_TOKEN": "${{ github.token }}"},
-                        "run": f"{LAB} ci fetch-previous github {PREVIOUS}",
+                        "run": f"{plan.lab} ci fetch-previous github {PREVIOUS}",
                     },
                     {
                         "name": "compare with it: regressions fail the night",
                         "if": "always()",
-                        "run": COMPARE,
+                        "run": compare_line(plan.lab),
                     },
                     {
                         "uses": "actions/upload-artifact@v4",
@@ -252,9 +277,10 @@ def github(plan: Plan) -> dict[str, Any]:
 
 def gitlab(plan: Plan) -> dict[str, Any]:
     shards = range(1, plan.shards + 1)
-    pipeline: dict[str, Any] = {
-        "stages": ["plan", "shard", "merge"],
-        "default": {"image": IMAGE, "before_script": [INSTALL_TOOLS, "make setup"]},
+    pipeline: dict[str, Any] = {"stages": ["plan", "shard", "merge"]}
+    if plan.venv is None:
+        pipeline["default"] = {"image": IMAGE, "before_script": [INSTALL_TOOLS, "make setup"]}
+    pipeline |= {
         "variables": {"VFIO_LAB_CACHE": "$CI_PROJECT_DIR/.vfio-lab-cache"},
         "plan": {
             "stage": "plan",
@@ -264,7 +290,7 @@ def gitlab(plan: Plan) -> dict[str, Any]:
                 line
                 for k in shards
                 for line in (
-                    f"key=$({LAB} cache-key {plan.scenario} --shard {k}/{plan.shards})",
+                    f"key=$({plan.lab} cache-key {plan.scenario} --shard {k}/{plan.shards})",
                     f'echo "ARTIFACT_KEY_{k}=$key" >> plan.env',
                 )
             ],
@@ -293,7 +319,7 @@ def gitlab(plan: Plan) -> dict[str, Any]:
                 },
             ],
             "script": [
-                f"{LAB} run {plan.scenario} --shard {k}/{plan.shards} --results results/shard-{k}"
+                f"{plan.lab} run {plan.scenario} --shard {k}/{plan.shards} --results results/shard-{k}"
             ],
             "artifacts": {"when": "always", "paths": [f"results/shard-{k}/"]},
         }
@@ -303,11 +329,11 @@ def gitlab(plan: Plan) -> dict[str, Any]:
         "when": "always",
         "script": [
             # The merged run's verdict is the job's, after the comparison has run.
-            f"{LAB} merge results/shard-*/2* --into merged || echo $? > merged.status",
+            f"{plan.lab} merge results/shard-*/2* --into merged || echo $? > merged.status",
             # GitLab runs a job's lines in one shell (`set -e`): a fetch that fails fails
             # the job; no line may leave the project directory.
-            f"{LAB} ci fetch-previous gitlab {PREVIOUS}",
-            COMPARE,
+            f"{plan.lab} ci fetch-previous gitlab {PREVIOUS}",
+            compare_line(plan.lab),
             "exit $(cat merged.status 2>/dev/null || echo 0)",
         ],
         "artifacts": {"when": "always", "paths": [f"{previous.MERGED}/"]},
