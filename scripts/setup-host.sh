@@ -29,6 +29,7 @@ QEMU_PACKAGES=(     # lab/artifacts/qemu.py BUILD_DEPENDS: QEMU from Debian's so
 )
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser
+    rsync             # gitlab-ci-local's shell executor copies the project into each job with it
 )
 # The suite runs `vfio-lab ci gitlab`'s pipeline with it. 4.74 and later need Node 22
 # (Set.prototype.union); 4.73.0 runs on the Node 20 of this project's machines.
