@@ -78,6 +78,12 @@ class Night:
     logs: dict[str, str]
     builds: Path  # each job's directory, as the night left it
 
+    def exit_code(self, job: str) -> int:
+        """The job's exit code, as gitlab-ci-local reports it when the job has finished."""
+        [end] = re.findall(rf"^{job} +finished in .*$", self.output, re.M)
+        failed = re.search(r"FAIL (\d+)", end)
+        return int(failed[1]) if failed else 0
+
 
 def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
@@ -183,6 +189,7 @@ def test_three_nights_of_the_gitlab_pipeline(results, repo, gitlab, tmp_path) ->
     first = night(repo, gitlab, home)
     assert first.returncode == 0, first.output
     assert set(first.logs) == {"plan", "shard-1", "shard-2", "merge"}, first.output
+    assert [first.exit_code(job) for job in first.logs] == [0] * 4, first.output
     for k, cell in ((1, "debian-stock"), (2, "again")):
         shard = first.logs[f"shard-{k}"]
         assert f"run nightly.yaml --shard {k}/2 --results results/shard-{k}" in shard
@@ -200,6 +207,7 @@ def test_three_nights_of_the_gitlab_pipeline(results, repo, gitlab, tmp_path) ->
     commit(repo, payload("0xDEADBEEF"), "a regression")
     second = night(repo, gitlab, home)
     assert second.returncode != 0, second.output
+    assert [second.exit_code(job) for job in ("shard-1", "shard-2", "merge")] == [1, 1, 1]
     merge = second.logs["merge"]
     assert "the previous night: the merge job's artifacts of the last successful " in merge
     assert fetches(gitlab, 1) == [asked]
@@ -217,6 +225,7 @@ def test_three_nights_of_the_gitlab_pipeline(results, repo, gitlab, tmp_path) ->
     commit(repo, {**payload("E.IDENT_VALUE"), "results/shard-2": ""}, "shard 2 delivers nothing")
     third = night(repo, gitlab, home)
     assert third.returncode != 0, third.output
+    assert [third.exit_code(job) for job in ("shard-1", "shard-2", "merge")] == [0, 3, 1]
     assert "debian-stock: pass: 2 passed, 0 failed" in third.logs["shard-1"]
     assert "Not a directory" in third.logs["shard-2"], third.logs["shard-2"]
     merge = third.logs["merge"]
