@@ -129,7 +129,7 @@ def build_dir_for(tree: SourceTree, wanted: str) -> Path:
     It is a direct subdirectory of the tree: kbuild then names every source `../...`,
     so compiler command lines are the same in every copy of a tree (a patched copy, a
     second checkout) and ccache serves them. In a developer's checkout it carries a
-    `.gitignore` of `*`, so `git status` and the tree's identity (`git diff`) ignore it."""
+    `.gitignore` of `*`, so `git status`, and with it the tree's identity, ignore it."""
     build_dir = build_dir_path(tree, wanted)
     build_dir.mkdir(parents=True, exist_ok=True)
     if not tree.owned:

@@ -33,6 +33,7 @@ from lab.artifacts.kbuild import (
 )
 from lab.artifacts.patches import patched_tree
 from lab.artifacts.pvh import built_pvh_elf, pvh_image
+from lab.artifacts.worktree import tree_state
 from lab.core.cache import (
     Cache,
     CorruptCacheFile,
@@ -440,38 +441,20 @@ class LocalTree(LocalTreeKind, SourceBuilt):
     def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
         path = Path(spec.arg)
         try:
-            head = capture(["git", "-C", path, "rev-parse", "HEAD"], artifact="kernel").strip()
-            # One diff (git stats every file of the tree for it: seconds on a kernel tree).
-            diff = capture(["git", "-C", path, "diff", "HEAD"], artifact="kernel")
+            state = tree_state(path)
         except BuildError:
             raise SpecError(
                 f"local:{spec.arg} is not a git checkout; its identity is its commit"
             ) from None
         return SourceTree(
-            identity=f"git:{head}{_dirty(diff)}",
+            identity=state.identity(),
             path=path,
-            kconfig_identity=f"git:{head}{_dirty(kconfig_part(diff))}",
+            kconfig_identity=state.identity(only=KCONFIG_FILE.search),
         )
 
 
 # What a merged .config can depend on in a tree: its Kconfig files and config fragments.
 KCONFIG_FILE = re.compile(r"(^|/)(Kconfig[^/]*|[^/]*\.config)$")
-_FILE_DIFF = re.compile(r"^diff --git a/(\S+) b/", re.MULTILINE)
-
-
-def kconfig_part(diff: str) -> str:
-    """The parts of a `git diff` that change Kconfig files or config fragments."""
-    files = list(_FILE_DIFF.finditer(diff))
-    ends = [m.start() for m in files[1:]] + [len(diff)] if files else []
-    return "".join(
-        diff[m.start() : end]
-        for m, end in zip(files, ends, strict=True)
-        if KCONFIG_FILE.search(m.group(1))
-    )
-
-
-def _dirty(diff: str) -> str:
-    return f"+{content_key([diff])}" if diff else ""
 
 
 # One builder per source of lab.model.kernelspec.KERNEL_SOURCES (a unit test keeps them in step).

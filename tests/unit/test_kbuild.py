@@ -103,20 +103,6 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
     )
 
 
-def test_kconfig_part_keeps_only_kconfig_and_fragment_changes() -> None:
-    from lab.artifacts.kernels import kconfig_part
-
-    def chunk(name: str) -> str:
-        return f"diff --git a/{name} b/{name}\n--- a/{name}\n+++ b/{name}\n@@ -1 +1 @@\n-a\n+b\n"
-
-    diff = "".join(chunk(n) for n in (
-        "drivers/vfio/pci/vfio_pci.c", "drivers/vfio/Kconfig", "kernel/configs/tiny.config",
-        "Documentation/Kconfig.txt/readme",
-    ))  # fmt: skip
-    assert kconfig_part(diff) == chunk("drivers/vfio/Kconfig") + chunk("kernel/configs/tiny.config")
-    assert kconfig_part("") == ""
-
-
 def test_a_local_build_directory_is_remembered_as_a_cache_entry(
     checkout: Path, tmp_path: Path, monkeypatch
 ) -> None:
