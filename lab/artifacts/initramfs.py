@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError, MissingPrerequisite
+from lab.core.files import copy_file
 from lab.core.proc import run_logged
 
 RECIPE = IMAGES / "initramfs"
@@ -117,18 +118,20 @@ def load_order(iommu_modules: Sequence[str]) -> str:
 def _stage_tree(stage: Path, src: Path | None, version: str, paths: list[str]) -> None:
     for d in ("bin", "sbin", "dev", "proc", "sys", "etc", "newroot"):
         (stage / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
-    shutil.copy2(RECIPE / "init", stage / "init")
+    # Hard links: the stage is only read (cpio) and removed, and depmod replaces the files
+    # it writes; cpio archives a file with more links as it does any other.
+    copy_file(BUSYBOX, stage / "bin" / "busybox", link=True)
+    copy_file(RECIPE / "init", stage / "init", link=True)
     dst = stage / "lib" / "modules" / version
     dst.mkdir(parents=True, exist_ok=True)
     if src is None:
         return
     for rel in paths:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, dst / rel)
+        copy_file(src / rel, dst / rel, link=True)
     for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (src / meta).exists():
-            shutil.copy2(src / meta, dst / meta)
+            copy_file(src / meta, dst / meta, link=True)
 
 
 def _write_cpio(stage: Path, out: Path) -> None:

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from lab.artifacts.kconfig import (
 )
 from lab.core.cache import BUILD_PREFIX, Cache, content_key, tree_digest
 from lab.core.errors import UsageError
+from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import Progress
 from lab.model.kernelspec import CellConfig
@@ -194,10 +194,12 @@ class BuildProgress:
 
 
 def store_artifact(built: BuiltKernel, scratch: Path) -> None:
-    """Copy what a cell (and gdb) needs out of the build directory into the cache entry."""
-    shutil.copy2(built.bzimage, scratch / "vmlinuz")
-    shutil.copy2(built.vmlinux, scratch / "vmlinux")
-    shutil.copy2(built.config, scratch / "config")
+    """Copy what a cell (and gdb) needs out of the build directory into the cache entry:
+    reflinks at best, never hard links, since the next build in that directory may write
+    its outputs in place (kconfig's .config, the bzImage tools)."""
+    copy_file(built.bzimage, scratch / "vmlinuz")
+    copy_file(built.vmlinux, scratch / "vmlinux")
+    copy_file(built.config, scratch / "config")
 
 
 def build_initramfs_builtin(release: str, out: Path, log: Path) -> None:

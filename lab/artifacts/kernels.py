@@ -43,6 +43,7 @@ from lab.core.cache import (
     tree_digest,
 )
 from lab.core.errors import BuildError, MissingPrerequisite
+from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
@@ -358,7 +359,7 @@ class SourceBuilt(KernelBuilder):
         build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log)
         seconds = round(time.monotonic() - started, 1)
         progress("kernel", f"built {built.release} in {seconds:.0f} s")
-        shutil.copy2(log, scratch / "build.log")
+        copy_file(log, scratch / "build.log")  # the log goes on: the next build appends
         KernelArtifact(
             spec=spec.label,
             release=built.release,

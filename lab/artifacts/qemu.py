@@ -24,6 +24,7 @@ from lab.artifacts.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, record_made_by, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
+from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
@@ -207,7 +208,8 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
         apply_patches([PATCHES / name for name in series()], src, "qemu", log, progress)
         _configure(src, cache, log, progress)
         _ninja(src, cache, log, progress)
-        shutil.copy2(src / "build" / "qemu-system-x86_64", scratch / "qemu-system-x86_64")
+        # Not a hard link: the next build relinks the binary in this build tree.
+        copy_file(src / "build" / "qemu-system-x86_64", scratch / "qemu-system-x86_64")
     version = qemu_version(str(scratch / "qemu-system-x86_64"))
     info = {"version": version, "patches": series(), "package": VERSION}
     (scratch / "qemu.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -10,6 +10,7 @@ from lab.artifacts.apt import host_mirror
 from lab.artifacts.keys import LabKeys
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.data import IMAGES
+from lab.core.files import copy_file
 from lab.core.proc import run_logged
 from lab.core.progress import SILENT, Progress
 
@@ -99,17 +100,19 @@ def _build(scratch: Path, keys: LabKeys, progress: Progress) -> None:
 
 
 def _configure(root: Path, keys: LabKeys) -> None:
-    shutil.copy2(RECIPE / "lab-init", root / "sbin" / "lab-init")
+    # Copies (reflinks at best), never hard links: the key is chmod-ed below, and the root
+    # is the lab's to change; a link would change the recipe and the lab's keys with it.
+    copy_file(RECIPE / "lab-init", root / "sbin" / "lab-init")
     ssh = root / "etc" / "ssh"
     for old in ssh.glob("ssh_host_*"):
         old.unlink()
-    shutil.copy2(RECIPE / "sshd_config", ssh / "sshd_config")
-    shutil.copy2(keys.host, ssh / "ssh_host_ed25519_key")
-    shutil.copy2(keys.host_pub, ssh / "ssh_host_ed25519_key.pub")
+    copy_file(RECIPE / "sshd_config", ssh / "sshd_config")
+    copy_file(keys.host, ssh / "ssh_host_ed25519_key")
+    copy_file(keys.host_pub, ssh / "ssh_host_ed25519_key.pub")
     (ssh / "ssh_host_ed25519_key").chmod(0o600)
     dot_ssh = root / "root" / ".ssh"
     dot_ssh.mkdir(mode=0o700, exist_ok=True)
-    shutil.copy2(keys.client_pub, dot_ssh / "authorized_keys")
+    copy_file(keys.client_pub, dot_ssh / "authorized_keys")
     (root / "lib" / "modules").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "hostname").write_text("vfio-lab\n")
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):

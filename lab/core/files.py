@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,23 +62,74 @@ def make_dir(path: Path, exist_ok: bool = True) -> None:
         path.mkdir(parents=True, exist_ok=exist_ok)
 
 
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy `src` to `dst` in the kernel, blaming the side that failed: reading `src`, or
-    writing `dst` (shutil's ENOSPC would name the source)."""
+def copy_file(src: Path, dst: Path, *, link: bool = False) -> None:
+    """Put `src`'s content and mode at `dst` (replacing it) as cheaply as the filesystem
+    allows, blaming the side that failed: reading `src`, or writing `dst` (shutil's
+    ENOSPC would name the source).
+
+    `link`: neither file is ever written in place, nor chmod-ed, while the other lives
+    (a staging directory's inputs): `dst` is a hard link, one more name of `src`'s inode.
+    Otherwise (or where no link can be made: another filesystem, a refusal) a reflink,
+    which shares the blocks copy-on-write so that a write to either stays its own, and
+    where the filesystem has none, a copy. `dst` is unlinked first, never truncated: it may
+    be another file's hard link."""
+    with blaming(dst):
+        dst.unlink(missing_ok=True)
+    if link and _linked(src, dst):
+        return
     with HostFile(src, "rb") as fin, HostFile(dst, "wb") as fout:
-        offset = 0
-        while True:
-            try:
-                sent = os.sendfile(fout.fileno(), fin.fileno(), offset, COPY_BLOCK)
-            except OSError as e:
-                # sendfile's error does not say which side failed: the source is read again
-                # here, and is to blame only if that fails too.
-                with blaming(src):
-                    os.pread(fin.fileno(), 1, offset)
-                raise HostIOError(dst, e.errno, e.strerror) from e
-            if sent == 0:
-                return
-            offset += sent
+        if not _cloned(fin, fout):
+            _send(fin, fout)
+    with blaming(dst):
+        shutil.copymode(src, dst)
+
+
+# Why a hard link or a reflink cannot be made where a copy can: another filesystem, a
+# filesystem without them, a link the kernel refuses (fs.protected_hardlinks, a full
+# link count).
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP}
+_NO_CLONE = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL}
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _linked(src: Path, dst: Path) -> bool:
+    with blaming(src):
+        src.stat()
+    with blaming(dst):
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            if e.errno in _NO_LINK:
+                return False
+            raise
+    return True
+
+
+def _cloned(fin: HostFile, fout: HostFile) -> bool:
+    with blaming(fout.path):
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+        except OSError as e:
+            if e.errno in _NO_CLONE:
+                return False
+            raise
+    return True
+
+
+def _send(fin: HostFile, fout: HostFile) -> None:
+    offset = 0
+    while True:
+        try:
+            sent = os.sendfile(fout.fileno(), fin.fileno(), offset, COPY_BLOCK)
+        except OSError as e:
+            # sendfile's error does not say which side failed: the source is read again
+            # here, and is to blame only if that fails too.
+            with blaming(fin.path):
+                os.pread(fin.fileno(), 1, offset)
+            raise HostIOError(fout.path, e.errno, e.strerror) from e
+        if sent == 0:
+            return
+        offset += sent
 
 
 def move(src: Path, dst: Path) -> None:

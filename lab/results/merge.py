@@ -19,7 +19,7 @@ from typing import Any
 
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_INTERRUPTED
-from lab.core.files import blaming, make_dir, write_atomic
+from lab.core.files import blaming, copy_file, make_dir, write_atomic
 from lab.model.shards import WHOLE, Shard, ShardPlan, parse_shard
 from lab.results import reports
 from lab.results.rundir import CellData, RunData, load_run, run_started
@@ -131,8 +131,14 @@ def _check_unique(runs: list[RunData]) -> None:
 def _copy_cell(run: RunData, cell: CellData, into: Path) -> CellData:
     name = Path(str(cell.summary.get("dir", cell.name))).name
     with blaming(into / name):
-        shutil.copytree(run.dir / name, into / name, symlinks=True)
+        # Reflinks at best, not hard links: a shard's directory and the merged one are
+        # two records, and a later report rewriting one must not rewrite the other.
+        shutil.copytree(run.dir / name, into / name, symlinks=True, copy_function=_copy)
     return CellData({**cell.summary, "dir": str(into / name)}, cell.records)
+
+
+def _copy(src: str, dst: str) -> None:
+    copy_file(Path(src), Path(dst))
 
 
 def _missing(runs: list[RunData], plans: list[ShardPlan]) -> dict[str, list[str]]:

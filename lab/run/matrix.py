@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.core.cache import Cache
-from lab.core.files import blaming, make_dir, write_file
+from lab.core.files import blaming, copy_file, make_dir
 from lab.core.progress import SILENT, Progress
 from lab.model.scenario import Cell, Scenario
 from lab.model.shards import ShardPlan
@@ -90,7 +90,7 @@ class ScenarioRun:
         """The run directory, with the scenario as it was, and its (empty) results, which
         say what the run is part of (`plan`)."""
         run_id, run_dir = new_run_dir(self.opts.results_root)
-        write_file(run_dir / "scenario.yaml", self.scenario.file.read_bytes())
+        copy_file(self.scenario.file, run_dir / "scenario.yaml")
         self._results = RunResults(
             run_dir, self.scenario.name, run_id, "pending", "not chosen yet", plan
         )
