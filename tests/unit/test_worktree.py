@@ -149,3 +149,19 @@ def test_symlinks_and_submodules_are_named_by_what_they_point_at(
 def test_a_directory_that_is_no_checkout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="is not a git checkout"):
         identity(tmp_path)
+
+
+def test_a_submodule_is_named_by_its_own_identity(checkout: Path, tmp_path: Path) -> None:
+    upstream = make_checkout(tmp_path / "upstream")
+    git(
+        checkout, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(upstream), "sub"
+    )
+    git(checkout, "commit", "-qm", "sub")
+    clean = identity(checkout)
+    assert clean == f"git:{git(checkout, 'rev-parse', 'HEAD').strip()}"
+    (checkout / "sub" / VFIO / "new.c").write_text("int n;\n")
+    untracked = identity(checkout)
+    assert untracked != clean, "an untracked file in a submodule is built too"
+    git(checkout / "sub", "add", ".")
+    git(checkout / "sub", "commit", "-qm", "new")
+    assert identity(checkout) not in (clean, untracked), "a submodule at another commit"
