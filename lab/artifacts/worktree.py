@@ -43,10 +43,13 @@ class TreeState:
 
 
 def git(tree: Path, *args: str) -> str:
-    # Porcelain in one language; the untracked cache so that a big tree's untracked files
-    # are found by the directories whose mtime changed, not by reading every directory.
+    # Porcelain in one language; the untracked cache, so that a big tree's untracked files
+    # are found by the directories whose mtime changed, not by reading every directory
+    # (git keeps it for --untracked-files=all only where that is the configured mode:
+    # without it, the walk is 0.4 s of a kernel tree's 0.6).
     env = {**os.environ, "LC_ALL": "C"}
-    argv = ["git", "-c", "core.untrackedCache=true", "-C", str(tree), *args]
+    cache = ["-c", "core.untrackedCache=true", "-c", "status.showUntrackedFiles=all"]
+    argv = ["git", *cache, "-C", str(tree), *args]
     return capture(argv, artifact="kernel", env=env)
 
 
