@@ -37,12 +37,13 @@ class TreeState:
     changes: tuple[Change, ...]  # sorted by path
 
     def identity(self, only: Callable[[str], object] = bool) -> str:
-        """git:HEAD, plus a digest of the changes whose path `only` keeps, if any."""
+        """git:HEAD, plus a digest of the changes whose path `only` keeps (all by
+        default), if any."""
         kept = [part for c in self.changes if only(c.path) for part in (c.path, c.content)]
         return f"git:{self.head}+{content_key(kept)}" if kept else f"git:{self.head}"
 
 
-def git(tree: Path, *args: str) -> str:
+def _git(tree: Path, *args: str) -> str:
     # Porcelain in one language; the untracked cache, so that a big tree's untracked files
     # are found by the directories whose mtime changed, not by reading every directory
     # (git keeps it for --untracked-files=all only where that is the configured mode:
@@ -55,9 +56,9 @@ def git(tree: Path, *args: str) -> str:
 
 def tree_state(tree: Path) -> TreeState:
     """The checkout's state; BuildError if `tree` is no git checkout with a commit."""
-    head = git(tree, "rev-parse", "--verify", "HEAD").strip()
-    status = git(tree, "status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames")
-    candidates = dict(_changed_paths(status))
+    head = _git(tree, "rev-parse", "--verify", "HEAD").strip()
+    status = _git(tree, "status", "--porcelain=v2", "-z", "--untracked-files=all", "--no-renames")
+    candidates = _changed_paths(status)
     on_disk = {path: _content(tree, path) for path in candidates}
     regular = [path for path, content in on_disk.items() if content.startswith("100")]
     for path, blob in zip(regular, _hash_objects(tree, regular), strict=True):
@@ -70,7 +71,7 @@ def tree_state(tree: Path) -> TreeState:
     return TreeState(head, tuple(changes))
 
 
-def _changed_paths(status: str) -> Iterator[tuple[str, str]]:
+def _changed_paths(status: str) -> dict[str, str]:
     """(path, what HEAD has there, as _content says it) for every path `git status
     --porcelain=v2 -z --no-renames` names. A path named twice (`git rm --cached`: deleted
     in the index and untracked on disk) keeps what HEAD has. An unmerged path is always a
@@ -86,7 +87,7 @@ def _changed_paths(status: str) -> Iterator[tuple[str, str]]:
             seen.setdefault(record.split(" ", 10)[10], "unmerged")
         elif kind == "?":
             seen.setdefault(record[2:], _ABSENT)
-    yield from seen.items()
+    return seen
 
 
 def _content(tree: Path, path: str) -> str:
@@ -99,13 +100,17 @@ def _content(tree: Path, path: str) -> str:
         return f"link {os.readlink(tree / path)}"
     if stat.S_ISDIR(st.st_mode):  # a submodule, or a repository nested untracked
         return f"git {tree_state(tree / path).identity()}"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO where a file was: no content to read
+        return f"special {stat.filemode(st.st_mode)}"
     return "100755" if st.st_mode & stat.S_IXUSR else "100644"
 
 
 def _hash_objects(tree: Path, paths: list[str]) -> list[str]:
     """The blob each path's content would be stored as (its attributes' filters applied)."""
     return [
-        blob for batch in _batches(paths) for blob in git(tree, "hash-object", "--", *batch).split()
+        blob
+        for batch in _batches(paths)
+        for blob in _git(tree, "hash-object", "--", *batch).split()
     ]
 
 

@@ -165,3 +165,10 @@ def test_a_submodule_is_named_by_its_own_identity(checkout: Path, tmp_path: Path
     git(checkout / "sub", "add", ".")
     git(checkout / "sub", "commit", "-qm", "new")
     assert identity(checkout) not in (clean, untracked), "a submodule at another commit"
+
+
+def test_a_fifo_in_place_of_a_file_is_a_change_not_a_hang(checkout: Path) -> None:
+    clean = identity(checkout)
+    (checkout / VFIO / "group.c").unlink()
+    os.mkfifo(checkout / VFIO / "group.c")
+    assert identity(checkout) != clean
