@@ -6,6 +6,7 @@ the machine and the accelerator.
   python benchmarks/speed.py --matrix         # + a two-cell matrix, cold boots vs snapshots
   python benchmarks/speed.py --edit-loop      # + one-line edit in a local: tree to test-ready
   python benchmarks/speed.py --before REV     # + the matrix as commit REV ran it
+  python benchmarks/speed.py --only tree_identity   # a local: 7.2 tree's identity, old and new
 
 - shell: `vfio-lab shell --no-bind -- true` wall time, booting cold and from the snapshot;
 - phases: `phases_s` of a one-test run (stock kernel), cold and restored;
@@ -13,7 +14,10 @@ the machine and the accelerator.
   and optionally as an older commit of the lab ran it (a worktree of REV);
 - edit loop: a git checkout of Debian's 7.2 tree (hard links, edits break them), built
   once, then one line changed in drivers/vfio/pci/vfio_pci.c and `vfio-lab shell -- true`
-  timed: the incremental build, the boot, both with and without a snapshot.
+  timed: the incremental build, the boot, both with and without a snapshot;
+- tree identity: in such a checkout with one file edited and one untracked, the old
+  `git diff HEAD` against the lab's `git status` + `git hash-object`, interleaved (first
+  run, then the median of --repeat).
 """
 
 from __future__ import annotations
@@ -117,6 +121,41 @@ def edit_loop(tmp: Path) -> dict[str, Any]:
     return out
 
 
+def tree_identity(tmp: Path, repeat: int) -> dict[str, Any]:
+    from lab.artifacts.worktree import tree_state
+
+    tree = checkout_72(tmp)
+    # Upstream's .gitignore, less Debian's `/*` (which would hide the untracked file).
+    ignore = tree / ".gitignore"
+    kept = ignore.read_text().partition("# Debian packaging")[0]
+    ignore.unlink()
+    ignore.write_text(kept)
+    subprocess.run(["git", "-C", tree, "-c", "user.email=b@b", "-c", "user.name=b", "commit",
+                    "-qam", "upstream's .gitignore"], check=True)  # fmt: skip
+    edit(tree / VFIO_PCI, "identity")
+    (tree / VFIO_PCI).with_name("vfio_pci_new.c").write_text("int n;\n")
+
+    def diff() -> None:
+        subprocess.run(["git", "-C", tree, "diff", "HEAD"], capture_output=True, check=True)
+
+    queries: dict[str, Callable[[], object]] = {
+        "status_and_hash": lambda: tree_state(tree),
+        "git_diff_head": diff,
+    }
+    walls: dict[str, list[float]] = {name: [] for name in queries}
+    for _ in range(repeat + 1):  # interleaved: a shared host's load falls on both alike
+        for name, query in queries.items():
+            start = time.monotonic()
+            query()
+            walls[name].append(time.monotonic() - start)
+    out: dict[str, Any] = {}
+    for name, times in walls.items():
+        out[f"{name}_first_s"] = round(times[0], 3)
+        out[f"{name}_median_s"] = round(statistics.median(times[1:]), 3)
+    out["changes"] = [c.path for c in tree_state(tree).changes]
+    return out
+
+
 def checkout_72(tmp: Path) -> Path:
     """A git checkout of the lab's unpacked 7.2 tree, hard-linked (no gigabytes copied)."""
     code = (
@@ -173,7 +212,7 @@ def main() -> int:
         action="append",
         default=[],
         metavar="SECTION",
-        help="only these sections (shell_true, phases, matrix, edit_loop); repeatable",
+        help="only these sections (shell_true, phases, matrix, edit_loop, tree_identity); repeatable",
     )
     p.add_argument("--out", type=Path, help="JSON output (default benchmarks/out/speed-*.json)")
     args = p.parse_args()
@@ -188,6 +227,8 @@ def main() -> int:
             sections.append(("matrix", lambda: matrix(Path(tmp), args.before)))
         if args.edit_loop:
             sections.append(("edit_loop", lambda: edit_loop(Path(tmp))))
+        if "tree_identity" in args.only:
+            sections.append(("tree_identity", lambda: tree_identity(Path(tmp), args.repeat)))
         for name, measure in sections:
             if args.only and name not in args.only:
                 continue
