@@ -3,7 +3,7 @@ CI runner's cache is keyed by, so that a runner whose cache has that key builds 
 
 It names each cell's kernel as it resolves now (a Debian package version, a commit and
 diff), its patches and requested config, the QEMU (Debian's version, or the lab's build
-key), and the recipes of the root filesystem, the initramfs and the C selftests.
+key), and the builder and recipes of the root filesystem, the initramfs and the C selftests.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from lab.artifacts.kbuild import wanted_text
 from lab.artifacts.kernels import KERNEL_BUILDERS
 from lab.artifacts.patches import patches_digest
 from lab.artifacts.qemu import QEMU_SOURCES, qemu_key
+from lab.artifacts.rootfs import BUILDER as ROOTFS_BUILDER
 from lab.artifacts.rootfs import RECIPE as ROOTFS_RECIPE
 from lab.artifacts.selftests import SELFTESTS
 from lab.core.cache import Cache, content_key, tree_digest
@@ -23,6 +24,7 @@ from lab.model.scenario import Cell
 def artifact_key(cells: list[Cell], cache: Cache) -> str:
     parts = [
         "vfio-lab-artifacts",
+        ROOTFS_BUILDER,
         tree_digest(ROOTFS_RECIPE),
         tree_digest(INITRAMFS_RECIPE),
         tree_digest(SELFTESTS),

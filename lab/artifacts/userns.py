@@ -1,0 +1,139 @@
+"""Root of a user namespace of one's own: how a normal user builds the root filesystem.
+
+mmdebstrap, mkfs.ext4 and the removal of the tree run under `unshare`, which maps the
+invoking user to root and the user's subordinate ids (/etc/subuid, /etc/subgid) to 1..65536.
+Inside, the tree has the owners a root-built one has; outside, its root-owned files are
+the user's own (the image mkfs.ext4 writes included), the others belong to subordinate ids.
+As root nothing is wrapped: the same commands run as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.core.errors import MissingPrerequisite
+
+SUBUID = Path("/etc/subuid")
+SUBGID = Path("/etc/subgid")
+# Namespace ids 1..65536: every id a Debian package may give a file, nobody (65534) included.
+NEEDED = 65536
+# Where Debian's useradd starts handing out ranges (SUB_UID_MIN in /etc/login.defs).
+FIRST_START = 100000
+
+
+@dataclass(frozen=True)
+class IdRange:
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+
+
+def current_account() -> Account:
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (a container's): /etc/subuid may name it
+        name = str(uid)
+    return Account(name, uid)
+
+
+def subordinate(text: str, account: Account) -> IdRange | None:
+    """The account's first range in /etc/subuid's (or /etc/subgid's) text, by name or uid,
+    as newuidmap reads it; None when it has none."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if (
+            len(fields) == 3
+            and fields[0] in (account.name, str(account.uid))
+            and fields[1].isdigit()
+            and fields[2].isdigit()
+        ):
+            return IdRange(int(fields[1]), int(fields[2]))
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def lacking(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> list[str]:
+    """What the account's subordinate ids lack for a namespace build: a line per file."""
+    why = []
+    for path in (subuid, subgid):
+        found = subordinate(_read(path), account)
+        if found is None:
+            why.append(f"{path} has no range for {account.name}")
+        elif found.count < NEEDED:
+            why.append(f"{path} gives {account.name} {found.count} ids, fewer than {NEEDED}")
+    return why
+
+
+def free_start(*texts: str) -> int:
+    """The first start at or past FIRST_START after every range the files give anyone."""
+    ends = [FIRST_START]
+    for text in texts:
+        for line in text.splitlines():
+            fields = line.strip().split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                ends.append(int(fields[1]) + int(fields[2]))
+    return max(ends)
+
+
+def subids_fix(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> str:
+    """The one command that gives the account ranges no one else has."""
+    start = free_start(_read(subuid), _read(subgid))
+    ids = f"{start}-{start + NEEDED - 1}"
+    return f"sudo usermod --add-subuids {ids} --add-subgids {ids} {account.name}"
+
+
+def namespace_root(subuid: Path = SUBUID, subgid: Path = SUBGID) -> list[str]:
+    """The argv prefix that runs a command as root of the user's own namespace (nothing
+    as root). MissingPrerequisite, with the fix, when the user has no subordinate ids."""
+    account = current_account()
+    if account.uid == 0:
+        return []
+    for tool in ("newuidmap", "newgidmap"):
+        if shutil.which(tool) is None:
+            raise MissingPrerequisite(tool, "sudo apt-get install uidmap")
+    uids, gids = subordinate_ranges(account, subuid, subgid)
+    # util-linux 2.38's order (outer,inner,count), which later versions still accept.
+    return [
+        "unshare", "--map-root-user",
+        f"--map-users={uids.start},1,{NEEDED}", f"--map-groups={gids.start},1,{NEEDED}",
+        "--",
+    ]  # fmt: skip
+
+
+def subordinate_ranges(
+    account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID
+) -> tuple[IdRange, IdRange]:
+    """The account's uid and gid ranges; MissingPrerequisite, with the fix, if either lacks."""
+    if why := lacking(account, subuid, subgid):
+        raise MissingPrerequisite(
+            "; ".join(why) + " (building the root filesystem as a user needs them)",
+            subids_fix(account, subuid, subgid),
+        )
+    uids, gids = subordinate(_read(subuid), account), subordinate(_read(subgid), account)
+    assert uids is not None and gids is not None  # `lacking` found both
+    return uids, gids
+
+
+def inner_id(host_id: int, own: int, sub: IdRange) -> int | None:
+    """The namespace id that `namespace_root` gives a host id; None for one it does not map."""
+    if host_id == own:
+        return 0
+    if sub.start <= host_id < sub.start + NEEDED:
+        return host_id - sub.start + 1
+    return None
