@@ -12,9 +12,12 @@ and a guest saved on one CPU under KVM may fault on another.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import platform
+import pwd
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from lab.model.variants import Accel
 PROBE_SECONDS = 20.0
 BOOT_MARK = "Linux version"
 CPUINFO = Path("/proc/cpuinfo")
+KVM = Path("/dev/kvm")
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,57 @@ def probe_argv(qemu: str, kernel: Path, console: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class KvmDenied:
+    """Why this user may not open /dev/kvm, and the one command that lets them."""
+
+    why: str
+    fix: str
+
+
+def kvm_denial(
+    dev: Path, mode: int, owner: str, group: str, in_group: bool, user: str
+) -> KvmDenied:
+    """For a /dev/kvm of `mode` and `owner`:`group` that `user` may not open read-write."""
+    where = f"{dev} is {stat.filemode(mode)} {owner}:{group}"
+    group_rw = stat.S_IRGRP | stat.S_IWGRP
+    if mode & group_rw == group_rw and not in_group:
+        return KvmDenied(
+            f"{user} is not in group {group} ({where})",
+            f"sudo usermod -aG {group} {user} (then log in again)",
+        )
+    # systemd's own rule gives /dev/kvm 0666; some hosts keep it root's alone.
+    return KvmDenied(f"{where}, which {user} may not open", f"sudo chmod 0666 {dev}")
+
+
+def kvm_denied(dev: Path) -> KvmDenied | None:
+    """None when this process may open `dev` (present) read-write."""
+    if os.access(dev, os.R_OK | os.W_OK):
+        return None
+    st = dev.stat()
+    in_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    return kvm_denial(dev, st.st_mode, _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid),
+                      in_group, _name(pwd.getpwuid, os.geteuid()))  # fmt: skip
+
+
+def _name(lookup: Any, id_: int) -> str:
+    try:
+        return str(lookup(id_)[0])
+    except KeyError:
+        return str(id_)
+
+
+def kvm_unusable() -> str | None:
+    """Why no probe is worth running: /dev/kvm is absent, or this user may not open it."""
+    if not KVM.exists():
+        return f"{KVM} is absent"
+    if (denied := kvm_denied(KVM)) is not None:
+        return f"{denied.why}; fix: {denied.fix}"
+    return None
+
+
 def probe_kvm(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
     """(works, why): boot `kernel` under KVM until it prints its banner."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is absent or not accessible"
     with cache.scratch("kvm-probe-") as tmp:
         console = tmp / "console.log"
         log = tmp / "qemu.log"
@@ -168,6 +219,9 @@ def _probe_once(qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> tu
     """The probe's verdict, remembered per host kernel, QEMU, guest kernel and host CPU (a
     cache shared by CI runners holds other hosts' verdicts). Two runs starting at once
     probe once: the second waits for the first's verdict."""
+    # Not remembered: a user added to group kvm (or a chmod) must not find the old verdict.
+    if (why := kvm_unusable()) is not None:
+        return False, why
     cpu = guest_cpu("kvm", host_cpuinfo())
     key = probe_key(platform.release(), version_text(qemu), kernel_digest, cpu)
     memo = cache.root / "kvm-probe" / f"{key}.json"

@@ -79,6 +79,7 @@ def test_a_probe_memo_from_another_runners_cpu_is_not_taken_for_this_ones(
         return False, "KVM cannot run the guest kernel: on the old runner"
 
     monkeypatch.setattr(accel, "probe_kvm", probe)
+    monkeypatch.setattr(accel, "kvm_unusable", lambda: None)  # a host where /dev/kvm opens
     monkeypatch.setattr(accel, "version_text", lambda qemu: "QEMU 7.2.15")
     cache = Cache(tmp_path / "cache")
     info.write_text(OLD)
