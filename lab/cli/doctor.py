@@ -13,12 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.artifacts import qemu as qemu_build
+from lab.artifacts.userns import (
+    SUBGID,
+    SUBUID,
+    current_account,
+    lacking,
+    subids_fix,
+    subordinate_ranges,
+)
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple
+from lab.vm.accel import KVM, kvm_denied
 
 MIN_FREE_GIB = 5
 MIN_QEMU = (7, 2)
+# Debian's switch for user namespaces (absent elsewhere: then the kernel allows them), and
+# the kernel's limit on them (0 forbids them).
+USERNS_CLONE = Path("/proc/sys/kernel/unprivileged_userns_clone")
+MAX_USERNS = Path("/proc/sys/user/max_user_namespaces")
 
 
 @dataclass(frozen=True)
@@ -29,18 +42,25 @@ class Check:
     fix: str = ""
 
 
+def as_root(command: str) -> str:
+    """A fix that changes the host: with sudo in front for a user."""
+    return command if os.geteuid() == 0 else f"sudo {command}"
+
+
 def _tool(name: str, package: str) -> Callable[[], Check]:
     def check() -> Check:
         path = shutil.which(name) or (
             f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
         )
-        return Check(name, path is not None, path or "not found", f"apt-get install {package}")
+        return Check(
+            name, path is not None, path or "not found", as_root(f"apt-get install {package}")
+        )
 
     return check
 
 
 def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
-    fix = "apt-get install --no-install-recommends qemu-system-x86"
+    fix = as_root("apt-get install --no-install-recommends qemu-system-x86")
     if not shutil.which(binary):
         return Check(binary, False, "not found", fix)
     ok = version_tuple(binary) >= MIN_QEMU
@@ -60,7 +80,7 @@ def check_lab_qemu(cache: Cache) -> Check:
         )
     detail = f"not built yet (machine.qemu: lab builds {qemu_build.VERSION} on first use)"
     if qemu_build.missing_build_depends():
-        return Check("lab qemu", False, detail, "scripts/setup-host.sh --qemu")
+        return Check("lab qemu", False, detail, as_root("scripts/setup-host.sh --qemu"))
     return Check("lab qemu", True, detail)
 
 
@@ -72,14 +92,14 @@ def check_busybox() -> Check:
         "busybox (static)",
         ok,
         str(path) if path.exists() else "not found",
-        "apt-get install busybox-static",
+        as_root("apt-get install busybox-static"),
     )
 
 
 def _headers(name: str, paths: tuple[str, ...], why: str, package: str) -> Callable[[], Check]:
     def check() -> Check:
         ok = any(Path(p).exists() for p in paths)
-        return Check(name, ok, why, f"apt-get install {package}")
+        return Check(name, ok, why, as_root(f"apt-get install {package}"))
 
     return check
 
@@ -105,7 +125,7 @@ def check_apt_lists() -> Check:
     m = re.search(r"Candidate:\s*(\S+)", out.stdout)
     ok = bool(m) and m is not None and m.group(1) != "(none)"
     detail = f"linux-image-amd64 {m.group(1)}" if ok and m else "no candidate for linux-image-amd64"
-    return Check("apt lists (stock kernel)", ok, detail, "apt-get update")
+    return Check("apt lists (stock kernel)", ok, detail, as_root("apt-get update"))
 
 
 def check_python_modules() -> Check:
@@ -118,11 +138,30 @@ def check_python_modules() -> Check:
     )
 
 
-def check_root() -> Check:
-    ok = os.geteuid() == 0
+def check_subids(subuid: Path, subgid: Path) -> Check:
+    """A user builds the root filesystem as root of a namespace of their own, which needs
+    subordinate ids (lab.artifacts.userns); root needs none."""
+    account = current_account()
+    if account.uid == 0:
+        return Check("subordinate ids", True, "not needed as root")
+    if why := lacking(account, subuid, subgid):
+        return Check("subordinate ids", False, "; ".join(why), subids_fix(account, subuid, subgid))
+    uids, gids = subordinate_ranges(account, subuid, subgid)
     return Check(
-        "root", ok, "running as root" if ok else "debootstrap needs root", "run as root (sudo)"
+        "subordinate ids", True, f"uids {uids.start}+{uids.count}, gids {gids.start}+{gids.count}"
     )
+
+
+def check_userns(clone: Path, most: Path) -> Check:
+    if os.geteuid() == 0:
+        return Check("user namespaces", True, "not needed as root")
+    for path, fix in (
+        (clone, "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+        (most, "sudo sysctl -w user.max_user_namespaces=15000"),
+    ):
+        if path.exists() and path.read_text().strip() == "0":
+            return Check("user namespaces", False, f"{path} is 0: the kernel forbids them", fix)
+    return Check("user namespaces", True, "allowed for users")
 
 
 def check_cache(cache: Cache) -> Check:
@@ -137,15 +176,41 @@ def check_cache(cache: Cache) -> Check:
     )
 
 
-def check_kvm(cache: Cache) -> Check:
-    if not os.path.exists("/dev/kvm"):
-        return Check("kvm", True, "no /dev/kvm: guests run under TCG")
+def check_cache_owner(cache: Cache) -> Check:
+    """A cache root wrote into (a run with sudo and this user's HOME) that this user's runs
+    cannot change. Its top two levels only: the kinds and their entries, which a build replaces."""
+    uid = os.geteuid()
+    paths = [cache.root, *cache.root.glob("*"), *cache.root.glob("*/*")]
+    foreign = [p for p in paths if _owner(p) not in (uid, None)]
+    account = current_account()
+    return Check(
+        "cache owner",
+        not foreign,
+        f"{len(foreign)} entries not {account.name}'s, such as {foreign[0]}"
+        if foreign
+        else f"{account.name}'s",
+        f"sudo chown -R {account.name}: {cache.root}",
+    )
+
+
+def _owner(path: Path) -> int | None:
+    try:
+        return path.lstat().st_uid
+    except FileNotFoundError:  # removed since it was listed
+        return None
+
+
+def check_kvm(cache: Cache, dev: Path) -> Check:
+    if not dev.exists():
+        return Check("kvm", True, f"no {dev}: guests run under TCG")
+    if (denied := kvm_denied(dev)) is not None:
+        return Check("kvm", False, f"{denied.why}: guests run under TCG", denied.fix)
     verdicts = [
         json.loads(p.read_text()) for p in sorted((cache.root / "kvm-probe").glob("*.json"))
     ]
     if not verdicts:
         return Check(
-            "kvm", True, "/dev/kvm exists; not probed yet (the first run boots a kernel under it)"
+            "kvm", True, f"{dev} opens; not probed yet (the first run boots a kernel under it)"
         )
     works, why = verdicts[-1]
     return Check("kvm", True, f"{'usable' if works else 'unusable, TCG is used'}: {why}")
@@ -153,10 +218,13 @@ def check_kvm(cache: Cache) -> Check:
 
 def all_checks(cache: Cache) -> list[Check]:
     checks: list[Callable[[], Check]] = [
-        check_root,
         check_qemu,
         _tool("qemu-img", "qemu-utils"),
-        _tool("debootstrap", "debootstrap"),
+        _tool("mmdebstrap", "mmdebstrap"),
+        _tool("newuidmap", "uidmap"),
+        # The paths are looked up when the checks run: tests point them at fakes.
+        lambda: check_subids(SUBUID, SUBGID),
+        lambda: check_userns(USERNS_CLONE, MAX_USERNS),
         _tool("mkfs.ext4", "e2fsprogs"),
         _tool("depmod", "kmod"),
         _tool("cpio", "cpio"),
@@ -173,8 +241,9 @@ def all_checks(cache: Cache) -> list[Check]:
         check_apt_lists,
         check_python_modules,
         lambda: check_cache(cache),
+        lambda: check_cache_owner(cache),
         lambda: check_lab_qemu(cache),
-        lambda: check_kvm(cache),
+        lambda: check_kvm(cache, KVM),
     ]
     return [c() for c in checks]
 
