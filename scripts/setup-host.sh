@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vfio-lab needs, only those missing; safe to run again.
-# Also makes sure apt's lists know the stock kernel package the default scenario boots.
+# Also makes sure apt's lists know the stock kernel package the default scenario boots,
+# and that the user who runs the lab (the one who ran sudo, or the caller) has what a
+# normal user needs: subordinate ids for the root filesystem's build, and group kvm where
+# /dev/kvm belongs to it. The only part of the lab that needs root; it uses sudo itself
+# for what is missing, and does nothing when nothing is.
 # --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
 # --test adds what only the test suite needs (the lab's QEMU included, and gitlab-ci-local
 # through npm, pinned).
@@ -9,7 +13,8 @@ set -euo pipefail
 PACKAGES=(
     qemu-system-x86   # the emulator (7.2 in bookworm: edu, intel-iommu, virtio-iommu)
     qemu-utils        # qemu-img: qcow2 base images and per-VM overlays
-    debootstrap       # the guest root filesystem
+    mmdebstrap        # the guest root filesystem, as root or as a user (--mode=unshare)
+    uidmap            # newuidmap/newgidmap: a user's namespace for that build
     e2fsprogs         # mkfs.ext4 -d: an image from a directory, no loop mounts
     busybox-static    # the initramfs
     cpio              # packs the initramfs
@@ -68,6 +73,33 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup-host: installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The user the lab will run as: root itself needs nothing more.
+LAB_USER="${SUDO_USER:-$(id -un)}"
+if [ "$LAB_USER" != root ]; then
+    # The user's first range of each file, as the lab reads it, must hold 65536 ids; new
+    # ranges start past the highest anyone has (Debian's useradd starts at 100000).
+    has_range() {
+        awk -F: -v name="$LAB_USER" -v uid="$(id -u "$LAB_USER")" \
+            '($1 == name || $1 == uid) && NF == 3 { found = ($3 >= 65536); exit } END { exit !found }' "$1"
+    }
+    if ! has_range /etc/subuid || ! has_range /etc/subgid; then
+        start=$({ cat /etc/subuid /etc/subgid 2>/dev/null || true; } \
+            | awk -F: 'BEGIN { m = 100000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }')
+        range="$start-$((start + 65535))"
+        echo "setup-host: usermod --add-subuids $range --add-subgids $range $LAB_USER" >&2
+        $SUDO usermod --add-subuids "$range" --add-subgids "$range" "$LAB_USER"
+    fi
+    if [ -e /dev/kvm ]; then
+        kvm_group=$(stat -c %G /dev/kvm)
+        if [ "$kvm_group" != root ] && ! id -nG "$LAB_USER" | tr ' ' '\n' | grep -x "$kvm_group" >/dev/null; then
+            echo "setup-host: usermod -aG $kvm_group $LAB_USER (log in again for it to count)" >&2
+            # Not fatal: without KVM the lab runs its guests under TCG, and says why.
+            $SUDO usermod -aG "$kvm_group" "$LAB_USER" \
+                || echo "setup-host: $LAB_USER stays out of group $kvm_group: guests run under TCG" >&2
+        fi
+    fi
 fi
 
 if [ -n "$TEST" ]; then
