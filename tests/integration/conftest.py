@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
 from lab.core.cache import Cache, _read_owner, process_start
+from tests.conftest import REPO
 
 # Set for the length of a test (the `results` fixture): every lab it starts, and every
 # QEMU those start, inherits it, so that other lab runs on the same host are not counted.
@@ -82,3 +85,19 @@ def results(tmp_path, monkeypatch):
 
 def summary(root: Path) -> dict:
     return json.loads((root / "latest" / "summary.json").read_text())
+
+
+def copy_source(dest: Path) -> Path:
+    """The project as git has it (committed or not, but nothing ignored): what a source
+    tree of the project ships."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest

@@ -13,34 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from lab.core.cache import Cache
 from tests.conftest import REPO, lab
-from tests.integration.conftest import lab_qemus, summary, vm_scratch
+from tests.integration.conftest import copy_source, lab_qemus, summary, vm_scratch
 
 pytestmark = pytest.mark.vm
 
 # One quick test of the payload: enough to prove a real run, cheap under TCG.
 ONE_TEST = ["-k", "vfio_container_test and vfio_type1v2_iommu"]
-
-
-def copy_source(dest: Path) -> Path:
-    """The project as git has it (committed or not, but nothing ignored): what a source
-    tree of the project ships."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def test_wheel_installed_outside_the_checkout_lists_shows_and_runs(tmp_path):

@@ -1,0 +1,93 @@
+"""A normal user for the real-VM tests that root runs (`.ci/run` runs as root): made if
+absent, with subordinate ids, its own copy of the checkout, and commands run as it."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab.artifacts.userns import Account, lacking
+from tests.conftest import REPO
+from tests.integration.conftest import copy_source
+
+USER = os.environ.get("VFIO_LAB_TEST_USER", "vfio-lab-user")
+# What the user's commands see of the test's environment: a mirror, proxies, the tag by
+# which the leak checks find the lab's QEMUs.
+PASSED = ("VFIO_LAB_MIRROR", "VFIO_LAB_TEST_TAG", "http_proxy", "https_proxy", "no_proxy",
+          "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PIP_INDEX_URL")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    def run(
+        self, argv: list[str], cwd: Path, timeout: float = 1800
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            **{k: os.environ[k] for k in PASSED if k in os.environ},
+        }
+        return subprocess.run(
+            ["runuser", "-u", self.name, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+             *argv],
+            cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+
+def unprivileged_user() -> User:
+    """The test's normal user, made now if absent, then set up as the README's quick start
+    does (`sudo ./scripts/setup-host.sh`: subordinate ids, group kvm where /dev/kvm has it).
+    Skips (saying why) unless the suite runs as root, which may make users."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make its unprivileged user (`.ci/run` runs as root)")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", USER], check=True)
+    entry = pwd.getpwnam(USER)
+    user = User(USER, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+    subprocess.run(
+        [REPO / "scripts" / "setup-host.sh"], env=dict(os.environ, SUDO_USER=USER), check=True
+    )
+    assert not lacking(Account(user.name, user.uid)), "setup-host.sh gave it no subordinate ids"
+    return user
+
+
+def fresh_checkout(user: User) -> Path:
+    """A copy of this checkout that the user owns, in its home, made anew."""
+    dest = user.home / "vfio-lab"
+    shutil.rmtree(dest, ignore_errors=True)
+    copy_source(dest)
+    chown_tree(dest, user)
+    return dest
+
+
+def chown_tree(root: Path, user: User) -> None:
+    os.chown(root, user.uid, user.gid)
+    for path in root.rglob("*"):
+        os.lchown(path, user.uid, user.gid)
+
+
+def not_owned_by(user: User, *roots: Path) -> list[str]:
+    """Every file under `roots` that is not the user's (root's, or a subordinate id's)."""
+    return [
+        f"{path} ({path.lstat().st_uid}:{path.lstat().st_gid})"
+        for root in roots
+        if root.exists()
+        for path in [root, *root.rglob("*")]
+        if path.lstat().st_uid != user.uid
+    ]
