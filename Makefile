@@ -1,4 +1,6 @@
 # `make run` and `make test` set up whatever is missing first (host packages, .venv).
+# Only scripts/setup-host.sh needs root: as a normal user it calls sudo for what is
+# missing, and nothing else here does.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -39,8 +39,9 @@ VENV = ".venv"  # where `make setup` puts the lab, in the job's checkout
 DEFAULT_CRON = "0 2 * * *"
 GITHUB_MAX_MIN = 360  # the most a job on a GitHub-hosted runner may take
 # GitLab: the tag of the runners that may take a shard. Docker executor with
-# `privileged = true`: debootstrap mounts /proc and /sys in the root filesystem it builds,
-# and the container needs /dev/kvm where the host has it.
+# `privileged = true`: mmdebstrap makes namespaces and mounts /proc and /sys in the root
+# filesystem it builds, which Docker's default profile forbids even to root, and the
+# container needs /dev/kvm where the host has it.
 RUNNER_TAG = "vfio-lab-privileged"
 PREVIOUS = "previous"
 
@@ -123,8 +124,8 @@ def cmd_ci(args: argparse.Namespace) -> int:
     print(f"# vfio-lab ci {args.engine} {args.scenario} --shards {args.shards}{venv}")
     if args.engine == "gitlab":
         runner = (
-            "a Docker executor with\n# `privileged = true` (debootstrap mounts /proc in the "
-            "root filesystem it builds)."
+            "a Docker executor with\n# `privileged = true` (mmdebstrap makes namespaces and "
+            "mounts /proc in them)."
             if plan.venv is None
             else f"a shell executor on a host\n# set up with `make setup`, the lab in {plan.venv}."
         )

@@ -137,7 +137,7 @@ def _weigher(weights: dict[str, float] | None, unrecorded: float) -> Callable[[C
 
 # A CI job's time limit for a shard: an estimate, generous on purpose, since a job cut
 # short by its limit loses the whole shard's results.
-SETUP_MIN = 20  # host packages, the virtualenv, the root filesystem (debootstrap)
+SETUP_MIN = 20  # host packages, the virtualenv, the root filesystem (mmdebstrap)
 BUILD_MIN = 60  # a cold kernel build per tree built from source (a bump empties its cache)
 CELL_MIN = 15  # a cell no earlier run timed: a TCG boot to test-ready and the payload
 RECORDED_MARGIN = 2  # a recorded wall time, times this (a slower runner, a colder cache)
