@@ -170,9 +170,13 @@ def configure(root: Path, keys: LabKeys) -> None:
     # builder could make device nodes (root) or not (a user's namespace).
     for node in (root / "dev").iterdir():
         _remove(node)
+    # apt's downloads, lists and their scratch (`partial/`, empty, whose owner is _apt or
+    # root depending on who ran the builder): the guest never runs apt.
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for path in (root / junk).glob("*"):
-            if path.is_file():
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # a user may not list a `partial/` that _apt owns, but may remove it
+            else:
                 path.unlink()
 
 

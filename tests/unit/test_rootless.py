@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.artifacts import userns
+from lab.artifacts import rootfs, userns
+from lab.artifacts.keys import LabKeys
 from lab.artifacts.userns import Account, IdRange
 from lab.cli import doctor, main
 from lab.core.cache import Cache
@@ -214,3 +215,34 @@ def test_doctor_names_cache_entries_another_user_left(
     check = doctor.check_cache_owner(cache)
     assert not check.ok and "3 entries not alice's" in check.detail
     assert check.fix == f"sudo chown -R alice: {cache.root}"
+
+
+def fake_tree(root: Path) -> None:
+    """What a builder leaves, as far as `configure` touches it: root's has device nodes in
+    /dev, a user's has none; apt's scratch directories."""
+    for d in ("sbin", "etc/ssh", "root", "dev/pts", "var/cache/apt/archives/partial",
+              "var/lib/apt/lists/partial"):  # fmt: skip
+        (root / d).mkdir(parents=True)
+    (root / "etc/ssh/ssh_host_rsa_key").write_text("the builder's")
+    (root / "dev/null").touch()
+    (root / "dev/fd").symlink_to("/proc/self/fd")
+    (root / "var/lib/apt/lists/lock").touch()
+
+
+def test_configure_leaves_the_same_tree_whoever_built_it(tmp_path: Path) -> None:
+    keys = LabKeys(client=tmp_path / "keys" / "lab_ed25519", host=tmp_path / "keys" / "host")
+    keys.client.parent.mkdir()
+    for key in (keys.client, keys.client_pub, keys.host, keys.host_pub):
+        key.write_text(key.name)
+    root = tmp_path / "tree"
+    fake_tree(root)
+    rootfs.configure(root, keys)
+    assert list((root / "dev").iterdir()) == [], "the initramfs's devtmpfs goes over /dev"
+    for apt in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        assert list((root / apt).iterdir()) == [], apt
+    assert sorted(p.name for p in (root / "etc/ssh").iterdir()) == [
+        "ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "sshd_config",
+    ]  # fmt: skip
+    assert stat.S_IMODE((root / "etc/ssh/ssh_host_ed25519_key").stat().st_mode) == 0o600
+    assert (root / "sbin/lab-init").read_bytes() == (rootfs.RECIPE / "lab-init").read_bytes()
+    assert (root / "root/.ssh/authorized_keys").read_text() == keys.client_pub.name
