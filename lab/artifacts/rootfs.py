@@ -3,8 +3,8 @@
 One builder for root and for a normal user: mmdebstrap's unshare mode, which a user runs
 as root of a namespace of their own (lab.artifacts.userns), and root as it is. Both give
 the same tree (tests/integration/test_rootfs_modes.py compares them), so the cache key
-names the builder but not who ran it. Root's build was also the faster one measured
-(benchmarks/recorded/*-rootfs-*.json), debootstrap's included.
+names the builder but not who ran it. As root, mmdebstrap was also the faster: 101 s
+against debootstrap's 181 s (benchmarks/recorded/2026-12-02-rootfs-2core.json).
 """
 
 from __future__ import annotations
