@@ -16,7 +16,13 @@ from pathlib import Path
 
 from lab.artifacts.apt import host_mirror
 from lab.artifacts.keys import LabKeys
-from lab.artifacts.userns import current_account, inner_id, namespace_root, subordinate_ranges
+from lab.artifacts.userns import (
+    current_account,
+    inner_id,
+    namespace_root,
+    subordinate_ranges,
+    with_sudo,
+)
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.data import IMAGES
 from lab.core.errors import MissingPrerequisite
@@ -104,7 +110,7 @@ def build_tree(
 ) -> None:
     """The guest's tree in `root`, as the image holds it; `as_root` is namespace_root()'s."""
     if shutil.which(BUILDER.split()[0]) is None:
-        raise MissingPrerequisite(BUILDER.split()[0], "sudo apt-get install mmdebstrap")
+        raise MissingPrerequisite(BUILDER.split()[0], with_sudo("apt-get install mmdebstrap"))
     run_logged(
         [
             *as_root,

@@ -37,6 +37,11 @@ class Account:
     uid: int
 
 
+def with_sudo(command: str) -> str:
+    """A command that changes the host, as this user gives it: with sudo unless root."""
+    return command if os.geteuid() == 0 else f"sudo {command}"
+
+
 def current_account() -> Account:
     uid = os.geteuid()
     try:
@@ -106,7 +111,7 @@ def namespace_root(subuid: Path = SUBUID, subgid: Path = SUBGID) -> list[str]:
         return []
     for tool in ("newuidmap", "newgidmap"):
         if shutil.which(tool) is None:
-            raise MissingPrerequisite(tool, "sudo apt-get install uidmap")
+            raise MissingPrerequisite(tool, with_sudo("apt-get install uidmap"))
     uids, gids = subordinate_ranges(account, subuid, subgid)
     # util-linux 2.38's order (outer,inner,count), which later versions still accept.
     return [

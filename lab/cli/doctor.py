@@ -20,6 +20,7 @@ from lab.artifacts.userns import (
     lacking,
     subids_fix,
     subordinate_ranges,
+    with_sudo,
 )
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
@@ -42,25 +43,20 @@ class Check:
     fix: str = ""
 
 
-def as_root(command: str) -> str:
-    """A fix that changes the host: with sudo in front for a user."""
-    return command if os.geteuid() == 0 else f"sudo {command}"
-
-
 def _tool(name: str, package: str) -> Callable[[], Check]:
     def check() -> Check:
         path = shutil.which(name) or (
             f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
         )
         return Check(
-            name, path is not None, path or "not found", as_root(f"apt-get install {package}")
+            name, path is not None, path or "not found", with_sudo(f"apt-get install {package}")
         )
 
     return check
 
 
 def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
-    fix = as_root("apt-get install --no-install-recommends qemu-system-x86")
+    fix = with_sudo("apt-get install --no-install-recommends qemu-system-x86")
     if not shutil.which(binary):
         return Check(binary, False, "not found", fix)
     ok = version_tuple(binary) >= MIN_QEMU
@@ -80,7 +76,7 @@ def check_lab_qemu(cache: Cache) -> Check:
         )
     detail = f"not built yet (machine.qemu: lab builds {qemu_build.VERSION} on first use)"
     if qemu_build.missing_build_depends():
-        return Check("lab qemu", False, detail, as_root("scripts/setup-host.sh --qemu"))
+        return Check("lab qemu", False, detail, with_sudo("scripts/setup-host.sh --qemu"))
     return Check("lab qemu", True, detail)
 
 
@@ -92,14 +88,14 @@ def check_busybox() -> Check:
         "busybox (static)",
         ok,
         str(path) if path.exists() else "not found",
-        as_root("apt-get install busybox-static"),
+        with_sudo("apt-get install busybox-static"),
     )
 
 
 def _headers(name: str, paths: tuple[str, ...], why: str, package: str) -> Callable[[], Check]:
     def check() -> Check:
         ok = any(Path(p).exists() for p in paths)
-        return Check(name, ok, why, as_root(f"apt-get install {package}"))
+        return Check(name, ok, why, with_sudo(f"apt-get install {package}"))
 
     return check
 
@@ -125,7 +121,7 @@ def check_apt_lists() -> Check:
     m = re.search(r"Candidate:\s*(\S+)", out.stdout)
     ok = bool(m) and m is not None and m.group(1) != "(none)"
     detail = f"linux-image-amd64 {m.group(1)}" if ok and m else "no candidate for linux-image-amd64"
-    return Check("apt lists (stock kernel)", ok, detail, as_root("apt-get update"))
+    return Check("apt lists (stock kernel)", ok, detail, with_sudo("apt-get update"))
 
 
 def check_python_modules() -> Check:
