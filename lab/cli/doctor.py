@@ -173,8 +173,9 @@ def check_cache(cache: Cache) -> Check:
 
 
 def check_cache_owner(cache: Cache) -> Check:
-    """A cache root wrote into (a run with sudo and this user's HOME) that this user's runs
-    cannot change. Its top two levels only: the kinds and their entries, which a build replaces."""
+    """Files of root's (or another user's) in this user's cache, as a run with sudo that
+    kept HOME leaves, which this user's runs cannot replace. The top two levels only: the
+    kinds and their entries."""
     uid = os.geteuid()
     paths = [cache.root, *cache.root.glob("*"), *cache.root.glob("*/*")]
     foreign = [p for p in paths if _owner(p) not in (uid, None)]

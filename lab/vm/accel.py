@@ -142,7 +142,8 @@ def kvm_denial(
     """For a /dev/kvm of `mode` and `owner`:`group` that `user` may not open read-write."""
     where = f"{dev} is {stat.filemode(mode)} {owner}:{group}"
     group_rw = stat.S_IRGRP | stat.S_IWGRP
-    if mode & group_rw == group_rw and not in_group:
+    # Joining a group is the fix where the group may use it, but never joining root's.
+    if mode & group_rw == group_rw and not in_group and group != "root":
         return KvmDenied(
             f"{user} is not in group {group} ({where})",
             f"sudo usermod -aG {group} {user} (then log in again)",

@@ -105,6 +105,8 @@ def test_kvm_denial_names_the_group_to_join_or_the_mode_to_set() -> None:
     )
     assert closed.why == "/dev/kvm is crw------- root:root, which alice may not open"
     assert closed.fix == "sudo chmod 0666 /dev/kvm"
+    root_group = accel.kvm_denial(KVM, crw_rw, "root", "root", in_group=False, user="alice")
+    assert root_group.fix == "sudo chmod 0666 /dev/kvm", "never a user into group root"
     # In the group, but the group may not write: joining again would not help.
     ro = accel.kvm_denial(KVM, stat.S_IFCHR | 0o640, "root", "kvm", in_group=True, user="alice")
     assert ro.fix == "sudo chmod 0666 /dev/kvm"
