@@ -3,7 +3,8 @@ packages already installed (no sudo), the root filesystem built in the user's na
 a run, a shell; and nothing left in its cache or checkout that is not the user's.
 
 `.ci/run` runs the suite as root: the test makes its user (`useradd` if absent, with
-subordinate ids), as issue 24 asks. The user's cache is its own ~/.cache/vfio-lab,
+subordinate ids), as issue 24 asks. Run by a normal user, the suite tests that user, in a
+home of its own. The user's cache is its own ~/.cache/vfio-lab,
 emptied first.
 """
 
@@ -20,8 +21,8 @@ from tests.integration.unprivileged import fresh_checkout, not_owned_by, unprivi
 pytestmark = pytest.mark.vm
 
 
-def test_a_normal_user_runs_the_lab_from_nothing(results: Path) -> None:
-    user = unprivileged_user()
+def test_a_normal_user_runs_the_lab_from_nothing(results: Path, tmp_path: Path) -> None:
+    user = unprivileged_user(tmp_path)
     checkout = fresh_checkout(user)
     cache = user.home / ".cache" / "vfio-lab"
     shutil.rmtree(cache, ignore_errors=True)

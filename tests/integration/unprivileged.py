@@ -10,8 +10,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from lab.artifacts.userns import Account, lacking
 from tests.conftest import REPO
 from tests.integration.conftest import copy_source
@@ -41,19 +39,24 @@ class User:
             "LANG": "C.UTF-8",
             **{k: os.environ[k] for k in PASSED if k in os.environ},
         }
+        # Root becomes the user; a normal user running the suite is the user already.
+        become = ["runuser", "-u", self.name, "--"] if os.geteuid() != self.uid else []
         return subprocess.run(
-            ["runuser", "-u", self.name, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-             *argv],
+            [*become, "env", "-i", *[f"{k}={v}" for k, v in env.items()], *argv],
             cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
         )  # fmt: skip
 
 
-def unprivileged_user() -> User:
-    """The test's normal user, made now if absent, then set up as the README's quick start
-    does (`sudo ./scripts/setup-host.sh`: subordinate ids, group kvm where /dev/kvm has it).
-    Skips (saying why) unless the suite runs as root, which may make users."""
+def unprivileged_user(scratch: Path) -> User:
+    """The test's normal user. When the suite runs as a normal user, that user, with a home
+    of its own under `scratch` (its real cache is left alone). As root (`.ci/run`), a user
+    made now if absent, then set up as the README's quick start does (`sudo
+    ./scripts/setup-host.sh`: subordinate ids, group kvm where /dev/kvm has it)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to make its unprivileged user (`.ci/run` runs as root)")
+        me = pwd.getpwuid(os.geteuid())
+        home = scratch / "home"
+        home.mkdir()
+        return User(me.pw_name, me.pw_uid, me.pw_gid, home)
     try:
         pwd.getpwnam(USER)
     except KeyError:
