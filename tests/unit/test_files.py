@@ -106,9 +106,9 @@ def test_the_root_filesystem_chmods_its_own_key_not_the_labs(tmp_path: Path) -> 
         key.write_text("key\n")
         key.chmod(0o644)
     root = tmp_path / "root"
-    for d in ("sbin", "etc/ssh", "root"):
+    for d in ("sbin", "etc/ssh", "root", "dev"):
         (root / d).mkdir(parents=True)
-    rootfs._configure(root, keys)
+    rootfs.configure(root, keys)
     assert keys.host.stat().st_mode & 0o777 == 0o644
     assert (root / "etc/ssh/ssh_host_ed25519_key").stat().st_ino != keys.host.stat().st_ino
 
