@@ -35,8 +35,9 @@ def test_a_normal_user_runs_the_lab_from_nothing(results: Path, tmp_path: Path) 
     # setup-host.sh finds nothing missing and asks for no sudo (the user has none).
     as_user("make", "setup")
     lab = str(checkout / ".venv" / "bin" / "vfio-lab")
-    as_user(lab, "run", "quick", "-k", "vfio_pci_device_test", "--results", "results")
-    summary = json.loads((checkout / "results" / "latest" / "summary.json").read_text())
+    runs = checkout / "results"
+    as_user(lab, "run", "quick", "-k", "vfio_pci_device_test", "--results", str(runs))
+    summary = json.loads((runs / "latest" / "summary.json").read_text())
     (cell,) = summary["cells"]
     assert summary["exit_code"] == 0 and cell["verdict"] == "pass", cell
     records = json.loads((Path(cell["dir"]) / "tests.json").read_text())
