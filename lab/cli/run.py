@@ -157,7 +157,7 @@ def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
     for cell in selected(s, only):
         kernel = KernelArtifact.placeholder(cell.kernel.label)
         cfg = vm_config(
-            cell, kernel, binary, shown, Path("<overlay>"), Path("<scratch>"), Path("<cell dir>"), 0
+            cell, kernel, binary, shown, Path("<overlay>"), Path("<sockets>"), Path("<cell dir>"), 0
         )
         print(f"# cell {cell.name}")
         print(shlex.join(build_argv(cfg)))

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lab.core.errors import InfraError
+from lab.core.errors import HostIOError, InfraError
 from lab.core.files import blaming, make_dir, write_atomic, write_file
 
 MANIFEST = ".manifest.json"
@@ -474,16 +474,40 @@ class Cache:
         return True
 
     @contextlib.contextmanager
-    def scratch(self, prefix: str) -> Iterator[Path]:
-        """A temporary directory under tmp/, removed whatever happens; marked with its owner
-        so that `sweep` can remove it if this process is killed before the finally runs."""
-        with blaming(self.tmp):
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.tmp))
+    def scratch(self, prefix: str, *, sockets: bool = False) -> Iterator[Path]:
+        """A temporary directory under tmp/ (or, for UNIX sockets, under `sockets`), removed
+        whatever happens; marked with its owner so that `sweep` can remove it if this
+        process is killed before the finally runs."""
+        where = self._socket_dir() if sockets else self.tmp
+        with blaming(where):
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
         try:
             _write_owner(path)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            if sockets:
+                with contextlib.suppress(OSError):  # another guest's sockets may be there
+                    where.rmdir()
+
+    @property
+    def sockets(self) -> Path:
+        """Where QEMU's UNIX sockets go: a socket's path must fit sun_path (108 bytes) and
+        the cache may be deep (a CI runner's build directory, a long home), so a short
+        directory in /tmp of this user's own, one per cache."""
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return Path(tempfile.gettempdir()) / f"vfio-lab-{os.getuid()}-{digest}"
+
+    def _socket_dir(self) -> Path:
+        path = self.sockets
+        with blaming(path):
+            with contextlib.suppress(FileExistsError):  # ours from a guest before, or not
+                path.mkdir(mode=0o700)
+            st = path.lstat()
+        # /tmp is shared: a directory someone else made there in advance is not ours to use.
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise HostIOError(path, None, "exists and is not a directory of this user's")
+        return path
 
     def sweep(self) -> list[Path]:
         """Remove the scratch directories whose owner is gone (killed labs leave
@@ -494,7 +518,8 @@ class Cache:
         older lab built without owners)."""
         removed = []
         now = time.time()
-        for path in sorted(self.tmp.iterdir()):
+        sockets = sorted(self.sockets.iterdir()) if self.sockets.is_dir() else []
+        for path in [*sorted(self.tmp.iterdir()), *sockets]:
             if path.is_dir() and not path.is_symlink() and _abandoned(path, now):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
@@ -502,4 +527,6 @@ class Cache:
             if path.is_dir() and _read_owner(path) is not None and _abandoned(path, now):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
+        with contextlib.suppress(OSError):  # gone, or a live guest's sockets are there
+            self.sockets.rmdir()
         return removed

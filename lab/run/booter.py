@@ -80,7 +80,7 @@ def vm_config(
     qemu: str,
     accel: Accel,
     disk: Path,
-    scratch: Path,
+    sockets: Path,
     cell_dir: Path,
     ssh_port: int,
     gdb_port: int | None = None,
@@ -95,7 +95,7 @@ def vm_config(
         initrd=kernel.initramfs,
         disk=disk,
         console_log=cell_dir / "console.log",
-        qmp_socket=scratch / "qmp.sock",
+        qmp_socket=sockets / "qmp.sock",
         ssh_port=ssh_port,
         memory_mib=m.memory >> 20,
         cpus=m.cpus,
@@ -104,7 +104,7 @@ def vm_config(
         hugepages=tuple(sorted(m.hugepages.items())),
         extra_cmdline=tuple(m.cmdline),
         qemu=qemu,
-        user_qmp_socket=scratch / "qmp-user.sock",
+        user_qmp_socket=sockets / "qmp-user.sock",
         gdb_port=gdb_port,
         console_append=console_append,
     )
@@ -178,6 +178,7 @@ class _Boot:
     bound: list[str] = field(init=False, default_factory=list)
     phases: dict[str, float] = field(init=False, default_factory=dict)
     scratch: Path = field(init=False)
+    sockets: Path = field(init=False)  # short, for QEMU's UNIX sockets
     cfg: VMConfig = field(init=False)
     argv: list[str] = field(init=False)
     guest: Guest = field(init=False)
@@ -418,6 +419,7 @@ class CellBooter:
         """A directory of the guest's own (its overlay, its QMP sockets), removed when the
         guest has stopped."""
         b.scratch = b.undo.enter_context(self.cache.scratch("vm-"))
+        b.sockets = b.undo.enter_context(self.cache.scratch("vm-", sockets=True))
 
     def _configure(self, b: _Boot) -> None:
         """The machine, its command line written to the cell directory. A restored guest's
@@ -425,7 +427,7 @@ class CellBooter:
         q, k, a = b.prepared.qemu.binary, b.prepared.kernel, b.prepared.accel
         disk = b.disk or b.scratch / "overlay.qcow2"
         b.cfg = vm_config(
-            b.cell, k, q, a, disk, b.scratch, b.cell_dir, free_port(), b.gdb_port, b.restoring
+            b.cell, k, q, a, disk, b.sockets, b.cell_dir, free_port(), b.gdb_port, b.restoring
         )
         b.argv = build_argv(b.cfg)
         if b.state is not None:

@@ -24,7 +24,7 @@ from lab.core.cache import (
     damage,
     process_start,
 )
-from lab.core.errors import InfraError
+from lab.core.errors import HostIOError, InfraError
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = b"q" * 5678
@@ -333,6 +333,56 @@ def test_sweep_removes_the_scratch_of_a_killed_lab(tmp_path: Path) -> None:
     assert left.is_dir()
     assert Cache(tmp_path).sweep() == [left]
     assert not left.exists()
+
+
+def test_sockets_get_a_short_directory_of_their_own_however_deep_the_cache(
+    tmp_path: Path,
+) -> None:
+    # sun_path holds 108 bytes: QEMU refused a socket under a CI runner's or a long home's cache.
+    cache = Cache(tmp_path / ("d" * 60) / ("e" * 60) / "vfio-lab")
+    with cache.scratch("vm-", sockets=True) as path:
+        assert len(str(path / "qmp-user.sock").encode()) < 108
+        assert path.parent == cache.sockets
+        assert cache.sockets.stat().st_mode & 0o777 == 0o700
+        assert json.loads((path / OWNER).read_text())["pid"] == os.getpid()
+    assert not path.exists()
+    assert not cache.sockets.exists(), "the short directory outlived the last guest"
+
+
+def test_sweep_removes_the_sockets_of_a_killed_lab(tmp_path: Path) -> None:
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from lab.core.cache import Cache\n"
+        "with Cache(Path(sys.argv[1])).scratch('vm-', sockets=True) as p:\n"
+        "    print(p, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    left = Path(done.stdout.strip())
+    assert left.is_dir() and left.parent == Cache(tmp_path).sockets
+    assert Cache(tmp_path).sweep() == [left]
+    assert not left.parent.exists()
+
+
+def test_a_sockets_directory_that_is_not_this_users_is_refused(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    cache.sockets.write_text("planted in the shared /tmp\n")
+    try:
+        with (
+            pytest.raises(HostIOError, match="not a directory of this user's"),
+            cache.scratch("vm-", sockets=True),
+        ):
+            pass
+    finally:
+        cache.sockets.unlink()
 
 
 def test_sweep_of_an_empty_cache_removes_nothing(tmp_path: Path) -> None:
