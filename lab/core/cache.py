@@ -478,9 +478,13 @@ class Cache:
         """A temporary directory under tmp/ (or, for UNIX sockets, under `sockets`), removed
         whatever happens; marked with its owner so that `sweep` can remove it if this
         process is killed before the finally runs."""
-        where = self._socket_dir() if sockets else self.tmp
+        where = self.sockets if sockets else self.tmp
         with blaming(where):
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+            path = (
+                self._socket_scratch(prefix)
+                if sockets
+                else Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+            )
         try:
             _write_owner(path)
             yield path
@@ -497,6 +501,20 @@ class Cache:
         directory in /tmp of this user's own, one per cache."""
         digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
         return Path(tempfile.gettempdir()) / f"vfio-lab-{os.getuid()}-{digest}"
+
+    def socket_dirs(self) -> list[Path]:
+        """The guests' socket directories (none when another lab just removed their home)."""
+        try:
+            return sorted(self.sockets.iterdir())
+        except FileNotFoundError:
+            return []
+
+    def _socket_scratch(self, prefix: str) -> Path:
+        for _ in range(3):
+            # Another lab on this cache may remove the directory with its last guest.
+            with contextlib.suppress(FileNotFoundError):
+                return Path(tempfile.mkdtemp(prefix=prefix, dir=self._socket_dir()))
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self._socket_dir()))
 
     def _socket_dir(self) -> Path:
         path = self.sockets
@@ -518,8 +536,7 @@ class Cache:
         older lab built without owners)."""
         removed = []
         now = time.time()
-        sockets = sorted(self.sockets.iterdir()) if self.sockets.is_dir() else []
-        for path in [*sorted(self.tmp.iterdir()), *sockets]:
+        for path in [*sorted(self.tmp.iterdir()), *self.socket_dirs()]:
             if path.is_dir() and not path.is_symlink() and _abandoned(path, now):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)

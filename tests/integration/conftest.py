@@ -60,10 +60,12 @@ def _live_owner(directory: Path) -> str | None:
 
 
 def vm_scratch() -> set[str]:
-    """Everything under the cache's tmp/ (overlays, sockets, shell sessions, probes) but
-    what a live process outside this test owns: another lab run's scratch is not ours."""
+    """Everything under the cache's tmp/ and its sockets' directory (overlays, sockets, shell
+    sessions, probes) but what a live process outside this test owns: another lab run's
+    scratch is not ours."""
     mine = set()
-    for path in Cache().tmp.iterdir():
+    cache = Cache()
+    for path in [*cache.tmp.iterdir(), *cache.socket_dirs()]:
         owner = _live_owner(path)
         if owner is None or _ours(owner):
             mine.add(path.name)

@@ -160,6 +160,7 @@ def test_two_runs_at_once_on_one_fresh_cache_both_pass(tmp_path, results):
         assert cell["counts"]["pass"] == 1 and cell["verdict"] == "pass", cell
     assert len(list((cache / "kvm-probe").glob("*.json"))) == 1
     assert list((cache / "tmp").iterdir()) == []
+    assert not Cache(cache).sockets.exists(), "the runs' sockets directory outlived them"
 
 
 def start_shell(*extra: str) -> subprocess.Popen[str]:
