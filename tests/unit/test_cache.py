@@ -311,18 +311,18 @@ def test_sweep_removes_only_scratch_dirs_whose_owner_is_gone(tmp_path: Path) -> 
     assert a_file.is_file()
 
 
-def test_sweep_removes_the_scratch_of_a_killed_lab(tmp_path: Path) -> None:
-    # The real case: the owner dies by SIGKILL inside the block, so its finally never runs.
+def scratch_of_a_killed_lab(cache_root: Path, sockets: bool) -> Path:
+    """The real case: the owner dies by SIGKILL inside the block, so its finally never runs."""
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from lab.core.cache import Cache\n"
-        "with Cache(Path(sys.argv[1])).scratch('vm-') as p:\n"
+        "with Cache(Path(sys.argv[1])).scratch('vm-', sockets=sys.argv[2] == '1') as p:\n"
         "    print(p, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
+        [sys.executable, "-c", script, str(cache_root), "1" if sockets else "0"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -331,6 +331,11 @@ def test_sweep_removes_the_scratch_of_a_killed_lab(tmp_path: Path) -> None:
     assert done.returncode == -9, done.stderr
     left = Path(done.stdout.strip())
     assert left.is_dir()
+    return left
+
+
+def test_sweep_removes_the_scratch_of_a_killed_lab(tmp_path: Path) -> None:
+    left = scratch_of_a_killed_lab(tmp_path, sockets=False)
     assert Cache(tmp_path).sweep() == [left]
     assert not left.exists()
 
@@ -350,24 +355,8 @@ def test_sockets_get_a_short_directory_of_their_own_however_deep_the_cache(
 
 
 def test_sweep_removes_the_sockets_of_a_killed_lab(tmp_path: Path) -> None:
-    script = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from lab.core.cache import Cache\n"
-        "with Cache(Path(sys.argv[1])).scratch('vm-', sockets=True) as p:\n"
-        "    print(p, flush=True)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == -9, done.stderr
-    left = Path(done.stdout.strip())
-    assert left.is_dir() and left.parent == Cache(tmp_path).sockets
+    left = scratch_of_a_killed_lab(tmp_path, sockets=True)
+    assert left.parent == Cache(tmp_path).sockets
     assert Cache(tmp_path).sweep() == [left]
     assert not left.parent.exists()
 
