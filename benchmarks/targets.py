@@ -145,6 +145,21 @@ def main() -> int:
     args = p.parse_args()
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
     rows: dict[str, Any] = {}
+    try:
+        measure_rows(args, rows, report)
+    finally:  # Ctrl-C or a crash still writes the rows measured so far
+        for missing in TARGETS.keys() - rows.keys():
+            fresh_only = missing.startswith("make_") and not args.fresh
+            why = "needs --fresh" if fresh_only else "not reached, or its step failed"
+            rows[missing] = {**asdict(TARGETS[missing]), "measured_s": None, "met": False,
+                             "not_measured": why}  # fmt: skip
+        report["accelerator"] = rows.pop("accelerator", None)
+        report["rows"] = rows
+        write_report(report, args.out, "targets-")
+    return 0
+
+
+def measure_rows(args: argparse.Namespace, rows: dict[str, Any], report: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="vfio-lab-targets-") as name:
         tmp = Path(name)
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -165,14 +180,6 @@ def main() -> int:
                 rows[f"error: {step}"] = f"{type(e).__name__}: {e}"
         if args.before:
             report["before"] = compare_before(args.before, tmp, rows)
-    for missing in TARGETS.keys() - rows.keys():
-        why = "needs --fresh" if missing.startswith("make_") else "its step failed"
-        rows[missing] = {**asdict(TARGETS[missing]), "measured_s": None, "met": False,
-                         "not_measured": why}  # fmt: skip
-    report["accelerator"] = rows.pop("accelerator", None)
-    report["rows"] = rows
-    write_report(report, args.out, "targets-")
-    return 0
 
 
 if __name__ == "__main__":
