@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,19 +52,19 @@ def current_account() -> Account:
     return Account(name, uid)
 
 
+def _ranges(text: str) -> Iterator[tuple[str, IdRange]]:
+    """(owner, range) of each well-formed line of /etc/subuid's (or /etc/subgid's) text."""
+    for line in text.splitlines():
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            yield fields[0], IdRange(int(fields[1]), int(fields[2]))
+
+
 def subordinate(text: str, account: Account) -> IdRange | None:
     """The account's first range in /etc/subuid's (or /etc/subgid's) text, by name or uid,
     as newuidmap reads it; None when it has none."""
-    for line in text.splitlines():
-        fields = line.strip().split(":")
-        if (
-            len(fields) == 3
-            and fields[0] in (account.name, str(account.uid))
-            and fields[1].isdigit()
-            and fields[2].isdigit()
-        ):
-            return IdRange(int(fields[1]), int(fields[2]))
-    return None
+    owners = (account.name, str(account.uid))
+    return next((found for owner, found in _ranges(text) if owner in owners), None)
 
 
 def _read(path: Path) -> str:
@@ -87,13 +88,7 @@ def lacking(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> l
 
 def free_start(*texts: str) -> int:
     """The first start at or past FIRST_START after every range the files give anyone."""
-    ends = [FIRST_START]
-    for text in texts:
-        for line in text.splitlines():
-            fields = line.strip().split(":")
-            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                ends.append(int(fields[1]) + int(fields[2]))
-    return max(ends)
+    return max([FIRST_START, *(r.start + r.count for t in texts for _, r in _ranges(t))])
 
 
 def subids_fix(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> str:
