@@ -14,7 +14,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -96,23 +96,22 @@ def _linked(src: Path, dst: Path) -> bool:
     with blaming(src):
         src.stat()
     with blaming(dst):
-        try:
-            os.link(src, dst)
-        except OSError as e:
-            if e.errno in _NO_LINK:
-                return False
-            raise
-    return True
+        return _done_unless(lambda: os.link(src, dst), _NO_LINK)
 
 
 def _cloned(fin: HostFile, fout: HostFile) -> bool:
     with blaming(fout.path):
-        try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-        except OSError as e:
-            if e.errno in _NO_CLONE:
-                return False
-            raise
+        return _done_unless(lambda: fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno()), _NO_CLONE)
+
+
+def _done_unless(attempt: Callable[[], object], refusals: set[int]) -> bool:
+    """True when `attempt` worked, False when it failed in a way a plain copy gets past."""
+    try:
+        attempt()
+    except OSError as e:
+        if e.errno in refusals:
+            return False
+        raise
     return True
 
 
