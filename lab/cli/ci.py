@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from lab.cli.common import Parser, load_scenario, only_arg, scenario_arg
-from lab.cli.run import shard_args, sharded
+from lab.cli.run import shard_args, shard_selection
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_cache_key(args: argparse.Namespace) -> int:
     s = load_scenario(args.scenario)
-    _, cells = sharded(s, args)
+    cells = shard_selection(s, args)[2]
     print(artifact_key(cells, Cache()))
     return EXIT_OK
 

@@ -14,12 +14,12 @@ from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.exitcodes import for_bisect
 from lab.core.progress import Progress
-from lab.model import scenario, shards
+from lab.model import scenario
 from lab.model.kernelspec import parse_kernel_spec
 from lab.model.scenario import Cell, Scenario
 from lab.model.shards import ShardPlan
 from lab.results.summary import table
-from lab.run.matrix import RunOptions, ScenarioRun
+from lab.run.matrix import RunOptions, ScenarioRun, shard_plan
 
 DEFAULT_GDB_PORT = 1234
 
@@ -137,7 +137,7 @@ def run_cells(
     doctor.require_qemu(s.machine.qemu, cache)
     cache.sweep()
     run = ScenarioRun(s, opts, cache, Progress(quiet=quiet))
-    results = run.start(shards.plan(cells) if plan is None else plan)
+    results = run.start(shard_plan(cells, cache) if plan is None else plan)
     interrupted = False
     try:
         run.run(cells)

@@ -19,6 +19,7 @@ from lab.cli.common import (
     scenario_arg,
     selected,
 )
+from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
 from lab.model.scenario import Cell, Scenario
@@ -28,12 +29,11 @@ from lab.model.shards import (
     ShardPlan,
     durations,
     parse_shard,
-    plan,
     shard_cells,
 )
 from lab.model.variants import Accel
 from lab.run.booter import check_port_free, vm_config
-from lab.run.matrix import RunOptions, default_jobs
+from lab.run.matrix import RunOptions, default_jobs, shard_plan
 from lab.vm.qemu import build_argv
 
 
@@ -101,12 +101,18 @@ def _shard(text: str) -> Shard:
 def sharded(s: Scenario, args: argparse.Namespace) -> tuple[ShardPlan, list[Cell]]:
     """The cells --only selects, narrowed to --shard K/N if given, and what the run is
     part of: that shard of all the cells --only selects."""
+    selection, shard, cells = shard_selection(s, args)
+    return shard_plan(selection, Cache(), shard), cells
+
+
+def shard_selection(s: Scenario, args: argparse.Namespace) -> tuple[list[Cell], Shard, list[Cell]]:
+    """The cells --only selects, the shard asked for, and that shard's cells."""
     cells = selected(s, args.only)
     if args.shard is None and args.durations is not None:
         raise UsageError("--durations balances shards: give --shard K/N too")
     shard = args.shard or WHOLE
     weights = durations(args.durations) if args.durations is not None else None
-    return plan(cells, shard), shard_cells(cells, shard, weights)
+    return cells, shard, shard_cells(cells, shard, weights)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -169,6 +175,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{s.name}: {s.description}".rstrip(": "))
     if args.shard is not None:
         print(f"shard {args.shard}:")
-    for cell in sharded(s, args)[1]:
+    for cell in shard_selection(s, args)[2]:
         print(f"  {cell.name}")
     return EXIT_OK

@@ -19,15 +19,15 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
-from lab.model.kernelspec import KERNEL_SOURCES
-from lab.model.scenario import Cell
+from lab.model.kernelspec import KERNEL_SOURCES, KernelSpec, LocalTreeKind
+from lab.model.scenario import Cell, KernelEntry
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 
@@ -61,19 +61,35 @@ class ShardPlan:
         }
 
 
-def plan(selection: list[Cell], shard: Shard = WHOLE) -> ShardPlan:
-    return ShardPlan(shard, tuple(c.name for c in selection), scenario_hash(selection))
+def plan(
+    selection: list[Cell], shard: Shard = WHOLE, trees: Mapping[str, str] | None = None
+) -> ShardPlan:
+    """`trees`: as scenario_hash takes them."""
+    return ShardPlan(shard, tuple(c.name for c in selection), scenario_hash(selection, trees))
 
 
-def scenario_hash(cells: list[Cell]) -> str:
+def scenario_hash(cells: list[Cell], trees: Mapping[str, str] | None = None) -> str:
     """The cells with everything that decides what they run (kernel, config, machine,
     devices, payload, expectations): two versions of a scenario differ here even where
-    their cell names agree."""
-    text = json.dumps(cells, sort_keys=True, default=_plain)
+    their cell names agree.
+
+    `trees` gives each `local:` kernel tree's content identity by its path (the caller
+    finds it: a git checkout's state is the artifacts' business): a tree counts by what
+    it holds, not by where it is, so an edit between two shards parts them."""
+    text = json.dumps(cells, sort_keys=True, default=lambda v: _plain(v, trees or {}))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _plain(value: object) -> object:
+def _plain(value: object, trees: Mapping[str, str]) -> object:
+    if isinstance(value, KernelSpec) and value.source == LocalTreeKind.name:
+        if value.arg not in trees:
+            raise ValueError(f"local:{value.arg}: the scenario hash needs the tree's identity")
+        return {"source": value.source, "tree": trees[value.arg], "name": value.name}
+    if isinstance(value, KernelEntry) and value.source.startswith(f"{LocalTreeKind.name}:"):
+        # The scenario's kernel axis names it again: by its identity too, where a cell
+        # builds it (one no selected cell builds decides nothing the run does).
+        path = value.source.partition(":")[2]
+        value = dataclasses.replace(value, source=f"local:{trees.get(path, path)}")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         # Fields set after loading (the file's path, its line numbers) are not the scenario.
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}

@@ -11,11 +11,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.artifacts.kernels import KERNEL_BUILDERS
 from lab.core.cache import Cache
 from lab.core.files import blaming, copy_file, make_dir
 from lab.core.progress import SILENT, Progress
+from lab.model import shards
+from lab.model.kernelspec import LocalTreeKind
 from lab.model.scenario import Cell, Scenario
-from lab.model.shards import ShardPlan
+from lab.model.shards import WHOLE, Shard, ShardPlan
 from lab.results.records import TestRecord
 from lab.results.summary import CellResult, RunResults
 from lab.run.booter import CellBooter
@@ -45,6 +48,17 @@ def default_jobs(s: Scenario) -> int:
     total = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) << 10  # type: ignore[union-attr]
     by_memory = (total - (2 << 30)) // (s.machine.memory + (512 << 20))
     return max(1, min(cores // s.machine.cpus, by_memory))
+
+
+def shard_plan(selection: list[Cell], cache: Cache, shard: Shard = WHOLE) -> ShardPlan:
+    """What a run of `shard` of `selection` is part of, each `local:` tree counted by what
+    it holds now (its commit and edits), not by its path."""
+    trees = {
+        c.kernel.arg: KERNEL_BUILDERS[c.kernel.source].resolved(c.kernel, cache)
+        for c in selection
+        if c.kernel.source == LocalTreeKind.name
+    }
+    return shards.plan(selection, shard, trees)
 
 
 def cell_dirname(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -157,6 +158,58 @@ def test_the_scenario_hash_counts_a_payload_directory_by_its_content(tmp_path: P
     first = with_payload(tmp_path / "a", "def test_x(): pass\n")
     assert with_payload(tmp_path / "b", "def test_x(): pass\n") == first, "another checkout"
     assert with_payload(tmp_path / "c", "def test_x(): assert 0\n") != first, "another payload"
+
+
+LOCAL_AND_DEBIAN = "kernels: [local:linux, debian:7.2]\n"
+
+
+def git(tree: Path, *args: str) -> None:
+    argv = ["git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(tree), *args]
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def local_tree(where: Path) -> Path:
+    """A kernel checkout (as `local:` checks one) beside a scenario that builds it."""
+    tree = where / "linux"
+    tree.mkdir(parents=True)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "Kconfig").write_text("config VFIO\n\tbool\n")
+    git(where, "init", "-q", "linux")
+    git(tree, "add", ".")
+    git(tree, "commit", "-qm", "base")
+    (where / "s.yaml").write_text(LOCAL_AND_DEBIAN)
+    return tree
+
+
+def run_shard(where: Path, k: int) -> Path:
+    """Shard k/2 of the scenario beside the tree, run (no cell) into where/k."""
+    args = build_parser().parse_args(["run", str(where / "s.yaml"), "--shard", f"{k}/2"])
+    s = scenario.load(where / "s.yaml")
+    part_of, _ = sharded(s, args)
+    ScenarioRun(s, RunOptions(where / str(k)), Cache(where / "cache")).start(part_of).finish()
+    return (where / str(k) / "latest").resolve()
+
+
+def test_a_local_tree_counts_by_what_it_holds_so_an_edit_between_shards_parts_them(
+    tmp_path: Path,
+) -> None:
+    tree = local_tree(tmp_path)
+    one, two = run_shard(tmp_path, 1), run_shard(tmp_path, 2)
+    assert merge.merge([one, two], tmp_path / "same").summary["scenario_hash"]
+    (tree / "vfio.c").write_text("int x;\n")  # the same path, another tree
+    edited = run_shard(tmp_path, 2)
+    with pytest.raises(UsageError, match="different versions of scenario s"):
+        merge.merge([one, edited], tmp_path / "m")
+
+
+def test_the_scenario_hash_needs_each_local_trees_identity(tmp_path: Path) -> None:
+    tree = local_tree(tmp_path)
+    cells = scenario.expand(scenario.load(tmp_path / "s.yaml"))
+    with pytest.raises(ValueError, match=f"local:{tree}: the scenario hash needs"):
+        scenario_hash(cells)
+    first = scenario_hash(cells, {str(tree): "git:1"})
+    assert scenario_hash(cells, {str(tree): "git:2"}) != first
+    assert scenario_hash(cells, {str(tree): "git:1"}) == first
 
 
 def test_a_run_records_which_shard_of_which_cells_it_is(tmp_path: Path, matrix: Path) -> None:
