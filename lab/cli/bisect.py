@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lab.cli.common import (
     accel_arg,
+    bisect_options,
     load_scenario,
     payload_arg,
     pick_cell,
@@ -57,17 +58,16 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     keyword = parse_keyword(args.keyword)
     tree = Path(args.kernel.removeprefix("local:")).resolve()
     s = load_scenario(args.scenario, args.payload)
-    # Known failures would turn each step around (a failing test XFAIL, exit 0): the
-    # steps run without them, and the judge reads raw outcomes anyway.
-    s.expectations = []
     cell = pick_cell(s, args.cell, f"local:{tree}")
     root = args.results / f"bisect-{time.strftime('%Y%m%d-%H%M%S')}"
-    opts = RunOptions(
-        results_root=root,
-        accel=args.accel,
-        pytest_args=["-k", keyword.text],
-        snapshots=args.snapshots,
-        pytest_may_select_none=True,
+    opts = bisect_options(
+        s,
+        RunOptions(
+            results_root=root,
+            accel=args.accel,
+            pytest_args=["-k", keyword.text],
+            snapshots=args.snapshots,
+        ),
     )
 
     def step(commit: str) -> tuple[CellData, Path | None]:

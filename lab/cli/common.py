@@ -12,13 +12,15 @@ from lab.cli.cache import keep_ceiling
 from lab.core.cache import Cache
 from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
-from lab.core.exitcodes import for_bisect
+from lab.core.exitcodes import EXIT_INFRA, EXIT_OK, EXIT_UNEXPECTED, for_bisect
 from lab.core.progress import Progress
 from lab.model import scenario
 from lab.model.kernelspec import parse_kernel_spec
 from lab.model.scenario import Cell, Scenario
 from lab.model.shards import ShardPlan
+from lab.model.suites import parse_keyword
 from lab.results.summary import table
+from lab.run import bisect
 from lab.run.matrix import RunOptions, ScenarioRun, shard_plan
 
 DEFAULT_GDB_PORT = 1234
@@ -96,8 +98,10 @@ def bisect_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bisect",
         action="store_true",
-        help="exit codes for `git bisect run`: infrastructure failures skip (125), "
-        "usage errors and crashes stop the bisection",
+        help="a step of `git bisect run`, judged as `vfio-lab bisect` judges one: the raw "
+        "outcomes of the tests -k selects, the scenario's expectations left out: 0 good, "
+        "1 bad, 125 untested (infrastructure, a kernel alarm outside those tests); usage "
+        "errors and crashes stop the bisection",
     )
 
 
@@ -150,6 +154,34 @@ def run_cells(
     keep_ceiling(cache, limit)
     cache.release()
     return code
+
+
+def bisect_options(s: Scenario, opts: RunOptions) -> RunOptions:
+    """A bisect step's run: without the scenario's known failures (one that fails would be
+    XFAIL, exit 0, turning the step around; the judge reads raw outcomes anyway), and with
+    pytest's -k selecting none of the lab's tests a result (the judge's selection spans
+    every suite)."""
+    s.expectations = []
+    return dataclasses.replace(opts, pytest_may_select_none=True)
+
+
+def bisect_step(
+    s: Scenario,
+    opts: RunOptions,
+    quiet: bool,
+    cells: list[Cell],
+    keyword: str,
+    plan: ShardPlan | None = None,
+) -> int:
+    """`--bisect`: the cells run as a step of `vfio-lab bisect` does, and its verdict on
+    the raw outcomes of the tests `keyword` selects, as an exit code that `exit_code`
+    turns into git's: good 0, bad 1, untested 3 (125)."""
+    selection = parse_keyword(keyword)  # a bad expression stops before anything runs
+    opts = bisect_options(s, opts)
+    run_cells(s, opts, quiet, cells, plan)
+    judged = bisect.judge_run((opts.results_root / "latest").resolve(), selection)
+    print(f"vfio-lab: bisect step: {judged.verdict}: {judged.why}")
+    return {"good": EXIT_OK, "bad": EXIT_UNEXPECTED, "skip": EXIT_INFRA}[judged.verdict]
 
 
 def exit_code(args: argparse.Namespace, code: int) -> int:

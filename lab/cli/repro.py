@@ -7,7 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from lab.cli.common import bisect_arg, quiet_arg, results_arg, run_cells, snapshot_arg
+from lab.cli.common import (
+    bisect_arg,
+    bisect_step,
+    quiet_arg,
+    results_arg,
+    run_cells,
+    snapshot_arg,
+)
 from lab.core.cache import Cache
 from lab.core.progress import Progress
 from lab.run import repro
@@ -57,4 +64,6 @@ def cmd_repro(args: argparse.Namespace) -> int:
         pytest_args=p.pytest_args,
         snapshots=args.snapshots,
     )
+    if args.bisect:
+        return bisect_step(p.cell.scenario, opts, args.quiet, [p.cell], args.keyword or "")
     return run_cells(p.cell.scenario, opts, args.quiet, [p.cell])

@@ -10,6 +10,7 @@ from lab.artifacts.kernels import KernelArtifact
 from lab.artifacts.qemu import describe_qemu, qemu_placeholder
 from lab.cli.common import (
     bisect_arg,
+    bisect_step,
     boot_args,
     load_scenario,
     only_arg,
@@ -131,6 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         snapshots=args.snapshots,
     )
     part_of, cells = sharded(s, args)
+    if args.bisect:
+        return bisect_step(s, opts, args.quiet, cells, args.keyword or "", part_of)
     return run_cells(s, opts, args.quiet, cells, part_of)
 
 

@@ -91,6 +91,18 @@ def judge(cell: CellData, keyword: Keyword) -> Judgement:
     return Judgement("good", f"{len(chosen)} selected test(s) passed")
 
 
+def judge_run(run_dir: Path, keyword: Keyword) -> Judgement:
+    """A step of `git bisect run` over a run's cells, each judged as above: bad if a cell
+    is (its kernel is this commit's, and a selected test failed there), else skip if a
+    cell is (or none ran), else good."""
+    judged = [(c.name, judge(c, keyword)) for c in load_run(run_dir).cells]
+    if not judged:
+        return Judgement("skip", f"{run_dir}: no cell ran")
+    verdicts = {j.verdict for _, j in judged}
+    verdict: Verdict = "bad" if "bad" in verdicts else "skip" if "skip" in verdicts else "good"
+    return Judgement(verdict, "; ".join(f"{n}: {j.why}" for n, j in judged if j.verdict == verdict))
+
+
 def _raw(rec: TestRecord) -> str:
     return f"{rec.outcome} ({rec.reason})" if rec.reason else rec.outcome
 

@@ -6,6 +6,7 @@ cell's prepare and boot), so the lab's own triage, results and run directory dec
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -279,15 +280,16 @@ def tap(results: dict[str, bool]) -> str:
 
 
 @pytest.fixture
-def fake_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tree: Path):
-    """`vfio-lab bisect` in this process with a stand-in guest: `guest(n, bad)` gives each
-    suite's results ({name: passed}) and the kernel log at commit n. pytest's -k is
-    applied to the lab suite as a substring; the C suites run everything, as they do."""
+def stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tree: Path):
+    """The lab in this process with a stand-in guest: `stand_in(guest)`, then `main(...)`.
+    `guest(n, bad)` gives each suite's results ({name: passed}) and the kernel log at
+    commit n. pytest's -k is applied to the lab suite as a substring; the C suites run
+    everything, as they do."""
     monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("lab.cli.common.doctor.require_qemu", lambda *a: None)
     monkeypatch.setattr(CellRun, "prepare", lambda self, result: None)
 
-    def run(guest: Guest, scenario: str, *args: str) -> int:
+    def use(guest: Guest) -> None:
         def boot_and_test(self: CellRun, prepared: None, result: Any) -> PayloadOutcome:
             result.kernel_verified = True
             (self.dir / "console.log").write_text("")
@@ -304,6 +306,16 @@ def fake_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tree: Path):
             return PayloadOutcome(taps, dmesg, None)
 
         monkeypatch.setattr(CellRun, "boot_and_test", boot_and_test)
+
+    return use
+
+
+@pytest.fixture
+def fake_lab(stand_in, tmp_path: Path, tree: Path):
+    """`vfio-lab bisect` over the tree's eight commits with a stand-in guest."""
+
+    def run(guest: Guest, scenario: str, *args: str) -> int:
+        stand_in(guest)
         return main(["bisect", scenario, "--kernel", f"local:{tree}", "--good",
                      commit(tree, 0), "--bad", commit(tree, 7), "--results",
                      str(tmp_path / "results"), "-q", *args])  # fmt: skip
@@ -427,6 +439,82 @@ def test_the_cli_refuses_a_kernel_that_is_no_checkout_and_a_dirty_tree(tree: Pat
     bad_k = lab("bisect", "--kernel", f"local:{tree}", "--good", "no-such-rev", "--bad", "HEAD",
                 "-k", "(x")  # fmt: skip
     assert bad_k.returncode == 2 and "-k '(x': column 1: this ( is never closed" in bad_k.stderr
+
+
+# -- `git bisect run vfio-lab run --bisect`: each step judged as bisect judges ----------------
+@pytest.fixture
+def bisect_run(stand_in, tmp_path: Path, tree: Path):
+    """`vfio-lab run --bisect` of the tree at commit n, as `git bisect run` would start it."""
+
+    def run(guest: Guest, n: int, suites: str, expectations: str = "", *args: str) -> int:
+        stand_in(guest)
+        git(tree, "checkout", "-q", "--detach", commit(tree, n))
+        path = tmp_path / "s.yaml"
+        kernel = f"kernels: [local:{tree}]\n"
+        path.write_text(f"name: s\n{kernel}payload:\n  suites: [{suites}]\n{expectations}")
+        return main(["run", "--bisect", str(path), "--results", str(tmp_path / "results"),
+                     "-q", "--no-snapshot", *args])  # fmt: skip
+
+    return run
+
+
+def test_run_bisect_judges_a_known_failure_by_its_raw_outcome(
+    bisect_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bisect_run(lab_test, 4, "lab", KNOWN, "-k", "bisected") == 1, "fails raw: bad"
+    assert "bisect step: bad: " in capsys.readouterr().out
+    assert bisect_run(lab_test, 3, "lab", KNOWN, "-k", "bisected") == 0, "passes raw: good"
+
+
+def test_run_bisect_lets_only_the_selected_c_suite_tests_decide(bisect_run) -> None:
+    def guest(n: int, bad: bool) -> tuple[dict[str, dict[str, bool]], list[str]]:
+        c_suite = {"kselftest-vfio:fixture.always.broken": False}
+        return {**lab_test(n, bad)[0], "kselftest-vfio": c_suite}, []
+
+    assert bisect_run(guest, 3, "lab, kselftest-vfio", "", "-k", "bisected") == 0
+
+
+def test_run_bisect_skips_a_commit_with_a_kernel_alarm_outside_the_tests(
+    bisect_run, capsys: pytest.CaptureFixture[str]
+) -> None:
+    warn = "[ 0.5] WARNING: CPU: 0 PID: 1 at drivers/iommu/x.c:1 y+0x1/0x2"
+
+    def guest(n: int, bad: bool) -> tuple[dict[str, dict[str, bool]], list[str]]:
+        return lab_test(n, bad)[0], [warn]
+
+    assert bisect_run(guest, 3, "lab", "", "-k", "bisected") == 125
+    assert "a kernel alarm outside the selected tests" in capsys.readouterr().out
+
+
+def test_run_bisect_refuses_a_bad_keyword_before_running(bisect_run) -> None:
+    assert bisect_run(lab_test, 3, "lab", "", "-k", "(bisected") == 128
+
+
+def test_repro_bisect_judges_a_known_failure_by_its_raw_outcome(
+    stand_in, tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`git bisect run vfio-lab repro --bisect RUN/CELL`: the cell's scenario declares the
+    bisected test a known failure."""
+    from lab.model.scenario import DEFAULT_PAYLOAD
+    from lab.run.booter import CellBooter
+
+    stand_in(lab_test)
+    monkeypatch.setattr(CellBooter, "prepare", lambda self, cell: None)
+    monkeypatch.setattr("lab.cli.repro.repro.drift", lambda *a: [])
+    git(tree, "checkout", "-q", "--detach", commit(tree, 4))
+    (tmp_path / "s.yaml").write_text(f"name: s\nkernels: [local:{tree}]\n{KNOWN}")
+    cell_dir = tmp_path / "old" / "local-linux"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "qemu-argv.json").write_text("[]")
+    kernel = {"resolved_spec": f"local:{tree}", "identity": "git:x", "vmlinuz_sha256": "x",
+              "initramfs_sha256": "x"}  # fmt: skip
+    payload = {"tests": str(DEFAULT_PAYLOAD), "tests_digest": "x", "runtime_digest": "x"}
+    record = {"cell": "local-linux", "scenario_file": str(tmp_path / "s.yaml"),
+              "scenario_snapshot": "../scenario.yaml", "kernel": kernel, "rootfs_key": "x",
+              "payload": payload, "pytest_args": ["-k", "bisected"], "accelerator": "tcg"}  # fmt: skip
+    (cell_dir / "provenance.json").write_text(json.dumps(record))
+    argv = ["repro", "--bisect", str(cell_dir), "--results", str(tmp_path / "results"), "-q"]
+    assert main([*argv, "--no-snapshot"]) == 1, "the known failure fails raw: bad"
 
 
 # -- pytest selecting none of the lab's tests -------------------------------------------------
