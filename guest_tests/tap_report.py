@@ -4,11 +4,13 @@ One `ok`/`not ok` line per test, named like upstream's KTAP lines
 (`<test>.<mode>[_<variant>].<case>`), `# SKIP reason` and `# TODO reason`
 directives, `# ERROR` for a broken setup, and each test's diagnostics as `#` lines
 before its result, and after it a TAP 13 YAML block with its wall time (`duration_ms`:
-setup, call and teardown as pytest timed them). The header names every collected test (`# collected: NAME`), so
-tests a dying guest never got to can be told apart. Markers go to /dev/kmsg around
-every test so the host can attribute kernel messages to the test that was running.
-With `--tap-fd N` the same lines also go to that file descriptor as they are written:
-the host reads them live, and keeps them even when the guest dies mid-run.
+setup, call and teardown as pytest timed them) and, under an xfail marker, what the
+test came to itself (`raw_outcome`: gates judge that, not the marker's verdict). The
+header names every collected test (`# collected: NAME`), so tests a dying guest never
+got to can be told apart. Markers go to /dev/kmsg around every test so the host can
+attribute kernel messages to the test that was running. With `--tap-fd N` the same
+lines also go to that file descriptor as they are written: the host reads them live,
+and keeps them even when the guest dies mid-run.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class TapWriter:
         outcome, reason = _classify(report)
         if outcome is not None and RANK[outcome] > RANK.get(st["outcome"], 0):
             st["outcome"], st["reason"] = outcome, reason
+            st["raw"] = _raw(report, outcome)
         if report.failed:
             st["details"] += _failure_lines(report)
         if report.when == "teardown":
@@ -104,7 +107,7 @@ class TapWriter:
         outcome = st["outcome"] or "error"
         kmsg.mark(f"test-end {name} {outcome}")
         self.emit(_result_line(self.count, name, outcome, st["reason"]))
-        self.emit(duration_block(st["duration"]))
+        self.emit(duration_block(st["duration"], st.get("raw")))
         del self.state[nodeid]
 
 
@@ -120,6 +123,14 @@ def _classify(report: Any) -> tuple[str | None, str]:
     if report.when == "call":
         return ("xpass", wasxfail) if wasxfail is not None else ("pass", "")
     return None, ""
+
+
+def _raw(report: Any, outcome: str) -> str | None:
+    """What a test an xfail marker judged came to itself: a pass, or an exception in
+    its body (fail) or in its setup or teardown (error); None for any other result."""
+    if outcome == "xfail":
+        return "fail" if report.when == "call" else "error"
+    return "pass" if outcome == "xpass" else None
 
 
 def _failure_lines(report: Any) -> list[str]:

@@ -46,7 +46,9 @@ class TestRecord:
     console: list[str] = field(default_factory=list)  # the console while it ran
     expectation: dict[str, str] | None = None  # the known failure it matched
     suite: str = DEFAULT_SUITE  # which suite ran it
-    raw: str | None = None  # the outcome before the expectation it matched (kept with it)
+    # What the test came to itself, kept beside an outcome that an expectation it matched
+    # or pytest's xfail marker in the guest made of it.
+    raw: str | None = None
     duration_s: float | None = None  # its wall time as the guest measured it; None: unknown
 
     @property
@@ -57,10 +59,13 @@ class TestRecord:
 
     @property
     def raw_outcome(self) -> str | None:
-        """What the test came to before expectations: only a matched expectation rewrites an
-        outcome, so a record without one is its own. None: one matched, but the record (from
+        """What the test came to before expectations and xfail markers: the kept `raw`, else
+        the outcome of a record no expectation rewrote (a marked xfail of a run from before
+        the guest said what it was stays an xfail). None: one matched, but the record (from
         before vfio-lab kept `raw`) does not say whether the test failed or crashed."""
-        return self.outcome if self.expectation is None else self.raw
+        if self.raw is not None:
+            return self.raw
+        return self.outcome if self.expectation is None else None
 
     @property
     def unexpected(self) -> bool:

@@ -6,7 +6,8 @@ kselftest style) and YAML block, nests subtests by indentation (four spaces a le
 as TAP 14 and KTAP write them), skips garbage, and says what is missing: a plan it never
 saw, tests the plan promised, output that ends inside subtests or a YAML block.
 A test's wall time is the `duration_ms` key of its YAML block (TAP 13's convention, as
-node-tap writes it), which the guest's runners write after every result.
+node-tap writes it), which the guest's runners write after every result; its
+`raw_outcome` key is what a test the pytest plugin's xfail marker judged came to itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from lab.results.outcomes import ERROR, FAIL, NOTRUN, PASS, SKIP, XFAIL, XPASS, Outcome, count
 
@@ -34,6 +35,8 @@ COLLECTED = "collected: "
 INDENT = 4
 # At the YAML block's own level only: a nested `duration_ms` belongs to something else.
 _DURATION = re.compile(r"^duration_ms:\s*(?P<ms>\d+(?:\.\d+)?)\s*$")
+# What a test the pytest plugin's xfail marker judged came to itself.
+_RAW = re.compile(rf"^raw_outcome:\s*(?P<raw>{'|'.join((PASS, FAIL, ERROR))})\s*$")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class TapResult:
     yaml: list[str] = field(default_factory=list)
     subtests: list[TapResult] = field(default_factory=list)
     duration_s: float | None = None  # from the YAML block's duration_ms
+    raw: Outcome | None = None  # from its raw_outcome: an xfail marker's test, itself
 
     def diagnostic(self, key: str) -> str | None:
         """The value of a `key: value` diagnostic line, if the test recorded one."""
@@ -61,6 +65,8 @@ class TapResult:
             d["subtests"] = [s.to_dict() for s in self.subtests]
         if self.duration_s is not None:
             d["duration_s"] = self.duration_s
+        if self.raw is not None:
+            d["raw"] = self.raw
         return d
 
 
@@ -228,6 +234,8 @@ class TapParser:
         elif (m := _DURATION.match(line)) and result.duration_s is None:
             # Kept apart from the YAML: the record's diagnostics would differ on every run.
             result.duration_s = round(float(m.group("ms")) / 1000, 6)
+        elif (m := _RAW.match(line)) and result.raw is None:
+            result.raw = cast(Outcome, m.group("raw"))
         else:
             result.yaml.append(line)
 

@@ -111,7 +111,13 @@ def records(
     None when the guest could not give it (it died): the console then speaks for the kernel."""
     out = [
         TestRecord(
-            name, r.outcome, r.reason, r.diagnostics + r.yaml, suite=suite, duration_s=r.duration_s
+            name,
+            r.outcome,
+            r.reason,
+            r.diagnostics + r.yaml,
+            suite=suite,
+            raw=r.raw,
+            duration_s=r.duration_s,
         )
         for name, r in tap.flat()
     ]
@@ -159,7 +165,8 @@ def _attribute(
         if serious and rec.outcome not in BROKEN:
             was = f" (the test itself: {rec.outcome})"
             rec.reason = f"kernel {serious[0][0]} during the test: {serious[0][1]}{was}"
-            rec.outcome = ERROR
+            # Whatever the test came to, a splat makes it an error, raw too.
+            rec.outcome, rec.raw = ERROR, None
 
 
 def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -> None:
@@ -181,8 +188,8 @@ def expect(recs: list[TestRecord], cell: str, expectations: list[Expectation]) -
         )
         if exp is None:
             continue
+        rec.raw = rec.raw_outcome  # an xfail marker's test: what it came to itself
         rec.expectation = {k: str(v) for k, v in asdict(exp).items()}
-        rec.raw = rec.outcome
         if rec.outcome == ERROR and serious(rec) and not exp.kernel:
             rec.reason += (
                 f" (not covered by the known failure {exp.reason!r}: kernel: true is not set)"

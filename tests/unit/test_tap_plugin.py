@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 
+from lab.results.parity import cell_parity
+from lab.results.records import TestRecord
 from lab.results.tap import TapResult, parse_text
+from lab.run import triage
 from lab.run.payload import pytest_argv
 from tests.conftest import REPO
 
@@ -140,3 +145,52 @@ def test_a_tests_duration_is_its_setup_call_and_teardown(tmp_path):
     slow, fast = results_of(tmp_path, TIMED)
     assert slow.duration_s is not None and slow.duration_s >= 0.9
     assert fast.duration_s is not None and fast.duration_s < 0.3
+
+
+MARKED = """
+import pytest
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup exploded")
+
+@pytest.mark.xfail(reason="known bug")
+def test_fails():
+    raise AssertionError("still broken")
+
+@pytest.mark.xfail(reason="known bug")
+def test_errs(broken):
+    pass
+
+@pytest.mark.xfail(reason="fixed meanwhile")
+def test_passes():
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_an_xfail_markers_test_keeps_in_tests_json_what_it_came_to_itself(tmp_path):
+    results = results_of(tmp_path, MARKED)
+    assert [(r.name, r.outcome, r.raw) for r in results] == [
+        ("user_test.fails", "xfail", "fail"),
+        ("user_test.errs", "xfail", "error"),
+        ("user_test.passes", "xpass", "pass"),
+        ("user_test.plain", "pass", None),
+    ]
+    assert all(r.yaml == [] for r in results), "raw_outcome is no diagnostic"
+    tap = parse_text((tmp_path / "out.tap").read_text())
+    records = triage.records(tap, [], [], None)
+    # As a gate reads them back from tests.json.
+    stored = [TestRecord.from_dict(json.loads(json.dumps(asdict(r)))) for r in records]
+    assert [(r.outcome, r.raw_outcome) for r in stored] == [
+        ("xfail", "fail"),
+        ("xfail", "error"),
+        ("xpass", "pass"),
+        ("pass", "pass"),
+    ]
+    # Parity judges raw outcomes: the C suite's test failed too, so the two agree.
+    c_fail = TestRecord("kselftest-vfio:user_test.fails", "fail", suite="kselftest-vfio")
+    parity = cell_parity("c", [*stored, c_fail])
+    assert parity is not None and parity.agree == 1 and parity.disagree == []

@@ -167,3 +167,31 @@ def test_a_test_name_reported_twice_is_a_problem_of_the_cell():
     tap = parse_text("TAP version 13\n1..3\nok 1 m.a\nok 2 m.b\nnot ok 3 m.a\n")
     assert triage.duplicates(tap) == ["test name reported 2 times: m.a"]
     assert triage.duplicates(parse_text("TAP version 13\n1..1\nok 1 m.a\n")) == []
+
+
+MARKED_TAP = """\
+TAP version 13
+1..2
+not ok 1 m.a # TODO known bug
+  ---
+  duration_ms: 1.000
+  raw_outcome: error
+  ...
+ok 2 m.b # TODO unexpectedly passed: fixed meanwhile
+  ---
+  duration_ms: 1.000
+  raw_outcome: pass
+  ...
+"""
+
+
+def test_an_xfail_markers_raw_outcome_survives_an_expectation_but_not_a_splat():
+    known = Expectation(test="m.a", reason="declared too")
+    recs = by_name(triage.records(parse_text(MARKED_TAP), [], [], None))
+    triage.expect(list(recs.values()), "c", [known])
+    assert (recs["m.a"].outcome, recs["m.a"].raw_outcome) == ("xfail", "error")
+    assert triage.raw_outcome(recs["m.a"]) == "error", "a setup error, not a failed assertion"
+    warn = "WARNING: CPU: 0 PID: 9 at drivers/vfio/vfio_iommu_type1.c:1 vfio_x+0x1/0x2"
+    lines = ["vfio-lab: test-start m.b", warn, "vfio-lab: test-end m.b xpass"]
+    splat = by_name(triage.records(parse_text(MARKED_TAP), lines, [], None))["m.b"]
+    assert (splat.outcome, splat.raw_outcome) == ("error", "error")
