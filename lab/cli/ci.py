@@ -168,9 +168,32 @@ _Plain.add_representer(str, _text)
 INSTALL_TOOLS = f"apt-get update -q && apt-get install -y -q {TOOLS}"
 
 
-def compare_line(lab: str) -> str:
+def compare_line(lab: str, on_failure: str = "") -> str:
     """A regression fails the night; a first night (nothing fetched) has nothing to compare."""
-    return f"if [ -d {PREVIOUS} ]; then {lab} compare {PREVIOUS} merged; fi"
+    return f"if [ -d {PREVIOUS} ]; then {lab} compare {PREVIOUS} merged{on_failure}; fi"
+
+
+# GitLab runs a job's lines in one shell under `set -e`: the first to fail would end the
+# job with its code, and hide what the steps before it came to (a merge's exit 3 for
+# missing cells under compare's 1; a merge's 1 under a failed fetch's 3). So each step
+# notes its failure, the next runs all the same, and the last line names each failed step
+# and exits as the lab weighs them: 1 (tests went wrong, or regressed) outweighs the
+# others, as a cell whose tests went wrong outweighs one that could not run; else the
+# first step's failure, which those after it may follow from.
+STEPS = "steps.status"
+
+
+def noted(step: str) -> str:
+    """What a job's line appends, so that its failure is noted and not the job's end
+    (`step`: one word)."""
+    return f' || echo "{step} $?" >> {STEPS}'
+
+
+WEIGH_STEPS = (
+    'code=0; while read -r step status; do echo "vfio-lab $step exited $status"; '
+    'if [ "$code" = 0 ] || [ "$status" = 1 ]; then code=$status; fi; '
+    f'done < {STEPS}; echo "the job exits $code"; exit $code'
+)
 
 
 def github(plan: Plan) -> dict[str, Any]:
@@ -328,14 +351,14 @@ def gitlab(plan: Plan) -> dict[str, Any]:
         "stage": "merge",
         "needs": [{"job": f"shard-{k}", "artifacts": True} for k in shards],
         "when": "always",
+        # No line may leave the project directory: GitLab runs them all in one shell.
         "script": [
-            # The merged run's verdict is the job's, after the comparison has run.
-            f"{plan.lab} merge results/shard-*/2* --into merged || echo $? > merged.status",
-            # GitLab runs a job's lines in one shell (`set -e`): a fetch that fails fails
-            # the job; no line may leave the project directory.
-            f"{plan.lab} ci fetch-previous gitlab {PREVIOUS}",
-            compare_line(plan.lab),
-            "exit $(cat merged.status 2>/dev/null || echo 0)",
+            f": > {STEPS}",
+            f"{plan.lab} merge results/shard-*/2* --into merged" + noted("merge"),
+            # A fetch that fails leaves no previous night: no comparison, a failed job.
+            f"{plan.lab} ci fetch-previous gitlab {PREVIOUS}" + noted("fetch-previous"),
+            compare_line(plan.lab, noted("compare")),
+            WEIGH_STEPS,
         ],
         "artifacts": {"when": "always", "paths": [f"{previous.MERGED}/"]},
     }

@@ -366,6 +366,37 @@ def test_gitlab_a_first_night_skips_the_comparison_saying_so(tmp_path, api) -> N
     assert done.returncode == 1, "the merged run's own verdict stands"
 
 
+@pytest.mark.parametrize(
+    ("merge", "fetched", "compare", "code", "said"),
+    [
+        # Missing cells (3) and a regression (1): the job fails as the regression, and
+        # says the merge's 3 too.
+        ("3", 200, "1", 1, ["merge exited 3", "compare exited 1"]),
+        # Failed tests (1) outweigh a previous night that could not be fetched (3).
+        ("1", 500, "0", 1, ["merge exited 1", "fetch-previous exited 3"]),
+        ("3", 200, "0", 3, ["merge exited 3"]),
+        ("0", 500, "0", 3, ["fetch-previous exited 3"]),
+        ("2", 200, "2", 2, ["merge exited 2", "compare exited 2"]),
+        ("0", 200, "0", 0, []),
+    ],
+)
+def test_gitlab_the_merge_job_names_each_failed_step_and_exits_as_the_lab_weighs_them(
+    tmp_path, api, merge: str, fetched: int, compare: str, code: int, said: list[str]
+) -> None:
+    api.routes[GITLAB_ARTIFACTS] = (
+        (200, {"Content-Type": "application/zip"}, GITLAB_ZIP)
+        if fetched == 200
+        else (500, {}, b"Internal Server Error")
+    )
+    run = job(tmp_path, gitlab_env(api), MERGE_EXIT=merge, COMPARE_EXIT=compare)
+    done = run(emitted("gitlab")["merge"]["script"])
+    assert done.returncode == code, done.stdout + done.stderr
+    assert ("compare previous merged" in done.calls) == (fetched == 200), "no previous night"
+    steps = [line.removeprefix("vfio-lab ") for line in done.stdout.splitlines()]
+    assert [s for s in steps if " exited " in s] == said, done.stdout
+    assert f"the job exits {code}" in done.stdout
+
+
 def test_gitlab_a_failing_cache_key_fails_the_plan(tmp_path) -> None:
     done = job(tmp_path, {}, KEY_EXIT="3")(emitted("gitlab", "--shards", "2")["plan"]["script"])
     assert done.returncode == 3, "the shards would be cached under an empty key"
