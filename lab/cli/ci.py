@@ -17,7 +17,7 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -73,10 +73,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if engine == "gitlab":
             p.add_argument(
                 "--venv",
+                type=_runner_path,
                 metavar="DIR",
                 help="the jobs run on a shell runner whose host is set up already (`make "
                 "setup`): no image, nothing installed, the lab of the virtualenv DIR on the "
-                "runner (default: each job sets up .venv in a debian:bookworm container)",
+                "runner, an absolute path (default: each job sets up .venv in a "
+                "debian:bookworm container)",
             )
         p.set_defaults(func=cmd_ci, engine=engine)
     fetch = what.add_parser(
@@ -87,6 +89,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("engine", choices=sorted(previous.ENGINES))
     fetch.add_argument("dest", type=Path)
     fetch.set_defaults(func=cmd_fetch_previous)
+
+
+def _runner_path(text: str) -> str:
+    """A path on the runner, not here: only its form can be checked. A relative one (or
+    `~`, which the jobs' quoting keeps from the shell) would name a directory in each
+    job's own checkout, where no lab is set up."""
+    if not PurePosixPath(text).is_absolute():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an absolute path: each job runs in a checkout of its own; "
+            "give the runner's virtualenv as it is on the runner, e.g. /opt/vfio-lab/.venv"
+        )
+    return text
 
 
 def cmd_cache_key(args: argparse.Namespace) -> int:

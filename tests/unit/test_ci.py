@@ -423,6 +423,14 @@ def test_gitlab_on_a_set_up_runner_installs_nothing_and_runs_its_venvs_lab(tmp_p
     assert lab("ci", "github", "nightly", "--venv", str(venv)).returncode == 2, "GitLab's only"
 
 
+@pytest.mark.parametrize("venv", ["venv", ".venv", "~/vfio-lab/.venv", ""])
+def test_gitlab_a_venv_that_is_no_absolute_path_on_the_runner_is_a_usage_error(venv) -> None:
+    done = lab("ci", "gitlab", "nightly", "--venv", venv)
+    assert done.returncode == 2, done.stdout
+    assert f"argument --venv: {venv!r} is not an absolute path" in done.stderr
+    assert "each job runs in a checkout of its own" in done.stderr and done.stdout == ""
+
+
 def github_env(api: FakeApi) -> dict[str, str]:
     return {
         "GITHUB_API_URL": api.url,
