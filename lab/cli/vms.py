@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_qmp(args: argparse.Namespace) -> int:
-    directory = Cache().root / "running"
+    directory = Cache().running
     if args.qmp_command is None:
         vms = inventory.list_running(directory)
         for vm in vms:
@@ -56,7 +56,7 @@ def cmd_qmp(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    vm = inventory.pick(Cache().root / "running", args.vm)
+    vm = inventory.pick(Cache().running, args.vm)
     with open(vm.console_log, errors="replace") as f:
         while True:
             chunk = f.read()

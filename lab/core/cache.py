@@ -9,6 +9,9 @@ Layout under the root (default ~/.cache/vfio-lab, or $VFIO_LAB_CACHE):
   local-trees.json the `local:` checkouts the lab built in (their .lab-build-* directories
                    are entries of kind local-build)
   tmp/ (per-run scratch, emptied by its owner, or by `sweep` once the owner is gone)
+  running/<id>.json  the guests running now (lab.vm.inventory), each naming its QEMU by
+                   pid and start time; removed by the lab that started it, or by `sweep`
+                   once that QEMU is gone
 
 Every entry made by `Cache.build` carries a manifest of its top-level files and their
 sizes, so `Cache.ensure` can tell a complete entry from one a full disk, a crash or a
@@ -217,6 +220,12 @@ def process_start(pid: int) -> int | None:
     return int(fields[22 - 3])
 
 
+def is_running(pid: int, start: int | None) -> bool:
+    """Whether the process `pid` that started at `start` (process_start) runs still: a
+    process that got its pid since is not it."""
+    return start is not None and process_start(pid) == start
+
+
 def _write_owner(directory: Path) -> None:
     """Record this process as the owner; written then renamed, so a reader sees either no
     owner file or a whole one."""
@@ -226,8 +235,14 @@ def _write_owner(directory: Path) -> None:
 
 def _read_owner(directory: Path) -> tuple[int, int] | None:
     """(pid, start time) of the owner, or None if the directory records none we can read."""
+    return _read_process(directory / OWNER)
+
+
+def _read_process(path: Path) -> tuple[int, int] | None:
+    """The `pid` and `start` of the JSON object in `path`, or None if it has none we can
+    read."""
     try:
-        owner = json.loads((directory / OWNER).read_text())
+        owner = json.loads(path.read_text())
         pid, start = owner["pid"], owner["start"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -245,8 +260,7 @@ def _abandoned(directory: Path, now: float) -> bool:
             return False
         # A directory's mtime is no older than the directory: a conservative age.
         return now - mtime >= UNOWNED_GRACE_S
-    pid, start = owner
-    return process_start(pid) != start
+    return not is_running(*owner)
 
 
 def use_lock_path(root: Path, kind: str, key: str) -> Path:
@@ -495,6 +509,11 @@ class Cache:
                     where.rmdir()
 
     @property
+    def running(self) -> Path:
+        """Where lab.vm.inventory announces the guests running now."""
+        return self.root / "running"
+
+    @property
     def sockets(self) -> Path:
         """Where QEMU's UNIX sockets go: a socket's path must fit sun_path (108 bytes) and
         the cache may be deep (a CI runner's build directory, a long home), so a short
@@ -533,7 +552,9 @@ class Cache:
         under tmp/, and the hidden build directories beside the entries of each kind. A
         directory whose owner is alive is kept; one without an owner is kept while it is
         young enough to be mid-creation (under tmp/) or always (beside entries, where an
-        older lab built without owners)."""
+        older lab built without owners). So are the announcements in running/ whose QEMU
+        is gone (it dies with its killed lab), which would otherwise list a guest that is
+        not there once its pid is reused."""
         removed = []
         now = time.time()
         for path in [*sorted(self.tmp.iterdir()), *self.socket_dirs()]:
@@ -543,6 +564,10 @@ class Cache:
         for path in sorted(self.root.glob("*/.*-*")):
             if path.is_dir() and _read_owner(path) is not None and _abandoned(path, now):
                 shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        for path in sorted(self.running.glob("*.json")):
+            if (qemu := _read_process(path)) is not None and not is_running(*qemu):
+                path.unlink(missing_ok=True)
                 removed.append(path)
         with contextlib.suppress(OSError):  # gone, or a live guest's sockets are there
             self.sockets.rmdir()

@@ -33,7 +33,7 @@ from lab.artifacts.keys import LabKeys, ensure_keys
 from lab.artifacts.qemu import QemuBinary, provide_qemu
 from lab.artifacts.selftests import SelftestBuild, payload_programs, provide_selftests
 from lab.core import cachegc
-from lab.core.cache import Cache, content_key, tree_digest
+from lab.core.cache import Cache, content_key, process_start, tree_digest
 from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
 from lab.core.files import copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
@@ -457,15 +457,17 @@ class CellBooter:
         guest = Guest(cfg.name, machine, ssh, sync_on_exit=kept, disk=cfg.disk)
         b.undo.enter_context(machine)
         b.guest = b.undo.enter_context(guest)
+        pid = machine.pid or -1
         record = inventory.RunningVM(
             id=cfg.qmp_socket.parent.name,
             name=cfg.name,
-            pid=machine.pid or -1,
+            pid=pid,
             ssh_port=cfg.ssh_port,
             qmp_socket=str(cfg.user_qmp_socket or ""),
             console_log=str(cfg.console_log),
+            start=process_start(pid),
         )
-        b.undo.enter_context(inventory.announced(self.cache.root / "running", record))
+        b.undo.enter_context(inventory.announced(self.cache.running, record))
         self.active.add(guest)
         b.undo.callback(self.active.discard, guest)
 

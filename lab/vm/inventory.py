@@ -1,18 +1,20 @@
 """Which lab guests are running right now, for `vfio-lab qmp` and `vfio-lab console`.
 
 Each guest is announced with a small JSON file under <cache>/running/ while
-QEMU runs; entries whose QEMU is gone are ignored and pruned.
+QEMU runs; entries whose QEMU is gone are ignored and pruned (and swept by the next
+lab's `Cache.sweep`, when a killed lab left them). QEMU is named by its pid and its
+start time: a process that got the pid of a QEMU gone is no guest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lab.core.cache import is_running
 from lab.core.errors import UsageError
 from lab.core.files import make_dir, write_atomic
 
@@ -25,15 +27,10 @@ class RunningVM:
     ssh_port: int
     qmp_socket: str  # the user's monitor; the lab keeps its own
     console_log: str
+    start: int | None = None  # QEMU's process_start; None: an older lab's entry, stale
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return is_running(self.pid, self.start)
 
 
 @contextlib.contextmanager

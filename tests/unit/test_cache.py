@@ -4,6 +4,7 @@ No QEMU: entries are built by small Python functions in a tmp_path cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ from lab.core.cache import (
     process_start,
 )
 from lab.core.errors import HostIOError, InfraError
+from lab.vm import inventory
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = b"q" * 5678
@@ -372,6 +374,62 @@ def test_a_sockets_directory_that_is_not_this_users_is_refused(tmp_path: Path) -
             pass
     finally:
         cache.sockets.unlink()
+
+
+def announce(cache: Cache, name: str, pid: int, start: int | None) -> Path:
+    """An entry of running/ as a lab writes it while its guest runs, and as a killed lab
+    leaves it."""
+    vm = inventory.RunningVM(name, name, pid, 2222, "", "", start)
+    cache.running.mkdir(parents=True, exist_ok=True)
+    path = cache.running / f"{name}.json"
+    path.write_text(json.dumps(dataclasses.asdict(vm)))
+    return path
+
+
+def test_sweep_removes_the_running_guests_whose_qemu_is_gone(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    me, my_start = os.getpid(), process_start(os.getpid())
+    gone = dead_owner()
+    dead = announce(cache, "dead", gone["pid"] or 0, gone["start"])
+    # The pid is running, but it is another process's now: no guest is there.
+    reused = announce(cache, "reused", me, (my_start or 0) - 1)
+    live = announce(cache, "live", me, my_start)
+    assert sorted(cache.sweep()) == sorted([dead, reused])
+    assert [p.name for p in cache.running.iterdir()] == ["live.json"]
+    assert [vm.name for vm in inventory.list_running(cache.running)] == ["live"]
+    assert live.is_file()
+
+
+def test_the_guest_of_a_killed_lab_dies_with_it_and_its_announcement_is_swept(
+    tmp_path: Path,
+) -> None:
+    """A lab killed by SIGKILL runs no finally: its QEMU (a stand-in here) dies with it
+    (die_with_lab), and its entry in running/ stays until the next lab's sweep."""
+    script = (
+        "import os, signal, subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from lab.core.cache import Cache, process_start\n"
+        "from lab.core.proc import die_with_lab\n"
+        "from lab.vm import inventory\n"
+        "qemu = subprocess.Popen([*die_with_lab(), 'sleep', '600'])\n"
+        "vm = inventory.RunningVM('g', 'g', qemu.pid, 2222, '', '', process_start(qemu.pid))\n"
+        "with inventory.announced(Cache(Path(sys.argv[1])).running, vm):\n"
+        "    print(qemu.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == -9, done.stderr
+    qemu = int(done.stdout)
+    deadline = time.monotonic() + 10
+    while process_start(qemu) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_start(qemu) is None, "the guest outlived its lab"
+    left = Cache(tmp_path).running / "g.json"
+    assert left.is_file()
+    assert Cache(tmp_path).sweep() == [left]
+    assert not left.exists()
 
 
 def test_sweep_of_an_empty_cache_removes_nothing(tmp_path: Path) -> None:
