@@ -10,12 +10,12 @@ As root nothing is wrapped: the same commands run as they are.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.core.accounts import user_name
 from lab.core.errors import MissingPrerequisite
 
 SUBUID = Path("/etc/subuid")
@@ -45,11 +45,7 @@ def with_sudo(command: str) -> str:
 
 def current_account() -> Account:
     uid = os.geteuid()
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:  # a uid with no passwd entry (a container's): /etc/subuid may name it
-        name = str(uid)
-    return Account(name, uid)
+    return Account(user_name(uid), uid)
 
 
 def _ranges(text: str) -> Iterator[tuple[str, IdRange]]:
@@ -74,28 +70,41 @@ def _read(path: Path) -> str:
         return ""
 
 
-def lacking(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> list[str]:
-    """What the account's subordinate ids lack for a namespace build: a line per file."""
+@dataclass(frozen=True)
+class SubIds:
+    """An account's subordinate ids, as /etc/subuid and /etc/subgid give them now."""
+
+    uids: IdRange | None
+    gids: IdRange | None
+    lacking: list[str]  # what they lack for a namespace build: a line per file
+    fix: str  # the one command that gives the account ranges no one else has
+
+    def ranges(self) -> tuple[IdRange, IdRange] | None:
+        """(uids, gids) when they lack nothing."""
+        if self.lacking or self.uids is None or self.gids is None:
+            return None
+        return self.uids, self.gids
+
+
+def subids(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> SubIds:
+    """The account's ranges, each file read once."""
+    texts = [_read(subuid), _read(subgid)]
+    found = [subordinate(text, account) for text in texts]
     why = []
-    for path in (subuid, subgid):
-        found = subordinate(_read(path), account)
-        if found is None:
+    for path, ids in zip((subuid, subgid), found, strict=True):
+        if ids is None:
             why.append(f"{path} has no range for {account.name}")
-        elif found.count < NEEDED:
-            why.append(f"{path} gives {account.name} {found.count} ids, fewer than {NEEDED}")
-    return why
+        elif ids.count < NEEDED:
+            why.append(f"{path} gives {account.name} {ids.count} ids, fewer than {NEEDED}")
+    start = free_start(*texts)
+    free = f"{start}-{start + NEEDED - 1}"
+    fix = f"sudo usermod --add-subuids {free} --add-subgids {free} {account.name}"
+    return SubIds(found[0], found[1], why, fix)
 
 
 def free_start(*texts: str) -> int:
     """The first start at or past FIRST_START after every range the files give anyone."""
     return max([FIRST_START, *(r.start + r.count for t in texts for _, r in _ranges(t))])
-
-
-def subids_fix(account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID) -> str:
-    """The one command that gives the account ranges no one else has."""
-    start = free_start(_read(subuid), _read(subgid))
-    ids = f"{start}-{start + NEEDED - 1}"
-    return f"sudo usermod --add-subuids {ids} --add-subgids {ids} {account.name}"
 
 
 def namespace_root(subuid: Path = SUBUID, subgid: Path = SUBGID) -> list[str]:
@@ -120,14 +129,13 @@ def subordinate_ranges(
     account: Account, subuid: Path = SUBUID, subgid: Path = SUBGID
 ) -> tuple[IdRange, IdRange]:
     """The account's uid and gid ranges; MissingPrerequisite, with the fix, if either lacks."""
-    if why := lacking(account, subuid, subgid):
+    ids = subids(account, subuid, subgid)
+    if (ranges := ids.ranges()) is None:
         raise MissingPrerequisite(
-            "; ".join(why) + " (building the root filesystem as a user needs them)",
-            subids_fix(account, subuid, subgid),
+            "; ".join(ids.lacking) + " (building the root filesystem as a user needs them)",
+            ids.fix,
         )
-    uids, gids = subordinate(_read(subuid), account), subordinate(_read(subgid), account)
-    assert uids is not None and gids is not None  # `lacking` found both
-    return uids, gids
+    return ranges
 
 
 def inner_id(host_id: int, own: int, sub: IdRange) -> int | None:

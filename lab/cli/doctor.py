@@ -17,9 +17,7 @@ from lab.artifacts.userns import (
     SUBGID,
     SUBUID,
     current_account,
-    lacking,
-    subids_fix,
-    subordinate_ranges,
+    subids,
     with_sudo,
 )
 from lab.core.cache import Cache
@@ -140,9 +138,10 @@ def check_subids(subuid: Path, subgid: Path) -> Check:
     account = current_account()
     if account.uid == 0:
         return Check("subordinate ids", True, "not needed as root")
-    if why := lacking(account, subuid, subgid):
-        return Check("subordinate ids", False, "; ".join(why), subids_fix(account, subuid, subgid))
-    uids, gids = subordinate_ranges(account, subuid, subgid)
+    ids = subids(account, subuid, subgid)
+    if (ranges := ids.ranges()) is None:
+        return Check("subordinate ids", False, "; ".join(ids.lacking), ids.fix)
+    uids, gids = ranges
     return Check(
         "subordinate ids", True, f"uids {uids.start}+{uids.count}, gids {gids.start}+{gids.count}"
     )

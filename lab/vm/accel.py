@@ -12,11 +12,9 @@ and a guest saved on one CPU under KVM may fault on another.
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import platform
-import pwd
 import stat
 import subprocess
 import time
@@ -24,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.core.accounts import group_name, user_name
 from lab.core.cache import Cache, content_key
 from lab.core.errors import InfraError
 from lab.core.files import HostFile, make_dir, write_atomic
@@ -158,15 +157,8 @@ def kvm_denied(dev: Path) -> KvmDenied | None:
         return None
     st = dev.stat()
     in_group = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
-    return kvm_denial(dev, st.st_mode, _name(pwd.getpwuid, st.st_uid), _name(grp.getgrgid, st.st_gid),
-                      in_group, _name(pwd.getpwuid, os.geteuid()))  # fmt: skip
-
-
-def _name(lookup: Any, id_: int) -> str:
-    try:
-        return str(lookup(id_)[0])
-    except KeyError:
-        return str(id_)
+    return kvm_denial(dev, st.st_mode, user_name(st.st_uid), group_name(st.st_gid), in_group,
+                      user_name(os.geteuid()))  # fmt: skip
 
 
 def kvm_unusable() -> str | None:

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.artifacts.userns import Account, lacking
+from lab.artifacts.userns import Account, subids
 from tests.conftest import REPO
 from tests.integration.conftest import copy_source
 
@@ -66,7 +66,7 @@ def unprivileged_user(scratch: Path) -> User:
     subprocess.run(
         [REPO / "scripts" / "setup-host.sh"], env=dict(os.environ, SUDO_USER=USER), check=True
     )
-    assert not lacking(Account(user.name, user.uid)), "setup-host.sh gave it no subordinate ids"
+    assert not subids(Account(user.name, user.uid)).lacking, "setup-host.sh gave it no subids"
     return user
 
 

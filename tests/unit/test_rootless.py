@@ -5,6 +5,7 @@ devices."""
 from __future__ import annotations
 
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lab.artifacts import rootfs, userns
 from lab.artifacts.keys import LabKeys
 from lab.artifacts.userns import Account, IdRange
 from lab.cli import doctor, main
+from lab.core import accounts
 from lab.core.cache import Cache
 from lab.core.errors import MissingPrerequisite
 from lab.vm import accel
@@ -38,23 +40,54 @@ def test_the_users_range_is_found_by_name_or_uid_and_the_first_one_counts() -> N
 
 def test_what_a_user_lacks_names_each_file(tmp_path: Path) -> None:
     subuid, subgid = files(tmp_path, OTHERS + "alice:231072:65536\n", "alice:231072:1000\n")
-    assert userns.lacking(ALICE, subuid, subgid) == [
-        f"{subgid} gives alice 1000 ids, fewer than 65536"
-    ]
-    assert userns.lacking(ALICE, tmp_path / "absent", subgid)[0] == (
+    ids = userns.subids(ALICE, subuid, subgid)
+    assert ids.lacking == [f"{subgid} gives alice 1000 ids, fewer than 65536"]
+    assert ids.ranges() is None and ids.uids == IdRange(231072, 65536)
+    assert userns.subids(ALICE, tmp_path / "absent", subgid).lacking[0] == (
         f"{tmp_path / 'absent'} has no range for alice"
     )
     subgid.write_text("alice:231072:65536\n")
-    assert userns.lacking(ALICE, subuid, subgid) == []
+    ids = userns.subids(ALICE, subuid, subgid)
+    assert ids.lacking == [] and ids.ranges() == (IdRange(231072, 65536), IdRange(231072, 65536))
 
 
 def test_the_fix_gives_a_range_no_one_has(tmp_path: Path) -> None:
     subuid, subgid = files(tmp_path, OTHERS, "dave:300000:65536\n")
-    assert userns.subids_fix(ALICE, subuid, subgid) == (
+    assert userns.subids(ALICE, subuid, subgid).fix == (
         "sudo usermod --add-subuids 365536-431071 --add-subgids 365536-431071 alice"
     )
     empty = files(tmp_path, "", "")
-    assert "--add-subuids 100000-165535 " in userns.subids_fix(ALICE, *empty)
+    assert "--add-subuids 100000-165535 " in userns.subids(ALICE, *empty).fix
+
+
+def test_the_doctor_reads_each_subordinate_id_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user(monkeypatch)
+    read: list[str] = []
+    real = Path.read_text
+
+    def counted(path: Path, *args: object, **kwargs: object) -> str:
+        read.append(path.name)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    for text in (OTHERS, OTHERS + "alice:231072:65536\n1000:400000:65536\n"):
+        files(tmp_path, text, text)
+        read.clear()
+        doctor.check_subids(tmp_path / "subuid", tmp_path / "subgid")
+        assert sorted(read) == ["subgid", "subuid"]
+
+
+def test_one_lookup_names_the_users_and_groups_of_namespaces_and_kvm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nameless = max(p.pw_uid for p in pwd.getpwall()) + 4242
+    assert accounts.user_name(nameless) == str(nameless), "a container's uid: no passwd entry"
+    assert accounts.user_name(0) == "root" and accounts.group_name(0) == "root"
+    assert accounts.group_name(nameless) == str(nameless)
+    monkeypatch.setattr(os, "geteuid", lambda: nameless)
+    assert userns.current_account() == Account(str(nameless), nameless)
 
 
 def user(monkeypatch: pytest.MonkeyPatch, account: Account = ALICE) -> None:
