@@ -102,11 +102,14 @@ class Payload:
     args: list[str] = doc_field("extra pytest arguments in the guest, e.g. ['-k', 'dma']", [])
     timeout: float = doc_field("seconds each suite may run in the guest", 1800.0)
     stall_timeout: float = doc_field(
-        "seconds without console or SSH output before the guest is given up on", 300.0
+        "seconds without console or SSH output before the guest is given up on, counted "
+        "as test_timeout is",
+        300.0,
     )
     test_timeout: float = doc_field(
-        "seconds one test may run; then the guest is killed, the test is an error "
-        "and the tests after it are not run",
+        "seconds one test may run, not counting the time the host kept QEMU waiting for a "
+        "CPU (a busy host stretches it at most 4 times); then the guest is killed, the test "
+        "is an error and the tests after it are not run",
         120.0,
     )
     parity: Literal["report", "gate"] = doc_field(

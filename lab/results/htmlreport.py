@@ -182,6 +182,7 @@ def _cells_table(run: RunData) -> str:
         facts = "<br>".join(escape(f"{k}: {v}") for k, v in sorted(cell_facts(cell).items()))
         problems = [s["infra_error"]] if s.get("infra_error") else []
         problems += s.get("problems", [])
+        problems += [f"warning: {w}" for w in s.get("warnings", [])]
         out.append(
             f"<tr><td>{escape(cell.name)}<td>{_badge(str(s.get('verdict')))}"
             f"<td>{escape(counts)}<td>{escape(str(s.get('kernel_release') or s.get('kernel')))}"

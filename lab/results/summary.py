@@ -55,6 +55,12 @@ class CellResult:
     snapshot: str | None = None  # "restored KEY", "saved KEY", "none: why"
     selftest_compat: list[str] = field(default_factory=list)  # build fixes the C suites needed
     earlier_attempts: list[str] = field(default_factory=list)  # infra errors that were retried
+    # What went wrong around the tests without deciding anything (a stalled transmit queue
+    # SSH survived): shown with the cell, never a reason for its verdict.
+    warnings: list[str] = field(default_factory=list)
+    # Seconds of the payload the host kept QEMU runnable but waiting for a CPU: the per-test
+    # and stall timeouts did not count them (lab.vm.runclock).
+    host_wait_s: float | None = None
     unexpected: list[str] = field(default_factory=list)  # "test: outcome", for the table
     parity: str | None = None  # "MODE: the parity line" when the cell ran a C suite
 
@@ -172,6 +178,7 @@ def table(results: RunResults) -> str:
         if c.infra_error:
             lines.append(f"{c.name}: {c.infra_error}")
         lines += [f"{c.name}: {p}" for p in c.problems]
+        lines += [f"{c.name}: warning: {w}" for w in c.warnings]
         if c.parity:
             lines.append(f"{c.name}: parity {c.parity}")
         lines += [

@@ -50,8 +50,12 @@ from lab.run.payload import (
 from lab.vm import console
 from lab.vm.console import ConsoleWatch, Stop
 from lab.vm.guest import Guest
+from lab.vm.runclock import RunClock
 
 CRASH_GRACE_S = 5.0
+# How long SSH may take to answer once the console reports a stalled transmit queue (the
+# kernel's watchdog fires after 5 s or more of it) before the network counts as dead.
+NETWORK_PROBE_S = 20.0
 
 
 @dataclass
@@ -158,11 +162,35 @@ class CellRun:
         result.problems += wrong
 
     def payload(self, ready: ReadyGuest, prepared: Prepared, result: CellResult) -> PayloadOutcome:
-        """Run each suite in turn; a guest that dies under one is told by its console, and
-        the suites after it do not run."""
+        """Run each suite in turn under one console watch, whose timeouts do not count the
+        time the host kept QEMU from running; what the watch let pass (a network stall
+        SSH survived) and that time are the cell's to show, however the payload ended."""
         guest = ready.guest
         p = self.cell.scenario.payload
-        watch = ConsoleWatch(self.dir / "console.log", p.stall_timeout, p.test_timeout)
+        clock = RunClock.of_process(guest.machine.pid)
+        watch = ConsoleWatch(
+            self.dir / "console.log",
+            p.stall_timeout,
+            p.test_timeout,
+            clock,
+            lambda: guest.ssh.answers(NETWORK_PROBE_S),
+        )
+        try:
+            return self._suites(ready, prepared, result, watch)
+        finally:
+            clock()
+            result.host_wait_s = round(clock.held_s, 1)
+            result.warnings += watch.warnings
+            for warning in watch.warnings:
+                self.progress(self.cell.name, f"warning: {warning}")
+
+    def _suites(
+        self, ready: ReadyGuest, prepared: Prepared, result: CellResult, watch: ConsoleWatch
+    ) -> PayloadOutcome:
+        """A guest that dies under a suite is told by its console, and the suites after it
+        do not run."""
+        guest = ready.guest
+        p = self.cell.scenario.payload
         taps: dict[str, TapParser] = {}
         stop: Stop | None = None
         for suite in p.suites:

@@ -188,6 +188,19 @@ class GuestSSH:
             finally:
                 chan.close()
 
+    def answers(self, timeout: float) -> float | None:
+        """Seconds a trivial command took to come back, or None when it did not within
+        `timeout` or the connection failed: whether the guest's network and sshd still
+        serve. A command on a channel of its own, so it can run beside a long one; when it
+        times out, the connection is closed (see `_deadline`), which a dead network
+        warrants anyway."""
+        started = time.monotonic()
+        try:
+            self.run("true", timeout=timeout)
+        except InfraError:
+            return None
+        return time.monotonic() - started
+
     def interactive(self) -> int:
         """A login shell on a real pty, bridged to this terminal; returns the shell's status."""
         with _translate("interactive shell"):
