@@ -57,7 +57,7 @@ def compat_run(tmp_path_factory):
     """Builds debian:7.2 twice, boots both, runs the whole payload in all five modes."""
     root = tmp_path_factory.mktemp("compat") / "results"
     # --retries 1: under TCG the guest's virtio-net has been seen to stall once in a while
-    # (NETDEV WATCHDOG); the lab gives up on such an attempt at once and tries again.
+    # (NETDEV WATCHDOG); when SSH then no longer answers, the lab tries the cell again.
     done = lab("run", "iommufd-compat", "--results", str(root), "--retries", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     return (root / "latest").resolve()
