@@ -1,7 +1,9 @@
-"""A private apt setup for kernel sources from other Debian suites.
+"""A private apt setup for kernel sources from other Debian suites, and for packages of
+another architecture than the host's (an arm64 kernel image).
 
 It reads the host's mirror but keeps its own sources list, lists and archive cache
-under the lab's cache, so nothing of the host's apt configuration changes.
+under the lab's cache, so nothing of the host's apt configuration changes: a foreign
+architecture is one more in its own APT::Architectures, never `dpkg --add-architecture`.
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ def host_apt_state(roots: tuple[Path, ...] = HOST_APT_STATE) -> list[str]:
 
 
 class PrivateApt:
-    def __init__(self, cache: Cache, mirror: str | None = None) -> None:
+    """`foreign`: a Debian architecture (arm64) whose binary packages it also lists, in a
+    setup of its own: the host's own lists do not grow by another architecture's."""
+
+    def __init__(self, cache: Cache, mirror: str | None = None, foreign: str = "") -> None:
         self.cache = cache
-        self.root = cache.root / "apt"
+        self.foreign = foreign
+        self.root = cache.root / (f"apt-{foreign}" if foreign else "apt")
         self.mirror = mirror or host_mirror()
 
     def options(self) -> list[str]:
@@ -69,7 +75,12 @@ class PrivateApt:
             "-o", f"Dir::State::Lists={self.root / 'lists'}",
             "-o", f"Dir::Cache={self.root / 'cache'}",
             "-o", "APT::Sandbox::User=root",
+            *(["-o", f"APT::Architectures::={self.foreign}"] if self.foreign else []),
         ]  # fmt: skip
+
+    def qualified(self, package: str) -> str:
+        """The package of the foreign architecture, where there is one."""
+        return f"{package}:{self.foreign}" if self.foreign else package
 
     def sources_text(self) -> str:
         binaries = "".join(f"deb {self.mirror} {suite} main\n" for suite in SUITES)
@@ -98,12 +109,16 @@ class PrivateApt:
         )
         stamp.touch()
 
+    def state(self) -> list[str]:
+        """What its answers depend on: the last refresh of its lists, and its sources."""
+        stamp = self.root / "lists" / ".updated"
+        stamped = str(stamp.stat().st_mtime_ns) if stamp.exists() else ""
+        return [stamped, self.sources_text(), *([self.foreign] if self.foreign else [])]
+
     def candidate(self, package: str) -> str | None:
         """The version apt would fetch, asked once per refresh of the lists."""
-        stamp = self.root / "lists" / ".updated"
-        state = [str(stamp.stat().st_mtime_ns) if stamp.exists() else "", self.sources_text()]
         version = self.cache.memo(
-            ["apt-candidate", package, *state], lambda: self._policy(package) or ""
+            ["apt-candidate", package, *self.state()], lambda: self._policy(package) or ""
         )
         return version or None
 
@@ -125,7 +140,7 @@ class PrivateApt:
 
     def download(self, package: str, version: str, dest: Path) -> Path:
         run_logged(
-            ["apt-get", "-q", *self.options(), "download", f"{package}={version}"],
+            ["apt-get", "-q", *self.options(), "download", f"{self.qualified(package)}={version}"],
             artifact=package,
             log=dest / "download.log",
             cwd=dest,

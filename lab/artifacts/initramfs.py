@@ -12,6 +12,7 @@ from lab.core.data import IMAGES
 from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.files import copy_file
 from lab.core.proc import run_logged
+from lab.model.arches import Arch, require_native
 
 RECIPE = IMAGES / "initramfs"
 BUSYBOX = Path("/bin/busybox")
@@ -77,15 +78,18 @@ def build_initramfs(
     version: str,
     out: Path,
     log: Path,
+    arch: Arch,
     iommu_modules: Sequence[str] = (),
 ) -> list[str]:
-    """Write an uncompressed newc cpio to `out`; returns the module paths it contains.
+    """Write an uncompressed newc cpio for a kernel of `arch` to `out`; returns the module
+    paths it contains.
 
     `modules_root` is a tree with lib/modules/<version>/ as a kernel package installs it,
     or None for a kernel with everything built in (then /init finds no module to load).
     `iommu_modules` (virtio_iommu) load right after virtio_pci, before any other driver
     binds a device: a device must meet its IOMMU before its driver maps DMA.
     """
+    check_arch(arch)
     if not BUSYBOX.exists():
         raise MissingPrerequisite("busybox (static)", "apt-get install busybox-static")
     stage = out.parent / "initramfs.d"
@@ -105,6 +109,11 @@ def build_initramfs(
     _write_cpio(stage, out)
     shutil.rmtree(stage)
     return paths
+
+
+def check_arch(arch: Arch) -> None:
+    """The busybox is the host's: an initramfs for another arch would not run."""
+    require_native("the initramfs (its busybox)", arch)
 
 
 def load_order(iommu_modules: Sequence[str]) -> str:

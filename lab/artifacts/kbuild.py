@@ -1,8 +1,9 @@
 """Kernels built from source: fetch a tree, merge and verify its config, build with ccache.
 
 Artifacts are cached under (source identity, hash of the final .config, compiler,
-initramfs recipe). ccache is shared by every build, so flipping one option rebuilds
-only what that option touches.
+initramfs recipe, guest arch). ccache is shared by every build, so flipping one option
+rebuilds only what that option touches. A kernel for another arch than the host's is
+cross-built (ARCH=, CROSS_COMPILE= on every make of its tree).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +28,17 @@ from lab.artifacts.kconfig import (
     requested,
 )
 from lab.core.cache import BUILD_PREFIX, Cache, content_key, tree_digest
-from lab.core.errors import UsageError
+from lab.core.errors import MissingPrerequisite, UsageError
 from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import Progress
+from lab.model.arches import Arch, host_arch
 from lab.model.kernelspec import CellConfig
 
 # Lines of `make` output worth showing as progress: links and the final image.
-_BUILD_PROGRESS = re.compile(r"^\s+(LD|AR)\s+(vmlinux|arch/x86/boot/bzImage)\b|Kernel: .* is ready")
+_BUILD_PROGRESS = re.compile(
+    r"^\s+(LD|AR)\s+(vmlinux|arch/\w+/boot/\w*Image)\b|Kernel: .* is ready"
+)
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,30 @@ class SourceTree:
 @dataclass(frozen=True)
 class BuiltKernel:
     release: str
-    bzimage: Path
+    image: Path  # what QEMU's -kernel boots: bzImage, arm64's Image
     vmlinux: Path
     config: Path
 
 
+def cross_compile(arch: Arch) -> str:
+    """CROSS_COMPILE= for a kernel of `arch` built on this host: empty for its own arch."""
+    return arch.cross_compile(host_arch())
+
+
 @functools.cache
-def compiler_identity() -> str:
-    """The compiler's first line of --version, asked once per process: every kernel key
-    and merge memo names it."""
-    return capture(["gcc", "--version"], artifact="kernel").splitlines()[0]
+def compiler_identity(cross: str = "") -> str:
+    """The first line of --version of the compiler for CROSS_COMPILE=`cross`, asked once
+    per process: every kernel key and merge memo names it."""
+    gcc = f"{cross}gcc"
+    if shutil.which(gcc) is None:
+        package = f"gcc-{cross.rstrip('-').replace('_', '-')}" if cross else "gcc"
+        raise MissingPrerequisite(gcc, f"apt-get install {package}")
+    return capture([gcc, "--version"], artifact="kernel").splitlines()[0]
+
+
+def make_args(tree: SourceTree, build_dir: Path, arch: Arch) -> list[str | Path]:
+    """`make` of `tree` into `build_dir` for a kernel of `arch` (cross on another host)."""
+    return ["make", "-C", tree.path, f"O={build_dir}", *arch.kbuild_args(host_arch())]
 
 
 class UnknownOption(UsageError):
@@ -79,12 +98,12 @@ def check_options_exist(tree: SourceTree, cfg: CellConfig) -> None:
 
 
 def merge_config(
-    tree: SourceTree, cfg: CellConfig, build_dir: Path, fragment: Path, log: Path
+    tree: SourceTree, cfg: CellConfig, arch: Arch, build_dir: Path, fragment: Path, log: Path
 ) -> dict[str, str]:
     """tinyconfig + fragments via the tree's own merge_config.sh, then olddefconfig; verified."""
-    wanted = requested(cfg.fragments, dict(cfg.overrides))
+    wanted = requested(cfg.fragments, dict(cfg.overrides), arch.name)
     fragment.write_text(fragment_text(wanted))
-    make: list[str | Path] = ["make", "-C", tree.path, f"O={build_dir}"]
+    make = make_args(tree, build_dir, arch)
     run_logged([*make, "tinyconfig"], artifact="kernel config", log=log)
     merge = tree.path / "scripts" / "kconfig" / "merge_config.sh"
     run_logged(
@@ -108,19 +127,21 @@ def merge_config(
     return final
 
 
-def wanted_text(cfg: CellConfig) -> str:
-    """The requested config of a cell, as one fragment: what identifies its build directory
-    and its merge."""
-    return fragment_text(requested(cfg.fragments, dict(cfg.overrides)))
+def wanted_text(cfg: CellConfig, arch: Arch) -> str:
+    """The requested config of a cell of `arch`, as one fragment: what identifies its build
+    directory and its merge."""
+    return fragment_text(requested(cfg.fragments, dict(cfg.overrides), arch.name))
 
 
-def describe_config(cfg: CellConfig) -> str:
-    """A cell's config in a few words, for what a cache entry says it is."""
+def describe_config(cfg: CellConfig, arch: Arch) -> str:
+    """A cell's config in a few words, for what a cache entry says it is (and for which
+    arch, where that is not x86_64, whose entries were made before arches were named)."""
     asked = [*cfg.fragments, *(f"{k}={v}" for k, v in cfg.overrides)]
-    return f"config {' '.join(asked)}" if asked else "the lab's config"
+    config = f"config {' '.join(asked)}" if asked else "the lab's config"
+    return " ".join([config, *(f"for {name}" for name in arch.key())])
 
 
-def build_dir_for(tree: SourceTree, wanted: str) -> Path:
+def build_dir_for(tree: SourceTree, wanted: str, arch: Arch) -> Path:
     """One persistent build directory per tree and requested config, kept across edits of
     the tree, so that a one-line change recompiles one object and relinks, and switching
     between a scenario's configs rebuilds nothing (Kbuild's fixdep knows which objects
@@ -130,48 +151,49 @@ def build_dir_for(tree: SourceTree, wanted: str) -> Path:
     so compiler command lines are the same in every copy of a tree (a patched copy, a
     second checkout) and ccache serves them. In a developer's checkout it carries a
     `.gitignore` of `*`, so `git status`, and with it the tree's identity, ignore it."""
-    build_dir = build_dir_path(tree, wanted)
+    build_dir = build_dir_path(tree, wanted, arch)
     build_dir.mkdir(parents=True, exist_ok=True)
     if not tree.owned:
         (build_dir / ".gitignore").write_text("*\n")
     return build_dir
 
 
-def build_dir_path(tree: SourceTree, wanted: str) -> Path:
-    """Where build_dir_for puts the build directory, made or not."""
-    return tree.path / f"{BUILD_PREFIX}-{content_key([wanted])[:8]}"
+def build_dir_path(tree: SourceTree, wanted: str, arch: Arch) -> Path:
+    """Where build_dir_for puts the build directory, made or not: one per arch too, since
+    kbuild's objects are the arch's."""
+    return tree.path / f"{BUILD_PREFIX}-{content_key([wanted, *arch.key()])[:8]}"
 
 
 def config_digest(build_dir: Path) -> str:
     return hashlib.sha256((build_dir / ".config").read_bytes()).hexdigest()
 
 
-def build_key(tree: SourceTree, config_sha256: str) -> str:
+def build_key(tree: SourceTree, config_sha256: str, arch: Arch) -> str:
     return content_key(
         [
             "source-build",
             tree.identity,
             config_sha256,
-            compiler_identity(),
+            compiler_identity(cross_compile(arch)),
             tree_digest(INITRAMFS_RECIPE),
+            *arch.key(),
         ]
     )
 
 
 def compile_kernel(
-    tree: SourceTree, build_dir: Path, cache: Cache, log: Path, progress: Progress
+    tree: SourceTree, build_dir: Path, arch: Arch, cache: Cache, log: Path, progress: Progress
 ) -> BuiltKernel:
     jobs = os.cpu_count() or 1
     env = dict(os.environ, CCACHE_DIR=str(cache.root / "ccache"), CCACHE_BASEDIR=str(tree.path))
-    argv = ["make", "-C", str(tree.path), f"O={build_dir}", f"-j{jobs}", "CC=ccache gcc", "bzImage"]
+    make = make_args(tree, build_dir, arch)
+    argv = [*make, f"-j{jobs}", f"CC=ccache {cross_compile(arch)}gcc", arch.image]
     progress("kernel", f"building {tree.identity} with {jobs} jobs (ccache); log: {log}")
     run_logged(argv, artifact="kernel", log=log, on_line=BuildProgress(progress), env=env)
-    release = capture(
-        ["make", "-s", "-C", tree.path, f"O={build_dir}", "kernelrelease"], artifact="kernel"
-    )
+    release = capture([*make, "-s", "kernelrelease"], artifact="kernel")
     return BuiltKernel(
         release=release.strip().splitlines()[-1],
-        bzimage=build_dir / "arch" / "x86" / "boot" / "bzImage",
+        image=build_dir / arch.image_path,
         vmlinux=build_dir / "vmlinux",
         config=build_dir / ".config",
     )
@@ -197,11 +219,11 @@ def store_artifact(built: BuiltKernel, scratch: Path) -> None:
     """Copy what a cell (and gdb) needs out of the build directory into the cache entry:
     reflinks at best, never hard links, since the next build in that directory may write
     its outputs in place (kconfig's .config, the bzImage tools)."""
-    copy_file(built.bzimage, scratch / "vmlinuz")
+    copy_file(built.image, scratch / "vmlinuz")
     copy_file(built.vmlinux, scratch / "vmlinux")
     copy_file(built.config, scratch / "config")
 
 
-def build_initramfs_builtin(release: str, out: Path, log: Path) -> None:
+def build_initramfs_builtin(release: str, out: Path, log: Path, arch: Arch) -> None:
     """Everything is built in: an initramfs with no modules, only /init and busybox."""
-    build_initramfs(None, release, out, log)
+    build_initramfs(None, release, out, log, arch)

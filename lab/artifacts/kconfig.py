@@ -4,6 +4,10 @@ Pure helpers: parse `.config` and fragment text, assemble what a cell asks for, 
 compare it with what `merge_config.sh` + `olddefconfig` produced. A requested option
 that did not stick is a ConfigError naming the option and, where the Kconfig says,
 why (an unmet `depends on`, or a conflict with another requested value).
+
+A fragment line may be for some guest architectures only: `[aarch64] CONFIG_X=y`, or
+`[x86_64, aarch64] ...`; a kernel for another arch does not ask for it. The lab writes
+the merged fragment itself, so merge_config.sh never sees the marks.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from lab.core.errors import InfraError
+from lab.core.errors import InfraError, UsageError
+from lab.core.registry import UnknownVariant
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import BASE_FRAGMENT, FRAGMENTS_DIR, option_name
 
 _SET = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
+_FOR_ARCHES = re.compile(r"^\[([^]]*)\]\s*(.*)$")
 
 
 class ConfigError(InfraError):
@@ -42,23 +49,43 @@ def parse_config(text: str) -> dict[str, str]:
     return values
 
 
+def fragment_values(path: Path, arch: str) -> dict[str, str]:
+    """A fragment file's values for a kernel of `arch`: its lines in order, less those
+    marked for other arches. A mark naming no known arch is refused (exit 2, file:line)."""
+    kept = []
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        m = _FOR_ARCHES.match(raw.strip())
+        if m is None:
+            kept.append(raw)
+            continue
+        names = [name.strip() for name in m.group(1).split(",")]
+        try:
+            for name in names:
+                ARCHES[name]
+        except UnknownVariant as e:
+            raise UsageError(f"{path}:{number}: {e}") from None
+        if arch in names:
+            kept.append(m.group(2))
+    return parse_config("\n".join(kept))
+
+
 def fragment_text(values: dict[str, str]) -> str:
     lines = [f"# {k} is not set" if v == "n" else f"{k}={v}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
 
 
-def requested(fragments: Iterable[str], overrides: dict[str, str]) -> dict[str, str]:
-    """What a cell asks for: base, the named fragments in order, then each axis value with
-    its companion fragment (axis/OPTION=value.config: the options that value needs), then
-    the axis values themselves, which win."""
+def requested(fragments: Iterable[str], overrides: dict[str, str], arch: str) -> dict[str, str]:
+    """What a cell of `arch` asks for: base, the named fragments in order, then each axis
+    value with its companion fragment (axis/OPTION=value.config: the options that value
+    needs), then the axis values themselves, which win."""
     values: dict[str, str] = {}
     for name in [BASE_FRAGMENT, *fragments]:
-        values.update(parse_config(fragment_path(name).read_text()))
+        values.update(fragment_values(fragment_path(name), arch))
     axis = {option_name(k): v for k, v in overrides.items()}
     for option, value in axis.items():
         companion = FRAGMENTS_DIR / "axis" / f"{option.removeprefix('CONFIG_')}={value}.config"
         if companion.is_file():
-            values.update(parse_config(companion.read_text()))
+            values.update(fragment_values(companion, arch))
     values.update(axis)
     return values
 

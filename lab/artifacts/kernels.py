@@ -26,6 +26,7 @@ from lab.artifacts.kbuild import (
     compile_kernel,
     compiler_identity,
     config_digest,
+    cross_compile,
     describe_config,
     merge_config,
     store_artifact,
@@ -47,6 +48,7 @@ from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
+from lab.model.arches import Arch, host_arch
 from lab.model.kernelspec import (
     DEBIAN_SERIES,
     NO_CONFIG,
@@ -124,20 +126,26 @@ class KernelArtifact:
 
 
 class KernelBuilder(KernelSourceKind):
-    """Provides the kernel a spec of its source names: fetched, or built and cached."""
+    """Provides the kernel a spec of its source names, for a guest arch: fetched, or built
+    and cached."""
 
-    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+    def resolved(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress = SILENT
+    ) -> str:
         """What the spec names now (a package version, a commit), found without fetching or
         building anything: what a CI cache is keyed by."""
         raise NotImplementedError
 
-    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+    def source_tree(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress
+    ) -> SourceTree:
         """The kernel's source tree, patches applied (what its C selftests build from)."""
         raise NotImplementedError
 
     def prepare(
         self,
         spec: KernelSpec,
+        arch: Arch,
         cache: Cache,
         progress: Progress = SILENT,
         cfg: CellConfig = NO_CONFIG,
@@ -146,44 +154,49 @@ class KernelBuilder(KernelSourceKind):
 
 
 class DebianStock(DebianStockKind, KernelBuilder):
-    """Debian's own kernel image package, as the host's apt sources serve it."""
+    """Debian's own kernel image package: for the host's arch as the host's apt sources
+    serve it, for another from the lab's private apt setup listing that arch."""
 
-    default_package = "linux-image-amd64"
-
-    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+    def source_tree(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress
+    ) -> SourceTree:
         """Debian's linux-source of the image's series (the selftests of 6.1 for 6.1)."""
-        package, _ = self._package(spec, cache)
+        package, _ = self._package(spec, arch, cache, progress)
         series = re.match(r"linux-image-(\d+\.\d+)", package)
         if series is None:
             raise SpecError(f"{package}: cannot tell which linux-source-X.Y it was built from")
         source = KernelSpec(DebianSourceKind.name, series.group(1))
-        return KERNEL_BUILDERS[source.source].source_tree(source, cache, progress)
+        return KERNEL_BUILDERS[source.source].source_tree(source, arch, cache, progress)
 
-    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
-        return "=".join(self._package(spec, cache))
+    def resolved(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress = SILENT
+    ) -> str:
+        return "=".join(self._package(spec, arch, cache, progress))
 
-    def _package(self, spec: KernelSpec, cache: Cache) -> tuple[str, str]:
+    def _package(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress
+    ) -> tuple[str, str]:
         package, _, pinned = spec.arg.partition("=")
         if pinned:
             return package, pinned
-        return resolved_image(package or self.default_package, cache)
+        default = f"linux-image-{arch.debian}"
+        return resolved_image(package or default, cache, image_apt(arch, cache, progress))
 
     def prepare(
         self,
         spec: KernelSpec,
+        arch: Arch,
         cache: Cache,
         progress: Progress = SILENT,
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
-        package, version = self._package(spec, cache)
-        key = content_key(
-            [self.name, package, version, tree_digest(INITRAMFS_RECIPE), *model_modules()]
-        )
+        package, version = self._package(spec, arch, cache, progress)
+        key = stock_key(package, version, arch)
         entry = cache.entry("kernels", key)
 
         def fetch(scratch: Path) -> None:
             progress("kernel", f"fetching {package} {version} (cache key {key})")
-            self._build(spec, package, version, scratch, entry)
+            self._build(spec, package, version, arch, cache, scratch, entry)
 
         with cache.lock(f"kernel-{key}"):
             cache.ensure(
@@ -202,23 +215,36 @@ class DebianStock(DebianStockKind, KernelBuilder):
         )
 
     def _build(
-        self, spec: KernelSpec, package: str, version: str, scratch: Path, entry: Path
+        self,
+        spec: KernelSpec,
+        package: str,
+        version: str,
+        arch: Arch,
+        cache: Cache,
+        scratch: Path,
+        entry: Path,
     ) -> None:
         log = scratch / "build.log"
-        run_logged(
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{package}={version}"],
-            artifact="kernel",
-            log=log,
-            cwd=scratch,
-        )
-        (deb,) = scratch.glob("*.deb")
+        apt = image_apt(arch, cache, SILENT)
+        if apt is None:
+            run_logged(
+                ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+                 f"{package}={version}"],
+                artifact="kernel",
+                log=log,
+                cwd=scratch,
+            )  # fmt: skip
+            (deb,) = scratch.glob("*.deb")
+        else:
+            deb = apt.download(package, version, scratch)
         tree = scratch / "tree"
         run_logged(["dpkg-deb", "-x", deb, tree], artifact="kernel", log=log)
         deb.unlink()
         (vmlinuz,) = (tree / "boot").glob("vmlinuz-*")
         release = vmlinuz.name.removeprefix("vmlinuz-")
         vmlinuz.rename(scratch / "vmlinuz")
-        build_initramfs(tree, release, scratch / "initramfs.cpio", log, model_modules())
+        modules = model_modules(arch.name)
+        build_initramfs(tree, release, scratch / "initramfs.cpio", log, arch, modules)
         (tree / "boot").joinpath(f"config-{release}").rename(scratch / "config")
         shutil.rmtree(tree)
         KernelArtifact(
@@ -231,20 +257,42 @@ class DebianStock(DebianStockKind, KernelBuilder):
         ).save(scratch / "artifact.json")
 
 
-def resolved_image(package: str, cache: Cache) -> tuple[str, str]:
-    """resolve_debian_image, asked again only when the host's apt state changed."""
+def stock_key(package: str, version: str, arch: Arch) -> str:
+    """A Debian image's cache entry: the package, its version, and the initramfs made for it
+    (its recipe, the IOMMU modules of the arch's models)."""
+    modules = model_modules(arch.name)
+    return content_key(
+        [DebianStock.name, package, version, tree_digest(INITRAMFS_RECIPE), *modules, *arch.key()]
+    )
+
+
+def image_apt(arch: Arch, cache: Cache, progress: Progress) -> PrivateApt | None:
+    """Where kernel images of `arch` come from: the host's apt for its own arch (None), the
+    lab's private setup listing the arch for another (its lists refreshed if old)."""
+    if arch.name == host_arch():
+        return None
+    apt = PrivateApt(cache, foreign=arch.debian)
+    apt.update(progress)
+    return apt
+
+
+def resolved_image(package: str, cache: Cache, apt: PrivateApt | None) -> tuple[str, str]:
+    """resolve_debian_image, asked again only when the apt state it asks changed: the
+    host's (`apt` None) or the private setup's."""
+    state, options = (host_apt_state(), []) if apt is None else (apt.state(), apt.options())
     answer = cache.memo(
-        ["debian-image", package, *host_apt_state()],
-        lambda: "=".join(resolve_debian_image(package)),
+        ["debian-image", package, *state],
+        lambda: "=".join(resolve_debian_image(package, options)),
     )
     concrete, _, version = answer.partition("=")
     return concrete, version
 
 
-def resolve_debian_image(package: str) -> tuple[str, str]:
-    """Follow a meta package (linux-image-amd64) to the concrete image package and version."""
+def resolve_debian_image(package: str, options: list[str]) -> tuple[str, str]:
+    """Follow a meta package (linux-image-amd64) to the concrete image package and version;
+    `options` point apt-cache at a private setup."""
     try:
-        policy = capture(["apt-cache", "policy", package], artifact="kernel")
+        policy = capture(["apt-cache", *options, "policy", package], artifact="kernel")
     except BuildError:
         raise MissingPrerequisite("apt-cache", "apt-get install apt") from None
     candidate = re.search(r"Candidate:\s*(\S+)", policy)
@@ -253,12 +301,13 @@ def resolve_debian_image(package: str) -> tuple[str, str]:
             f"Debian package {package} in the apt lists", "apt-get update (see `vfio-lab doctor`)"
         )
     depends = capture(
-        ["apt-cache", "depends", f"{package}={candidate.group(1)}"], artifact="kernel"
+        ["apt-cache", *options, "depends", f"{package}={candidate.group(1)}"], artifact="kernel"
     )
-    concrete = re.search(r"Depends:\s*(linux-image-\S+)", depends)
+    # A foreign arch's names come qualified (linux-image-6.1.0-50-arm64:arm64).
+    concrete = re.search(r"Depends:\s*(linux-image-[^\s:]+)", depends)
     if not concrete:
         return package, candidate.group(1)
-    return resolve_debian_image(concrete.group(1))
+    return resolve_debian_image(concrete.group(1), options)
 
 
 class SourceBuilt(KernelBuilder):
@@ -271,28 +320,33 @@ class SourceBuilt(KernelBuilder):
         """A spec that names exactly this tree again."""
         return spec.label
 
-    def source_tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
+    def source_tree(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress
+    ) -> SourceTree:
         return _with_patches(self.tree(spec, cache, progress), spec, cache, progress)
 
     def prepare(
         self,
         spec: KernelSpec,
+        arch: Arch,
         cache: Cache,
         progress: Progress = SILENT,
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         pristine = self.tree(spec, cache, progress)
         tree = _with_patches(pristine, spec, cache, progress)
-        wanted = wanted_text(cfg)
+        wanted = wanted_text(cfg, arch)
         # A warm run asks the merge's answer of the memo, and merges (seconds of make)
         # only for a kernel it has to build.
-        merged = ["merged-config", tree.config_identity, wanted, compiler_identity()]
+        compiler = compiler_identity(cross_compile(arch))
+        merged = ["merged-config", tree.config_identity, wanted, compiler, *arch.key()]
         known = cache.recall(merged)
-        key = build_key(tree, known) if known is not None else None
-        if key is None or not cache.complete("kernels", key, _made_by(spec, tree, cfg)):
-            known = self._merge_and_build(spec, tree, cfg, wanted, cache, progress, known)
+        key = build_key(tree, known, arch) if known is not None else None
+        made_by = _made_by(spec, tree, cfg, arch)
+        if key is None or not cache.complete("kernels", key, made_by):
+            known = self._merge_and_build(spec, tree, cfg, arch, wanted, cache, progress, known)
             cache.remember(merged, known)
-            key = build_key(tree, known)
+            key = build_key(tree, known, arch)
         artifact = KernelArtifact.load(cache.entry("kernels", key) / "artifact.json")
         return dataclasses.replace(
             artifact,
@@ -305,6 +359,7 @@ class SourceBuilt(KernelBuilder):
         spec: KernelSpec,
         tree: SourceTree,
         cfg: CellConfig,
+        arch: Arch,
         wanted: str,
         cache: Cache,
         progress: Progress,
@@ -318,26 +373,28 @@ class SourceBuilt(KernelBuilder):
         # processes.
         with cache.lock("kernel-build"), cache.scratch("kbuild-") as tmp:
             if not tree.owned:  # in a developer's checkout: an entry of its own
-                cache.use_local_build(tree.path, build_dir_path(tree, wanted))
-            build_dir = build_dir_for(tree, wanted)
-            record_made_by(build_dir, f"build directory of {spec.label} ({describe_config(cfg)})")
+                cache.use_local_build(tree.path, build_dir_path(tree, wanted, arch))
+            build_dir = build_dir_for(tree, wanted, arch)
+            record_made_by(
+                build_dir, f"build directory of {spec.label} ({describe_config(cfg, arch)})"
+            )
             log = tmp / "build.log"
             merged = (build_dir / ".config").exists() and config_digest(build_dir) == known
             if not merged:
                 check_options_exist(tree, cfg)
-                merge_config(tree, cfg, build_dir, tmp / "cell.config", log)
+                merge_config(tree, cfg, arch, build_dir, tmp / "cell.config", log)
             digest = config_digest(build_dir)
-            key = build_key(tree, digest)
+            key = build_key(tree, digest, arch)
             entry = cache.entry("kernels", key)
             # "kernel-build" covers every source-built entry: ensure runs under it.
             cache.ensure(
                 "kernels",
                 key,
                 lambda scratch: self._build(
-                    spec, tree, build_dir, log, cache, scratch, entry, progress
+                    spec, tree, arch, build_dir, log, cache, scratch, entry, progress
                 ),
                 progress,
-                made_by=_made_by(spec, tree, cfg),
+                made_by=_made_by(spec, tree, cfg, arch),
                 legacy="artifact.json",
             )
         return digest
@@ -346,6 +403,7 @@ class SourceBuilt(KernelBuilder):
         self,
         spec: KernelSpec,
         tree: SourceTree,
+        arch: Arch,
         build_dir: Path,
         log: Path,
         cache: Cache,
@@ -354,9 +412,9 @@ class SourceBuilt(KernelBuilder):
         progress: Progress,
     ) -> None:
         started = time.monotonic()
-        built = compile_kernel(tree, build_dir, cache, log, progress)
+        built = compile_kernel(tree, build_dir, arch, cache, log, progress)
         store_artifact(built, scratch)
-        build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log)
+        build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log, arch)
         seconds = round(time.monotonic() - started, 1)
         progress("kernel", f"built {built.release} in {seconds:.0f} s")
         copy_file(log, scratch / "build.log")  # the log goes on: the next build appends
@@ -371,8 +429,8 @@ class SourceBuilt(KernelBuilder):
         ).save(scratch / "artifact.json")
 
 
-def _made_by(spec: KernelSpec, tree: SourceTree, cfg: CellConfig) -> str:
-    return f"kernel {spec.label} ({tree.identity}; {describe_config(cfg)})"
+def _made_by(spec: KernelSpec, tree: SourceTree, cfg: CellConfig, arch: Arch) -> str:
+    return f"kernel {spec.label} ({tree.identity}; {describe_config(cfg, arch)})"
 
 
 def _with_patches(
@@ -397,7 +455,9 @@ class DebianSource(DebianSourceKind, SourceBuilt):
             raise SpecError(f"{apt.mirror} serves no {package} in {', '.join(SUITES)}")
         return package, version
 
-    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+    def resolved(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress = SILENT
+    ) -> str:
         return "=".join(self._version(spec, cache, progress))
 
     def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:
@@ -436,7 +496,9 @@ class LocalTree(LocalTreeKind, SourceBuilt):
     """A developer's own kernel checkout, built out of tree (O=) in a git-ignored build
     directory inside it that persists across edits (see kbuild.build_dir_for)."""
 
-    def resolved(self, spec: KernelSpec, cache: Cache, progress: Progress = SILENT) -> str:
+    def resolved(
+        self, spec: KernelSpec, arch: Arch, cache: Cache, progress: Progress = SILENT
+    ) -> str:
         return self.tree(spec, cache, progress).identity
 
     def tree(self, spec: KernelSpec, cache: Cache, progress: Progress) -> SourceTree:

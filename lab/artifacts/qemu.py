@@ -1,5 +1,6 @@
 """The lab's own QEMU: Debian's qemu source package with the lab's patches (the tweaked
-edu among them), only the x86_64 system emulator, built with ccache and cached.
+edu among them), only the system emulators of the arches marked `lab_qemu` (x86_64),
+built with ccache and cached.
 
 Debian bookworm's QEMU is 7.2: no igb, and an edu with one 1 MiB register BAR. trixie's
 10.0 builds on bookworm with a newer meson (a wheel from PyPI) and bookworm's own
@@ -23,12 +24,13 @@ from lab.artifacts.kbuild import compiler_identity
 from lab.artifacts.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, record_made_by, tree_digest
 from lab.core.data import IMAGES
-from lab.core.errors import BuildError
+from lab.core.errors import BuildError, UsageError
 from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
 from lab.core.versions import qemu_version
+from lab.model.arches import ARCHES, Arch
 
 PACKAGE = "qemu"
 VERSION = "1:10.0.13+ds-0+deb13u1"  # trixie's; known to build on bookworm
@@ -36,7 +38,7 @@ MESON = "meson==1.5.0"  # QEMU 10.0 needs >= 1.5; bookworm has 1.0
 PATCHES = IMAGES / "qemu" / "patches"
 # Only what the lab's guests use; whatever has no -dev package installed is left out anyway.
 CONFIGURE = (
-    "--target-list=x86_64-softmmu",
+    "--target-list=" + ",".join(f"{a}-softmmu" for a in ARCHES if ARCHES[a].lab_qemu),
     "--disable-install-blobs",
     "--disable-docs",
     "--disable-werror",
@@ -73,47 +75,50 @@ class QemuBinary:
 
 
 class QemuSource:
+    """Where the emulator of a guest arch comes from."""
+
     name: ClassVar[str]
     doc: ClassVar[str]
 
-    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
+    def provide(self, arch: Arch, cache: Cache, progress: Progress) -> QemuBinary:
         raise NotImplementedError
 
-    def describe(self) -> str:
+    def describe(self, arch: Arch) -> str:
         """What it is, without building anything (for --dry-run)."""
         raise NotImplementedError
 
-    def placeholder(self) -> str:
+    def placeholder(self, arch: Arch) -> str:
         """Its binary as --dry-run shows it, without building anything."""
         raise NotImplementedError
 
 
 class SystemQemu(QemuSource):
     name = "system"
-    doc = "Debian's qemu-system-x86_64 (7.2 on bookworm)"
-    binary = "qemu-system-x86_64"
+    doc = "Debian's qemu-system-ARCH (7.2 on bookworm)"
 
-    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
-        return QemuBinary(self.binary, self.name, qemu_version(self.binary))
+    def provide(self, arch: Arch, cache: Cache, progress: Progress) -> QemuBinary:
+        return QemuBinary(arch.qemu_system, self.name, qemu_version(arch.qemu_system))
 
-    def describe(self) -> str:
-        return f"{self.binary} {qemu_version(self.binary)}"
+    def describe(self, arch: Arch) -> str:
+        return f"{arch.qemu_system} {qemu_version(arch.qemu_system)}"
 
-    def placeholder(self) -> str:
-        return self.binary
+    def placeholder(self, arch: Arch) -> str:
+        return arch.qemu_system
 
 
 class BuiltQemu(QemuSource):
     name = "lab"
     doc = f"built by the lab from Debian's qemu {VERSION} with images/qemu/patches"
 
-    def provide(self, cache: Cache, progress: Progress) -> QemuBinary:
+    def provide(self, arch: Arch, cache: Cache, progress: Progress) -> QemuBinary:
+        if not arch.lab_qemu:  # the scenario's rules refuse it first
+            raise UsageError(f"the lab does not build its QEMU for {arch.name} yet")
         return ensure_lab_qemu(cache, progress)
 
-    def describe(self) -> str:
+    def describe(self, arch: Arch) -> str:
         return f"the lab's build of qemu {VERSION} with {', '.join(series()) or 'no patches'}"
 
-    def placeholder(self) -> str:
+    def placeholder(self, arch: Arch) -> str:
         return "<lab qemu>"
 
 
@@ -122,19 +127,20 @@ QEMU_SOURCES: Registry[QemuSource] = Registry(
 )
 
 
-def provide_qemu(choice: str, cache: Cache, progress: Progress = SILENT) -> QemuBinary:
-    """The QEMU a scenario's machine.qemu names: a registered source, or a path."""
+def provide_qemu(choice: str, arch: Arch, cache: Cache, progress: Progress = SILENT) -> QemuBinary:
+    """The QEMU a scenario's machine.qemu names for guests of `arch`: a registered source,
+    or a path."""
     if choice in QEMU_SOURCES:
-        return QEMU_SOURCES[choice].provide(cache, progress)
+        return QEMU_SOURCES[choice].provide(arch, cache, progress)
     return QemuBinary(choice, "path", qemu_version(choice))
 
 
-def describe_qemu(choice: str) -> str:
-    return QEMU_SOURCES[choice].describe() if choice in QEMU_SOURCES else choice
+def describe_qemu(choice: str, arch: Arch) -> str:
+    return QEMU_SOURCES[choice].describe(arch) if choice in QEMU_SOURCES else choice
 
 
-def qemu_placeholder(choice: str) -> str:
-    return QEMU_SOURCES[choice].placeholder() if choice in QEMU_SOURCES else choice
+def qemu_placeholder(choice: str, arch: Arch) -> str:
+    return QEMU_SOURCES[choice].placeholder(arch) if choice in QEMU_SOURCES else choice
 
 
 def series() -> list[str]:

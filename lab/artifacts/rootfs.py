@@ -29,6 +29,7 @@ from lab.core.errors import MissingPrerequisite
 from lab.core.files import copy_file
 from lab.core.proc import run_logged
 from lab.core.progress import SILENT, Progress
+from lab.model.arches import Arch, require_native
 
 RECIPE = IMAGES / "rootfs"
 SUITE = "bookworm"
@@ -47,7 +48,7 @@ def packages() -> list[str]:
     return [p for line in lines if (p := line.split("#", 1)[0].strip())]
 
 
-def rootfs_key(keys: LabKeys) -> str:
+def rootfs_key(keys: LabKeys, arch: Arch) -> str:
     return content_key(
         [
             BUILDER,
@@ -56,12 +57,22 @@ def rootfs_key(keys: LabKeys) -> str:
             tree_digest(RECIPE),
             keys.host_pub.read_text(),
             keys.client_pub.read_text(),
+            *arch.key(),
         ]
     )
 
 
-def ensure_rootfs(cache: Cache, keys: LabKeys, progress: Progress = SILENT) -> RootfsImage:
-    key = rootfs_key(keys)
+def check_arch(arch: Arch) -> None:
+    """mmdebstrap builds the host's own architecture: another's needs its maintainer
+    scripts run in a guest first (docs/guest.md, "Guest architectures")."""
+    require_native("a root filesystem", arch)
+
+
+def ensure_rootfs(
+    cache: Cache, keys: LabKeys, arch: Arch, progress: Progress = SILENT
+) -> RootfsImage:
+    check_arch(arch)
+    key = rootfs_key(keys, arch)
 
     def build(scratch: Path) -> None:
         progress(

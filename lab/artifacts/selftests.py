@@ -35,6 +35,7 @@ from lab.core.data import IMAGES
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
+from lab.model.arches import Arch, require_native
 from lab.model.suites import Suite
 
 SELFTESTS = IMAGES / "selftests"
@@ -104,19 +105,36 @@ def _version_for(tree: SourceTree, entry: SeriesEntry, log: Path) -> Path:
     )
 
 
-def provide_selftests(
-    suite: Suite, tree: SourceTree, cache: Cache, progress: Progress, recipes: Path = SELFTESTS
-) -> SelftestBuild:
-    patches = series(suite, recipes)
-    key = content_key(
+def check_arch(arch: Arch) -> None:
+    """Built with the host's compiler and libraries: for the host's own arch only, so far
+    (a cross build needs the arch's libuuid and libcap in a sysroot)."""
+    require_native("the kernel's C selftests", arch)
+
+
+def selftests_key(suite: Suite, tree: SourceTree, patches: list[SeriesEntry], arch: Arch) -> str:
+    return content_key(
         [
             "selftests",
             suite.name,
             tree.identity,
             patches_digest([p for entry in patches for p in entry.versions]),
             compiler_identity(),
+            *arch.key(),
         ]
     )
+
+
+def provide_selftests(
+    suite: Suite,
+    tree: SourceTree,
+    arch: Arch,
+    cache: Cache,
+    progress: Progress,
+    recipes: Path = SELFTESTS,
+) -> SelftestBuild:
+    check_arch(arch)
+    patches = series(suite, recipes)
+    key = selftests_key(suite, tree, patches, arch)
     entry = cache.entry("selftests", key)
 
     def build(scratch: Path) -> None:

@@ -21,6 +21,7 @@ from lab.model.shards import ShardPlan
 from lab.model.suites import parse_keyword
 from lab.results.summary import table
 from lab.run import bisect
+from lab.run.booter import check_buildable
 from lab.run.matrix import RunOptions, ScenarioRun, shard_plan
 
 DEFAULT_GDB_PORT = 1234
@@ -137,8 +138,10 @@ def run_cells(
     Without a `plan`, the cells are the whole of what the run promised (shard 1/1). The
     cache is kept within its ceiling afterwards."""
     limit = ceiling()  # a bad $VFIO_LAB_CACHE_MAX is told now, not after the run
+    for cell in cells:  # before any cell's work: not after the others ran for an hour
+        check_buildable(cell)
     cache = Cache()
-    doctor.require_qemu(s.machine.qemu, cache)
+    doctor.require_qemu(s.machine.qemu, arches_of(cells), cache)
     cache.sweep()
     run = ScenarioRun(s, opts, cache, Progress(quiet=quiet))
     results = run.start(shard_plan(cells, cache) if plan is None else plan)
@@ -182,6 +185,11 @@ def bisect_step(
     judged = bisect.judge_run((opts.results_root / "latest").resolve(), selection)
     print(f"vfio-lab: bisect step: {judged.verdict}: {judged.why}")
     return {"good": EXIT_OK, "bad": EXIT_UNEXPECTED, "skip": EXIT_INFRA}[judged.verdict]
+
+
+def arches_of(cells: list[Cell]) -> list[str]:
+    """The guest arches of `cells`, each once, in order."""
+    return list(dict.fromkeys(c.arch for c in cells))
 
 
 def exit_code(args: argparse.Namespace, code: int) -> int:

@@ -23,6 +23,7 @@ from lab.artifacts.userns import (
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple
+from lab.model.arches import ARCHES
 from lab.vm.accel import KVM, kvm_denied
 
 MIN_FREE_GIB = 5
@@ -53,8 +54,8 @@ def _tool(name: str, package: str) -> Callable[[], Check]:
     return check
 
 
-def check_qemu(binary: str = "qemu-system-x86_64") -> Check:
-    fix = with_sudo("apt-get install --no-install-recommends qemu-system-x86")
+def check_qemu(binary: str = "qemu-system-x86_64", package: str = "qemu-system-x86") -> Check:
+    fix = with_sudo(f"apt-get install --no-install-recommends {package}")
     if not shutil.which(binary):
         return Check(binary, False, "not found", fix)
     ok = version_tuple(binary) >= MIN_QEMU
@@ -244,15 +245,18 @@ def all_checks(cache: Cache) -> list[Check]:
     return [c() for c in checks]
 
 
-def require_qemu(choice: str, cache: Cache) -> None:
-    """Before a run: the QEMU machine.qemu names, first, since nothing works without it."""
-    check = (
-        check_lab_qemu(cache)
-        if choice == "lab"
-        else check_qemu("qemu-system-x86_64" if choice == "system" else choice)
-    )
-    if not check.ok:
-        raise MissingPrerequisite(f"{check.name} ({check.detail})", check.fix)
+def require_qemu(choice: str, arches: list[str], cache: Cache) -> None:
+    """Before a run: the QEMU machine.qemu names for each arch of the cells, first, since
+    nothing works without it."""
+    for name in arches:
+        arch = ARCHES[name]
+        check = (
+            check_lab_qemu(cache)
+            if choice == "lab"
+            else check_qemu(arch.qemu_system if choice == "system" else choice, arch.qemu_package)
+        )
+        if not check.ok:
+            raise MissingPrerequisite(f"{check.name} ({check.detail})", check.fix)
 
 
 def report(checks: list[Check]) -> str:

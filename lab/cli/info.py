@@ -10,6 +10,7 @@ from lab.cli import doctor
 from lab.core.cache import Cache
 from lab.core.exitcodes import EXIT_INFRA, EXIT_OK
 from lab.model import scenario
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import KERNEL_SOURCES
 from lab.model.schema import describe
 from lab.model.suites import SUITES
@@ -40,6 +41,7 @@ def registries() -> list[tuple[str, list[tuple[str, str]]]]:
     """(title, [(name, doc)]) for each registry a scenario names from: what `schema`
     prints and docs/scenarios.md shows."""
     named: tuple[tuple[str, Mapping[str, Documented]], ...] = (
+        ("architectures", ARCHES),
         ("IOMMU models", IOMMU_MODELS),
         ("devices", DEVICES),
         ("kernel sources", KERNEL_SOURCES),

@@ -23,6 +23,7 @@ from lab.cli.common import (
 from lab.core.cache import Cache
 from lab.core.errors import UsageError
 from lab.core.exitcodes import EXIT_OK
+from lab.model.arches import ARCHES, host_arch
 from lab.model.scenario import Cell, Scenario
 from lab.model.shards import (
     WHOLE,
@@ -35,6 +36,7 @@ from lab.model.shards import (
 from lab.model.variants import Accel
 from lab.run.booter import check_port_free, vm_config
 from lab.run.matrix import RunOptions, default_jobs, shard_plan
+from lab.vm.accel import foreign_choice
 from lab.vm.qemu import build_argv
 
 
@@ -153,17 +155,21 @@ def _jobs(s: Scenario, asked: int | None, gdb: int | None) -> int:
 
 def dry_run(s: Scenario, accel: str | None, only: list[str]) -> int:
     chosen = accel or s.accel
-    shown: Accel = "kvm" if chosen == "kvm" else "tcg"
+    host = host_arch()
     print(
         f"# accelerator: {chosen}"
         + (" (shown as tcg; probed at run time)" if chosen == "auto" else "")
     )
-    print(f"# qemu: {s.machine.qemu}: {describe_qemu(s.machine.qemu)}")
+    for name in s.machine.arch:
+        print(f"# qemu: {s.machine.qemu}: {describe_qemu(s.machine.qemu, ARCHES[name])}")
     print(
         "# <...> paths and the SSH port are filled in at run time; each cell records its real argv"
     )
-    binary = qemu_placeholder(s.machine.qemu)
     for cell in selected(s, only):
+        arch = ARCHES[cell.arch]
+        foreign = foreign_choice(chosen, arch, host)
+        shown: Accel = foreign.accel if foreign else "kvm" if chosen == "kvm" else "tcg"
+        binary = qemu_placeholder(s.machine.qemu, arch)
         kernel = KernelArtifact.placeholder(cell.kernel.label)
         cfg = vm_config(
             cell, kernel, binary, shown, Path("<overlay>"), Path("<sockets>"), Path("<cell dir>"), 0

@@ -79,7 +79,10 @@ DEBIAN_SERIES = re.compile(r"^(\d+\.\d+)(?:=(\S+))?$")
 
 class DebianStockKind(KernelSourceKind):
     name = "debian-stock"
-    doc = "the stock Debian kernel (ARG: image package[=version], default linux-image-amd64)"
+    doc = (
+        "the stock Debian kernel (ARG: image package[=version], default linux-image-ARCH "
+        "of machine.arch: amd64 or arm64, the latter from the lab's private apt setup)"
+    )
 
     def check_arg(self, arg: str) -> None:
         package, eq, version = arg.partition("=")

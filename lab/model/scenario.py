@@ -15,6 +15,7 @@ from lab.core.data import GUEST_TESTS, SCENARIOS
 from lab.core.errors import ScenarioError, UsageError
 from lab.core.registry import Registry, UnknownVariant
 from lab.model import schema
+from lab.model.arches import ARCHES, DEFAULT_ARCH, host_arch
 from lab.model.kernelspec import (
     KERNEL_SOURCES,
     NO_CONFIG,
@@ -71,10 +72,17 @@ class DeviceSpec:
 class MachineSpec:
     memory: Size = doc_field("guest RAM, e.g. 2G or 3072M", Size(2 << 30))
     cpus: int = doc_field("guest vCPUs", 2)
+    arch: Axis = doc_field(
+        "guest architecture from the architecture registry (x86_64, aarch64), or a list of "
+        "them: an axis of the matrix (each cell's name then ends in -ARCH, before any "
+        "-MODEL); a guest of another architecture than the host's runs under TCG",
+        Axis([DEFAULT_ARCH]),
+    )
     iommu: Axis = doc_field(
         "virtual IOMMU model from the IOMMU registry, or a list of them: an axis of the "
-        "matrix (each cell's name then ends in -MODEL)",
-        Axis(["intel-iommu"]),
+        "matrix (each cell's name then ends in -MODEL); each arch gets the listed models "
+        "it offers; default: each arch's own (intel-iommu on x86_64, smmuv3 on aarch64)",
+        Axis([]),
     )
     hugepages: dict[str, int] = doc_field(
         "hugepages reserved on the guest kernel command line, by size (2M, 1G)", {}
@@ -208,6 +216,7 @@ class Cell:
     scenario: Scenario
     config: CellConfig = NO_CONFIG
     iommu: str = "intel-iommu"  # the machine's IOMMU model (machine.iommu may be an axis)
+    arch: str = DEFAULT_ARCH  # the guest's architecture (machine.arch may be an axis)
     kernel_field: str = "kernels[0]"  # where its kernel came from, for errors
 
 
@@ -246,12 +255,8 @@ def load(file: Path) -> Scenario:
 
 def validate(s: Scenario) -> None:
     """Rules between fields and against the registries, after the types are known."""
-    models = s.machine.iommu
-    for i, model in enumerate(models):
-        field = "machine.iommu" if len(models) == 1 else f"machine.iommu[{i}]"
-        _check_registry(s, field, model, IOMMU_MODELS)
-    if len(set(models)) != len(models):
-        raise s.error("machine.iommu", "a model is listed twice")
+    _validate_arches(s)
+    models = all_models(s)
     for i, entry in enumerate(s.kernels):
         for j, model in enumerate(entry.iommu):
             if model not in models:
@@ -281,6 +286,68 @@ def validate(s: Scenario) -> None:
         for name in ("test", "reason"):
             if not getattr(known, name).strip():
                 raise s.error(f"expectations[{i}].{name}", "must not be empty")
+
+
+def axis_field(s: Scenario, name: str, i: int) -> str:
+    """Where the i-th value of a machine axis was written: the field itself when it holds
+    one value."""
+    return f"machine.{name}" if len(getattr(s.machine, name)) == 1 else f"machine.{name}[{i}]"
+
+
+def _validate_arches(s: Scenario) -> None:
+    """The arch axis, the IOMMU models each arch offers, and the accelerator they allow."""
+    m = s.machine
+    axes: tuple[tuple[str, Registry[Any], str], ...] = (
+        ("arch", ARCHES, "an arch"),
+        ("iommu", IOMMU_MODELS, "a model"),
+    )
+    for name, registry, what in axes:
+        values = getattr(m, name)
+        for i, value in enumerate(values):
+            _check_registry(s, axis_field(s, name, i), value, registry)
+        if len(set(values)) != len(values):
+            raise s.error(f"machine.{name}", f"{what} is listed twice")
+    for i, model in enumerate(m.iommu):
+        offered = IOMMU_MODELS[model].arches
+        if not set(offered) & set(m.arch):
+            raise s.error(
+                axis_field(s, "iommu", i),
+                f"{model} is offered on {', '.join(offered)} only, "
+                f"and machine.arch is {', '.join(m.arch)}",
+            )
+    for i, arch in enumerate(m.arch):
+        if not arch_models(s, arch):
+            own = [n for n in IOMMU_MODELS if arch in IOMMU_MODELS[n].arches]
+            raise s.error(
+                axis_field(s, "arch", i),
+                f"no model of machine.iommu is offered on {arch} (it has {', '.join(own)})",
+            )
+    host = host_arch()
+    for i, arch in enumerate(m.arch):
+        if s.accel == "kvm" and not ARCHES[arch].runs_kvm(host):
+            raise s.error(
+                "accel",
+                f"KVM runs only guests of the host's architecture ({host}); machine.arch "
+                f"{arch} runs under TCG: use accel: auto or tcg",
+            )
+        if m.qemu == "lab" and not ARCHES[arch].lab_qemu:
+            raise s.error(
+                axis_field(s, "arch", i),
+                f"the lab does not build its QEMU for {arch} yet; use machine.qemu: system "
+                f"(Debian's {ARCHES[arch].qemu_package}) or a path",
+            )
+
+
+def arch_models(s: Scenario, arch: str) -> list[str]:
+    """The IOMMU models a cell of `arch` runs behind: the listed ones it offers, or its own."""
+    if not s.machine.iommu:
+        return [ARCHES[arch].default_iommu]
+    return [m for m in s.machine.iommu if arch in IOMMU_MODELS[m].arches]
+
+
+def all_models(s: Scenario) -> list[str]:
+    """Every model some cell runs behind, each once, in the order the arches give them."""
+    return list(dict.fromkeys(m for arch in s.machine.arch for m in arch_models(s, arch)))
 
 
 def _resolve_local(s: Scenario, spec: str) -> str:
@@ -481,23 +548,32 @@ def _check_registry(s: Scenario, field: str, name: str, registry: Registry[Any])
         raise s.error(field, str(e)) from None
 
 
+def machines(s: Scenario) -> list[tuple[str, str]]:
+    """The machine axes: (arch, IOMMU model) for each arch and each model it offers."""
+    return [(arch, model) for arch in s.machine.arch for model in arch_models(s, arch)]
+
+
 def expand(s: Scenario) -> list[Cell]:
-    """The matrix: kernels x every combination of the config axis x IOMMU models, in file
-    order. A model's kernel options (IommuModel.kconfig) join the cell's requested config."""
+    """The matrix: kernels x every combination of the config axis x arches x their IOMMU
+    models, in file order. A model's kernel options (IommuModel.kconfig) join the cell's
+    requested config."""
     options = list(s.config)
     combos = list(itertools.product(*(s.config[o] for o in options)))
-    models = s.machine.iommu
+    pairs = machines(s)
+    # A model's name only where some arch has a choice of them.
+    name_models = any(len(arch_models(s, a)) > 1 for a in s.machine.arch)
     cells = []
     for i, entry in enumerate(s.kernels):
         spec = kernel_spec(entry)
         configurable = KERNEL_SOURCES[spec.source].configurable
-        own = [m for m in models if not entry.iommu or m in entry.iommu]
-        for combo, model in itertools.product(combos if entry.matrix else [()], own):
+        own = [(a, m) for a, m in pairs if not entry.iommu or m in entry.iommu]
+        for combo, (arch, model) in itertools.product(combos if entry.matrix else [()], own):
             overrides = tuple(zip(options, combo, strict=False))
             name = spec.cell_label + "".join(
                 f"-{o.lower().removeprefix('config_')}={v}" for o, v in overrides
             )
-            name += f"-{model}" if len(models) > 1 else ""
+            name += f"-{arch}" if len(s.machine.arch) > 1 else ""
+            name += f"-{model}" if name_models else ""
             # The model's options, unless the cell's own axis sets them (names compared
             # as Kconfig does: CONFIG_ or not).
             axis = {option_name(o) for o, _ in overrides}
@@ -506,7 +582,7 @@ def expand(s: Scenario) -> list[Cell]:
             )
             fragments = tuple(s.fragments) if entry.matrix else ()
             cfg = CellConfig(fragments, overrides + extra) if configurable else NO_CONFIG
-            cells.append(Cell(name, spec, s, cfg, model, kernel_field=f"kernels[{i}]"))
+            cells.append(Cell(name, spec, s, cfg, model, arch, kernel_field=f"kernels[{i}]"))
     return cells
 
 

@@ -2,8 +2,9 @@
 CI runner's cache is keyed by, so that a runner whose cache has that key builds nothing.
 
 It names each cell's kernel as it resolves now (a Debian package version, a commit and
-diff), its patches and requested config, the QEMU (Debian's version, or the lab's build
-key), and the builder and recipes of the root filesystem, the initramfs and the C selftests.
+diff), its patches, requested config and arch, the QEMU (Debian's version, or the lab's
+build key), and the builder and recipes of the root filesystem, the initramfs and the C
+selftests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lab.artifacts.rootfs import RECIPE as ROOTFS_RECIPE
 from lab.artifacts.selftests import SELFTESTS
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.versions import qemu_version
+from lab.model.arches import ARCHES, Arch
 from lab.model.scenario import Cell
 
 
@@ -30,21 +32,22 @@ def artifact_key(cells: list[Cell], cache: Cache) -> str:
         tree_digest(SELFTESTS),
     ]
     for cell in cells:
-        builder = KERNEL_BUILDERS[cell.kernel.source]
+        builder, arch = KERNEL_BUILDERS[cell.kernel.source], ARCHES[cell.arch]
         parts += [
             cell.kernel.label,
-            builder.resolved(cell.kernel, cache),
+            builder.resolved(cell.kernel, arch, cache),
             patches_digest(cell.kernel.patches),
-            wanted_text(cell.config),
-            qemu_identity(cell.scenario.machine.qemu),
+            wanted_text(cell.config, arch),
+            qemu_identity(cell.scenario.machine.qemu, arch),
+            *arch.key(),
         ]
     return content_key(parts)
 
 
-def qemu_identity(choice: str) -> str:
-    """The QEMU a scenario's machine.qemu names: the lab's by its build key (version,
-    patches, configure options, compiler), any other by its version."""
+def qemu_identity(choice: str, arch: Arch) -> str:
+    """The QEMU a scenario's machine.qemu names for guests of `arch`: the lab's by its
+    build key (version, patches, configure options, compiler), any other by its version."""
     if choice == "lab":
         return qemu_key()
-    binary = QEMU_SOURCES[choice].placeholder() if choice in QEMU_SOURCES else choice
+    binary = QEMU_SOURCES[choice].placeholder(arch) if choice in QEMU_SOURCES else choice
     return f"{choice}:{qemu_version(binary)}"

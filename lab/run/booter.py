@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from lab.artifacts import rootfs
+from lab.artifacts import initramfs, rootfs, selftests
 from lab.artifacts.kbuild import UnknownOption
 from lab.artifacts.kconfig import parse_config
 from lab.artifacts.kernels import KERNEL_BUILDERS, KernelArtifact
@@ -38,8 +38,9 @@ from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
 from lab.core.files import copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
+from lab.model.arches import ARCHES, NotBuiltYet
 from lab.model.kernelspec import SpecError
-from lab.model.scenario import Cell, DeviceSpec
+from lab.model.scenario import Cell, DeviceSpec, axis_field
 from lab.model.suites import SUITES
 from lab.model.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
@@ -104,6 +105,7 @@ def vm_config(
         hugepages=tuple(sorted(m.hugepages.items())),
         extra_cmdline=tuple(m.cmdline),
         qemu=qemu,
+        arch=cell.arch,
         user_qmp_socket=sockets / "qmp-user.sock",
         gdb_port=gdb_port,
         console_append=console_append,
@@ -132,6 +134,7 @@ def snapshot_key(cell: Cell, prepared: Prepared, bind: bool) -> str:
         [
             "snapshot",
             SNAPSHOT_FORMAT,
+            *ARCHES[cell.arch].key(),
             json.dumps(argv),
             prepared.qemu.version,
             f"{binary.st_size}:{binary.st_mtime_ns}",
@@ -207,7 +210,7 @@ class CellBooter:
         cache: Cache,
         progress: Progress = SILENT,
         accel: str | None = None,
-        on_accel: Callable[[accel_mod.AccelChoice], None] | None = None,
+        on_accel: Callable[[str, accel_mod.AccelChoice], None] | None = None,
         snapshots: bool = True,
     ) -> None:
         self.cache = cache
@@ -215,9 +218,10 @@ class CellBooter:
         self.snapshots = snapshots
         self.accel_override = accel
         self.on_accel = on_accel
-        self._accel: accel_mod.AccelChoice | None = None
-        self._shared: tuple[LabKeys, rootfs.RootfsImage] | None = None
-        self._qemu: dict[str, QemuBinary] = {}
+        self._accel: dict[str, accel_mod.AccelChoice] = {}  # by arch
+        self._keys: LabKeys | None = None
+        self._images: dict[str, rootfs.RootfsImage] = {}  # by arch
+        self._qemu: dict[tuple[str, str], QemuBinary] = {}  # by choice and arch
         self._lock = threading.Lock()  # cells may be prepared from several threads
         self.active: set[Guest] = set()
         self.stopping = threading.Event()
@@ -236,21 +240,27 @@ class CellBooter:
 
     def prepare(self, cell: Cell) -> Prepared:
         self._check_stopping()
+        check_buildable(cell)
+        arch = ARCHES[cell.arch]
         with self._lock:
-            if self._shared is None:
-                keys = ensure_keys(self.cache)
-                self._shared = keys, rootfs.ensure_rootfs(self.cache, keys, self.progress)
-        keys, image = self._shared
+            if self._keys is None:
+                self._keys = ensure_keys(self.cache)
+            keys = self._keys
+            if arch.name not in self._images:
+                self._images[arch.name] = rootfs.ensure_rootfs(
+                    self.cache, keys, arch, self.progress
+                )
+            image = self._images[arch.name]
         source = KERNEL_BUILDERS[cell.kernel.source]
         try:
-            kernel = source.prepare(cell.kernel, self.cache, self.progress, cell.config)
+            kernel = source.prepare(cell.kernel, arch, self.cache, self.progress, cell.config)
         except UnknownOption as e:
             raise cell.scenario.error(f"config.{e.option}", str(e)) from None
         except SpecError as e:
             raise cell.scenario.error(cell.kernel_field, str(e)) from None
         _check_model(cell, kernel)
         with self._lock:
-            qemu = self._provide_qemu(cell.scenario.machine.qemu)
+            qemu = self._provide_qemu(cell.scenario.machine.qemu, arch.name)
             accel = self._choose_accel(cell, kernel, qemu)
         cpu = accel_mod.guest_cpu(accel, accel_mod.host_cpuinfo())
         return Prepared(keys, image, kernel, qemu, accel, cpu, self._selftests(cell))
@@ -264,32 +274,39 @@ class CellBooter:
         }
         built = [s for s in suites if s.selftest_dir]
         if built:
+            arch = ARCHES[cell.arch]
             tree = KERNEL_BUILDERS[cell.kernel.source].source_tree(
-                cell.kernel, self.cache, self.progress
+                cell.kernel, arch, self.cache, self.progress
             )
-            out |= {s.name: provide_selftests(s, tree, self.cache, self.progress) for s in built}
+            out |= {
+                s.name: provide_selftests(s, tree, arch, self.cache, self.progress) for s in built
+            }
         return out
 
-    def _provide_qemu(self, choice: str) -> QemuBinary:
-        """Once per booter: the lab's QEMU may need building (and a build uses every core)."""
-        if choice not in self._qemu:
-            self._qemu[choice] = provide_qemu(choice, self.cache, self.progress)
-        return self._qemu[choice]
+    def _provide_qemu(self, choice: str, arch: str) -> QemuBinary:
+        """Once per booter and arch: the lab's QEMU may need building (and a build uses
+        every core)."""
+        if (choice, arch) not in self._qemu:
+            self._qemu[choice, arch] = provide_qemu(choice, ARCHES[arch], self.cache, self.progress)
+        return self._qemu[choice, arch]
 
     def _choose_accel(self, cell: Cell, kernel: KernelArtifact, qemu: QemuBinary) -> Accel:
-        if self._accel is None:
+        """Once per arch: KVM runs only the host's own."""
+        if cell.arch not in self._accel:
             requested = self.accel_override or cell.scenario.accel
-            self._accel = accel_mod.choose(
+            choice = accel_mod.choose(
                 requested,
+                ARCHES[cell.arch],
                 qemu.binary,
                 kernel.vmlinuz,
                 kernel.vmlinuz_sha256,
                 self.cache,
             )
-            self.progress("accel", f"{self._accel.accel}: {self._accel.reason}")
+            self._accel[cell.arch] = choice
+            self.progress("accel", f"{cell.arch}: {choice.accel}: {choice.reason}")
             if self.on_accel is not None:
-                self.on_accel(self._accel)
-        return self._accel.accel
+                self.on_accel(cell.arch, choice)
+        return self._accel[cell.arch].accel
 
     @contextlib.contextmanager
     def ready(
@@ -615,6 +632,32 @@ class ReadyGuest:
     bound: list[str]  # the devices' BDFs, now on vfio-pci
     snapshot: str = ""  # how the guest came to be: "restored KEY", "none: why"
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of its start
+
+
+def check_buildable(cell: Cell) -> None:
+    """Refused before any work (exit 2, naming machine.arch): a cell of an arch the lab
+    cannot build every part of its guest for yet, each such part named. Nothing of
+    another arch stands in for one."""
+    arch = ARCHES[cell.arch]
+    checks = [rootfs.check_arch, initramfs.check_arch]
+    if any(SUITES[name].selftest_dir for name in cell.scenario.payload.suites):
+        checks.append(selftests.check_arch)
+    unbuilt: list[NotBuiltYet] = []
+    for check in checks:
+        try:
+            check(arch)
+        except NotBuiltYet as e:
+            unbuilt.append(e)
+    if unbuilt:
+        parts = [part for e in unbuilt for part in e.parts]
+        why = NotBuiltYet(parts, arch.name, unbuilt[0].host)
+        arches = cell.scenario.machine.arch  # a repro's recorded arch may have left it
+        field = (
+            axis_field(cell.scenario, "arch", arches.index(cell.arch))
+            if cell.arch in arches
+            else "machine.arch"
+        )
+        raise cell.scenario.error(field, f"cell {cell.name}: {why}")
 
 
 def _check_model(cell: Cell, kernel: KernelArtifact) -> None:

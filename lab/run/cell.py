@@ -26,6 +26,7 @@ from lab.core.cache import content_key, file_sha256, tree_digest
 from lab.core.errors import InfraError
 from lab.core.files import copy_file, make_dir, write_file
 from lab.core.progress import Progress
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import KERNEL_SOURCES
 from lab.model.scenario import Cell
 from lab.model.suites import DEFAULT_SUITE, SUITES
@@ -320,6 +321,8 @@ def provenance(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[s
         },
         "pytest_args": s.payload.args + pytest_args,
         "accelerator": prepared.accel,
+        "arch": cell.arch,
+        "iommu": cell.iommu,
         "qemu": {
             "choice": s.machine.qemu,
             "binary": prepared.qemu.binary,
@@ -333,14 +336,15 @@ def identity(cell: Cell, prepared: Prepared, pytest_args: list[str]) -> dict[str
     """What the cell's outcomes can depend on, one digest or name per component (in the
     order of history.COMPONENTS): history tells a flip with a component changed (a
     regression, a fix) from one with none (flakiness)."""
-    s, m = cell.scenario, cell.scenario.machine
+    s, m, arch = cell.scenario, cell.scenario.machine, ARCHES[cell.arch]
     configurable = KERNEL_SOURCES[cell.kernel.source].configurable
     base = prepared.image.base.stat()
-    machine = [m.memory, m.cpus, cell.iommu, sorted(m.hugepages.items()), m.cmdline]
+    machine = [m.memory, m.cpus, cell.iommu, sorted(m.hugepages.items()), m.cmdline, *arch.key()]
+    wanted = wanted_text(cell.config, arch)
     return {
         "kernel": prepared.kernel.identity,
-        "config": content_key(["config", wanted_text(cell.config)]) if configurable else "its own",
-        "qemu": qemu_identity(m.qemu),
+        "config": content_key(["config", wanted]) if configurable else "its own",
+        "qemu": qemu_identity(m.qemu, arch),
         "payload": content_key(
             [
                 "payload",

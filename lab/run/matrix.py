@@ -87,12 +87,19 @@ class ScenarioRun:
         self.cache = cache
         self.progress = progress
         self._results: RunResults | None = None
+        self._accels: dict[str, AccelChoice] = {}  # by arch
         self.booter = CellBooter(
             cache, progress, accel=opts.accel, on_accel=self._on_accel, snapshots=opts.snapshots
         )
 
-    def _on_accel(self, choice: AccelChoice) -> None:
-        self.results.set_accelerator(choice.accel, choice.reason)
+    def _on_accel(self, arch: str, choice: AccelChoice) -> None:
+        """The run's accelerator, one per arch its cells have (each says which where
+        there are several)."""
+        self._accels[arch] = choice
+        accels = ",".join(sorted({c.accel for c in self._accels.values()}))
+        several = len(self._accels) > 1
+        reasons = [f"{a}: {c.reason}" if several else c.reason for a, c in self._accels.items()]
+        self.results.set_accelerator(accels, "; ".join(reasons))
 
     @property
     def results(self) -> RunResults:

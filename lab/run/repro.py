@@ -14,9 +14,12 @@ from typing import Any
 
 from lab.core.cache import file_sha256, tree_digest
 from lab.core.errors import UsageError
+from lab.core.registry import Registry
 from lab.model import scenario as scenario_mod
+from lab.model.arches import ARCHES, DEFAULT_ARCH
 from lab.model.kernelspec import CellConfig, parse_kernel_spec
 from lab.model.scenario import Cell, Scenario
+from lab.model.variants import IOMMU_MODELS
 from lab.run.booter import Prepared
 from lab.run.payload import RUNTIME_DIR
 
@@ -99,8 +102,21 @@ def plan(cell_dir: Path, keyword: str | None) -> ReproPlan:
         kernel=parse_kernel_spec(record["kernel"]["resolved_spec"], tuple(patches)),
         scenario=s,
         config=config,
+        # Records from before these were kept: every cell then was x86_64 behind intel-iommu.
+        iommu=_recorded(cell_dir, record, "iommu", "intel-iommu", IOMMU_MODELS),
+        arch=_recorded(cell_dir, record, "arch", DEFAULT_ARCH, ARCHES),
     )
     return ReproPlan(cell, record, scenario_file, args, notes)
+
+
+def _recorded(
+    cell_dir: Path, record: dict[str, Any], name: str, before: str, known: Registry[Any]
+) -> str:
+    """The machine's `name` (arch, IOMMU model) the run recorded, one of `known`."""
+    value = record.get(name, before)
+    if not isinstance(value, str) or value not in known:
+        raise UsageError(f"{cell_dir / 'provenance.json'} is corrupt ({name} {value!r})")
+    return value
 
 
 def _recorded_patch(cell_dir: Path, patch: dict[str, str], notes: list[str]) -> Path:

@@ -24,10 +24,11 @@ from typing import Any
 
 from lab.core.accounts import group_name, user_name
 from lab.core.cache import Cache, content_key
-from lab.core.errors import InfraError
+from lab.core.errors import InfraError, UsageError
 from lab.core.files import HostFile, make_dir, write_atomic
 from lab.core.proc import die_with_lab
 from lab.core.versions import version_text
+from lab.model.arches import Arch, host_arch
 from lab.model.variants import Accel
 
 PROBE_SECONDS = 20.0
@@ -232,13 +233,34 @@ def probe_key(host_kernel: str, qemu_version: str, kernel_digest: str, cpu: Gues
     return content_key([host_kernel, qemu_version, kernel_digest, cpu.key()])
 
 
+def foreign_choice(requested: str, arch: Arch, host: str) -> AccelChoice | None:
+    """For guests of another arch than the host's: TCG without a probe, or a usage error
+    when KVM was asked for. None for the host's own arch, where KVM may work."""
+    if arch.runs_kvm(host):
+        return None
+    why = f"KVM runs only guests of the host's architecture, {host}, not {arch.name}"
+    if requested == "kvm":
+        raise UsageError(f"--accel kvm was requested, but {why}: use tcg or auto")
+    return AccelChoice("tcg", f"{requested}: {why}; using TCG")
+
+
 def choose(
-    requested: str, qemu: str, kernel: Path, kernel_digest: str, cache: Cache
+    requested: str,
+    arch: Arch,
+    qemu: str,
+    kernel: Path,
+    kernel_digest: str,
+    cache: Cache,
+    host: str | None = None,
 ) -> AccelChoice:
+    """The accelerator for guests of `arch` on this host (`host`: its architecture)."""
     if requested == "tcg":
         return AccelChoice(
             "tcg", "TCG was asked for (--accel, the scenario, or the run being repeated)"
         )
+    foreign = foreign_choice(requested, arch, host or host_arch())
+    if foreign is not None:
+        return foreign
     works, why = _probe_once(qemu, kernel, kernel_digest, cache)
     if requested == "kvm":
         if not works:

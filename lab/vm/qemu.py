@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.model.arches import ARCHES, DEFAULT_ARCH
 from lab.model.variants import ACCELS, DEVICES, IOMMU_MODELS, Accel, DeviceConfig, qemu_escape
 
 # A log buffer that outlasts the payload: triage reads dmesg once, at the end, and loses
 # the per-test markers of whatever the default 128 KiB ring has overwritten (the
 # iommufd selftests' fault injection alone prints megabytes).
-BASE_CMDLINE = ("console=ttyS0", "root=/dev/vda", "rw", "panic=-1", "log_buf_len=16M")
+BASE_CMDLINE = ("root=/dev/vda", "rw", "panic=-1", "log_buf_len=16M")
 HOLE64_DEFAULT = 32 << 30  # q35's pci-hole64-size when nobody sets it
 
 
@@ -31,13 +32,15 @@ class VMConfig:
     hugepages: tuple[tuple[str, int], ...] = ()
     extra_cmdline: tuple[str, ...] = ()
     qemu: str = "qemu-system-x86_64"
+    arch: str = DEFAULT_ARCH
     user_qmp_socket: Path | None = None  # a second monitor for `vfio-lab qmp`
     gdb_port: int | None = None
     console_append: bool = False  # a restored guest's console follows the saved boot's
 
 
 def kernel_cmdline(cfg: VMConfig) -> str:
-    words = list(BASE_CMDLINE) + IOMMU_MODELS[cfg.iommu].kernel_cmdline()
+    console = f"console={ARCHES[cfg.arch].console}"
+    words = [console, *BASE_CMDLINE, *IOMMU_MODELS[cfg.iommu].kernel_cmdline()]
     for size, count in cfg.hugepages:
         words += [f"hugepagesz={size}", f"hugepages={count}"]
     return " ".join(words + list(cfg.extra_cmdline))
@@ -52,19 +55,25 @@ def hole64_size(devices: tuple[DeviceConfig, ...]) -> int | None:
     return 1 << (2 * total - 1).bit_length()
 
 
+def pci_window_argv(cfg: VMConfig) -> list[str]:
+    """The machine's 64-bit PCI window sized for the RAM BARs, where it has to be."""
+    setting, hole = ARCHES[cfg.arch].pci_hole64, hole64_size(cfg.devices)
+    return [] if setting is None or hole is None else ["-global", f"{setting}={hole}"]
+
+
 def console_chardev(cfg: VMConfig) -> str:
     chardev = f"file,id=console,path={qemu_escape(str(cfg.console_log))}"
     return chardev + (",append=on" if cfg.console_append else "")
 
 
 def build_argv(cfg: VMConfig) -> list[str]:
-    iommu = IOMMU_MODELS[cfg.iommu]
-    machine = ",".join(["q35", *iommu.machine_options(cfg.accel)])
+    iommu, arch = IOMMU_MODELS[cfg.iommu], ARCHES[cfg.arch]
     argv = [
         cfg.qemu,
         "-name", f"guest={qemu_escape(cfg.name)},process=vfio-lab",
-        "-machine", machine,
+        "-machine", arch.machine(iommu.machine_options(cfg.accel)),
         *ACCELS[cfg.accel].argv(),
+        "-cpu", arch.cpu(cfg.accel),
         "-m", f"{cfg.memory_mib}M",
         "-smp", str(cfg.cpus),
         "-nodefaults", "-display", "none", "-no-reboot",
@@ -82,8 +91,7 @@ def build_argv(cfg: VMConfig) -> list[str]:
         "-serial", "chardev:console",
         "-qmp", f"unix:{qemu_escape(str(cfg.qmp_socket))},server=on,wait=off",
     ]  # fmt: skip
-    if (hole := hole64_size(cfg.devices)) is not None:
-        argv += ["-global", f"q35-pcihost.pci-hole64-size={hole}"]
+    argv += pci_window_argv(cfg)
     for index, dev in enumerate(cfg.devices):
         argv += DEVICES[dev.type].device_argv(dev, index)
     if cfg.user_qmp_socket is not None:

@@ -87,12 +87,12 @@ def test_a_kernel_in_the_cache_shares_nothing_with_its_build_directory(tmp_path:
     build = tmp_path / "build"
     build.mkdir()
     built = kbuild.BuiltKernel("7.2", build / "bzImage", build / "vmlinux", build / ".config")
-    for path in (built.bzimage, built.vmlinux, built.config):
+    for path in (built.image, built.vmlinux, built.config):
         path.write_text(f"{path.name} 1\n")
     entry = tmp_path / "entry"
     entry.mkdir()
     kbuild.store_artifact(built, entry)
-    for path in (built.bzimage, built.vmlinux, built.config):
+    for path in (built.image, built.vmlinux, built.config):
         with path.open("r+") as f:
             f.write(f"{path.name} 2\n")
     stored = [(entry / n).read_text() for n in ("vmlinuz", "vmlinux", "config")]

@@ -13,7 +13,10 @@ from lab.artifacts.kbuild import SourceTree, build_dir_for, build_key
 from lab.artifacts.kernels import KernelArtifact, LocalTree, SourceBuilt
 from lab.core import cachegc
 from lab.core.cache import BUILD_PREFIX, Cache
+from lab.model.arches import ARCHES, Arch
 from lab.model.kernelspec import CellConfig, KernelSpec
+
+X86 = ARCHES["x86_64"]
 
 
 def git(tree: Path, *args: str) -> str:
@@ -43,15 +46,15 @@ def test_a_build_directory_per_config_kept_across_edits(checkout: Path) -> None:
     (checkout / "drivers" / "vfio" / "vfio_main.c").write_text("int x = 1;\n")
     after = local(checkout)
     assert before.identity != after.identity, "the edit is part of the kernel's identity"
-    assert build_dir_for(before, "CONFIG_A=y\n") == build_dir_for(after, "CONFIG_A=y\n")
-    assert build_dir_for(after, "CONFIG_A=y\n") != build_dir_for(after, "CONFIG_A=n\n")
-    assert build_dir_for(after, "CONFIG_A=y\n").parent == checkout
-    assert build_dir_for(after, "CONFIG_A=y\n").name.startswith(BUILD_PREFIX)
+    assert build_dir_for(before, "CONFIG_A=y\n", X86) == build_dir_for(after, "CONFIG_A=y\n", X86)
+    assert build_dir_for(after, "CONFIG_A=y\n", X86) != build_dir_for(after, "CONFIG_A=n\n", X86)
+    assert build_dir_for(after, "CONFIG_A=y\n", X86).parent == checkout
+    assert build_dir_for(after, "CONFIG_A=y\n", X86).name.startswith(BUILD_PREFIX)
 
 
 def test_the_build_directory_leaves_a_checkout_clean(checkout: Path) -> None:
     tree = local(checkout)
-    (build_dir_for(tree, "CONFIG_A=y\n") / "vmlinux").write_text("built")
+    (build_dir_for(tree, "CONFIG_A=y\n", X86) / "vmlinux").write_text("built")
     assert git(checkout, "status", "--porcelain") == ""
     assert local(checkout).identity == tree.identity
 
@@ -82,7 +85,7 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
     tree = SourceTree("linux-source-7.2=7.2.13-1", tmp_path / "linux", owned=True)
     cfg = CellConfig(fragments=("iommufd",), overrides=())
     config_sha = "ab" * 32
-    key = build_key(tree, config_sha)
+    key = build_key(tree, config_sha, X86)
 
     def fill(entry: Path) -> None:
         (entry / "vmlinuz").write_bytes(b"k")
@@ -92,11 +95,11 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
         ).save(entry / "artifact.json")  # fmt: skip
 
     cache.ensure("kernels", key, fill, print, made_by="test")
-    merged = ["merged-config", tree.config_identity, kernels.wanted_text(cfg)]
+    merged = ["merged-config", tree.config_identity, kernels.wanted_text(cfg, X86)]
     cache.remember([*merged, kernels.compiler_identity()], config_sha)
     monkeypatch.setattr(kernels, "merge_config", pytest.fail)
     monkeypatch.setattr(kernels, "check_options_exist", pytest.fail)
-    artifact = FixedTree(tree).prepare(KernelSpec("fixed", ""), cache, print, cfg)
+    artifact = FixedTree(tree).prepare(KernelSpec("fixed", ""), X86, cache, print, cfg)
     assert artifact.release == "7.2.13"
     assert (
         json.loads((cache.entry("kernels", key) / "artifact.json").read_text())["spec"] == "fixed"
@@ -110,13 +113,14 @@ def test_a_local_build_directory_is_remembered_as_a_cache_entry(
     through the checkouts the lab remembers having built in."""
     cache = Cache(tmp_path / "cache")
 
-    def merge(tree: SourceTree, cfg: CellConfig, build_dir: Path, *_: object) -> None:
+    def merge(tree: SourceTree, cfg: CellConfig, arch: Arch, build_dir: Path, *_: object) -> None:
         (build_dir / ".config").write_text("CONFIG_VFIO=y\n")
 
     def build(
         self: SourceBuilt,
         spec: KernelSpec,
         tree: SourceTree,
+        arch: Arch,
         build_dir: Path,
         log: Path,
         cache: Cache,
@@ -132,7 +136,7 @@ def test_a_local_build_directory_is_remembered_as_a_cache_entry(
     monkeypatch.setattr(kernels, "merge_config", merge)
     monkeypatch.setattr(SourceBuilt, "_build", build)
     cfg = CellConfig(overrides=(("VFIO", "y"),))
-    LocalTree().prepare(KernelSpec("local", str(checkout)), cache, print, cfg)
+    LocalTree().prepare(KernelSpec("local", str(checkout)), X86, cache, print, cfg)
     assert cache.local_trees() == [checkout.resolve()]
     (found,) = cachegc.entries(cache, ["local-build"])
     assert found.path.parent == checkout and found.path.name.startswith(BUILD_PREFIX)

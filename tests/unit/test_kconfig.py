@@ -43,16 +43,16 @@ def test_option_name():
 
 
 def test_axis_value_brings_its_companion_fragment():
-    on = requested(["iommufd"], {"IOMMUFD_VFIO_CONTAINER": "y"})
+    on = requested(["iommufd"], {"IOMMUFD_VFIO_CONTAINER": "y"}, "x86_64")
     assert on["CONFIG_IOMMUFD_VFIO_CONTAINER"] == "y"
     assert on["CONFIG_VFIO_CONTAINER"] == "n"  # what that value needs
     assert on["CONFIG_VFIO_PCI"] == "y"  # from the base fragment
-    off = requested(["iommufd"], {"IOMMUFD_VFIO_CONTAINER": "n"})
+    off = requested(["iommufd"], {"IOMMUFD_VFIO_CONTAINER": "n"}, "x86_64")
     assert (off["CONFIG_VFIO_CONTAINER"], off["CONFIG_IOMMUFD_VFIO_CONTAINER"]) == ("y", "n")
 
 
 def test_explicit_axis_values_win_over_companions():
-    both = requested([], {"IOMMUFD_VFIO_CONTAINER": "y", "VFIO_CONTAINER": "y"})
+    both = requested([], {"IOMMUFD_VFIO_CONTAINER": "y", "VFIO_CONTAINER": "y"}, "x86_64")
     assert both["CONFIG_VFIO_CONTAINER"] == "y"  # impossible: verification will say so
 
 

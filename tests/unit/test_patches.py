@@ -10,6 +10,7 @@ from lab.artifacts.kbuild import SourceTree, build_dir_for
 from lab.artifacts.patches import patched_tree
 from lab.core.cache import BUILD_PREFIX, Cache
 from lab.core.errors import BuildError
+from lab.model.arches import ARCHES
 
 PATCH = """From 1 Mon Sep 17 00:00:00 2001
 Subject: [PATCH] say hello
@@ -50,7 +51,10 @@ def test_patches_apply_to_a_copy_the_pristine_tree_keeps_its_files(tmp_path):
     assert (patched.path / "Makefile").read_text() == "VERSION = 7\nEXTRAVERSION = -hello\n"
     assert (tree.path / "Makefile").read_text() == "VERSION = 7\nEXTRAVERSION =\n"
     assert not list(patched.path.glob(f"{BUILD_PREFIX}*")), "the pristine build came along"
-    assert patched.owned and build_dir_for(patched, "CONFIG_X=y\n").parent == patched.path
+    assert (
+        patched.owned
+        and build_dir_for(patched, "CONFIG_X=y\n", ARCHES["x86_64"]).parent == patched.path
+    )
     assert patched.identity.startswith("linux-source-7.2=7.2.13-1+patches:")
 
 

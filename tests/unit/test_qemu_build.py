@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from lab.artifacts import qemu
+from lab.model.arches import ARCHES
 from tests.conftest import REPO
+
+X86 = ARCHES["x86_64"]
 
 
 def test_setup_host_installs_every_build_dependency():
@@ -38,8 +41,9 @@ def test_ninja_progress_every_tenth(capsys):
 
 def test_a_path_needs_no_build_and_names_itself(tmp_path):
     assert (
-        qemu.describe_qemu("/opt/qemu/bin/qemu-system-x86_64") == "/opt/qemu/bin/qemu-system-x86_64"
+        qemu.describe_qemu("/opt/qemu/bin/qemu-system-x86_64", X86)
+        == "/opt/qemu/bin/qemu-system-x86_64"
     )
-    assert qemu.describe_qemu("lab").startswith(
+    assert qemu.describe_qemu("lab", X86).startswith(
         f"the lab's build of qemu {qemu.VERSION} with 0001-"
     )

@@ -172,3 +172,23 @@ def test_a_patch_lost_with_its_copy_is_a_usage_error(tmp_path):
     (cell_dir / "patches" / "01-fix.patch").unlink()
     with pytest.raises(UsageError, match="and so is its copy"):
         repro.plan(cell_dir, None)
+
+
+def test_plan_restores_the_machine_the_cell_ran(tmp_path):
+    """A virtio-iommu or aarch64 cell is repeated as it ran, not on the defaults."""
+    cell_dir, _ = write_cell(tmp_path)
+    record = json.loads((cell_dir / "provenance.json").read_text())
+    (cell_dir / "provenance.json").write_text(json.dumps(record | {"iommu": "virtio-iommu"}))
+    assert repro.plan(cell_dir, None).cell.iommu == "virtio-iommu"
+    (cell_dir / "provenance.json").write_text(
+        json.dumps(record | {"arch": "aarch64", "iommu": "smmuv3"})
+    )
+    cell = repro.plan(cell_dir, None).cell
+    assert (cell.arch, cell.iommu) == ("aarch64", "smmuv3")
+    # A record from before they were kept names neither: the defaults, as then.
+    (cell_dir / "provenance.json").write_text(json.dumps(record))
+    cell = repro.plan(cell_dir, None).cell
+    assert (cell.arch, cell.iommu) == ("x86_64", "intel-iommu")
+    (cell_dir / "provenance.json").write_text(json.dumps(record | {"arch": "arm64"}))
+    with pytest.raises(UsageError, match=r"is corrupt \(arch 'arm64'\)"):
+        repro.plan(cell_dir, None)

@@ -34,7 +34,9 @@ def test_defaults_for_an_almost_empty_file(tmp_path):
     s = scenario.load(write(tmp_path, "description: hi\n", "mini.yaml"))
     assert s.name == "mini"
     assert s.kernels == [scenario.KernelEntry("debian-stock")]
-    assert s.machine.iommu == ["intel-iommu"]
+    assert s.machine.arch == ["x86_64"]
+    assert s.machine.iommu == []  # each arch's own model
+    assert [(c.arch, c.iommu) for c in scenario.expand(s)] == [("x86_64", "intel-iommu")]
     assert [d.type for d in s.devices] == ["edu"]
     assert s.payload_dir == scenario.DEFAULT_PAYLOAD
 

@@ -12,9 +12,11 @@ from lab.artifacts.kbuild import SourceTree
 from lab.artifacts.selftests import payload_programs, provide_selftests
 from lab.core.cache import Cache
 from lab.core.errors import BuildError
+from lab.model.arches import ARCHES, host_arch
 from lab.model.suites import SUITES
 
 SUITE = SUITES["kselftest-vfio"]
+NATIVE = ARCHES[host_arch()]
 TOP = "headers:\n\tmkdir -p $(O)/usr/include/linux\n\techo '#define LAB 1' > $(O)/usr/include/linux/lab.h\n"
 SELFTEST = (
     "$(OUTPUT)/vfio_prog_test: prog.c\n"
@@ -55,7 +57,12 @@ def test_a_tree_that_builds_as_shipped_gets_no_compat_patch(tmp_path):
     fixed = PROG.replace("int main", "static int helper(void) { return 0; }\nint main")
     t = tree(tmp_path, fixed)
     built = provide_selftests(
-        SUITE, t, Cache(tmp_path / "cache"), print, recipes(tmp_path, "compat 0001-compat.patch\n")
+        SUITE,
+        t,
+        NATIVE,
+        Cache(tmp_path / "cache"),
+        print,
+        recipes(tmp_path, "compat 0001-compat.patch\n"),
     )
     assert (built.programs, built.compat, built.absent) == (("vfio_prog_test",), (), "")
     program = Path(built.bin) / "vfio_prog_test"
@@ -66,7 +73,12 @@ def test_a_tree_that_builds_as_shipped_gets_no_compat_patch(tmp_path):
 def test_a_tree_that_needs_a_compat_patch_says_so(tmp_path):
     cache = Cache(tmp_path / "cache")
     built = provide_selftests(
-        SUITE, tree(tmp_path), cache, print, recipes(tmp_path, "compat 0001-compat.patch  # 7.2\n")
+        SUITE,
+        tree(tmp_path),
+        NATIVE,
+        cache,
+        print,
+        recipes(tmp_path, "compat 0001-compat.patch  # 7.2\n"),
     )
     assert built.compat == ("0001-compat.patch",) and built.programs == ("vfio_prog_test",)
 
@@ -75,6 +87,7 @@ def test_a_tree_without_the_suite_is_absent_and_a_broken_one_an_error(tmp_path):
     built = provide_selftests(
         SUITE,
         tree(tmp_path, with_suite=False),
+        NATIVE,
         Cache(tmp_path / "c1"),
         print,
         recipes(tmp_path, ""),
@@ -82,7 +95,12 @@ def test_a_tree_without_the_suite_is_absent_and_a_broken_one_an_error(tmp_path):
     assert built.absent == "linux-source-7.2=7.2.13-1 has no tools/testing/selftests/vfio"
     with pytest.raises(BuildError):
         provide_selftests(
-            SUITE, tree(tmp_path / "b"), Cache(tmp_path / "c2"), print, recipes(tmp_path / "b", "")
+            SUITE,
+            tree(tmp_path / "b"),
+            NATIVE,
+            Cache(tmp_path / "c2"),
+            print,
+            recipes(tmp_path / "b", ""),
         )
 
 
@@ -95,7 +113,9 @@ def test_of_several_versions_of_a_patch_the_one_that_applies_is_used(tmp_path):
     new += "@@ -1,2 +1,3 @@\n #include <linux/lab.h>\n+/* patched */\n"
     new += " static int helper(void) { return 0; }\n"
     (root / "vfio" / "0002-new.patch").write_text(new)
-    built = provide_selftests(SUITE, tree(tmp_path, fixed), Cache(tmp_path / "c"), print, root)
+    built = provide_selftests(
+        SUITE, tree(tmp_path, fixed), NATIVE, Cache(tmp_path / "c"), print, root
+    )
     assert built.patches == ("0002-new.patch",)
 
 

@@ -13,6 +13,7 @@ import pytest
 from lab.artifacts.kbuild import build_dir_for
 from lab.artifacts.kernels import LocalTree
 from lab.core.cache import Cache
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import KernelSpec, SpecError
 
 VFIO = Path("drivers/vfio")
@@ -96,7 +97,7 @@ def test_ignored_files_and_build_directories_are_not_the_tree(checkout: Path) ->
     clean = identity(checkout)
     (checkout / VFIO / "vfio_main.o").write_bytes(b"\x7fELF")
     tree = LocalTree().tree(KernelSpec("local", str(checkout)), Cache(checkout / "c"), print)
-    (build_dir_for(tree, "CONFIG_A=y\n") / "vmlinux").write_text("built")
+    (build_dir_for(tree, "CONFIG_A=y\n", ARCHES["x86_64"]) / "vmlinux").write_text("built")
     assert identity(checkout) == clean
 
 
