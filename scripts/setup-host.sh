@@ -6,6 +6,8 @@
 # /dev/kvm belongs to it. The only part of the lab that needs root; it uses sudo itself
 # for what is missing, and does nothing when nothing is.
 # --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
+# --arm64 adds what aarch64 guests need (machine.arch: aarch64): their emulator and the
+# cross compiler for their kernels;
 # --test adds what only the test suite needs (the lab's QEMU included, and gitlab-ci-local
 # through npm, pinned).
 set -euo pipefail
@@ -32,6 +34,10 @@ PACKAGES=(
 QEMU_PACKAGES=(     # lab/artifacts/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
     libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build dpkg-dev
 )
+ARM64_PACKAGES=(    # lab/model/arches.py: Aarch64's qemu_package and toolchain
+    qemu-system-arm         # qemu-system-aarch64 (7.2 in bookworm: virt, GICv3, smmuv3)
+    gcc-aarch64-linux-gnu   # cross-builds aarch64 kernels (ARCH=arm64)
+)
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser
     rsync             # gitlab-ci-local's shell executor copies the project into each job with it
@@ -43,6 +49,7 @@ TEST=""
 case "${1:-}" in
     --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); TEST=1 ;;
     --qemu) PACKAGES+=("${QEMU_PACKAGES[@]}") ;;
+    --arm64) PACKAGES+=("${ARM64_PACKAGES[@]}") ;;
 esac
 
 SUDO=""
