@@ -16,6 +16,7 @@ from lab.core.cache import Cache
 from lab.core.files import blaming, copy_file, make_dir
 from lab.core.progress import SILENT, Progress
 from lab.model import shards
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import LocalTreeKind
 from lab.model.scenario import Cell, Scenario
 from lab.model.shards import WHOLE, Shard, ShardPlan
@@ -54,7 +55,7 @@ def shard_plan(selection: list[Cell], cache: Cache, shard: Shard = WHOLE) -> Sha
     """What a run of `shard` of `selection` is part of, each `local:` tree counted by what
     it holds now (its commit and edits), not by its path."""
     trees = {
-        c.kernel.arg: KERNEL_BUILDERS[c.kernel.source].resolved(c.kernel, cache)
+        c.kernel.arg: KERNEL_BUILDERS[c.kernel.source].resolved(c.kernel, ARCHES[c.arch], cache)
         for c in selection
         if c.kernel.source == LocalTreeKind.name
     }
