@@ -11,6 +11,7 @@ and the accelerator with every figure. Not a test: numbers vary by host.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,11 +20,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VFIO_LAB = [sys.executable, "-m", "lab"]
+
+
+@contextlib.contextmanager
+def cpu_hog(processes: int) -> Iterator[list[int]]:
+    """`processes` busy loops for the length of the block (a shared, noisy runner), always
+    killed after."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield [p.pid for p in hogs]
+    finally:
+        for p in hogs:
+            p.kill()
+        for p in hogs:
+            p.wait()
 
 
 def machine() -> dict[str, Any]:

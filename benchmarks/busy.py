@@ -38,19 +38,17 @@ import os
 import re
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import machine, timed_run, write_report
+from bench import cpu_hog, machine, timed_run, write_report
 
 from lab.core.cache import Cache
 from lab.vm import inventory
@@ -88,19 +86,6 @@ class Qmp:
     def close(self) -> None:
         self.lines.close()
         self.sock.close()
-
-
-@contextlib.contextmanager
-def cpu_hog(processes: int) -> Iterator[list[int]]:
-    """`processes` busy loops for the length of the block, always killed after."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
-    try:
-        yield [p.pid for p in hogs]
-    finally:
-        for p in hogs:
-            p.kill()
-        for p in hogs:
-            p.wait()
 
 
 def threads(pid: int) -> dict[int, tuple[str, float, float]]:

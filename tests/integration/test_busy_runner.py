@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks import bench
 from tests.conftest import lab
 from tests.integration.conftest import summary
 from vfiolib.vfio import MODES
@@ -43,16 +42,8 @@ RUNS = 3
 @pytest.fixture
 def cpu_hog() -> Iterator[list[int]]:
     """One busy loop per core, always killed after the test."""
-    hogs: list[subprocess.Popen[bytes]] = []
-    try:
-        for _ in range(os.cpu_count() or 1):
-            hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
-        yield [p.pid for p in hogs]
-    finally:
-        for p in hogs:
-            p.kill()
-        for p in hogs:
-            p.wait()
+    with bench.cpu_hog(os.cpu_count() or 1) as pids:
+        yield pids
 
 
 def run_selection(root: Path) -> dict:
