@@ -31,6 +31,7 @@ from lab.run.booter import check_buildable, snapshot_key
 from lab.vm import accel
 from lab.vm.qemu import build_argv, kernel_cmdline
 from tests.unit.test_qemu_argv import config
+from tests.unit.test_scenario import error_of, write
 from tests.unit.test_snapshot import prepared
 
 X86, ARM = ARCHES["x86_64"], ARCHES["aarch64"]
@@ -42,18 +43,6 @@ def x86_host(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in ("lab.model.arches", "lab.model.scenario", "lab.artifacts.kbuild",
                    "lab.artifacts.kernels", "lab.cli.run", "lab.vm.accel"):  # fmt: skip
         monkeypatch.setattr(f"{module}.host_arch", lambda: "x86_64")
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "s.yaml"
-    path.write_text(text)
-    return path
-
-
-def error_of(path: Path) -> ScenarioError:
-    with pytest.raises(ScenarioError) as info:
-        scenario.load(path)
-    return info.value
 
 
 # -- the QEMU command line ---------------------------------------------------------------
