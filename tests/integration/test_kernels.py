@@ -93,10 +93,10 @@ def test_iommufd_compat_matrix_shows_what_the_container_switch_changes(compat_ru
     rec_on, rec_off = _records(on), _records(off)
     assert rec_on[bar]["outcome"] == "xfail" and rec_off[bar]["outcome"] == "pass"
     assert "iommufd's /dev/vfio/vfio cannot DMA-map MMIO" in rec_on[bar]["reason"]
-    # Both configs promise iommufd, the cdev and the hugepages: nothing of it may skip. What
-    # may: edu's missing MSI-X, dma-buf export (this scenario does not build it) and what
-    # needs the tweaked edu's RAM BAR (this scenario gives edu none).
-    allowed = ("the device has no MSIX", "CONFIG_VFIO_PCI_DMABUF not set", "edu has no RAM BAR")
+    # Both configs promise iommufd, the cdev, dma-buf export and the hugepages: nothing of it
+    # may skip. What may: edu's missing MSI-X and what needs the tweaked edu's RAM BAR (this
+    # scenario gives edu none).
+    allowed = ("the device has no MSIX", "edu has no RAM BAR")
     for recs in (rec_on, rec_off):
         skipped = {n: r["reason"] for n, r in recs.items() if r["outcome"] == "skip"}
         assert skipped and all(why.startswith(allowed) for why in skipped.values()), skipped
@@ -200,7 +200,7 @@ def patched_scenario(tmp_path: Path, patch: Path) -> Path:
     scenario = tmp_path / "patched.yaml"
     scenario.write_text(
         f"kernels:\n  - source: debian:7.2\n    patches: [{patch}]\n    name: 7.2-patched\n"
-        "fragments: [iommufd]\nconfig:\n  IOMMUFD_VFIO_CONTAINER: [n]\n"
+        "fragments: [iommufd, dmabuf, dyndbg]\nconfig:\n  IOMMUFD_VFIO_CONTAINER: [n]\n"
         f"payload:\n  tests: {REPO}/tests/fixtures/patched_payload\n"
     )
     return scenario
