@@ -115,15 +115,20 @@ class PrivateApt:
         stamped = str(stamp.stat().st_mtime_ns) if stamp.exists() else ""
         return [stamped, self.sources_text(), *([self.foreign] if self.foreign else [])]
 
-    def candidate(self, package: str) -> str | None:
-        """The version apt would fetch, asked once per refresh of the lists."""
+    def candidate(self, package: str, release: str = "") -> str | None:
+        """The version apt would fetch, asked once per refresh of the lists; from `release`
+        (a suite of SUITES) when given, else the newest of all of them."""
         version = self.cache.memo(
-            ["apt-candidate", package, *self.state()], lambda: self._policy(package) or ""
+            ["apt-candidate", package, *([release] if release else []), *self.state()],
+            lambda: self._policy(package, release) or "",
         )
         return version or None
 
-    def _policy(self, package: str) -> str | None:
-        out = capture(["apt-cache", *self.options(), "policy", package], artifact="apt lists")
+    def _policy(self, package: str, release: str) -> str | None:
+        prefer = ["-o", f"APT::Default-Release={release}"] if release else []
+        out = capture(
+            ["apt-cache", *self.options(), *prefer, "policy", package], artifact="apt lists"
+        )
         m = re.search(r"Candidate:\s*(\S+)", out)
         return m.group(1) if m and m.group(1) != "(none)" else None
 
@@ -139,11 +144,17 @@ class PrivateApt:
         return dsc
 
     def download(self, package: str, version: str, dest: Path) -> Path:
+        (deb,) = self.download_all([(package, version)], dest)
+        return deb
+
+    def download_all(self, pinned: list[tuple[str, str]], dest: Path) -> list[Path]:
+        """The .debs of (package, version) pairs, in order, fetched by one apt-get (each
+        reads every list first: seconds apiece)."""
         run_logged(
-            ["apt-get", "-q", *self.options(), "download", f"{self.qualified(package)}={version}"],
-            artifact=package,
+            ["apt-get", "-q", *self.options(), "download",
+             *(f"{self.qualified(package)}={version}" for package, version in pinned)],
+            artifact=", ".join(package for package, _ in pinned),
             log=dest / "download.log",
             cwd=dest,
-        )
-        (deb,) = dest.glob(f"{package}_*.deb")
-        return deb
+        )  # fmt: skip
+        return [deb for package, _ in pinned for deb in dest.glob(f"{package}_*.deb")]
