@@ -51,6 +51,7 @@ KINDS = (
     "src",
     LOCAL_BUILD,
     "selftests",
+    "sysroot",
     "pvh",
     "rootfs",
     "snapshots",
