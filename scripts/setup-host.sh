@@ -7,7 +7,7 @@
 # for what is missing, and does nothing when nothing is.
 # --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
 # --arm64 adds what aarch64 guests need (machine.arch: aarch64): their emulator and the
-# cross compiler for their kernels;
+# cross compiler for their kernels and C selftests;
 # --test adds what only the test suite needs (the lab's QEMU included, and gitlab-ci-local
 # through npm, pinned).
 set -euo pipefail
@@ -36,7 +36,7 @@ QEMU_PACKAGES=(     # lab/artifacts/qemu.py BUILD_DEPENDS: QEMU from Debian's so
 )
 ARM64_PACKAGES=(    # lab/model/arches.py: Aarch64's qemu_package and toolchain
     qemu-system-arm         # qemu-system-aarch64 (7.2 in bookworm: virt, GICv3, smmuv3)
-    gcc-aarch64-linux-gnu   # cross-builds aarch64 kernels (ARCH=arm64)
+    gcc-aarch64-linux-gnu   # cross-builds aarch64 kernels (ARCH=arm64) and C selftests
 )
 TEST_PACKAGES=(
     chromium          # the suite renders report.html in a real (headless) browser

@@ -5,6 +5,11 @@ kernel came from, against that tree's uAPI headers (`make headers` with O=), out
 tree (`OUTPUT=`), so the tree stays as it was. It is cached by the tree's identity, the
 lab's patches for it and the compiler.
 
+For a guest of another arch than the host's it is cross-built (kbuild's ARCH= and
+CROSS_COMPILE=), against that arch's libuuid and libcap unpacked into a sysroot
+(lab.artifacts.sysroot), and linked statically: the programs then need nothing of the
+guest's root filesystem. Its key adds the arch and the sysroot's packages.
+
 The payload's own programs (suite `programs`) are not built here: they are the
 executables the user put in the payload's `programs/`, run the same way.
 
@@ -30,16 +35,20 @@ from typing import Any
 
 from lab.artifacts.kbuild import SourceTree, compiler_identity
 from lab.artifacts.patches import applies_exactly, patched_tree, patches_digest
+from lab.artifacts.sysroot import Sysroot, provide_sysroot
 from lab.core.cache import Cache, CorruptCacheFile, content_key
 from lab.core.data import IMAGES
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
-from lab.model.arches import Arch, require_native
+from lab.model.arches import Arch, host_arch
 from lab.model.suites import Suite
 
 SELFTESTS = IMAGES / "selftests"
 KINDS = ("lab", "compat")
+# What the suites link (kselftest-vfio -luuid, kselftest-iommu -lcap), the libraries with
+# their headers, as scripts/setup-host.sh installs them for the host's own arch.
+LIBRARIES = ("uuid-dev", "libuuid1", "libcap-dev", "libcap2")
 
 
 @dataclass(frozen=True)
@@ -105,23 +114,54 @@ def _version_for(tree: SourceTree, entry: SeriesEntry, log: Path) -> Path:
     )
 
 
-def check_arch(arch: Arch) -> None:
-    """Built with the host's compiler and libraries: for the host's own arch only, so far
-    (a cross build needs the arch's libuuid and libcap in a sysroot)."""
-    require_native("the kernel's C selftests", arch)
+@dataclass(frozen=True)
+class Target:
+    """What the programs are built for, and on which host: the make arguments a cross
+    build adds (none for a native one, whose commands are as they were)."""
+
+    arch: Arch
+    host: str
+    sysroot: Sysroot | None  # the arch's libraries, for a cross build
+
+    def kbuild_args(self) -> list[str]:
+        return self.arch.kbuild_args(self.host)
+
+    def link_args(self) -> list[str]:
+        """lib.mk's USERCFLAGS and USERLDFLAGS (the suites' own Makefiles set CFLAGS, so
+        a CFLAGS= of make's command line would replace theirs)."""
+        if self.sysroot is None:
+            return []
+        return [
+            f"USERCFLAGS=-isystem {self.sysroot.include}",
+            f"USERLDFLAGS=-static -L{self.sysroot.lib}",
+        ]
 
 
-def selftests_key(suite: Suite, tree: SourceTree, patches: list[SeriesEntry], arch: Arch) -> str:
+def selftests_key(
+    suite: Suite, tree: SourceTree, patches: list[SeriesEntry], target: Target
+) -> str:
+    """A native build's key is as it was before the lab cross-built any; a cross build's
+    adds its compiler, its arch and the sysroot's packages."""
     return content_key(
         [
             "selftests",
             suite.name,
             tree.identity,
             patches_digest([p for entry in patches for p in entry.versions]),
-            compiler_identity(),
-            *arch.key(),
+            compiler_identity(target.arch.cross_compile(target.host)),
+            *target.arch.key(),
+            *([target.sysroot.key] if target.sysroot else []),
         ]
     )
+
+
+def target_for(arch: Arch, cache: Cache, progress: Progress) -> Target:
+    """Building for `arch` on this host: with the arch's libraries when that is a cross
+    build (the sysroot unpacked if the cache lacks it)."""
+    host = host_arch()
+    native = not arch.cross_compile(host)
+    sysroot = None if native else provide_sysroot(LIBRARIES, arch, cache, progress)
+    return Target(arch, host, sysroot)
 
 
 def provide_selftests(
@@ -132,21 +172,22 @@ def provide_selftests(
     progress: Progress,
     recipes: Path = SELFTESTS,
 ) -> SelftestBuild:
-    check_arch(arch)
     patches = series(suite, recipes)
-    key = selftests_key(suite, tree, patches, arch)
+    target = target_for(arch, cache, progress)
+    key = selftests_key(suite, tree, patches, target)
     entry = cache.entry("selftests", key)
 
     def build(scratch: Path) -> None:
         progress(suite.name, f"building from {tree.identity}")
         started = time.monotonic()
-        built = _build(suite, tree, patches, cache, scratch, entry, progress)
+        built = _build(suite, tree, patches, target, cache, scratch, entry, progress)
         seconds = round(time.monotonic() - started, 1)
         progress(suite.name, f"built {len(built.programs)} programs in {seconds:.0f} s")
         dataclasses.replace(built, build_s=seconds).save(scratch / "selftests.json")
 
     with cache.lock(f"selftests-{key}"):
-        made_by = f"{suite.name} selftests from {tree.identity}"
+        cross = f" for {arch.name}" if target.sysroot else ""
+        made_by = f"{suite.name} selftests from {tree.identity}{cross}"
         cache.ensure("selftests", key, build, progress, made_by=made_by)
     return SelftestBuild.load(entry / "selftests.json")
 
@@ -155,6 +196,7 @@ def _build(
     suite: Suite,
     tree: SourceTree,
     patches: list[SeriesEntry],
+    target: Target,
     cache: Cache,
     scratch: Path,
     entry: Path,
@@ -165,7 +207,7 @@ def _build(
     if not (tree.path / where).is_dir():
         return SelftestBuild(suite.name, tree.identity, absent=f"{tree.identity} has no {where}")
     log = scratch / "build.log"
-    headers = _headers(tree, scratch, log)
+    headers = _headers(tree, target, scratch, log)
     chosen = [(e.kind, _version_for(tree, e, log)) for e in patches]
     lab = [p for kind, p in chosen if kind == "lab"]
     compat: list[Path] = []
@@ -174,6 +216,7 @@ def _build(
             patched_tree(tree, lab, cache, progress, "selftests") if lab else tree,
             where,
             headers,
+            target,
             scratch,
         )
     except BuildError:
@@ -182,7 +225,11 @@ def _build(
             raise
         progress(suite.name, f"the build as shipped failed; adding {len(compat)} compat patch(es)")
         _make(
-            patched_tree(tree, compat + lab, cache, progress, "selftests"), where, headers, scratch
+            patched_tree(tree, compat + lab, cache, progress, "selftests"),
+            where,
+            headers,
+            target,
+            scratch,
         )
     programs = _programs(scratch / "out")
     return SelftestBuild(
@@ -195,30 +242,40 @@ def _build(
     )
 
 
-def _headers(tree: SourceTree, scratch: Path, log: Path) -> Path:
-    """The tree's uAPI headers, generated out of tree (`make headers` with O=)."""
+def headers_args(tree: SourceTree, target: Target, obj: Path) -> list[str | Path]:
+    """`make headers` of the tree out of tree (O=), with the target arch's uAPI."""
+    jobs = f"-j{os.cpu_count() or 1}"
+    return ["make", "-C", tree.path, f"O={obj}", jobs, *target.kbuild_args(), "headers"]
+
+
+def make_args(
+    tree: SourceTree, where: Path, headers: Path, target: Target, out: Path
+) -> list[str | Path]:
+    """`make` of a suite of the tree into `out`, against the generated uAPI `headers`."""
+    return [
+        "make",
+        "-C",
+        tree.path / where,
+        f"-j{os.cpu_count() or 1}",
+        f"OUTPUT={out}",
+        f"KHDR_INCLUDES=-isystem {headers}",
+        *target.kbuild_args(),
+        *target.link_args(),
+    ]
+
+
+def _headers(tree: SourceTree, target: Target, scratch: Path, log: Path) -> Path:
     obj = scratch / "obj"
-    run_logged(
-        ["make", "-C", tree.path, f"O={obj}", f"-j{os.cpu_count() or 1}", "headers"],
-        artifact="selftests",
-        log=log,
-    )
+    run_logged(headers_args(tree, target, obj), artifact="selftests", log=log)
     return obj / "usr" / "include"
 
 
-def _make(tree: SourceTree, where: Path, headers: Path, scratch: Path) -> None:
+def _make(tree: SourceTree, where: Path, headers: Path, target: Target, scratch: Path) -> None:
     out = scratch / "out"
     shutil.rmtree(out, ignore_errors=True)  # nothing of a failed attempt stays
     out.mkdir()
     run_logged(
-        [
-            "make",
-            "-C",
-            tree.path / where,
-            f"-j{os.cpu_count() or 1}",
-            f"OUTPUT={out}",
-            f"KHDR_INCLUDES=-isystem {headers}",
-        ],
+        make_args(tree, where, headers, target, out),
         artifact="selftests",
         log=scratch / "build.log",
     )

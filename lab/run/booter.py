@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from lab.artifacts import initramfs, rootfs, selftests
+from lab.artifacts import initramfs, rootfs
 from lab.artifacts.kbuild import UnknownOption
 from lab.artifacts.kconfig import parse_config
 from lab.artifacts.kernels import KERNEL_BUILDERS, KernelArtifact
@@ -640,8 +640,6 @@ def check_buildable(cell: Cell) -> None:
     another arch stands in for one."""
     arch = ARCHES[cell.arch]
     checks = [rootfs.check_arch, initramfs.check_arch]
-    if any(SUITES[name].selftest_dir for name in cell.scenario.payload.suites):
-        checks.append(selftests.check_arch)
     unbuilt: list[NotBuiltYet] = []
     for check in checks:
         try:
