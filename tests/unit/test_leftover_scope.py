@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +26,13 @@ def qemu_like():
         procs.append(
             subprocess.Popen([*argv, "process=vfio-lab"], executable=sys.executable, env=env)
         )
-        return procs[-1].pid
+        pid = procs[-1].pid
+        # /proc has been seen to show the new argv only after Popen returned (busy host).
+        deadline = time.monotonic() + 10
+        while b"process=vfio-lab" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, f"pid {pid} never showed its argv"
+            time.sleep(0.01)
+        return pid
 
     yield start
     for proc in procs:
