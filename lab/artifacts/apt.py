@@ -1,5 +1,5 @@
 """A private apt setup for kernel sources from other Debian suites, and for packages of
-another architecture than the host's (an arm64 kernel image).
+another architecture than the host's (an arm64 kernel image, an arm64 busybox).
 
 It reads the host's mirror but keeps its own sources list, lists and archive cache
 under the lab's cache, so nothing of the host's apt configuration changes: a foreign
@@ -13,15 +13,18 @@ import re
 import time
 from pathlib import Path
 
-from lab.core.cache import Cache
+from lab.core.cache import Cache, content_key
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
+from lab.model.arches import Arch, host_arch
 
 SUITES = ("bookworm", "bookworm-backports", "trixie-backports", "sid")
+RELEASE = "bookworm"  # the guests' Debian release: their root filesystem's suite
 # Source packages (the lab's own QEMU) come from these.
 SOURCE_SUITES = ("trixie",)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LISTS_MAX_AGE_S = 24 * 3600
+UNPACKED = "root"  # an unpacked package's tree, in its cache entry
 HOST_APT_STATE = (
     Path("/var/lib/apt/lists"),
     Path("/var/cache/apt/pkgcache.bin"),
@@ -60,11 +63,16 @@ def host_apt_state(roots: tuple[Path, ...] = HOST_APT_STATE) -> list[str]:
 
 class PrivateApt:
     """`foreign`: a Debian architecture (arm64) whose binary packages it also lists, in a
-    setup of its own: the host's own lists do not grow by another architecture's."""
+    setup of its own: the host's own lists do not grow by another architecture's.
+    `release`: the suite whose versions it prefers (APT::Default-Release) to the newest of
+    every suite it lists, as the host's apt of that release does."""
 
-    def __init__(self, cache: Cache, mirror: str | None = None, foreign: str = "") -> None:
+    def __init__(
+        self, cache: Cache, mirror: str | None = None, foreign: str = "", release: str = ""
+    ) -> None:
         self.cache = cache
         self.foreign = foreign
+        self.release = release
         self.root = cache.root / (f"apt-{foreign}" if foreign else "apt")
         self.mirror = mirror or host_mirror()
 
@@ -76,6 +84,7 @@ class PrivateApt:
             "-o", f"Dir::Cache={self.root / 'cache'}",
             "-o", "APT::Sandbox::User=root",
             *(["-o", f"APT::Architectures::={self.foreign}"] if self.foreign else []),
+            *(["-o", f"APT::Default-Release={self.release}"] if self.release else []),
         ]  # fmt: skip
 
     def qualified(self, package: str) -> str:
@@ -113,22 +122,18 @@ class PrivateApt:
         """What its answers depend on: the last refresh of its lists, and its sources."""
         stamp = self.root / "lists" / ".updated"
         stamped = str(stamp.stat().st_mtime_ns) if stamp.exists() else ""
-        return [stamped, self.sources_text(), *([self.foreign] if self.foreign else [])]
+        chosen = [o for o in (self.foreign, self.release) if o]
+        return [stamped, self.sources_text(), *chosen]
 
-    def candidate(self, package: str, release: str = "") -> str | None:
-        """The version apt would fetch, asked once per refresh of the lists; from `release`
-        (a suite of SUITES) when given, else the newest of all of them."""
+    def candidate(self, package: str) -> str | None:
+        """The version apt would fetch, asked once per refresh of the lists."""
         version = self.cache.memo(
-            ["apt-candidate", package, *([release] if release else []), *self.state()],
-            lambda: self._policy(package, release) or "",
+            ["apt-candidate", package, *self.state()], lambda: self._policy(package) or ""
         )
         return version or None
 
-    def _policy(self, package: str, release: str) -> str | None:
-        prefer = ["-o", f"APT::Default-Release={release}"] if release else []
-        out = capture(
-            ["apt-cache", *self.options(), *prefer, "policy", package], artifact="apt lists"
-        )
+    def _policy(self, package: str) -> str | None:
+        out = capture(["apt-cache", *self.options(), "policy", package], artifact="apt lists")
         m = re.search(r"Candidate:\s*(\S+)", out)
         return m.group(1) if m and m.group(1) != "(none)" else None
 
@@ -158,3 +163,37 @@ class PrivateApt:
             cwd=dest,
         )  # fmt: skip
         return [deb for package, _ in pinned for deb in dest.glob(f"{package}_*.deb")]
+
+    def unpacked(self, package: str, version: str, progress: Progress = SILENT) -> Path:
+        """The package's files (`dpkg-deb -x`: no maintainer script runs) in the cache, keyed
+        by its name, architecture and version; the tree is fetched and unpacked once."""
+        qualified = self.qualified(package)
+        key = content_key(["unpacked", qualified, version])
+
+        def unpack(scratch: Path) -> None:
+            progress("apt", f"fetching and unpacking {qualified} {version}")
+            deb = self.download(package, version, scratch)
+            run_logged(
+                ["dpkg-deb", "-x", deb, scratch / UNPACKED],
+                artifact=package,
+                log=scratch / "download.log",
+            )
+            deb.unlink()
+
+        with self.cache.lock(f"packages-{key}"):
+            entry = self.cache.ensure(
+                "packages", key, unpack, progress, made_by=f"Debian package {qualified}={version}"
+            )
+        return entry / UNPACKED
+
+
+def arch_apt(arch: Arch, cache: Cache, progress: Progress) -> PrivateApt | None:
+    """Where Debian packages of `arch` come from: the host's apt for its own arch (None), the
+    lab's private setup listing the arch for another (its lists refreshed if old), which
+    prefers the guests' release as the host's apt does (the newest in sid is no stand-in:
+    its kernel images are split into packages the lab does not unpack)."""
+    if arch.name == host_arch():
+        return None
+    apt = PrivateApt(cache, foreign=arch.debian, release=RELEASE)
+    apt.update(progress)
+    return apt

@@ -9,13 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.core.data import IMAGES
-from lab.core.errors import BuildError, MissingPrerequisite
+from lab.core.errors import BuildError
 from lab.core.files import copy_file
 from lab.core.proc import run_logged
-from lab.model.arches import Arch, require_native
 
 RECIPE = IMAGES / "initramfs"
-BUSYBOX = Path("/bin/busybox")
 
 
 @dataclass(frozen=True)
@@ -78,24 +76,24 @@ def build_initramfs(
     version: str,
     out: Path,
     log: Path,
-    arch: Arch,
+    busybox: Path,
     iommu_modules: Sequence[str] = (),
 ) -> list[str]:
-    """Write an uncompressed newc cpio for a kernel of `arch` to `out`; returns the module
-    paths it contains.
+    """Write an uncompressed newc cpio to `out`; returns the module paths it contains.
 
+    `busybox` is a static one of the kernel's arch (lab.artifacts.busybox). Nothing else
+    in it is arch-specific: /init is a script, and the modules are the kernel's own,
+    which the host's depmod indexes whatever their arch (it reads their ELF, either
+    class and byte order).
     `modules_root` is a tree with lib/modules/<version>/ as a kernel package installs it,
     or None for a kernel with everything built in (then /init finds no module to load).
     `iommu_modules` (virtio_iommu) load right after virtio_pci, before any other driver
     binds a device: a device must meet its IOMMU before its driver maps DMA.
     """
-    check_arch(arch)
-    if not BUSYBOX.exists():
-        raise MissingPrerequisite("busybox (static)", "apt-get install busybox-static")
     stage = out.parent / "initramfs.d"
     paths: list[str] = []
     if modules_root is None:
-        _stage_tree(stage, None, version, paths)
+        _stage_tree(stage, None, version, paths, busybox)
     else:
         run_logged(["depmod", "-b", modules_root, version], artifact="initramfs", log=log)
         src = modules_root / "lib" / "modules" / version
@@ -103,17 +101,12 @@ def build_initramfs(
         paths = module_closure(
             [*module_list.all, *iommu_modules], parse_modules_dep((src / "modules.dep").read_text())
         )
-        _stage_tree(stage, src, version, paths)
+        _stage_tree(stage, src, version, paths, busybox)
         run_logged(["depmod", "-b", stage, version], artifact="initramfs", log=log)
     (stage / "etc" / "lab-modules").write_text(load_order(iommu_modules))
     _write_cpio(stage, out)
     shutil.rmtree(stage)
     return paths
-
-
-def check_arch(arch: Arch) -> None:
-    """The busybox is the host's: an initramfs for another arch would not run."""
-    require_native("the initramfs (its busybox)", arch)
 
 
 def load_order(iommu_modules: Sequence[str]) -> str:
@@ -124,12 +117,14 @@ def load_order(iommu_modules: Sequence[str]) -> str:
     return "".join(lines[: first + 1] + extra + lines[first + 1 :])
 
 
-def _stage_tree(stage: Path, src: Path | None, version: str, paths: list[str]) -> None:
+def _stage_tree(
+    stage: Path, src: Path | None, version: str, paths: list[str], busybox: Path
+) -> None:
     for d in ("bin", "sbin", "dev", "proc", "sys", "etc", "newroot"):
         (stage / d).mkdir(parents=True, exist_ok=True)
     # Hard links: the stage is only read (cpio) and removed, and depmod replaces the files
     # it writes; cpio archives a file with more links as it does any other.
-    copy_file(BUSYBOX, stage / "bin" / "busybox", link=True)
+    copy_file(busybox, stage / "bin" / "busybox", link=True)
     copy_file(RECIPE / "init", stage / "init", link=True)
     dst = stage / "lib" / "modules" / version
     dst.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Kernels built from source: fetch a tree, merge and verify its config, build with ccache.
 
 Artifacts are cached under (source identity, hash of the final .config, compiler,
-initramfs recipe, guest arch). ccache is shared by every build, so flipping one option
-rebuilds only what that option touches. A kernel for another arch than the host's is
-cross-built (ARCH=, CROSS_COMPILE= on every make of its tree).
+initramfs recipe and busybox, guest arch). ccache is shared by every build, so flipping
+one option rebuilds only what that option touches. A kernel for another arch than the
+host's is cross-built (ARCH=, CROSS_COMPILE= on every make of its tree).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.artifacts.busybox import Busybox
 from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.artifacts.initramfs import build_initramfs
 from lab.artifacts.kconfig import (
@@ -168,7 +169,7 @@ def config_digest(build_dir: Path) -> str:
     return hashlib.sha256((build_dir / ".config").read_bytes()).hexdigest()
 
 
-def build_key(tree: SourceTree, config_sha256: str, arch: Arch) -> str:
+def build_key(tree: SourceTree, config_sha256: str, arch: Arch, busybox: Busybox) -> str:
     return content_key(
         [
             "source-build",
@@ -176,6 +177,7 @@ def build_key(tree: SourceTree, config_sha256: str, arch: Arch) -> str:
             config_sha256,
             compiler_identity(cross_compile(arch)),
             tree_digest(INITRAMFS_RECIPE),
+            *busybox.key(),
             *arch.key(),
         ]
     )
@@ -224,6 +226,6 @@ def store_artifact(built: BuiltKernel, scratch: Path) -> None:
     copy_file(built.config, scratch / "config")
 
 
-def build_initramfs_builtin(release: str, out: Path, log: Path, arch: Arch) -> None:
+def build_initramfs_builtin(release: str, out: Path, log: Path, busybox: Path) -> None:
     """Everything is built in: an initramfs with no modules, only /init and busybox."""
-    build_initramfs(None, release, out, log, arch)
+    build_initramfs(None, release, out, log, busybox)

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lab.artifacts.apt import SUITES, PrivateApt, host_apt_state
+from lab.artifacts.apt import SUITES, PrivateApt, arch_apt, host_apt_state
+from lab.artifacts.busybox import Busybox, busybox_for
 from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.artifacts.initramfs import build_initramfs
 from lab.artifacts.kbuild import (
@@ -48,7 +49,7 @@ from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
-from lab.model.arches import Arch, host_arch
+from lab.model.arches import Arch
 from lab.model.kernelspec import (
     DEBIAN_SERIES,
     NO_CONFIG,
@@ -180,7 +181,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         if pinned:
             return package, pinned
         default = f"linux-image-{arch.debian}"
-        return resolved_image(package or default, cache, image_apt(arch, cache, progress))
+        return resolved_image(package or default, cache, arch_apt(arch, cache, progress))
 
     def prepare(
         self,
@@ -191,12 +192,14 @@ class DebianStock(DebianStockKind, KernelBuilder):
         cfg: CellConfig = NO_CONFIG,
     ) -> KernelArtifact:
         package, version = self._package(spec, arch, cache, progress)
-        key = stock_key(package, version, arch)
+        busybox = busybox_for(arch, cache, progress)
+        key = stock_key(package, version, arch, busybox)
         entry = cache.entry("kernels", key)
 
         def fetch(scratch: Path) -> None:
             progress("kernel", f"fetching {package} {version} (cache key {key})")
-            self._build(spec, package, version, arch, cache, scratch, entry)
+            path = busybox.provide(progress)
+            self._build(spec, package, version, arch, path, cache, scratch, entry)
 
         with cache.lock(f"kernel-{key}"):
             cache.ensure(
@@ -220,12 +223,13 @@ class DebianStock(DebianStockKind, KernelBuilder):
         package: str,
         version: str,
         arch: Arch,
+        busybox: Path,
         cache: Cache,
         scratch: Path,
         entry: Path,
     ) -> None:
         log = scratch / "build.log"
-        apt = image_apt(arch, cache, SILENT)
+        apt = arch_apt(arch, cache, SILENT)
         if apt is None:
             run_logged(
                 ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
@@ -244,7 +248,7 @@ class DebianStock(DebianStockKind, KernelBuilder):
         release = vmlinuz.name.removeprefix("vmlinuz-")
         vmlinuz.rename(scratch / "vmlinuz")
         modules = model_modules(arch.name)
-        build_initramfs(tree, release, scratch / "initramfs.cpio", log, arch, modules)
+        build_initramfs(tree, release, scratch / "initramfs.cpio", log, busybox, modules)
         (tree / "boot").joinpath(f"config-{release}").rename(scratch / "config")
         shutil.rmtree(tree)
         KernelArtifact(
@@ -257,23 +261,12 @@ class DebianStock(DebianStockKind, KernelBuilder):
         ).save(scratch / "artifact.json")
 
 
-def stock_key(package: str, version: str, arch: Arch) -> str:
+def stock_key(package: str, version: str, arch: Arch, busybox: Busybox) -> str:
     """A Debian image's cache entry: the package, its version, and the initramfs made for it
-    (its recipe, the IOMMU modules of the arch's models)."""
+    (its recipe and busybox, the IOMMU modules of the arch's models)."""
     modules = model_modules(arch.name)
-    return content_key(
-        [DebianStock.name, package, version, tree_digest(INITRAMFS_RECIPE), *modules, *arch.key()]
-    )
-
-
-def image_apt(arch: Arch, cache: Cache, progress: Progress) -> PrivateApt | None:
-    """Where kernel images of `arch` come from: the host's apt for its own arch (None), the
-    lab's private setup listing the arch for another (its lists refreshed if old)."""
-    if arch.name == host_arch():
-        return None
-    apt = PrivateApt(cache, foreign=arch.debian)
-    apt.update(progress)
-    return apt
+    initramfs = [tree_digest(INITRAMFS_RECIPE), *busybox.key()]
+    return content_key([DebianStock.name, package, version, *initramfs, *modules, *arch.key()])
 
 
 def resolved_image(package: str, cache: Cache, apt: PrivateApt | None) -> tuple[str, str]:
@@ -341,12 +334,15 @@ class SourceBuilt(KernelBuilder):
         compiler = compiler_identity(cross_compile(arch))
         merged = ["merged-config", tree.config_identity, wanted, compiler, *arch.key()]
         known = cache.recall(merged)
-        key = build_key(tree, known, arch) if known is not None else None
+        busybox = busybox_for(arch, cache, progress)
+        key = build_key(tree, known, arch, busybox) if known is not None else None
         made_by = _made_by(spec, tree, cfg, arch)
         if key is None or not cache.complete("kernels", key, made_by):
-            known = self._merge_and_build(spec, tree, cfg, arch, wanted, cache, progress, known)
+            known = self._merge_and_build(
+                spec, tree, cfg, arch, wanted, busybox, cache, progress, known
+            )
             cache.remember(merged, known)
-            key = build_key(tree, known, arch)
+            key = build_key(tree, known, arch, busybox)
         artifact = KernelArtifact.load(cache.entry("kernels", key) / "artifact.json")
         return dataclasses.replace(
             artifact,
@@ -361,6 +357,7 @@ class SourceBuilt(KernelBuilder):
         cfg: CellConfig,
         arch: Arch,
         wanted: str,
+        busybox: Busybox,
         cache: Cache,
         progress: Progress,
         known: str | None = None,
@@ -384,14 +381,14 @@ class SourceBuilt(KernelBuilder):
                 check_options_exist(tree, cfg)
                 merge_config(tree, cfg, arch, build_dir, tmp / "cell.config", log)
             digest = config_digest(build_dir)
-            key = build_key(tree, digest, arch)
+            key = build_key(tree, digest, arch, busybox)
             entry = cache.entry("kernels", key)
             # "kernel-build" covers every source-built entry: ensure runs under it.
             cache.ensure(
                 "kernels",
                 key,
                 lambda scratch: self._build(
-                    spec, tree, arch, build_dir, log, cache, scratch, entry, progress
+                    spec, tree, arch, busybox, build_dir, log, cache, scratch, entry, progress
                 ),
                 progress,
                 made_by=_made_by(spec, tree, cfg, arch),
@@ -404,6 +401,7 @@ class SourceBuilt(KernelBuilder):
         spec: KernelSpec,
         tree: SourceTree,
         arch: Arch,
+        busybox: Busybox,
         build_dir: Path,
         log: Path,
         cache: Cache,
@@ -414,7 +412,8 @@ class SourceBuilt(KernelBuilder):
         started = time.monotonic()
         built = compile_kernel(tree, build_dir, arch, cache, log, progress)
         store_artifact(built, scratch)
-        build_initramfs_builtin(built.release, scratch / "initramfs.cpio", log, arch)
+        initramfs = scratch / "initramfs.cpio"
+        build_initramfs_builtin(built.release, initramfs, log, busybox.provide(progress))
         seconds = round(time.monotonic() - started, 1)
         progress("kernel", f"built {built.release} in {seconds:.0f} s")
         copy_file(log, scratch / "build.log")  # the log goes on: the next build appends

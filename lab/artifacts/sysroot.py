@@ -12,17 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.artifacts.apt import PrivateApt
+from lab.artifacts.apt import RELEASE, PrivateApt
 from lab.core.cache import Cache, content_key
 from lab.core.errors import BuildError
 from lab.core.proc import run_logged
 from lab.core.progress import Progress
 from lab.model.arches import Arch
-
-# The packages' release: bookworm's libraries link with bookworm's cross toolchain and any
-# newer one, while sid's (the newest in the private setup) may call glibc symbols that
-# bookworm's C library lacks (its __isoc23_* functions).
-RELEASE = "bookworm"
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,7 @@ def pinned_packages(packages: tuple[str, ...], apt: PrivateApt) -> list[tuple[st
     """(package, version) of each package in RELEASE for the setup's foreign arch."""
     pinned = []
     for package in packages:
-        version = apt.candidate(apt.qualified(package), RELEASE)
+        version = apt.candidate(apt.qualified(package))
         if version is None:
             raise BuildError(
                 "sysroot", f"{apt.mirror} serves no {apt.qualified(package)} in {RELEASE}"
@@ -61,7 +56,10 @@ def provide_sysroot(
     packages: tuple[str, ...], arch: Arch, cache: Cache, progress: Progress
 ) -> Sysroot:
     """The sysroot of `packages` for `arch`, unpacked if the cache lacks it."""
-    apt = PrivateApt(cache, foreign=arch.debian)
+    # The guests' release: bookworm's libraries link with bookworm's cross toolchain, while
+    # sid's (the newest in the private setup) may call glibc symbols that bookworm's C
+    # library lacks (its __isoc23_* functions).
+    apt = PrivateApt(cache, foreign=arch.debian, release=RELEASE)
     apt.update(progress)
     pinned = pinned_packages(packages, apt)
     key = sysroot_key(pinned, arch)

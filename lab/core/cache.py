@@ -57,6 +57,7 @@ KINDS = (
     "snapshots",
     "qemu",
     "qemu-build",
+    "packages",
 )
 # A source tree's build directories are its subdirectories named with this prefix.
 BUILD_PREFIX = ".lab-build"

@@ -22,7 +22,7 @@ def host_arch() -> str:
 
 class NotBuiltYet(UsageError):
     """Parts of a guest the lab builds only for the host's own architecture so far (its
-    root filesystem, the initramfs's busybox), asked for another."""
+    root filesystem), asked for another."""
 
     def __init__(self, parts: list[str], arch: str, host: str) -> None:
         self.parts = parts

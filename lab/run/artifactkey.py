@@ -4,11 +4,12 @@ CI runner's cache is keyed by, so that a runner whose cache has that key builds 
 It names each cell's kernel as it resolves now (a Debian package version, a commit and
 diff), its patches, requested config and arch, the QEMU (Debian's version, or the lab's
 build key), and the builder and recipes of the root filesystem, the initramfs and the C
-selftests.
+selftests; for another arch than the host's, also its initramfs's busybox version.
 """
 
 from __future__ import annotations
 
+from lab.artifacts.busybox import busybox_for
 from lab.artifacts.initramfs import RECIPE as INITRAMFS_RECIPE
 from lab.artifacts.kbuild import wanted_text
 from lab.artifacts.kernels import KERNEL_BUILDERS
@@ -40,6 +41,7 @@ def artifact_key(cells: list[Cell], cache: Cache) -> str:
             wanted_text(cell.config, arch),
             qemu_identity(cell.scenario.machine.qemu, arch),
             *arch.key(),
+            *busybox_for(arch, cache).key(),
         ]
     return content_key(parts)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from lab.artifacts import initramfs, rootfs
+from lab.artifacts import rootfs
 from lab.artifacts.kbuild import UnknownOption
 from lab.artifacts.kconfig import parse_config
 from lab.artifacts.kernels import KERNEL_BUILDERS, KernelArtifact
@@ -639,7 +639,7 @@ def check_buildable(cell: Cell) -> None:
     cannot build every part of its guest for yet, each such part named. Nothing of
     another arch stands in for one."""
     arch = ARCHES[cell.arch]
-    checks = [rootfs.check_arch, initramfs.check_arch]
+    checks = [rootfs.check_arch]
     unbuilt: list[NotBuiltYet] = []
     for check in checks:
         try:

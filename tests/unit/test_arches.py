@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.artifacts import apt, kbuild, kernels, rootfs, selftests
+from lab.artifacts.busybox import HostBusybox, PackagedBusybox
 from lab.artifacts.kbuild import SourceTree, build_dir_path, build_key, compile_kernel
 from lab.artifacts.kconfig import fragment_values, requested
 from lab.artifacts.keys import LabKeys
@@ -20,7 +21,7 @@ from lab.artifacts.qemu import QEMU_SOURCES
 from lab.artifacts.selftests import Target
 from lab.artifacts.sysroot import Sysroot
 from lab.cli import main
-from lab.core.cache import Cache
+from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import MissingPrerequisite, ScenarioError, UsageError
 from lab.core.registry import UnknownVariant
 from lab.model import scenario
@@ -43,7 +44,7 @@ X86, ARM = ARCHES["x86_64"], ARCHES["aarch64"]
 def x86_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """An x86_64 host wherever the test runs: what is native is the host's to say."""
     for module in ("lab.model.arches", "lab.model.scenario", "lab.artifacts.kbuild",
-                   "lab.artifacts.kernels", "lab.cli.run", "lab.vm.accel"):  # fmt: skip
+                   "lab.artifacts.apt", "lab.cli.run", "lab.vm.accel"):  # fmt: skip
         monkeypatch.setattr(f"{module}.host_arch", lambda: "x86_64")
 
 
@@ -353,17 +354,32 @@ def test_debian_stock_defaults_to_the_arch_s_image_package(tmp_path, monkeypatch
 # -- the arch in every cache key -------------------------------------------------------------
 
 
-def test_every_cache_key_differs_by_arch_and_x86_s_are_as_before(tmp_path, monkeypatch) -> None:
+def test_every_cache_key_differs_by_arch_and_x86_s_are_as_before(
+    tmp_path, monkeypatch, x86_host
+) -> None:
     monkeypatch.setattr(kbuild, "compiler_identity", lambda cross="": f"{cross}gcc 12")
     tree = SourceTree("linux-source-7.2=7.2.13-1", tmp_path, owned=True)
-    assert build_key(tree, "ab", X86) != build_key(tree, "ab", ARM)
+    host = HostBusybox()
+    arm64 = PackagedBusybox(apt.PrivateApt(Cache(tmp_path), "http://m", "arm64"), "1:1.35.0-4")
+    assert build_key(tree, "ab", X86, host) != build_key(tree, "ab", ARM, arm64)
     assert build_dir_path(tree, "CONFIG_A=y\n", X86) != build_dir_path(tree, "CONFIG_A=y\n", ARM)
     keys = LabKeys(tmp_path / "c", tmp_path / "h")
     for key in (keys.client_pub, keys.host_pub):
         key.write_text("ssh-ed25519 AAAA vfio-lab\n")
     assert rootfs.rootfs_key(keys, X86) != rootfs.rootfs_key(keys, ARM)
-    assert kernels.stock_key("linux-image-6.1.0-50-arm64", "1", X86) != kernels.stock_key(
-        "linux-image-6.1.0-50-arm64", "1", ARM
+    image = "linux-image-6.1.0-50-arm64"
+    assert kernels.stock_key(image, "1", X86, host) != kernels.stock_key(image, "1", ARM, arm64)
+    # The x86_64 keys are those of before aarch64 guests had a userspace, part for part.
+    initramfs = tree_digest(kernels.INITRAMFS_RECIPE)
+    assert build_key(tree, "ab", X86, host) == content_key(
+        ["source-build", tree.identity, "ab", "gcc 12", initramfs]
+    )
+    assert kernels.stock_key(image, "1", X86, host) == content_key(
+        ["debian-stock", image, "1", initramfs, "virtio_iommu"]
+    )
+    pub = keys.host_pub.read_text()
+    assert rootfs.rootfs_key(keys, X86) == content_key(
+        [rootfs.BUILDER, "bookworm", "2G", tree_digest(rootfs.RECIPE), pub, pub]
     )
     monkeypatch.setattr(selftests, "compiler_identity", lambda cross="": f"{cross}gcc 12")
     suite = SUITES["kselftest-vfio"]
@@ -394,9 +410,9 @@ def test_an_aarch64_cell_is_refused_before_any_work(tmp_path, monkeypatch, x86_h
     e = info.value
     assert (e.field, e.line, e.exit_code) == ("machine.arch[1]", 1, 2)
     assert e.message == (
-        "cell debian-stock-aarch64: the lab does not build a root filesystem, the initramfs "
-        "(its busybox) for aarch64 guests yet, only for this x86_64 host's own architecture "
-        "(see docs/guest.md, Guest architectures)"
+        "cell debian-stock-aarch64: the lab does not build a root filesystem for aarch64 guests "
+        "yet, only for this x86_64 host's own architecture (see docs/guest.md, Guest "
+        "architectures)"
     )
     # The booter refuses before it makes keys, a root filesystem or a kernel.
     for work in ("ensure_keys",):
@@ -422,11 +438,8 @@ def test_each_part_refuses_another_arch_itself(tmp_path, x86_host) -> None:
     keys = LabKeys(tmp_path / "c", tmp_path / "h")
     with pytest.raises(NotBuiltYet, match="a root filesystem for aarch64"):
         rootfs.ensure_rootfs(Cache(tmp_path), keys, ARM)
-    with pytest.raises(NotBuiltYet, match=r"the initramfs \(its busybox\) for aarch64"):
-        kbuild.build_initramfs_builtin("7.2", tmp_path / "i.cpio", tmp_path / "log", ARM)
     with pytest.raises(UsageError, match="does not build its QEMU for aarch64"):
         QEMU_SOURCES["lab"].provide(ARM, Cache(tmp_path), print)
-    assert not (tmp_path / "i.cpio").exists()
 
 
 def test_the_registry_names_its_choices() -> None:

@@ -118,8 +118,11 @@ def test_the_initramfs_stage_links_modules_it_only_reads(tmp_path: Path) -> None
     (src / "kernel").mkdir(parents=True)
     (src / "kernel" / "vfio.ko").write_bytes(b"\x7fELF module")
     (src / "modules.order").write_text("kernel/vfio.ko\n")
+    busybox = tmp_path / "busybox"  # whichever arch's the kernel needs
+    busybox.write_bytes(b"\x7fELF busybox")
     stage = tmp_path / "stage"
-    initramfs._stage_tree(stage, src, "7.2", ["kernel/vfio.ko"])
+    initramfs._stage_tree(stage, src, "7.2", ["kernel/vfio.ko"], busybox)
     staged = stage / "lib" / "modules" / "7.2"
     for rel in ("kernel/vfio.ko", "modules.order"):
         assert (staged / rel).stat().st_ino == (src / rel).stat().st_ino
+    assert (stage / "bin" / "busybox").stat().st_ino == busybox.stat().st_ino

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from lab.artifacts.busybox import HostBusybox
 from lab.artifacts.initramfs import module_closure, module_name, parse_modules_dep, read_module_list
 from lab.core.errors import BuildError
-from lab.model.arches import ARCHES, host_arch
 
 DEP = """\
 kernel/drivers/vfio/pci/vfio-pci.ko: kernel/drivers/vfio/pci/vfio-pci-core.ko kernel/drivers/vfio/vfio.ko
@@ -50,7 +50,7 @@ def test_builtin_kernel_initramfs_has_no_modules(tmp_path):
     from lab.artifacts.kbuild import build_initramfs_builtin
 
     out = tmp_path / "initramfs.cpio"
-    build_initramfs_builtin("7.2.13-vfio-lab", out, tmp_path / "log", ARCHES[host_arch()])
+    build_initramfs_builtin("7.2.13-vfio-lab", out, tmp_path / "log", HostBusybox().provide())
     with out.open("rb") as f:
         names = subprocess.run(
             ["cpio", "-t", "--quiet"], stdin=f, capture_output=True, text=True, check=True

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab.artifacts import kernels
+from lab.artifacts.busybox import Busybox, HostBusybox
 from lab.artifacts.kbuild import SourceTree, build_dir_for, build_key
 from lab.artifacts.kernels import KernelArtifact, LocalTree, SourceBuilt
 from lab.core import cachegc
@@ -85,7 +86,7 @@ def test_a_warm_prepare_merges_nothing(tmp_path: Path, monkeypatch) -> None:
     tree = SourceTree("linux-source-7.2=7.2.13-1", tmp_path / "linux", owned=True)
     cfg = CellConfig(fragments=("iommufd",), overrides=())
     config_sha = "ab" * 32
-    key = build_key(tree, config_sha, X86)
+    key = build_key(tree, config_sha, X86, HostBusybox())
 
     def fill(entry: Path) -> None:
         (entry / "vmlinuz").write_bytes(b"k")
@@ -121,6 +122,7 @@ def test_a_local_build_directory_is_remembered_as_a_cache_entry(
         spec: KernelSpec,
         tree: SourceTree,
         arch: Arch,
+        busybox: Busybox,
         build_dir: Path,
         log: Path,
         cache: Cache,
