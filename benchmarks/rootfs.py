@@ -42,6 +42,9 @@ from lab.artifacts.keys import ensure_keys
 from lab.artifacts.userns import namespace_root
 from lab.core.cache import Cache
 from lab.core.progress import SILENT
+from lab.model.arches import ARCHES, host_arch
+
+NATIVE = ARCHES[host_arch()]  # the builds compared are the host arch's
 
 
 def installed(root: Path) -> list[str]:
@@ -70,7 +73,7 @@ def one(work: Path, make_tree: Callable[[Path, list[str], Path], None] | None) -
     started = time.monotonic()
     try:
         if make_tree is None:
-            rootfs.build_tree(root, keys, as_root, log, SILENT)
+            rootfs.build_tree(root, keys, NATIVE, as_root, log, SILENT)
         else:
             make_tree(root, as_root, log)
             rootfs.configure(root, keys)

@@ -21,8 +21,8 @@ def host_arch() -> str:
 
 
 class NotBuiltYet(UsageError):
-    """Parts of a guest the lab builds only for the host's own architecture so far (its
-    root filesystem), asked for another."""
+    """Parts of a guest the lab builds only for the host's own architecture so far (the root
+    filesystem, until another arch's second stage has run for real), asked for another."""
 
     def __init__(self, parts: list[str], arch: str, host: str) -> None:
         self.parts = parts

@@ -4,7 +4,8 @@ CI runner's cache is keyed by, so that a runner whose cache has that key builds 
 It names each cell's kernel as it resolves now (a Debian package version, a commit and
 diff), its patches, requested config and arch, the QEMU (Debian's version, or the lab's
 build key), and the builder and recipes of the root filesystem, the initramfs and the C
-selftests; for another arch than the host's, also its initramfs's busybox version.
+selftests; for another arch than the host's, also its root filesystem's second stage and
+its initramfs's busybox (their versions).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lab.artifacts.patches import patches_digest
 from lab.artifacts.qemu import QEMU_SOURCES, qemu_key
 from lab.artifacts.rootfs import BUILDER as ROOTFS_BUILDER
 from lab.artifacts.rootfs import RECIPE as ROOTFS_RECIPE
+from lab.artifacts.rootfs import tree_builder
 from lab.artifacts.selftests import SELFTESTS
 from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.versions import qemu_version
@@ -41,6 +43,7 @@ def artifact_key(cells: list[Cell], cache: Cache) -> str:
             wanted_text(cell.config, arch),
             qemu_identity(cell.scenario.machine.qemu, arch),
             *arch.key(),
+            *tree_builder(arch).key(),
             *busybox_for(arch, cache).key(),
         ]
     return content_key(parts)

@@ -43,13 +43,14 @@ from lab.model.kernelspec import SpecError
 from lab.model.scenario import Cell, DeviceSpec, axis_field
 from lab.model.suites import SUITES
 from lab.model.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
+from lab.run.firstboot import StockKernelBoot
 from lab.run.payload import GUEST_RUNTIME, RUNTIME_DIR, bind_devices, install_runtime
 from lab.vm import accel as accel_mod
 from lab.vm import bootclock, inventory, snapshot
 from lab.vm.guest import Guest
 from lab.vm.machine import Machine
 from lab.vm.qemu import VMConfig, build_argv
-from lab.vm.ssh import GuestSSH
+from lab.vm.ssh import GuestSSH, free_port
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,9 @@ class CellBooter:
                 self._keys = ensure_keys(self.cache)
             keys = self._keys
             if arch.name not in self._images:
+                first_boot = StockKernelBoot(self.cache, self.progress, self.stopping)
                 self._images[arch.name] = rootfs.ensure_rootfs(
-                    self.cache, keys, arch, self.progress
+                    self.cache, keys, arch, first_boot, self.progress
                 )
             image = self._images[arch.name]
         source = KERNEL_BUILDERS[cell.kernel.source]
@@ -672,11 +674,3 @@ def _check_model(cell: Cell, kernel: KernelArtifact) -> None:
             f"{cell.iommu} needs {', '.join(lacking)}, which {kernel.identity} does not have; "
             f"leave the model out for that kernel ({cell.kernel_field}.iommu)",
         )
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 for the SSH forward."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

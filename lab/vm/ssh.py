@@ -10,6 +10,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import sys
 import termios
@@ -29,6 +30,14 @@ SKIP_NAMES = ("__pycache__", ".pytest_cache")
 # While a guest boots, QEMU's forward accepts and resets connections; paramiko's transport
 # thread would print each reset as a traceback. Failures still surface as exceptions.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1 for the SSH forward."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True)

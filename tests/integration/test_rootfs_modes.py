@@ -19,6 +19,7 @@ from lab.artifacts import rootfs
 from lab.artifacts.keys import ensure_keys
 from lab.core.cache import Cache
 from lab.core.progress import SILENT
+from lab.model.arches import ARCHES, host_arch
 from tests.integration.unprivileged import chown_tree, fresh_checkout, unprivileged_user
 
 pytestmark = pytest.mark.vm
@@ -33,11 +34,13 @@ from lab.artifacts.keys import ensure_keys
 from lab.artifacts.userns import namespace_root
 from lab.core.cache import Cache
 from lab.core.progress import SILENT
+from lab.model.arches import ARCHES, host_arch
 work = Path(sys.argv[1])
 as_root = namespace_root()
 assert as_root, "the user's build ran unwrapped"
 try:
-    rootfs.build_tree(work / "tree", ensure_keys(Cache(work / "cache")), as_root, work / "log", SILENT)
+    keys = ensure_keys(Cache(work / "cache"))
+    rootfs.build_tree(work / "tree", keys, ARCHES[host_arch()], as_root, work / "log", SILENT)
     (work / "listing.json").write_text(json.dumps(rootfs.tree_listing(work / "tree")))
 finally:
     rootfs.remove_tree(work / "tree", as_root, work / "log")
@@ -60,9 +63,8 @@ def test_a_user_builds_the_tree_root_builds(tmp_path: Path) -> None:
 
     tree = tmp_path / "tree"
     try:
-        rootfs.build_tree(
-            tree, ensure_keys(Cache(tmp_path / "cache")), [], tmp_path / "log", SILENT
-        )
+        keys = ensure_keys(Cache(tmp_path / "cache"))
+        rootfs.build_tree(tree, keys, ARCHES[host_arch()], [], tmp_path / "log", SILENT)
         ours = [tuple(e) for e in rootfs.tree_listing(tree)]
     finally:
         rootfs.remove_tree(tree, [], tmp_path / "log")
