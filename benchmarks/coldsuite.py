@@ -63,8 +63,10 @@ def accelerators(since: float) -> dict[str, int]:
     counts: dict[str, int] = defaultdict(int)
     base = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
     for summary in base.glob("pytest-*/**/summary.json"):
-        if summary.stat().st_mtime >= since:
-            counts[str(json.loads(summary.read_text()).get("accelerator"))] += 1
+        run = json.loads(summary.read_text())
+        # A run's summary is an object; other tools' summary.json (a list) are not runs.
+        if summary.stat().st_mtime >= since and isinstance(run, dict):
+            counts[str(run.get("accelerator"))] += 1
     return dict(counts)
 
 
