@@ -640,24 +640,16 @@ def check_buildable(cell: Cell) -> None:
     """Refused before any work (exit 2, naming machine.arch): a cell of an arch the lab
     cannot build every part of its guest for yet, each such part named. Nothing of
     another arch stands in for one."""
-    arch = ARCHES[cell.arch]
-    checks = [rootfs.check_arch]
-    unbuilt: list[NotBuiltYet] = []
-    for check in checks:
-        try:
-            check(arch)
-        except NotBuiltYet as e:
-            unbuilt.append(e)
-    if unbuilt:
-        parts = [part for e in unbuilt for part in e.parts]
-        why = NotBuiltYet(parts, arch.name, unbuilt[0].host)
+    try:
+        rootfs.check_arch(ARCHES[cell.arch])
+    except NotBuiltYet as why:
         arches = cell.scenario.machine.arch  # a repro's recorded arch may have left it
         field = (
             axis_field(cell.scenario, "arch", arches.index(cell.arch))
             if cell.arch in arches
             else "machine.arch"
         )
-        raise cell.scenario.error(field, f"cell {cell.name}: {why}")
+        raise cell.scenario.error(field, f"cell {cell.name}: {why}") from None
 
 
 def _check_model(cell: Cell, kernel: KernelArtifact) -> None:
