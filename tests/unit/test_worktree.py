@@ -19,9 +19,17 @@ from lab.model.kernelspec import KernelSpec, SpecError
 VFIO = Path("drivers/vfio")
 
 
+# Fixed dates: two checkouts committed in different seconds must still share a HEAD.
+GIT_DATES = {
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
+
+
 def git(tree: Path, *args: str) -> str:
     argv = ["git", "-c", "user.email=a@b", "-c", "user.name=a", "-C", str(tree), *args]
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, **GIT_DATES}
+    return subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
 
 
 def make_checkout(tree: Path) -> Path:
