@@ -212,34 +212,66 @@ def device_info(fd: int) -> U.vfio_device_info:
 
 
 class Mapping:
-    """An mmap of a device region."""
+    """An mmap of a device region, accessed only in aligned 4- and 8-byte loads and stores.
+
+    edu's registers take 4- and 8-byte accesses only: on arm64 a 1- or 2-byte read of its
+    BAR through vfio-pci is a synchronous external abort (a guest Oops), and a memcpy
+    (ctypes.string_at, memmove, bytes() of an array over the mapping) may use 1-, 2- or
+    16-byte accesses, unaligned ones included. Indexing a ctypes c_uint32 array loads or
+    stores each element with one access of its size, so bulk copies go word by word.
+    """
 
     def __init__(self, fd: int, region: Region, align: int = 0, misalign: int = 0) -> None:
         self.size = region.size
         self.addr = mmap_aligned(fd, region.offset, region.size, align, misalign)
 
+    def _at(self, off: int, length: int, width: int) -> int:
+        """The address of [off, off + length), refused unless inside the mapping and
+        `width`-aligned in offset and length."""
+        if not self.addr:
+            raise ValueError("the mapping is closed")
+        if off < 0 or length < 0 or off + length > self.size:
+            raise ValueError(f"[{off:#x}, +{length:#x}) is outside the {self.size:#x}-byte mapping")
+        if off % width or length % width:
+            raise ValueError(
+                f"[{off:#x}, +{length:#x}) is not {width}-byte aligned: "
+                f"the mapping is accessed in aligned {width}-byte words only"
+            )
+        return self.addr + off
+
     def read32(self, off: int) -> int:
-        return int(C.c_uint32.from_address(self.addr + off).value)
+        return int(C.c_uint32.from_address(self._at(off, 4, 4)).value)
 
     def write32(self, off: int, value: int) -> None:
-        C.c_uint32.from_address(self.addr + off).value = value
-
-    def read(self, off: int, length: int) -> bytes:
-        return C.string_at(self.addr + off, length)
-
-    def write(self, off: int, data: bytes) -> None:
-        C.memmove(self.addr + off, data, len(data))
+        C.c_uint32.from_address(self._at(off, 4, 4)).value = value
 
     def read64(self, off: int) -> int:
-        return int(C.c_uint64.from_address(self.addr + off).value)
+        return int(C.c_uint64.from_address(self._at(off, 8, 8)).value)
 
     def write64(self, off: int, value: int) -> None:
-        C.c_uint64.from_address(self.addr + off).value = value
+        C.c_uint64.from_address(self._at(off, 8, 8)).value = value
+
+    def read(self, off: int, length: int) -> bytes:
+        """`length` bytes from `off`, both multiples of 4, read one word at a time."""
+        words = words_at(self._at(off, length, 4), length // 4)
+        return bytes((C.c_uint32 * len(words))(*words[:]))
+
+    def write(self, off: int, data: bytes) -> None:
+        """`data` at `off`, both multiples of 4, written one word at a time."""
+        words = words_at(self._at(off, len(data), 4), len(data) // 4)
+        values: list[C.c_uint32 | int] = list(memoryview(data).cast("I"))
+        words[:] = values
 
     def close(self) -> None:
         if self.addr:
             libc.munmap(self.addr, self.size)
             self.addr = 0
+
+
+def words_at(addr: int, count: int) -> C.Array[C.c_uint32]:
+    """`count` 32-bit words at `addr`: a slice of it loads, an assignment to a slice
+    stores, each word with one 4-byte access."""
+    return (C.c_uint32 * count).from_address(addr)
 
 
 def mmap_aligned(fd: int, offset: int, size: int, align: int = 0, misalign: int = 0) -> int:
