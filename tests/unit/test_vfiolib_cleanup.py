@@ -118,3 +118,25 @@ def test_type1_info_without_iova_ranges_is_an_error(fake, monkeypatch):
     monkeypatch.setattr(vfio, "info_with_caps", lambda *a, **k: bytes(head))
     with pytest.raises(OSError, match="no IOVA-range capability"):
         container.info()
+
+
+def test_config_space_goes_through_pread_and_pwrite_at_the_region_offset(fake, tmp_path):
+    """A vfio device fd has no lseek (the config region sits at an offset of the fd, read
+    positionally): config access must use pread/pwrite, never seek then read/write."""
+    fake(fail_on=-1)  # os.open and os.close are the fake kernel's from here on
+    dev = vfio.VfioPciDevice("0000:00:03.0", "vfio_type1v2_iommu")
+    config = vfio.Region(U.VFIO_PCI_CONFIG_REGION_INDEX, 0, 0x100, 0x7000, 0)
+    backing = tmp_path / "device"
+    backing.write_bytes(b"\0" * 0x7000 + bytes.fromhex("3412e811") + b"\x01\x01" + b"\0" * 0xFA)
+
+    def no_seek(*args: object) -> int:
+        raise OSError(errno.ESPIPE, "vfio device fds have no lseek")
+
+    with open(backing, "r+b", buffering=0) as device_file, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dev, "fd", device_file.fileno())
+        mp.setattr(dev, "region", lambda index: config)
+        mp.setattr(vfio.os, "lseek", no_seek)
+        assert (dev.config_read(0, 2), dev.config_read(2, 2)) == (0x1234, 0x11E8)
+        dev.set_bus_master(True)
+        assert dev.config_read(4, 2) == 0x0105
+    assert backing.read_bytes()[0x7004:0x7006] == b"\x05\x01"
