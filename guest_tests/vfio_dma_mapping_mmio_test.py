@@ -38,9 +38,9 @@ def map_and_check(
         except OSError as e:
             diag("errno", errno.errorcode.get(e.errno, e.errno))
             raise AssertionError(f"{iommu_mode} must map MMIO; the kernel said: {e}") from e
-        if iopte.readable():
-            # A huge pfnmap of an aligned BAR lets the IOMMU map it with huge IOPTEs too.
-            diag("iopte_size", iopte.human(iopte.iopte_size(device.bdf, iova)))
+        # A huge pfnmap of an aligned BAR lets the IOMMU map it with huge IOPTEs too.
+        if (seen := iopte.recorded(iopte.iopte_size(device.bdf, iova))) is not None:
+            diag("iopte_size", seen)
         unmapped = device.unmap_dma(iova, size)
         diag("unmapped", hex(unmapped))
         assert unmapped == size
