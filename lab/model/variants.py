@@ -30,6 +30,9 @@ class IommuModel:
     modules: ClassVar[tuple[str, ...]] = ()
     # The guest architectures (machine.arch) it is offered on.
     arches: ClassVar[tuple[str, ...]] = ("x86_64",)
+    # A regex for the line its driver logs on a DMA fault (no capturing groups): triage
+    # shows such lines with the test they happened in.
+    fault_log: ClassVar[str]
 
     def machine_options(self, accel: Accel) -> list[str]:
         return []
@@ -45,6 +48,7 @@ class IntelIommu(IommuModel):
     name = "intel-iommu"
     doc = "emulated VT-d with interrupt remapping and caching mode (what vfio needs)"
     # base.config has INTEL_IOMMU (and its debugfs, for reading IOPTEs).
+    fault_log = r"DMAR: \[DMA .*"
 
     def machine_options(self, accel: Accel) -> list[str]:
         # With KVM the in-kernel IOAPIC cannot be remapped; QEMU insists on a split irqchip.
@@ -63,6 +67,8 @@ class VirtioIommu(IommuModel):
     doc = "paravirtual virtio-iommu-pci (4 KiB pages only: no superpages, no IOPTE reading)"
     kconfig = (("VIRTIO_IOMMU", "y"),)
     modules = ("virtio_iommu",)
+    # viommu_fault_handler: "virtio_iommu virtio0: page fault from EP 8 at 0x1000 [W]"
+    fault_log = r"virtio_iommu.*fault.*"
     # x86_64 only: not tried behind aarch64's virt yet.
 
     def device_argv(self) -> list[str]:
@@ -85,6 +91,12 @@ class SmmuV3(IommuModel):
     # verified to reach it, and a prebuilt kernel is refused without it.
     kconfig = (("ARM_SMMU_V3", "y"), ("ARM_GIC_V3_ITS", "y"))
     arches = ("aarch64",)
+    # drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c logs an event it does not handle as
+    # "event 0x10 received:" and its raw words (dev_info in 6.1's arm_smmu_evtq_thread,
+    # dev_err in newer kernels' arm_smmu_dump_raw_event, which then decodes it:
+    # "event: F_TRANSLATION client: 0000:00:01.0 sid: 0x8 ssid: 0x0 iova: ..."). The
+    # device is "9050000.smmuv3" on virt's device tree.
+    fault_log = r"arm-smmu-v3 \S+: event(?: 0x[0-9a-f]+ received:|: \S+ client: ).*"
 
     def machine_options(self, accel: Accel) -> list[str]:
         return ["iommu=smmuv3"]

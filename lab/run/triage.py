@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 from lab.model.scenario import Expectation
 from lab.model.suites import DEFAULT_SUITE, SUITES
+from lab.model.variants import IOMMU_MODELS
 from lab.results.outcomes import (
     BROKEN,
     ERROR,
@@ -33,6 +34,8 @@ from lab.results.records import DRIVER_KIND, TestRecord
 from lab.results.tap import TapParser
 from lab.vm.console import KERNEL_CRASHES, MARKER, Stop
 
+# A DMA fault as any model in the registry logs it.
+IOMMU_FAULT = re.compile("|".join(f"(?:{IOMMU_MODELS[m].fault_log})" for m in IOMMU_MODELS))
 # (kind, pattern, serious): serious alarms make the test an error; the others are
 # shown with it (a DMAR fault is what some tests provoke on purpose).
 ALARMS = (
@@ -44,11 +47,7 @@ ALARMS = (
     ("warning", re.compile(r"WARNING: .*"), True),
     ("hung task", re.compile(r"INFO: task .* blocked for more than .*"), True),
     ("rcu stall", re.compile(r"rcu: INFO: .*detected stalls.*"), True),
-    (
-        "iommu fault",
-        re.compile(r"DMAR: \[DMA .*|AMD-Vi: .*IO_PAGE_FAULT.*|virtio_iommu.*fault.*"),
-        False,
-    ),
+    ("iommu fault", IOMMU_FAULT, False),
     (DRIVER_KIND, re.compile(r"(?:^|\]\s*)((?:vfio(?!-lab)[-_\w]*|iommufd)\b.*)"), False),
 )
 SLICE_HEAD, SLICE_TAIL = 20, 40

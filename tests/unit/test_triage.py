@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from lab.model.scenario import Expectation
+from lab.model.variants import IOMMU_MODELS
 from lab.results.records import TestRecord
 from lab.results.tap import parse_text
 from lab.run import triage
@@ -195,3 +200,33 @@ def test_an_xfail_markers_raw_outcome_survives_an_expectation_but_not_a_splat():
     lines = ["vfio-lab: test-start m.b", warn, "vfio-lab: test-end m.b xpass"]
     splat = by_name(triage.records(parse_text(MARKED_TAP), lines, [], None))["m.b"]
     assert (splat.outcome, splat.raw_outcome) == ("error", "error")
+
+
+# One DMA fault line per IOMMU model, as its driver prints it (dmesg's timestamp and all).
+FAULT_LINES = {
+    "intel-iommu": "[   12.3] DMAR: [DMA Read NO_PASID] Request device [01:00.0] fault addr "
+    "0x7f000 [fault reason 0x06] PTE Read access is not set",
+    "virtio-iommu": "[   12.3] virtio_iommu virtio0: page fault from EP 8 at 0x7f000 [R]",
+    "smmuv3": "[   12.3] arm-smmu-v3 9050000.smmuv3: event 0x10 received:",
+}
+
+
+def test_every_model_in_the_registry_has_a_fault_line_here():
+    assert set(FAULT_LINES) == set(IOMMU_MODELS)
+    assert all(re.compile(IOMMU_MODELS[m].fault_log).groups == 0 for m in IOMMU_MODELS)
+
+
+@pytest.mark.parametrize("model", list(FAULT_LINES))
+def test_each_models_dma_fault_is_an_iommu_fault_and_no_error(model):
+    line = FAULT_LINES[model]
+    assert re.search(IOMMU_MODELS[model].fault_log, line)
+    assert triage.alarms([line]) == [("iommu fault", line.split("] ", 1)[1], False)]
+
+
+def test_smmuv3s_decoded_event_line_is_a_fault_but_its_raw_words_are_not():
+    decoded = (
+        "arm-smmu-v3 9050000.smmuv3: event: F_TRANSLATION client: 0000:01:00.0 sid: 0x8 "
+        "ssid: 0x0 iova: 0x7f000 ipa: 0x0"
+    )
+    assert triage.alarms([f"[ 12.4] {decoded}"]) == [("iommu fault", decoded, False)]
+    assert triage.alarms(["[ 12.4] arm-smmu-v3 9050000.smmuv3: \t0x0000000800000010"]) == []
