@@ -4,8 +4,8 @@
   python benchmarks/qemu.py                  # cold build + 3 runs of each QEMU
   python benchmarks/qemu.py --skip-cold --runs 5 --scenario iommufd-compat --only '*=n'
 
-1. the lab's QEMU built cold (a scratch cache with an empty ccache; the source download
-   is part of it), then asked for again (cached);
+1. the lab's QEMU for x86_64 guests built cold (a scratch cache with an empty ccache;
+   the source download is part of it), then asked for again (cached);
 2. the same scenario run N times with machine.qemu: system and N times with lab: boot
    to SSH, payload time in the guest, whole-cell wall time, and how many runs the
    guest's network stalled in (an infrastructure error naming NETDEV WATCHDOG or a stall,
@@ -31,16 +31,17 @@ from bench import machine, payload_seconds, timed_run, write_report
 from lab.artifacts.qemu import ensure_lab_qemu
 from lab.core.cache import Cache
 from lab.core.progress import Progress
+from lab.model.arches import ARCHES, DEFAULT_ARCH
 from lab.model.scenario import locate
 
 
 def build_times(tmp: Path) -> dict[str, Any]:
-    cache = Cache(tmp / "cache")
+    cache, arch = Cache(tmp / "cache"), ARCHES[DEFAULT_ARCH]
     started = time.monotonic()
-    built = ensure_lab_qemu(cache, Progress())
+    built = ensure_lab_qemu(arch, cache, Progress())
     cold = round(time.monotonic() - started, 1)
     started = time.monotonic()
-    ensure_lab_qemu(cache)
+    ensure_lab_qemu(arch, cache)
     return {
         "version": built.version,
         "patches": list(built.patches),

@@ -31,7 +31,7 @@ PACKAGES=(
     patch             # kernels: [{source, patches}] and the lab QEMU's series
     uuid-dev libcap-dev  # the kernel's C selftests (kselftest-vfio links libuuid, kselftest-iommu libcap)
 )
-QEMU_PACKAGES=(     # lab/artifacts/qemu.py BUILD_DEPENDS: QEMU from Debian's source, x86_64 only
+QEMU_PACKAGES=(     # lab/artifacts/qemu.py BUILD_DEPENDS: QEMU from Debian's source, any guest arch
     libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev ninja-build dpkg-dev
 )
 ARM64_PACKAGES=(    # lab/model/arches.py: Aarch64's qemu_package and toolchain

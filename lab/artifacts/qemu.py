@@ -1,10 +1,11 @@
 """The lab's own QEMU: Debian's qemu source package with the lab's patches (the tweaked
-edu among them), only the system emulators of the arches marked `lab_qemu` (x86_64),
-built with ccache and cached.
+edu among them), one system emulator per guest arch (one softmmu target per build and
+cache entry, so an x86_64-only user never builds aarch64's), with ccache and cached.
 
 Debian bookworm's QEMU is 7.2: no igb, and an edu with one 1 MiB register BAR. trixie's
 10.0 builds on bookworm with a newer meson (a wheel from PyPI) and bookworm's own
-firmware (seabios, iPXE), found through --firmwarepath.
+firmware (seabios, iPXE), found through --firmwarepath. aarch64's virt boots its -kernel
+without firmware; its virtio-net-pci still loads iPXE's efi-virtio.rom from there.
 """
 
 from __future__ import annotations
@@ -24,21 +25,21 @@ from lab.artifacts.kbuild import compiler_identity
 from lab.artifacts.patches import apply_patches
 from lab.core.cache import Cache, CorruptCacheFile, content_key, record_made_by, tree_digest
 from lab.core.data import IMAGES
-from lab.core.errors import BuildError, UsageError
+from lab.core.errors import BuildError
 from lab.core.files import copy_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
 from lab.core.registry import Registry
 from lab.core.versions import qemu_version
-from lab.model.arches import ARCHES, Arch
+from lab.model.arches import Arch
 
 PACKAGE = "qemu"
 VERSION = "1:10.0.13+ds-0+deb13u1"  # trixie's; known to build on bookworm
 MESON = "meson==1.5.0"  # QEMU 10.0 needs >= 1.5; bookworm has 1.0
 PATCHES = IMAGES / "qemu" / "patches"
 # Only what the lab's guests use; whatever has no -dev package installed is left out anyway.
+# The target list comes first, from the arch (configure_args).
 CONFIGURE = (
-    "--target-list=" + ",".join(f"{a}-softmmu" for a in ARCHES if ARCHES[a].lab_qemu),
     "--disable-install-blobs",
     "--disable-docs",
     "--disable-werror",
@@ -51,7 +52,9 @@ CONFIGURE = (
     "--enable-slirp",
     "--firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu",
 )
-# Debian packages the build needs beyond those of a kernel build (scripts/setup-host.sh).
+# Debian packages the build needs beyond those of a kernel build (scripts/setup-host.sh),
+# whatever the target: aarch64-softmmu cannot do without libfdt (TARGET_NEED_FDT), and
+# nothing else it needs is arch-specific (Debian's Build-Depends agree).
 BUILD_DEPENDS = (
     "libglib2.0-dev",
     "libpixman-1-dev",
@@ -111,9 +114,7 @@ class BuiltQemu(QemuSource):
     doc = f"built by the lab from Debian's qemu {VERSION} with images/qemu/patches"
 
     def provide(self, arch: Arch, cache: Cache, progress: Progress) -> QemuBinary:
-        if not arch.lab_qemu:  # the scenario's rules refuse it first
-            raise UsageError(f"the lab does not build its QEMU for {arch.name} yet")
-        return ensure_lab_qemu(cache, progress)
+        return ensure_lab_qemu(arch, cache, progress)
 
     def describe(self, arch: Arch) -> str:
         return f"the lab's build of qemu {VERSION} with {', '.join(series()) or 'no patches'}"
@@ -149,26 +150,37 @@ def series() -> list[str]:
     return [p for line in lines if (p := line.split("#", 1)[0].strip())]
 
 
-def qemu_key() -> str:
-    return content_key(["lab-qemu", VERSION, tree_digest(PATCHES), *CONFIGURE, compiler_identity()])
+def configure_args(arch: Arch) -> tuple[str, ...]:
+    """./configure's options for the emulator of `arch` guests: its target only."""
+    return (f"--target-list={arch.qemu_target}", *CONFIGURE)
 
 
-def ensure_lab_qemu(cache: Cache, progress: Progress = SILENT) -> QemuBinary:
-    """The lab's QEMU from the cache, built first if it is missing or damaged."""
-    key = qemu_key()
+def qemu_key(arch: Arch) -> str:
+    # x86_64's inputs are those of the x86_64-only build that came before, so its key held.
+    return content_key(
+        ["lab-qemu", VERSION, tree_digest(PATCHES), *configure_args(arch), compiler_identity()]
+    )
+
+
+def ensure_lab_qemu(arch: Arch, cache: Cache, progress: Progress = SILENT) -> QemuBinary:
+    """The lab's QEMU for `arch` guests from the cache, built first if it is missing or
+    damaged."""
+    key = qemu_key(arch)
     built: list[float] = []
 
     def build(scratch: Path) -> None:
         started = time.monotonic()
-        _build(cache, scratch, progress)
+        _build(arch, cache, scratch, progress)
         built.append(round(time.monotonic() - started, 1))
 
     with cache.lock(f"qemu-{key}"):
-        made_by = f"the lab's QEMU {VERSION} with {', '.join(series()) or 'no patches'}"
+        made_by = (
+            f"the lab's {arch.qemu_system} {VERSION} with {', '.join(series()) or 'no patches'}"
+        )
         entry = cache.ensure("qemu", key, build, progress, made_by=made_by)
     version, patches = read_info(entry / "qemu.json")
     return QemuBinary(
-        str(entry / "qemu-system-x86_64"),
+        str(entry / arch.qemu_system),
         BuiltQemu.name,
         version,
         patches,
@@ -185,13 +197,16 @@ def read_info(path: Path) -> tuple[str, tuple[str, ...]]:
         raise CorruptCacheFile(path, str(e) or type(e).__name__) from e
 
 
-def built_info(cache: Cache) -> tuple[str, tuple[str, ...]] | None:
-    """What the newest finished build of the lab's QEMU is, if there is one."""
-    done = sorted(cache.root.glob("qemu/[!.]*/qemu.json"), key=lambda p: p.stat().st_mtime)
-    return read_info(done[-1]) if done else None
+def built_info(arch: Arch, cache: Cache) -> tuple[str, tuple[str, ...]] | None:
+    """What the newest finished build of the lab's QEMU for `arch` guests is, if there is
+    one: an entry holds the one emulator it was built for."""
+    done = sorted(
+        cache.root.glob(f"qemu/[!.]*/{arch.qemu_system}"), key=lambda p: p.stat().st_mtime
+    )
+    return read_info(done[-1].with_name("qemu.json")) if done else None
 
 
-def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
+def _build(arch: Arch, cache: Cache, scratch: Path, progress: Progress) -> None:
     missing = missing_build_depends()
     if missing:
         raise BuildError(
@@ -199,8 +214,9 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
             f"missing build dependencies: {' '.join(missing)} "
             "(scripts/setup-host.sh --qemu, or apt-get install them)",
         )
-    # One source directory for every build of this version: the same paths each time,
-    # so ccache serves a rebuild after a patch changed.
+    # One source directory for every build of this version, whatever its target: the same
+    # paths each time, so ccache serves a rebuild after a patch changed, and another
+    # arch's build the code all targets share.
     work_key = content_key([PACKAGE, VERSION])
     cache.use("qemu-build", work_key)
     work = cache.entry("qemu-build", work_key)
@@ -212,11 +228,11 @@ def _build(cache: Cache, scratch: Path, progress: Progress) -> None:
     with cache.lock("qemu-build"):
         src = _fresh_source(cache, work, log, progress)
         apply_patches([PATCHES / name for name in series()], src, "qemu", log, progress)
-        _configure(src, cache, log, progress)
-        _ninja(src, cache, log, progress)
+        _configure(arch, src, cache, log, progress)
+        _ninja(arch, src, cache, log, progress)
         # Not a hard link: the next build relinks the binary in this build tree.
-        copy_file(src / "build" / "qemu-system-x86_64", scratch / "qemu-system-x86_64")
-    version = qemu_version(str(scratch / "qemu-system-x86_64"))
+        copy_file(src / "build" / arch.qemu_system, scratch / arch.qemu_system)
+    version = qemu_version(str(scratch / arch.qemu_system))
     info = {"version": version, "patches": series(), "package": VERSION}
     (scratch / "qemu.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -263,10 +279,10 @@ def _env(cache: Cache) -> dict[str, str]:
     return dict(os.environ, CCACHE_DIR=str(cache.root / "ccache"))
 
 
-def _configure(src: Path, cache: Cache, log: Path, progress: Progress) -> None:
-    progress("qemu", "configuring (x86_64-softmmu only)")
+def _configure(arch: Arch, src: Path, cache: Cache, log: Path, progress: Progress) -> None:
+    progress("qemu", f"configuring ({arch.qemu_target} only)")
     run_logged(
-        ["./configure", "--python=/usr/bin/python3", *CONFIGURE],
+        ["./configure", "--python=/usr/bin/python3", *configure_args(arch)],
         artifact="qemu",
         log=log,
         cwd=src,
@@ -274,11 +290,11 @@ def _configure(src: Path, cache: Cache, log: Path, progress: Progress) -> None:
     )
 
 
-def _ninja(src: Path, cache: Cache, log: Path, progress: Progress) -> None:
+def _ninja(arch: Arch, src: Path, cache: Cache, log: Path, progress: Progress) -> None:
     jobs = os.cpu_count() or 1
-    progress("qemu", f"building qemu-system-x86_64 with {jobs} jobs (ccache); log: {log}")
+    progress("qemu", f"building {arch.qemu_system} with {jobs} jobs (ccache); log: {log}")
     run_logged(
-        ["ninja", "-C", src / "build", f"-j{jobs}", "qemu-system-x86_64"],
+        ["ninja", "-C", src / "build", f"-j{jobs}", arch.qemu_system],
         artifact="qemu",
         log=log,
         env=_env(cache),

@@ -23,7 +23,7 @@ from lab.artifacts.userns import (
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple
-from lab.model.arches import ARCHES
+from lab.model.arches import ARCHES, DEFAULT_ARCH, Arch
 from lab.vm.accel import KVM, kvm_denied
 
 MIN_FREE_GIB = 5
@@ -62,21 +62,21 @@ def check_qemu(binary: str = "qemu-system-x86_64", package: str = "qemu-system-x
     return Check(binary, ok, version_text(binary) or "no version", "" if ok else fix)
 
 
-def check_lab_qemu(cache: Cache) -> Check:
-    """The lab's own QEMU (machine.qemu: lab): built already, or buildable here."""
+def check_lab_qemu(cache: Cache, arch: Arch) -> Check:
+    """The lab's own QEMU (machine.qemu: lab) for `arch` guests: built already, or
+    buildable here."""
+    name = f"lab {arch.qemu_system}"
     try:
-        built = qemu_build.built_info(cache)
+        built = qemu_build.built_info(arch, cache)
     except LabError as e:
-        return Check("lab qemu", True, f"a damaged build will be rebuilt: {e}")
+        return Check(name, True, f"a damaged build will be rebuilt: {e}")
     if built is not None:
         version, patches = built
-        return Check(
-            "lab qemu", True, f"built: {version} with {', '.join(patches) or 'no patches'}"
-        )
+        return Check(name, True, f"built: {version} with {', '.join(patches) or 'no patches'}")
     detail = f"not built yet (machine.qemu: lab builds {qemu_build.VERSION} on first use)"
     if qemu_build.missing_build_depends():
-        return Check("lab qemu", False, detail, with_sudo("scripts/setup-host.sh --qemu"))
-    return Check("lab qemu", True, detail)
+        return Check(name, False, detail, with_sudo("scripts/setup-host.sh --qemu"))
+    return Check(name, True, detail)
 
 
 def check_busybox() -> Check:
@@ -239,7 +239,7 @@ def all_checks(cache: Cache) -> list[Check]:
         check_python_modules,
         lambda: check_cache(cache),
         lambda: check_cache_owner(cache),
-        lambda: check_lab_qemu(cache),
+        lambda: check_lab_qemu(cache, ARCHES[DEFAULT_ARCH]),
         lambda: check_kvm(cache, KVM),
     ]
     return [c() for c in checks]
@@ -251,7 +251,7 @@ def require_qemu(choice: str, arches: list[str], cache: Cache) -> None:
     for name in arches:
         arch = ARCHES[name]
         check = (
-            check_lab_qemu(cache)
+            check_lab_qemu(cache, arch)
             if choice == "lab"
             else check_qemu(arch.qemu_system if choice == "system" else choice, arch.qemu_package)
         )

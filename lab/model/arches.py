@@ -56,11 +56,16 @@ class Arch:
     # The -global that sizes the machine's 64-bit PCI window for large RAM BARs; None: its
     # default holds what the scenario rules allow (RAM_BARS_MAX).
     pci_hole64: ClassVar[str | None] = None
-    lab_qemu: ClassVar[bool] = False  # whether the lab's own QEMU is built for it
 
     @property
     def qemu_system(self) -> str:
         return f"qemu-system-{self.name}"
+
+    @property
+    def qemu_target(self) -> str:
+        """QEMU's build target for that emulator: the lab builds its own QEMU per arch, so
+        that a user of one arch never waits for another's build."""
+        return f"{self.name}-softmmu"
 
     def machine(self, options: list[str]) -> str:
         """QEMU's -machine value, with the IOMMU model's options."""
@@ -103,7 +108,6 @@ class X86_64(Arch):
     qemu_package = "qemu-system-x86"
     default_iommu = "intel-iommu"
     pci_hole64 = "q35-pcihost.pci-hole64-size"
-    lab_qemu = True
 
     def machine(self, options: list[str]) -> str:
         return ",".join(["q35", *options])
@@ -129,7 +133,6 @@ class Aarch64(Arch):
     qemu_package = "qemu-system-arm"
     default_iommu = "smmuv3"
     pci_hole64 = None  # virt's high PCIe window is 512 GiB
-    lab_qemu = False  # not yet: Debian's qemu-system-arm (7.2) runs it
 
     def machine(self, options: list[str]) -> str:
         # virt picks GICv2 under TCG with up to 8 CPUs: no ITS, so no isolated MSIs, and

@@ -51,8 +51,9 @@ def artifact_key(cells: list[Cell], cache: Cache) -> str:
 
 def qemu_identity(choice: str, arch: Arch) -> str:
     """The QEMU a scenario's machine.qemu names for guests of `arch`: the lab's by its
-    build key (version, patches, configure options, compiler), any other by its version."""
+    build key (version, patches, configure options with the arch's target, compiler), any
+    other by its version."""
     if choice == "lab":
-        return qemu_key()
+        return qemu_key(arch)
     binary = QEMU_SOURCES[choice].placeholder(arch) if choice in QEMU_SOURCES else choice
     return f"{choice}:{qemu_version(binary)}"

@@ -17,7 +17,6 @@ from lab.artifacts.busybox import HostBusybox, PackagedBusybox
 from lab.artifacts.kbuild import SourceTree, build_dir_path, build_key, compile_kernel
 from lab.artifacts.kconfig import fragment_values, requested
 from lab.artifacts.keys import LabKeys
-from lab.artifacts.qemu import QEMU_SOURCES
 from lab.artifacts.selftests import Target
 from lab.artifacts.sysroot import Sysroot
 from lab.cli import main
@@ -30,6 +29,7 @@ from lab.model.kernelspec import available_fragments
 from lab.model.suites import SUITES
 from lab.model.variants import DeviceConfig, model_modules
 from lab.run import booter
+from lab.run.artifactkey import qemu_identity
 from lab.run.booter import check_buildable, snapshot_key
 from lab.vm import accel
 from lab.vm.qemu import build_argv, kernel_cmdline
@@ -115,6 +115,22 @@ def test_the_dry_run_shows_the_aarch64_command(capsys, tmp_path, x86_host) -> No
     assert "KVM runs only guests of the host's architecture, x86_64" in capsys.readouterr().err
 
 
+def test_the_tweaked_edu_runs_on_the_lab_s_aarch64_qemu(capsys, tmp_path, x86_host) -> None:
+    text = (
+        "machine: {arch: aarch64, qemu: lab}\n"
+        "devices: [{type: edu, bar: {size: 1G}, dma_delay: 10us}]\n"
+    )
+    assert main(["run", "--dry-run", str(write(tmp_path, text))]) == 0
+    out = capsys.readouterr().out
+    assert "# qemu: lab: the lab's build of qemu 1:10.0.13" in out
+    (line,) = [line for line in out.splitlines() if not line.startswith("#")]
+    argv = shlex.split(line)
+    assert argv[0] == "<lab qemu>" and "virt,gic-version=3,iommu=smmuv3" in argv
+    edu = "edu,bus=rp0,dma_mask=0xffffffffffffffff,ram-bar-size=0x40000000,ram-bar-index=1"
+    assert f"{edu},dma-delay-ns=10000" in argv
+    assert "-global" not in argv  # virt's 512 GiB window holds the BAR
+
+
 # -- the scenario: the axis and its rules ------------------------------------------------
 
 
@@ -163,7 +179,6 @@ def test_one_arch_keeps_the_names_cells_had(tmp_path) -> None:
         ("machine: {arch: aarch64, iommu: [smmuv3, intel-iommu]}\n", "machine.iommu[1]", "intel-iommu is offered on x86_64 only"),
         ("machine: {arch: [x86_64, aarch64], iommu: intel-iommu}\n", "machine.arch[1]", "no model of machine.iommu is offered on aarch64 (it has smmuv3)"),
         ("accel: kvm\nmachine: {arch: aarch64}\n", "accel", "KVM runs only guests of the host's architecture (x86_64)"),
-        ("machine: {arch: aarch64, qemu: lab}\n", "machine.arch", "the lab does not build its QEMU for aarch64 yet; use machine.qemu: system (Debian's qemu-system-arm)"),
     ],
 )  # fmt: skip
 def test_arch_rules_name_file_line_and_field(tmp_path, x86_host, text, field, words) -> None:
@@ -395,6 +410,9 @@ def test_every_cache_key_differs_by_arch_and_x86_s_are_as_before(
     assert snapshot_key(x86_cell, p, True) != snapshot_key(arm_cell, p, True)
     # x86_64 adds nothing: the keys of everything built before arches existed stay valid.
     assert X86.key() == [] and ARM.key() == ["aarch64"]
+    # The lab's QEMU is one build per arch, named by its target (test_qemu_build.py).
+    monkeypatch.setattr("lab.artifacts.qemu.compiler_identity", lambda: "gcc 12")
+    assert qemu_identity("lab", X86) != qemu_identity("lab", ARM)
 
 
 # -- what the lab does not build for aarch64 yet: refused before any work ---------------------
@@ -435,14 +453,12 @@ def test_run_refuses_every_cell_before_the_first_runs(
     assert not (tmp_path / "results").exists()
 
 
-def test_each_part_refuses_another_arch_itself(tmp_path, x86_host) -> None:
+def test_the_root_filesystem_refuses_another_arch_itself(x86_host) -> None:
     # The root filesystem is built for any arch; the commands refuse another until its
     # second stage has passed for real (tests/integration/test_foreign_rootfs.py).
     with pytest.raises(NotBuiltYet, match=r"has not run for real yet\) for aarch64"):
         rootfs.check_arch(ARM)
     rootfs.check_arch(X86)
-    with pytest.raises(UsageError, match="does not build its QEMU for aarch64"):
-        QEMU_SOURCES["lab"].provide(ARM, Cache(tmp_path), print)
 
 
 def test_the_registry_names_its_choices() -> None:
