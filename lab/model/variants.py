@@ -84,8 +84,9 @@ class VirtioIommu(IommuModel):
 class SmmuV3(IommuModel):
     name = "smmuv3"
     doc = (
-        "Arm's SMMUv3 of QEMU's virt machine (aarch64), stage 1; MSIs isolated by the "
-        "GICv3 ITS; reserves a 1 MiB MSI window at IOVA 0x8000000"
+        "Arm's SMMUv3 of QEMU's virt machine (aarch64): stage 1 on Debian's QEMU 7.2, "
+        "stage 1 and 2 (nested) on the lab's 10.0; MSIs isolated by the GICv3 ITS; "
+        "reserves a 1 MiB MSI window at IOVA 0x8000000"
     )
     # The ITS has no prompt (it follows GICv3, which arm64 selects): listed so the merge is
     # verified to reach it, and a prebuilt kernel is refused without it.
