@@ -1,4 +1,9 @@
-"""`vfio-lab doctor`: every prerequisite, its state, and the command that fixes it."""
+"""`vfio-lab doctor`: every prerequisite, its state, and the command that fixes it.
+
+What every run needs fails the doctor when it is missing. What only guests of another arch
+need (SETUP_OPTIONS) is a warning, unless the scenario the doctor is given has cells of
+that arch.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lab.artifacts import kbuild
 from lab.artifacts import qemu as qemu_build
 from lab.artifacts.userns import (
     SUBGID,
@@ -32,6 +38,9 @@ MIN_QEMU = (7, 2)
 # the kernel's limit on them (0 forbids them).
 USERNS_CLONE = Path("/proc/sys/kernel/unprivileged_userns_clone")
 MAX_USERNS = Path("/proc/sys/user/max_user_namespaces")
+# The guest arches whose host tools a run of the default arch does without, each with
+# scripts/setup-host.sh's option that installs them all.
+SETUP_OPTIONS = {"aarch64": "--arm64"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    needed: bool = True  # False: missing, it is a warning (nothing asked for needs it)
 
 
 def _tool(name: str, package: str) -> Callable[[], Check]:
@@ -213,7 +223,47 @@ def check_kvm(cache: Cache, dev: Path) -> Check:
     return Check("kvm", True, f"{'usable' if works else 'unusable, TCG is used'}: {why}")
 
 
-def all_checks(cache: Cache) -> list[Check]:
+def check_cross_compiler(arch: Arch) -> Check:
+    """The compiler `arch`'s kernels and C selftests are built with on this host (kbuild's
+    CROSS_COMPILE=), with its version."""
+    cross = kbuild.cross_compile(arch)
+    try:
+        return Check(f"{cross}gcc", True, kbuild.compiler_identity(cross))
+    except MissingPrerequisite as missing:
+        return Check(missing.what, False, "not found", with_sudo(missing.fix))
+
+
+def arch_checks(arch: Arch) -> list[Check]:
+    """What guests of `arch` need of this host that a run of the default arch does not: their
+    emulator, and the cross compiler of their kernels and C selftests."""
+    return [check_qemu(arch.qemu_system, arch.qemu_package), check_cross_compiler(arch)]
+
+
+def guest_arch_checks(needed: Collection[str]) -> list[Check]:
+    """arch_checks of each arch SETUP_OPTIONS names, said to be for it; a failure where
+    `needed` (the arches of a scenario's cells) has the arch, a warning otherwise. What is
+    missing is fixed by the arch's setup option, or by its own package alone."""
+    checks = []
+    for name, option in SETUP_OPTIONS.items():
+        setup = with_sudo(f"scripts/setup-host.sh {option}")
+        checks += [
+            replace(
+                check,
+                detail=f"{check.detail} (for {name} guests)",
+                fix=f"{setup} (or this alone: {check.fix})" if check.fix else "",
+                needed=name in needed,
+            )
+            for check in arch_checks(ARCHES[name])
+        ]
+    return checks
+
+
+def all_checks(cache: Cache, arches: Collection[str] = ()) -> list[Check]:
+    """Every check: what any run needs, and what guests of `arches` (a scenario's) need."""
+    return host_checks(cache) + guest_arch_checks(arches)
+
+
+def host_checks(cache: Cache) -> list[Check]:
     checks: list[Callable[[], Check]] = [
         check_qemu,
         _tool("qemu-img", "qemu-utils"),
@@ -259,11 +309,16 @@ def require_qemu(choice: str, arches: list[str], cache: Cache) -> None:
             raise MissingPrerequisite(f"{check.name} ({check.detail})", check.fix)
 
 
+def healthy(checks: list[Check]) -> bool:
+    """Nothing that is needed is missing (warnings do not count)."""
+    return all(c.ok or not c.needed for c in checks)
+
+
 def report(checks: list[Check]) -> str:
     width = max(len(c.name) for c in checks)
     lines = []
     for c in checks:
-        mark = "ok " if c.ok else "MISSING"
+        mark = "ok " if c.ok else "MISSING" if c.needed else "WARN"
         line = f"{mark:7} {c.name.ljust(width)}  {c.detail}"
         if not c.ok:
             line += f"\n        fix: {c.fix}"

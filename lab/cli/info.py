@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from lab.cli import doctor
+from lab.cli.common import arches_of, load_scenario, scenario_arg
 from lab.core.cache import Cache
 from lab.core.exitcodes import EXIT_INFRA, EXIT_OK
 from lab.model import scenario
@@ -23,18 +24,23 @@ class Documented(Protocol):
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser(
-        "doctor", help="check every prerequisite and say how to fix what is missing"
-    ).set_defaults(func=cmd_doctor)
+    p = sub.add_parser(
+        "doctor",
+        help="check every prerequisite and say how to fix what is missing (another guest "
+        "arch's tools are a warning, unless the scenario has cells of that arch)",
+    )
+    scenario_arg(p)
+    p.set_defaults(func=cmd_doctor)
     sub.add_parser(
         "schema", help="document every scenario field, its default, and the registries"
     ).set_defaults(func=cmd_schema)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = doctor.all_checks(Cache())
+    cells = scenario.expand(load_scenario(args.scenario))
+    checks = doctor.all_checks(Cache(), arches_of(cells))
     print(doctor.report(checks))
-    return EXIT_OK if all(c.ok for c in checks) else EXIT_INFRA
+    return EXIT_OK if doctor.healthy(checks) else EXIT_INFRA
 
 
 def registries() -> list[tuple[str, list[tuple[str, str]]]]:
