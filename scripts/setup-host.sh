@@ -8,8 +8,8 @@
 # --qemu adds what building the lab's own QEMU needs (machine.qemu: lab);
 # --arm64 adds what aarch64 guests need (machine.arch: aarch64): their emulator and the
 # cross compiler for their kernels and C selftests;
-# --test adds what only the test suite needs (the lab's QEMU included, and gitlab-ci-local
-# through npm, pinned).
+# --test adds what only the test suite needs: what --qemu and --arm64 add (it builds the
+# lab's QEMU and boots aarch64 guests), and gitlab-ci-local through npm, pinned.
 set -euo pipefail
 
 PACKAGES=(
@@ -47,7 +47,7 @@ TEST_PACKAGES=(
 GITLAB_CI_LOCAL=4.73.0
 TEST=""
 case "${1:-}" in
-    --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); TEST=1 ;;
+    --test) PACKAGES+=("${QEMU_PACKAGES[@]}" "${ARM64_PACKAGES[@]}" "${TEST_PACKAGES[@]}"); TEST=1 ;;
     --qemu) PACKAGES+=("${QEMU_PACKAGES[@]}") ;;
     --arm64) PACKAGES+=("${ARM64_PACKAGES[@]}") ;;
 esac
