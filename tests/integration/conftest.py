@@ -33,8 +33,9 @@ def _ours(pid: str) -> bool:
 
 
 def lab_qemus() -> set[int]:
-    """PIDs of lab QEMU processes (their -name carries process=vfio-lab) that this test
-    started, or all of them outside a test that tags its runs."""
+    """PIDs of lab QEMU processes (any arch's emulator, whose -name carries
+    process=vfio-lab) that this test started, or all of them outside a test that tags its
+    runs."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -43,7 +44,7 @@ def lab_qemus() -> set[int]:
             except OSError:
                 continue
             if (
-                argv[0].endswith(b"qemu-system-x86_64")
+                os.path.basename(argv[0]).startswith(b"qemu-system-")
                 and any(b"process=vfio-lab" in a for a in argv)
                 and _ours(proc.name)
             ):
@@ -59,12 +60,12 @@ def _live_owner(directory: Path) -> str | None:
     return str(owner[0])
 
 
-def vm_scratch() -> set[str]:
+def vm_scratch(cache: Cache | None = None) -> set[str]:
     """Everything under the cache's tmp/ and its sockets' directory (overlays, sockets, shell
     sessions, probes) but what a live process outside this test owns: another lab run's
-    scratch is not ours."""
+    scratch is not ours. The cache is the lab's (VFIO_LAB_CACHE) unless one is given."""
     mine = set()
-    cache = Cache()
+    cache = cache or Cache()
     for path in [*cache.tmp.iterdir(), *cache.socket_dirs()]:
         owner = _live_owner(path)
         if owner is None or _ours(owner):
@@ -83,6 +84,16 @@ def results(tmp_path, monkeypatch):
     assert vm_scratch() - scratch == set(), (
         "a scratch directory (overlay, sockets) outlived its run"
     )
+
+
+@pytest.fixture
+def scratch_cache(tmp_path, results):
+    """An empty cache of the test's own, which builds everything it is asked for from
+    nothing; after the test, as `results` checks the lab's cache, nothing may be left in
+    its scratch or sockets' directories."""
+    cache = Cache(tmp_path / "cache")
+    yield cache
+    assert vm_scratch(cache) == set(), "a scratch directory (image, sockets) outlived its build"
 
 
 def summary(root: Path) -> dict:

@@ -21,8 +21,8 @@ def qemu_like():
     """Start processes that look like lab QEMUs (argv[0] and -name), with an environment."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(env: dict[str, str]) -> int:
-        argv = ["/usr/bin/qemu-system-x86_64", "-c", "import time; time.sleep(60)"]
+    def start(env: dict[str, str], binary: str = "/usr/bin/qemu-system-x86_64") -> int:
+        argv = [binary, "-c", "import time; time.sleep(60)"]
         procs.append(
             subprocess.Popen([*argv, "process=vfio-lab"], executable=sys.executable, env=env)
         )
@@ -53,6 +53,20 @@ def test_another_runs_qemu_is_not_this_tests(monkeypatch, foreign_qemu):
     monkeypatch.setenv(vm.TAG, uuid.uuid4().hex)
     seen = vm.lab_qemus()
     assert foreign_qemu not in seen, (foreign_qemu, seen, vm._environ(str(foreign_qemu)))
+
+
+def test_another_arch_s_qemu_counts_too(monkeypatch, qemu_like):
+    # The aarch64 root filesystem's second stage boots qemu-system-aarch64.
+    monkeypatch.setenv(vm.TAG, uuid.uuid4().hex)
+    arm = qemu_like(dict(os.environ), "/usr/bin/qemu-system-aarch64")
+    assert arm in vm.lab_qemus()
+
+
+def test_a_cache_of_the_test_s_own_is_checked_for_leftovers(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path / "lab"))
+    own = Cache(tmp_path / "own")
+    (own.tmp / "left").mkdir()
+    assert vm.vm_scratch(own) == {"left"} and vm.vm_scratch() == set()
 
 
 def test_another_live_runs_scratch_is_not_this_tests(
