@@ -37,7 +37,7 @@ from lab.core.errors import BuildError, MissingPrerequisite
 from lab.core.files import blaming, copy_file, make_dir, move, write_file
 from lab.core.proc import capture, run_logged
 from lab.core.progress import SILENT, Progress
-from lab.model.arches import Arch, host_arch, require_native
+from lab.model.arches import Arch, host_arch
 
 RECIPE = IMAGES / "rootfs"
 SECOND_STAGE_RECIPE = IMAGES / "rootfs-second-stage"
@@ -64,7 +64,6 @@ LAB_FILES = (
     "etc/ssh/ssh_host_ed25519_key.pub",
 )
 DONE = "vfio-lab second stage: done"  # the console line of a second stage that finished
-UNVERIFIED = "a root filesystem (its second stage, a boot under TCG, has not run for real yet)"
 
 
 @dataclass(frozen=True)
@@ -183,14 +182,6 @@ def rootfs_key(keys: LabKeys, arch: Arch) -> str:
             *tree_builder(arch).key(),
         ]
     )
-
-
-def check_arch(arch: Arch) -> None:
-    """The lab's commands refuse another arch's root filesystem (lab.run.booter's
-    check_buildable) until its second stage has run for real:
-    tests/integration/test_foreign_rootfs.py runs it through ensure_rootfs, which builds any
-    arch. Once that passes, this check goes."""
-    require_native(UNVERIFIED, arch)
 
 
 def ensure_rootfs(

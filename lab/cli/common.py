@@ -21,7 +21,6 @@ from lab.model.shards import ShardPlan
 from lab.model.suites import parse_keyword
 from lab.results.summary import table
 from lab.run import bisect
-from lab.run.booter import check_buildable
 from lab.run.matrix import RunOptions, ScenarioRun, shard_plan
 
 DEFAULT_GDB_PORT = 1234
@@ -138,8 +137,6 @@ def run_cells(
     Without a `plan`, the cells are the whole of what the run promised (shard 1/1). The
     cache is kept within its ceiling afterwards."""
     limit = ceiling()  # a bad $VFIO_LAB_CACHE_MAX is told now, not after the run
-    for cell in cells:  # before any cell's work: not after the others ran for an hour
-        check_buildable(cell)
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, arches_of(cells), cache)
     cache.sweep()

@@ -17,7 +17,7 @@ from lab.core.cachegc import ceiling
 from lab.core.errors import UsageError
 from lab.core.progress import Progress
 from lab.model.scenario import Cell
-from lab.run.booter import CellBooter, check_buildable, check_port_free
+from lab.run.booter import CellBooter, check_port_free
 from lab.run.matrix import cell_dirname
 from lab.vm.ssh import GuestSSH
 
@@ -58,7 +58,6 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if args.gdb is not None:
         check_port_free(args.gdb)
     limit = ceiling()  # a bad $VFIO_LAB_CACHE_MAX is told now, not after the session
-    check_buildable(cell)
     cache = Cache()
     doctor.require_qemu(s.machine.qemu, [cell.arch], cache)
     cache.sweep()

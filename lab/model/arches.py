@@ -10,7 +10,6 @@ from __future__ import annotations
 import platform
 from typing import ClassVar
 
-from lab.core.errors import UsageError
 from lab.core.registry import Registry
 from lab.model.variants import Accel
 
@@ -18,28 +17,6 @@ from lab.model.variants import Accel
 def host_arch() -> str:
     """The host's architecture as `uname -m` (and the registry) names it."""
     return platform.machine()
-
-
-class NotBuiltYet(UsageError):
-    """Parts of a guest the lab builds only for the host's own architecture so far (the root
-    filesystem, until another arch's second stage has run for real), asked for another."""
-
-    def __init__(self, parts: list[str], arch: str, host: str) -> None:
-        self.parts = parts
-        self.arch = arch
-        self.host = host
-        super().__init__(
-            f"the lab does not build {', '.join(parts)} for {arch} guests yet, only for "
-            f"this {host} host's own architecture (see docs/guest.md, Guest architectures)"
-        )
-
-
-def require_native(part: str, arch: Arch, host: str | None = None) -> None:
-    """NotBuiltYet unless `arch` is the host's (`host`, default this one's): a part built
-    from the host's own tools, which would otherwise land in the guest as the wrong arch."""
-    host = host or host_arch()
-    if arch.name != host:
-        raise NotBuiltYet([part], arch.name, host)
 
 
 class Arch:

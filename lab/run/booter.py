@@ -38,9 +38,9 @@ from lab.core.errors import HostIOError, InfraError, LaunchError, UsageError
 from lab.core.files import copy_file, make_dir, move, write_file
 from lab.core.proc import stop_running
 from lab.core.progress import SILENT, Progress
-from lab.model.arches import ARCHES, NotBuiltYet
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import SpecError
-from lab.model.scenario import Cell, DeviceSpec, axis_field
+from lab.model.scenario import Cell, DeviceSpec
 from lab.model.suites import SUITES
 from lab.model.variants import DEVICES, IOMMU_MODELS, Accel, DeviceConfig
 from lab.run.firstboot import StockKernelBoot
@@ -241,7 +241,6 @@ class CellBooter:
 
     def prepare(self, cell: Cell) -> Prepared:
         self._check_stopping()
-        check_buildable(cell)
         arch = ARCHES[cell.arch]
         with self._lock:
             if self._keys is None:
@@ -634,22 +633,6 @@ class ReadyGuest:
     bound: list[str]  # the devices' BDFs, now on vfio-pci
     snapshot: str = ""  # how the guest came to be: "restored KEY", "none: why"
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of its start
-
-
-def check_buildable(cell: Cell) -> None:
-    """Refused before any work (exit 2, naming machine.arch): a cell of an arch the lab
-    cannot build every part of its guest for yet, each such part named. Nothing of
-    another arch stands in for one."""
-    try:
-        rootfs.check_arch(ARCHES[cell.arch])
-    except NotBuiltYet as why:
-        arches = cell.scenario.machine.arch  # a repro's recorded arch may have left it
-        field = (
-            axis_field(cell.scenario, "arch", arches.index(cell.arch))
-            if cell.arch in arches
-            else "machine.arch"
-        )
-        raise cell.scenario.error(field, f"cell {cell.name}: {why}") from None
 
 
 def _check_model(cell: Cell, kernel: KernelArtifact) -> None:

@@ -1,10 +1,8 @@
 """The one boot that installs the packages of another arch's root filesystem (its second
 stage, lab.artifacts.rootfs): that arch's machine under TCG, with the lab's debian-stock
 kernel and initramfs for the arch, on the image itself (no overlay: what the guest writes
-is the image), until the guest powers off.
-
-Unverified: written and unit-tested with fakes, never run yet
-(tests/integration/test_foreign_rootfs.py runs it).
+is the image), until the guest powers off. tests/integration/test_foreign_rootfs.py runs
+it for real.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ mmdebstrap's extract variant, the second by one boot of the image under TCG with
 debian-stock arm64 kernel and initramfs (lab.run.firstboot). It needs the network (about
 50 MB of packages, and the kernel) and qemu-system-aarch64, which `make test` installs
 (`scripts/setup-host.sh --test`). It reads the image with debugfs: no loop mount, as the
-lab packs it. Until it has passed, `run`, `shell` and `repro` refuse aarch64 cells
-(lab.artifacts.rootfs.check_arch).
+lab packs it.
 
 The second stage's init without a VM: the two stages of the host's own arch (the same
 packages, run natively), the init in a chroot of private mount and pid namespaces. Root

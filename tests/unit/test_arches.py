@@ -1,7 +1,7 @@
 """Guest architectures (machine.arch) without booting or building anything: the registry,
 the scenario rules and the axis, the aarch64 QEMU command line, cross kbuild, the arch in
-every cache key, the private apt setup for arm64 images, and the refusal of what the lab
-does not build for another arch yet."""
+every cache key, the private apt setup for arm64 images, an aarch64 cell taken on to its
+work, and the lab's QEMU, which is not built for another arch yet."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from lab.core.cache import Cache, content_key, tree_digest
 from lab.core.errors import MissingPrerequisite, ScenarioError, UsageError
 from lab.core.registry import UnknownVariant
 from lab.model import scenario
-from lab.model.arches import ARCHES, NotBuiltYet
+from lab.model.arches import ARCHES
 from lab.model.kernelspec import available_fragments
 from lab.model.suites import SUITES
 from lab.model.variants import DeviceConfig, model_modules
 from lab.run import booter
 from lab.run.artifactkey import qemu_identity
-from lab.run.booter import check_buildable, snapshot_key
+from lab.run.booter import snapshot_key
 from lab.vm import accel
 from lab.vm.qemu import build_argv, kernel_cmdline
 from tests.unit.test_qemu_argv import config
@@ -415,50 +415,49 @@ def test_every_cache_key_differs_by_arch_and_x86_s_are_as_before(
     assert qemu_identity("lab", X86) != qemu_identity("lab", ARM)
 
 
-# -- what the lab does not build for aarch64 yet: refused before any work ---------------------
+# -- an aarch64 cell goes to its work as an x86_64 one does ---------------------------------
 
 
-def test_an_aarch64_cell_is_refused_before_any_work(tmp_path, monkeypatch, x86_host) -> None:
+class Reached(Exception):
+    """Where a test stops the lab: it got that far."""
+
+
+def test_the_booter_builds_an_aarch64_cell_s_root_filesystem(
+    tmp_path, monkeypatch, x86_host
+) -> None:
+    # No longer refused: its second stage has run for real (tests/integration/test_foreign_rootfs.py).
     path = write(
         tmp_path, "machine: {arch: [x86_64, aarch64]}\npayload: {suites: [lab, kselftest-vfio]}\n"
     )
-    x86_cell, arm_cell = scenario.expand(scenario.load(path))
-    check_buildable(x86_cell)
-    with pytest.raises(ScenarioError) as info:
-        check_buildable(arm_cell)
-    e = info.value
-    assert (e.field, e.line, e.exit_code) == ("machine.arch[1]", 1, 2)
-    assert e.message == (
-        "cell debian-stock-aarch64: the lab does not build a root filesystem (its second "
-        "stage, a boot under TCG, has not run for real yet) for aarch64 guests yet, only for "
-        "this x86_64 host's own architecture (see docs/guest.md, Guest architectures)"
-    )
-    # The booter refuses before it makes keys, a root filesystem or a kernel.
-    for work in ("ensure_keys",):
-        monkeypatch.setattr(booter, work, pytest.fail)
-    with pytest.raises(ScenarioError):
+    _, arm_cell = scenario.expand(scenario.load(path))
+    built = []
+
+    def ensure_rootfs(cache, keys, arch, first_boot, progress):
+        built.append(arch.name)
+        raise Reached
+
+    monkeypatch.setattr(booter, "ensure_keys", lambda cache: "keys")
+    monkeypatch.setattr(booter.rootfs, "ensure_rootfs", ensure_rootfs)
+    with pytest.raises(Reached):
         booter.CellBooter(Cache(tmp_path / "c")).prepare(arm_cell)
+    assert built == ["aarch64"]
 
 
-def test_run_refuses_every_cell_before_the_first_runs(
+def test_run_takes_an_aarch64_cell_on_to_the_host_s_qemu(
     capsys, tmp_path, monkeypatch, x86_host
 ) -> None:
-    monkeypatch.setattr("lab.cli.common.Cache", pytest.fail)
+    monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path / "cache"))
+    asked = []
+
+    def require_qemu(choice, arches, cache):
+        asked.append(arches)
+        raise MissingPrerequisite("qemu-system-aarch64", "scripts/setup-host.sh --arm64")
+
+    monkeypatch.setattr("lab.cli.common.doctor.require_qemu", require_qemu)
     path = write(tmp_path, "machine: {arch: [x86_64, aarch64]}\n")
-    assert main(["run", "--results", str(tmp_path / "results"), str(path)]) == 2
-    assert (
-        "machine.arch[1]: cell debian-stock-aarch64: the lab does not build a root"
-        in capsys.readouterr().err
-    )
-    assert not (tmp_path / "results").exists()
-
-
-def test_the_root_filesystem_refuses_another_arch_itself(x86_host) -> None:
-    # The root filesystem is built for any arch; the commands refuse another until its
-    # second stage has passed for real (tests/integration/test_foreign_rootfs.py).
-    with pytest.raises(NotBuiltYet, match=r"has not run for real yet\) for aarch64"):
-        rootfs.check_arch(ARM)
-    rootfs.check_arch(X86)
+    assert main(["run", "--results", str(tmp_path / "results"), str(path)]) == 3
+    assert asked == [["x86_64", "aarch64"]]
+    assert "qemu-system-aarch64 is missing" in capsys.readouterr().err
 
 
 def test_the_registry_names_its_choices() -> None:
@@ -472,4 +471,3 @@ def test_the_registry_names_its_choices() -> None:
         "ttyAMA0",
         "arch/arm64/boot/Image",
     )
-    assert issubclass(NotBuiltYet, UsageError)  # exit 2: asked of the lab, not its failure
