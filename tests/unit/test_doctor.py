@@ -92,3 +92,17 @@ def test_doctor_fails_on_them_only_for_a_scenario_with_aarch64_cells(
     tools("qemu-system-aarch64", QEMU_7_2)
     tools("aarch64-linux-gnu-gcc", GCC)
     assert main(["doctor", str(arm)]) == 0
+
+
+def test_a_bad_scenario_given_to_doctor_is_exit_2_naming_its_line_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VFIO_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(doctor, "host_checks", pytest.fail)  # refused before any check
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmachine: {arch: sparc}\n")
+    assert main(["doctor", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"vfio-lab: error: {bad}:2: machine.arch: unknown architecture 'sparc'; "
+        "available: aarch64, x86_64"
+    )
