@@ -13,7 +13,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from vfiolib import kconfig
@@ -56,14 +56,25 @@ class _Window:
         cls.start, cls.lines = time.monotonic(), 0
 
 
-def fault_size(fresh: Callable[[], Touchable]) -> int | str:
+# What each layout was measured to fault with, for this process's lifetime. The handler's
+# choice depends only on the layout (the BAR, which is fixed while the guest runs, and the
+# mmap's size, offset and alignment), so measuring it again would add nothing but waits for
+# the ratelimit: only 3 faults fit in its window, and a cell asks about 15 times.
+_measured: dict[Hashable, int] = {}
+
+
+def fault_size(fresh: Callable[[], Touchable], layout: Hashable) -> int | str:
     """The page size the handler maps a fresh mmap with, or why it is not known.
 
     `fresh()` makes a new mapping each call: only a mapping nothing has touched yet is
-    sure to fault. The kernel's ratelimit window can only be estimated from here, so a
-    fault whose lines it cut short is tried once more on another fresh mapping after a
-    whole window has passed, when the kernel is sure to log all of them.
+    sure to fault. `layout` names what decides the size (device, BAR, mmap alignment):
+    a layout already measured in this process is not faulted again. The kernel's
+    ratelimit window can only be estimated from here, so a fault whose lines it cut short
+    is tried once more on another fresh mapping after a whole window has passed, when the
+    kernel is sure to log all of them.
     """
+    if layout in _measured:
+        return _measured[layout]
     if not os.path.exists(CONTROL):
         if kconfig.promising("CONFIG_DYNAMIC_DEBUG"):
             raise AssertionError(f"CONFIG_DYNAMIC_DEBUG=y promises {CONTROL}, but it is absent")
@@ -75,7 +86,10 @@ def fault_size(fresh: Callable[[], Touchable]) -> int | str:
     if size is None:
         _Window.wait_for_next(RATELIMIT_S + 0.2)
         size = size_from(_fault_fresh(fresh))
-    return size or f"unknown ({FUNC} logged no order that mapped a fresh mmap)"
+    if size is None:
+        return f"unknown ({FUNC} logged no order that mapped a fresh mmap)"
+    _measured[layout] = size
+    return size
 
 
 @functools.cache

@@ -84,14 +84,50 @@ def test_a_fault_the_ratelimit_cut_short_is_measured_again_on_a_fresh_mapping(mo
     monkeypatch.setattr(pfnmap.time, "monotonic", lambda: kernel.now)
     monkeypatch.setattr(pfnmap._Window, "start", kernel.now - 10)  # thinks the window is fresh
     monkeypatch.setattr(pfnmap._Window, "lines", 0)
-    assert pfnmap.fault_size(kernel.fresh) == 2 << 20
+    monkeypatch.setattr(pfnmap, "_measured", {})
+    assert pfnmap.fault_size(kernel.fresh, "bar1") == 2 << 20
     assert kernel.made == 2  # each try faulted a mapping nothing had touched
+
+
+def test_a_layout_is_faulted_once_and_another_layout_again(monkeypatch):
+    """A cell asks about the same BAR mmap in every IOMMU mode; only the first asks the
+    kernel. An mmap laid out otherwise (misaligned) is a question of its own."""
+    kernel = FakeKernel(printed=0)
+    monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: True)
+    monkeypatch.setattr(pfnmap, "_logged", kernel.logged)
+    monkeypatch.setattr(pfnmap.time, "sleep", kernel.sleep)
+    monkeypatch.setattr(pfnmap.time, "monotonic", lambda: kernel.now)
+    monkeypatch.setattr(pfnmap, "_measured", {})
+    aligned, misaligned = ("0000:01:00.0", 1, 0, 0), ("0000:01:00.0", 1, 1 << 30, 4096)
+    assert [pfnmap.fault_size(kernel.fresh, aligned) for _ in range(5)] == [2 << 20] * 5
+    assert kernel.made == 1
+    assert pfnmap.fault_size(kernel.fresh, misaligned) == 2 << 20
+    assert kernel.made == 2
+
+
+def test_an_unknown_size_is_asked_again(monkeypatch):
+    """Only a measured size is kept: "unknown" from a cut-short window is no answer."""
+    monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
+    monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: True)
+    monkeypatch.setattr(pfnmap, "_logged", lambda touch: [])
+    monkeypatch.setattr(pfnmap.time, "sleep", lambda s: None)
+    monkeypatch.setattr(pfnmap, "_measured", {})
+    made = []
+
+    def fresh():
+        made.append(1)
+        return FakeKernel(0).fresh()
+
+    for _ in range(2):
+        assert pfnmap.fault_size(fresh, "bar1").startswith("unknown (")
+    assert len(made) == 4
 
 
 def test_a_kernel_without_the_debug_line_is_told_without_waiting(monkeypatch):
     monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
     monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: False)
     monkeypatch.setattr(pfnmap.time, "sleep", lambda s: pytest.fail("waited"))
-    assert pfnmap.fault_size(lambda: pytest.fail("faulted")) == (
+    assert pfnmap.fault_size(lambda: pytest.fail("faulted"), "bar1") == (
         "unknown (this kernel's vfio-pci has no vfio_pci_mmap_huge_fault debug line)"
     )
