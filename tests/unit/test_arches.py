@@ -471,3 +471,11 @@ def test_the_registry_names_its_choices() -> None:
         "ttyAMA0",
         "arch/arm64/boot/Image",
     )
+
+
+def test_x86_under_tcg_hides_the_byte_string_ops_and_kvm_passes_the_host_through() -> None:
+    """TCG runs `rep stosb`/`rep movsb` a byte per step; without ERMS and FSRM the guest's
+    kernel and libc use `rep stosq`. Under KVM the host's CPU is the guest's, untouched."""
+    x86 = ARCHES["x86_64"]
+    assert x86.cpu("tcg").split(",") == ["max", "-erms", "-fsrm"]
+    assert x86.cpu("kvm") == "host"
