@@ -147,10 +147,24 @@ def test_default_jobs_respects_cores_and_memory(monkeypatch):
     from lab.run import matrix
 
     s = scenario.load(scenario.DEFAULT_SCENARIO)  # 2 vCPUs, 4 GiB per guest
-    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 2)
+    gib = 1 << 20  # /proc/meminfo counts kB
+    monkeypatch.setattr(matrix, "Path", lambda _: FakeMeminfo(24 * gib))
+    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 1)
     assert matrix.default_jobs(s) == 1
+    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 2)
+    assert matrix.default_jobs(s) == 2  # a core per cell, not one per vCPU
     monkeypatch.setattr(matrix.os, "cpu_count", lambda: 64)
-    assert 1 <= matrix.default_jobs(s) <= 32  # now memory is the limit
+    assert matrix.default_jobs(s) == 4  # now memory is the limit: (24 - 2) // 4.5 GiB
+    monkeypatch.setattr(matrix, "Path", lambda _: FakeMeminfo(4 * gib))
+    assert matrix.default_jobs(s) == 1  # less than a guest's worth spare is still one
+
+
+class FakeMeminfo:
+    def __init__(self, kib: int) -> None:
+        self.kib = kib
+
+    def read_text(self) -> str:
+        return f"MemTotal:       {self.kib} kB\nMemFree:        1 kB\n"
 
 
 def test_negative_retries_is_exit_2(capsys):
