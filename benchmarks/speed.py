@@ -98,7 +98,10 @@ def matrix_at(rev: str, tmp: Path, scenario: str = "iommufd-compat") -> dict[str
         results = tmp / f"before-results-{scenario}"
         wall, done = lab("run", scenario, "-q", "--results", str(results), cwd=tree)
         run = str((results / "latest").resolve())
-        return {"rev": rev, "exit_code": done.returncode, "wall_s": wall, "run": run}
+        out = {"rev": rev, "exit_code": done.returncode, "wall_s": wall, "run": run}
+        # An old commit may need what the host no longer has (ed6285e builds its root
+        # filesystem with debootstrap): a failed run says why, not just its exit code.
+        return out if done.returncode in (0, 1) else {**out, "stderr": done.stderr[-2000:]}
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
 

@@ -9,7 +9,8 @@ this run met it.
   python benchmarks/targets.py --fresh          # + `make run` and `make test` into an empty
                                                 #   scratch cache (the suite alone: over 40 min)
 
-Rows that need a scratch cache (`--fresh`) are recorded as not measured otherwise; a row
+`--before ed6285e` (the commit before the speed work) needs `debootstrap` on the host: that
+commit built its root filesystem with it. Rows that need a scratch cache (`--fresh`) are recorded as not measured otherwise; a row
 whose command failed keeps its exit code, so no figure stands for a run that broke.
 """
 
