@@ -25,7 +25,7 @@ PACKAGES=(
     python3-venv      # the project's virtualenv
     gcc               # the uAPI layout test compiles against the kernel headers
     linux-libc-dev    # <linux/vfio.h> for that test
-    make flex bison bc libelf-dev libssl-dev xz-utils  # building kernels from source
+    make flex bison bc libelf-dev libssl-dev xz-utils lz4  # building kernels from source (lz4: base.config packs the bzImage with it)
     ccache            # shared by every kernel build: a config flip rebuilds little
     git               # local:PATH kernel trees are identified by their commit
     patch             # kernels: [{source, patches}] and the lab QEMU's series

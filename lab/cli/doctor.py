@@ -280,6 +280,7 @@ def host_checks(cache: Cache) -> list[Check]:
         _tool("flex", "flex"),
         _tool("bison", "bison"),
         _tool("bc", "bc"),
+        _tool("lz4", "lz4"),  # base.config packs x86 bzImages with it
         _tool("ccache", "ccache"),
         _tool("patch", "patch"),
         check_libelf,
