@@ -51,7 +51,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-k", dest="keyword", help="only guest tests matching this pytest -k expression"
     )
     run.add_argument(
-        "-j", "--jobs", type=int, help="cells run at once (default: a cell per core, as many as memory holds)"
+        "-j",
+        "--jobs",
+        type=int,
+        help="cells run at once (default: a cell per core, as many as memory holds)",
     )
     run.add_argument(
         "--retries",
