@@ -86,16 +86,6 @@ def results(tmp_path, monkeypatch):
     )
 
 
-@pytest.fixture
-def scratch_cache(tmp_path, results):
-    """An empty cache of the test's own, which builds everything it is asked for from
-    nothing; after the test, as `results` checks the lab's cache, nothing may be left in
-    its scratch or sockets' directories."""
-    cache = Cache(tmp_path / "cache")
-    yield cache
-    assert vm_scratch(cache) == set(), "a scratch directory (image, sockets) outlived its build"
-
-
 def summary(root: Path) -> dict:
     return json.loads((root / "latest" / "summary.json").read_text())
 

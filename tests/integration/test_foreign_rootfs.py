@@ -1,8 +1,9 @@
 """Another arch's root filesystem, built for real.
 
-The aarch64 image on a host of another arch, from an empty cache: the first stage by
-mmdebstrap's extract variant, the second by one boot of the image under TCG with the lab's
-debian-stock arm64 kernel and initramfs (lab.run.firstboot). It needs the network (about
+The aarch64 image on a host of another arch, in the suite's cache (empty on a cold run,
+as CI's; shared with test_arm64, which boots it, so the suite builds it once): the first
+stage by mmdebstrap's extract variant, the second by one boot of the image under TCG with
+the lab's debian-stock arm64 kernel and initramfs (lab.run.firstboot). It needs the network (about
 50 MB of packages, and the kernel) and qemu-system-aarch64, which `make test` installs
 (`scripts/setup-host.sh --test`). It reads the image with debugfs: no loop mount, as the
 lab packs it.
@@ -66,12 +67,12 @@ def stanzas(status: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.skipif(host_arch() == ARM.name, reason="aarch64 is this host's own: no second stage")
-def test_an_aarch64_image_installs_its_packages_in_its_first_boot(
-    scratch_cache: Cache, tmp_path: Path
-) -> None:
-    keys = ensure_keys(scratch_cache)
-    boot = StockKernelBoot(scratch_cache, print)
-    image = rootfs.ensure_rootfs(scratch_cache, keys, ARM, boot, print)
+@pytest.mark.usefixtures("results")  # nothing of the boot may be left running or on disk
+def test_an_aarch64_image_installs_its_packages_in_its_first_boot(tmp_path: Path) -> None:
+    cache = Cache()
+    keys = ensure_keys(cache)
+    boot = StockKernelBoot(cache, print)
+    image = rootfs.ensure_rootfs(cache, keys, ARM, boot, print)
     console = (image.base.parent / "second-stage.log").read_text(errors="replace")
     assert rootfs.DONE in console, console[-3000:]
     # Powered off through sysrq, not ended by the panic of an init that ran out (-no-reboot).
