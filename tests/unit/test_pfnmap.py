@@ -72,19 +72,24 @@ class FakeKernel:
         self.now += s
 
 
-def test_a_fault_the_ratelimit_cut_short_is_measured_again_on_a_fresh_mapping(monkeypatch):
-    """The kernel's window began before this process could see it: 9 of its 10 lines are
-    spent, so the fault's mapping line is silenced. The size is still read, from a second
-    fresh mapping once a whole window has passed, never "unknown"."""
-    kernel = FakeKernel(printed=9)
+def behind(monkeypatch, kernel: FakeKernel) -> FakeKernel:
+    """pfnmap in front of `kernel`: its debug line, its clock, nothing measured yet."""
     monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
     monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: True)
     monkeypatch.setattr(pfnmap, "_logged", kernel.logged)
     monkeypatch.setattr(pfnmap.time, "sleep", kernel.sleep)
     monkeypatch.setattr(pfnmap.time, "monotonic", lambda: kernel.now)
+    monkeypatch.setattr(pfnmap, "_measured", {})
+    return kernel
+
+
+def test_a_fault_the_ratelimit_cut_short_is_measured_again_on_a_fresh_mapping(monkeypatch):
+    """The kernel's window began before this process could see it: 9 of its 10 lines are
+    spent, so the fault's mapping line is silenced. The size is still read, from a second
+    fresh mapping once a whole window has passed, never "unknown"."""
+    kernel = behind(monkeypatch, FakeKernel(printed=9))
     monkeypatch.setattr(pfnmap._Window, "start", kernel.now - 10)  # thinks the window is fresh
     monkeypatch.setattr(pfnmap._Window, "lines", 0)
-    monkeypatch.setattr(pfnmap, "_measured", {})
     assert pfnmap.fault_size(kernel.fresh, "bar1") == 2 << 20
     assert kernel.made == 2  # each try faulted a mapping nothing had touched
 
@@ -92,13 +97,7 @@ def test_a_fault_the_ratelimit_cut_short_is_measured_again_on_a_fresh_mapping(mo
 def test_a_layout_is_faulted_once_and_another_layout_again(monkeypatch):
     """A cell asks about the same BAR mmap in every IOMMU mode; only the first asks the
     kernel. An mmap laid out otherwise (misaligned) is a question of its own."""
-    kernel = FakeKernel(printed=0)
-    monkeypatch.setattr(pfnmap.os.path, "exists", lambda path: True)
-    monkeypatch.setattr(pfnmap, "_has_debug_line", lambda: True)
-    monkeypatch.setattr(pfnmap, "_logged", kernel.logged)
-    monkeypatch.setattr(pfnmap.time, "sleep", kernel.sleep)
-    monkeypatch.setattr(pfnmap.time, "monotonic", lambda: kernel.now)
-    monkeypatch.setattr(pfnmap, "_measured", {})
+    kernel = behind(monkeypatch, FakeKernel(printed=0))
     aligned, misaligned = ("0000:01:00.0", 1, 0, 0), ("0000:01:00.0", 1, 1 << 30, 4096)
     assert [pfnmap.fault_size(kernel.fresh, aligned) for _ in range(5)] == [2 << 20] * 5
     assert kernel.made == 1
