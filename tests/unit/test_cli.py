@@ -328,7 +328,7 @@ def test_unknown_scenario_name_lists_the_builtin_ones(capsys, monkeypatch, tmp_p
     code, _, err = run(capsys, "list", "quik")
     assert code == 2
     assert "quik: no such scenario file, and no built-in scenario of that name" in err
-    assert "built-in: dmabuf, edu-bigbar, igb, iommufd-compat, nightly, parity, quick" in err
+    assert "built-in: arm64, dmabuf, edu-bigbar, igb, iommufd-compat, nightly, parity, quick" in err
 
 
 def test_a_crash_of_the_lab_is_exit_4_with_a_request_for_a_bug_report(capsys, monkeypatch):
