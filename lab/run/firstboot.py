@@ -23,8 +23,9 @@ from lab.vm.machine import Machine, tail
 from lab.vm.qemu import VMConfig, build_argv
 from lab.vm.ssh import free_port
 
-# A guess, not measured: ~150 packages' maintainer scripts (Python's byte compilation the
-# most of it) under TCG on a 2-core host should take minutes; past this, something hangs.
+# The whole second stage took 402-450 s under TCG on a 2-core AMD EPYC (~150 packages'
+# maintainer scripts, Python's byte compilation the most of it; a kernel build beside it
+# once). Six times that leaves room for a slower or busier host; past it, something hangs.
 DEADLINE_S = 45 * 60.0
 POLL_S = 1.0  # how often the wait looks at a Ctrl-C of the run
 
