@@ -3,7 +3,8 @@
 and the accelerator, each row with the figure it started from, its target and whether
 this run met it.
 
-  python benchmarks/targets.py                  # the warm rows (about 25 min on 2 cores)
+  python benchmarks/targets.py                  # the warm rows (about 25 min on 2 cores
+                                                #   once built; each warms its cache first)
   python benchmarks/targets.py --before REV     # + iommufd-compat and parity as commit REV
                                                 #   ran them, and `vfio-lab compare` of each
   python benchmarks/targets.py --fresh          # + `make run` and `make test` into an empty
@@ -91,6 +92,7 @@ def minimal_boot(tmp: Path) -> dict[str, Any]:
 
 
 def parity(tmp: Path) -> dict[str, dict[str, Any]]:
+    run_wall(tmp, "parity-warmup", "parity")  # its kernels and selftests, from a cold cache
     code, wall, summary = run_wall(tmp, "parity", "parity")
     suites = {c["name"]: c["suite_s"].get("kselftest-vfio") for c in summary["cells"]}
     slowest = max((s for s in suites.values() if s is not None), default=None)
