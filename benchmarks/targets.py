@@ -147,8 +147,9 @@ def compare_before(rev: str, tmp: Path, after: dict[str, Any]) -> dict[str, Any]
     for scenario, key in (("iommufd-compat", "iommufd_compat_wall"), ("parity", "parity_wall")):
         before = matrix_at(rev, tmp, scenario)
         _, done = lab("compare", before["run"], after[key].get("run", "<no run>"))
+        # Exit 2 with its reason when either run is no baseline (compare refuses it).
         out[scenario] = {**before, "compare_exit_code": done.returncode,
-                         "compare": done.stdout.splitlines()[-20:]}  # fmt: skip
+                         "compare": (done.stdout + done.stderr).splitlines()[-20:]}  # fmt: skip
     return out
 
 

@@ -6,12 +6,18 @@ never ran (`missing`: a merged night whose shard never came), and lost coverage:
 that ran and now skips (a kernel that lost /dev/iommu), a test or a cell that vanished.
 Lost coverage can be accepted (`--accept-lost`) when it was meant, e.g. a smaller
 matrix; a missing cell cannot: nobody meant it.
+
+An old run that promised a cell and never ran it (killed, or failed before it) is no
+baseline for that cell: compare refuses it by name rather than call the new run's
+results "appeared" and the comparison clean.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from lab.core.errors import UsageError
 from lab.results.outcomes import RAN, SKIP, UNEXPECTED
 from lab.results.records import TestRecord
 from lab.results.rundir import RunData
@@ -66,9 +72,11 @@ def compare(old: RunData, new: RunData, accept_lost: bool = False) -> Comparison
     result = Comparison(accept_lost=accept_lost)
     old_cells = {c.name: c.by_name() for c in old.cells}
     new_cells = {c.name: c.by_name() for c in new.cells}
-    result.cells_vanished = [c for c in old_cells if c not in new_cells and c not in new.missing]
-    for cell in new.missing:
-        missing = result.cells_still_missing if cell in old.missing else result.cells_missing
+    _refuse_without_baseline(old, new_cells)
+    never_ran = new.never_ran
+    result.cells_vanished = [c for c in old_cells if c not in new_cells and c not in never_ran]
+    for cell in never_ran:
+        missing = result.cells_still_missing if cell in old.never_ran else result.cells_missing
         missing.append(cell)
     result.cells_appeared = [c for c in new_cells if c not in old_cells]
     _infra(result, old, new)
@@ -76,6 +84,17 @@ def compare(old: RunData, new: RunData, accept_lost: bool = False) -> Comparison
         if cell in old_cells:
             _compare_cell(result, cell, old_cells[cell], after)
     return result
+
+
+def _refuse_without_baseline(old: RunData, new_cells: dict[str, Any]) -> None:
+    if unran := [c for c in old.never_ran if c in new_cells]:
+        code = old.summary.get("exit_code")
+        ended = "never finished" if code is None else f"ended with exit code {code}"
+        raise UsageError(
+            f"compare: {old.dir} promised cells it has no results for, so it is no baseline "
+            f"for them: {', '.join(unran)} (that run {ended}); compare against a run that "
+            "has them"
+        )
 
 
 def _infra(out: Comparison, old: RunData, new: RunData) -> None:

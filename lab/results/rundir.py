@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.errors import UsageError
+from lab.model.shards import WHOLE
 from lab.results.records import TestRecord
 
 
@@ -38,6 +39,16 @@ class RunData:
     def missing(self) -> list[str]:
         """Cells the run promised and never ran: a merged night whose shard never came."""
         return list(self.summary.get("missing", {}).get("cells", []))
+
+    @property
+    def never_ran(self) -> list[str]:
+        """Promised cells with no result: a merged night's missing ones, or those of a whole
+        run that was killed, interrupted or failed before reaching them. A shard's own run
+        does not record which cells it promised (merging finds out), so it names none."""
+        if self.summary.get("shard") != str(WHOLE):
+            return []
+        ran = {c.name for c in self.cells}
+        return [c for c in self.summary.get("scenario_cells", []) if c not in ran]
 
 
 # -- the matrix: tests x cells ----------------------------------------------------------

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from lab.core.errors import UsageError
+from lab.model.shards import WHOLE, ShardPlan
 from lab.results import compare, merge
 from lab.results.rundir import load_run
 from tests.conftest import lab
-from tests.unit.run_fixtures import rec, shard_run, write_run
+from tests.unit.run_fixtures import SCENARIO_HASH, rec, shard_run, write_run
 
 
 def two_runs(tmp_path, old, new):
@@ -161,3 +165,24 @@ def test_report_writes_both_files_again(tmp_path):
     assert done.returncode == 0
     assert (a / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert '<testsuite name="c"' in (a / "junit.xml").read_text()
+
+
+def test_a_killed_or_failed_run_is_no_baseline_and_no_clean_result(tmp_path):
+    """Built to fool the gate: an old run that died before its cells (exit 3 at the
+    start, or SIGKILL) would otherwise make every new result "appeared" and compare clean."""
+    promised = ShardPlan(WHOLE, ("7.2-y", "7.2-n"), SCENARIO_HASH)
+    (tmp_path / "died").mkdir()
+    died = write_run(tmp_path / "died", {"7.2-y": [rec("t.a")]}, plan=promised)
+    summary = json.loads((died / "summary.json").read_text())
+    (died / "summary.json").write_text(json.dumps({**summary, "exit_code": None}))
+    (tmp_path / "whole").mkdir()
+    whole = write_run(tmp_path / "whole", {"7.2-y": [rec("t.a")], "7.2-n": [rec("t.a")]})
+    with pytest.raises(UsageError, match=r"no baseline for them: 7\.2-n \(that run never finished"):
+        compare.compare(load_run(died), load_run(whole))
+    done = lab("compare", str(died), str(whole))
+    assert done.returncode == 2 and "no baseline for them: 7.2-n" in done.stderr, done.stderr
+    # The other way round, the cell the new run never reached is missing: a regression.
+    c = compare.compare(load_run(whole), load_run(died), accept_lost=True)
+    assert c.cells_missing == ["7.2-n"] and c.cells_vanished == [] and c.regressions
+    # Against itself the cell is still missing, with nothing to refuse: neither run has it.
+    assert compare.compare(load_run(died), load_run(died)).cells_still_missing == ["7.2-n"]
