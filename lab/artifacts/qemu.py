@@ -217,9 +217,7 @@ def _build(arch: Arch, cache: Cache, scratch: Path, progress: Progress) -> None:
     # One source directory for every build of this version, whatever its target: the same
     # paths each time, so ccache serves a rebuild after a patch changed, and another
     # arch's build the code all targets share.
-    work_key = content_key([PACKAGE, VERSION])
-    cache.use("qemu-build", work_key)
-    work = cache.entry("qemu-build", work_key)
+    work = build_tree(cache)
     work.mkdir(parents=True, exist_ok=True)
     record_made_by(work, f"source and build tree of {PACKAGE} {VERSION}")
     # Beside the source, not in the entry's scratch: a failed build's log must outlive it.
@@ -235,6 +233,13 @@ def _build(arch: Arch, cache: Cache, scratch: Path, progress: Progress) -> None:
     version = qemu_version(str(scratch / arch.qemu_system))
     info = {"version": version, "patches": series(), "package": VERSION}
     (scratch / "qemu.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def build_tree(cache: Cache) -> Path:
+    """Where the source is unpacked and patched (`src/`, QEMU's own scripts among it)."""
+    work_key = content_key([PACKAGE, VERSION])
+    cache.use("qemu-build", work_key)
+    return cache.entry("qemu-build", work_key)
 
 
 def missing_build_depends() -> list[str]:

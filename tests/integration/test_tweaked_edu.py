@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from lab.artifacts import qemu
+from lab.core.cache import Cache
 from tests.conftest import REPO, lab
 
 pytestmark = pytest.mark.vm
@@ -153,3 +155,14 @@ def test_a_short_dma_delay_is_recorded_and_the_driver_tests_pass_well_under_100_
     assert any("mix_and_match" in n for n in passed) and any("storm" in n for n in passed)
     at_100ms = sum(0.1 * n for name in passed for case, n in DMAS.items() if case in name)
     assert cell["suite_s"]["lab"] < at_100ms, (cell["suite_s"], passed)
+
+
+def test_the_lab_qemu_patches_pass_qemus_checkpatch(bigbar_run):
+    """What docs/devices.md says of them, checked by QEMU's own scripts/checkpatch.pl from
+    the source tree they were just applied to (the build above made it)."""
+    src = qemu.build_tree(Cache()) / "src"
+    for name in qemu.series():
+        done = subprocess.run(["perl", "scripts/checkpatch.pl", str(qemu.PATCHES / name)],
+                              cwd=src, capture_output=True, text=True, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{name}:\n{done.stdout}{done.stderr}"
+        assert "has no obvious style problems" in done.stdout, done.stdout
