@@ -29,8 +29,8 @@ from lab.artifacts.userns import (
 from lab.core.cache import Cache
 from lab.core.errors import LabError, MissingPrerequisite
 from lab.core.versions import version_text, version_tuple
-from lab.model.arches import ARCHES, DEFAULT_ARCH, Arch
-from lab.vm.accel import KVM, kvm_denied
+from lab.model.arches import ARCHES, DEFAULT_ARCH, Arch, host_arch
+from lab.vm.accel import KVM, host_cpuinfo, kvm_denied, no_hardware_virt
 
 MIN_FREE_GIB = 5
 MIN_QEMU = (7, 2)
@@ -212,6 +212,8 @@ def check_kvm(cache: Cache, dev: Path) -> Check:
         return Check("kvm", True, f"no {dev}: guests run under TCG")
     if (denied := kvm_denied(dev)) is not None:
         return Check("kvm", False, f"{denied.why}: guests run under TCG", denied.fix)
+    if (no_virt := no_hardware_virt(host_cpuinfo(), host_arch())) is not None:
+        return Check("kvm", True, f"{no_virt}: guests run under TCG")
     verdicts = [
         json.loads(p.read_text()) for p in sorted((cache.root / "kvm-probe").glob("*.json"))
     ]

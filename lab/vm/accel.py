@@ -1,9 +1,12 @@
 """Choosing the accelerator: KVM only when it really runs a guest, otherwise TCG.
 
 `/dev/kvm` existing proves little: on some hosts (nested, paravirtual KVM) it opens
-but fails in the kernel decompressor. So `auto` boots the cell's own kernel under
-KVM for a few seconds and looks for its first console line. The verdict is cached
-per host kernel, QEMU version, guest kernel and host CPU.
+but fails in the kernel decompressor, or (a kernel booted through PVH, with no
+decompressor) a few lines later, where the kernel sets up the FPU. So on an x86 CPU
+without vmx or svm KVM is not even tried (PVM's kvm_pvm runs only its own guest
+kernels), and otherwise `auto` boots the cell's own kernel under KVM for a few seconds
+and waits for a line past the CPU's set-up. The verdict is cached per host kernel, QEMU
+version, guest kernel, host CPU and the line waited for.
 
 The CPU a guest sees is named here too (`GuestCpu`): caches are shared across CI runners,
 and a guest saved on one CPU under KVM may fault on another.
@@ -32,7 +35,11 @@ from lab.model.arches import Arch, host_arch
 from lab.model.variants import Accel
 
 PROBE_SECONDS = 20.0
-BOOT_MARK = "Linux version"
+# Past CPU, FPU and SMP set-up: the root mount the probe gives nothing for ("VFS: Cannot
+# open root device"). "Linux version" was not enough: under PVM a PVH-booted kernel
+# prints it and then stops at its first xrstor.
+BOOT_MARK = "VFS: "
+HARDWARE_VIRT = frozenset({"vmx", "svm"})
 CPUINFO = Path("/proc/cpuinfo")
 KVM = Path("/dev/kvm")
 
@@ -163,12 +170,25 @@ def kvm_denied(dev: Path) -> KvmDenied | None:
 
 
 def kvm_unusable() -> str | None:
-    """Why no probe is worth running: /dev/kvm is absent, or this user may not open it."""
+    """Why no probe is worth running: /dev/kvm is absent, this user may not open it, or
+    the CPU cannot run hardware-assisted guests."""
     if not KVM.exists():
         return f"{KVM} is absent"
     if (denied := kvm_denied(KVM)) is not None:
         return f"{denied.why}; fix: {denied.fix}"
-    return None
+    return no_hardware_virt(host_cpuinfo(), host_arch())
+
+
+def no_hardware_virt(cpuinfo: str, host: str) -> str | None:
+    """Why KVM on an x86 host with this /proc/cpuinfo cannot run a stock guest kernel:
+    without vmx or svm it is software virtualisation (PVM). Unread or other arches: None."""
+    _, flags = parse_cpuinfo(cpuinfo)
+    if host != "x86_64" or not flags or HARDWARE_VIRT & set(flags):
+        return None
+    return (
+        f"{KVM} opens, but the CPU has neither vmx nor svm: this KVM is not hardware "
+        "virtualisation (PVM's kvm_pvm runs only PVM guest kernels)"
+    )
 
 
 def probe_kvm(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
@@ -198,7 +218,7 @@ def _watch(proc: subprocess.Popen[bytes], console: Path, log: Path) -> tuple[boo
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError):
             if BOOT_MARK in console.read_text(errors="replace"):
-                return True, "KVM booted the guest kernel"
+                return True, "KVM booted the guest kernel past its CPU set-up"
         if proc.poll() is not None:
             break
         time.sleep(0.1)
@@ -230,7 +250,7 @@ def _probe_once(qemu: str, kernel: Path, kernel_digest: str, cache: Cache) -> tu
 
 
 def probe_key(host_kernel: str, qemu_version: str, kernel_digest: str, cpu: GuestCpu) -> str:
-    return content_key([host_kernel, qemu_version, kernel_digest, cpu.key()])
+    return content_key([host_kernel, qemu_version, kernel_digest, cpu.key(), BOOT_MARK])
 
 
 def foreign_choice(requested: str, arch: Arch, host: str) -> AccelChoice | None:

@@ -168,3 +168,45 @@ def test_a_snapshot_of_the_same_cpu_is_restored(
     monkeypatch.setattr("lab.artifacts.rootfs.create_overlay", lambda base, overlay: None)
     with pytest.raises(Started), contextlib.ExitStack() as stack:
         booter._attempt(_Boot(cell(), here, tmp_path, stack, key=KEY))
+
+
+PVM_HOST = cpuinfo("AMD EPYC 9B14", "fpu sse2 avx avx2 avx512f hypervisor")
+
+
+def test_an_x86_cpu_without_vmx_or_svm_is_not_worth_a_kvm_probe() -> None:
+    """These machines' KVM is PVM's: it opens, and a probe that boots far enough to print
+    a banner was taken for a working one (a 7.2 cell then hung at its FPU set-up)."""
+    why = accel.no_hardware_virt(PVM_HOST, "x86_64")
+    assert why is not None and "neither vmx nor svm" in why
+    assert accel.no_hardware_virt(OLD, "x86_64") is None
+    assert accel.no_hardware_virt(cpuinfo("AMD EPYC 7763", "fpu svm"), "x86_64") is None
+    assert accel.no_hardware_virt(PVM_HOST, "aarch64") is None, "Arm hosts have no such flag"
+    assert accel.no_hardware_virt("", "x86_64") is None, "an unread cpuinfo decides nothing"
+
+
+class Stuck:
+    """A QEMU that stays up: PVM stops the vCPU at an emulation failure, not the process."""
+
+    def poll(self) -> None:
+        return None
+
+
+def test_the_probe_waits_past_the_banner_for_the_cpus_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accel, "PROBE_SECONDS", 0.3)
+    console, log = tmp_path / "console.log", tmp_path / "qemu.log"
+    log.write_text("KVM internal error. Suberror: 1\nemulation failure\nRAX=0\n")
+    banner = "[    0.000000] Linux version 7.2.13-vfio-lab\n"
+    console.write_text(banner + "[    0.128362] x86/fpu: Supporting XSAVE feature 0x080\n")
+    works, why = accel._watch(Stuck(), console, log)  # type: ignore[arg-type]
+    assert not works and why == "KVM cannot run the guest kernel: KVM internal error. Suberror: 1"
+    console.write_text(banner + '[    0.912000] VFS: Cannot open root device "" or unknown\n')
+    assert accel._watch(Stuck(), console, log)[0]  # type: ignore[arg-type]
+
+
+def test_the_probe_verdict_is_kept_per_line_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verdict taken on the banner alone (before the fix) is not this probe's."""
+    key = probe_key("6.1.0-30-amd64", "QEMU 10.0.13", "aa", guest_cpu("kvm", OLD))
+    monkeypatch.setattr(accel, "BOOT_MARK", "Linux version")
+    assert probe_key("6.1.0-30-amd64", "QEMU 10.0.13", "aa", guest_cpu("kvm", OLD)) != key

@@ -156,6 +156,10 @@ def deny_kvm(monkeypatch: pytest.MonkeyPatch, dev: Path, allowed: list[bool]) ->
 
     monkeypatch.setattr(accel, "KVM", dev, raising=False)
     monkeypatch.setattr(os, "access", access)
+    # A CPU KVM can use, whatever this machine's is (no vmx here: the probe would be moot).
+    cpuinfo = dev.parent / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu vmx\n\n")
+    monkeypatch.setattr(accel, "CPUINFO", cpuinfo)
 
 
 def test_a_kvm_access_denial_is_not_remembered_once_access_is_granted(
