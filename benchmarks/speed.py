@@ -174,7 +174,14 @@ def checkout_72(tmp: Path) -> Path:
         if not child.name.startswith(".lab-build"):
             subprocess.run(["cp", "-al", child, tree], check=True)
     # -f: Debian's tree ignores everything at its top level (its .gitignore is for packaging).
-    for args in (["init", "-q"], ["add", "-f", "-A"], ["commit", "-qm", "7.2"]):
+    # gc.auto=0: the commit's 80k loose objects would start a repack in the background,
+    # minutes of a core beside the builds and boots being timed (seen 2026-12-03).
+    for args in (
+        ["init", "-q"],
+        ["config", "gc.auto", "0"],
+        ["add", "-f", "-A"],
+        ["commit", "-qm", "7.2"],
+    ):
         subprocess.run(["git", "-c", "user.email=b@b", "-c", "user.name=b", *args], cwd=tree,
                        check=True, capture_output=True)  # fmt: skip
     return tree
