@@ -17,6 +17,7 @@ import time
 import pytest
 
 from lab.core.cache import Cache
+from lab.vm.accel import kvm_unusable
 from tests.conftest import REPO, lab
 from tests.integration.conftest import copy_source, lab_qemus, summary, vm_scratch
 
@@ -134,8 +135,8 @@ def test_guest_cannot_reach_a_service_on_the_hosts_loopback(results):
 
 
 def test_two_runs_at_once_on_one_fresh_cache_both_pass(tmp_path, results):
-    """A cache holding only the built artifacts: both runs probe the accelerator, write the
-    probe's memo, create scratch directories and sweep at the same time."""
+    """A cache holding only the built artifacts: both runs choose the accelerator (probing
+    KVM where it may work), create scratch directories and sweep at the same time."""
     cache = tmp_path / "cache"
     warm = Cache().root
     for kind in ("keys", "rootfs", "kernels"):
@@ -158,7 +159,10 @@ def test_two_runs_at_once_on_one_fresh_cache_both_pass(tmp_path, results):
     for n in ("a", "b"):
         (cell,) = summary(results / n)["cells"]
         assert cell["counts"]["pass"] == 1 and cell["verdict"] == "pass", cell
-    assert len(list((cache / "kvm-probe").glob("*.json"))) == 1
+    # One probe for both runs where KVM is worth probing; none on a host without it (a
+    # CPU without vmx/svm, as CI's): two processes racing on one memo is unit-tested.
+    probed = 0 if kvm_unusable() else 1
+    assert len(list((cache / "kvm-probe").glob("*.json"))) == probed
     assert list((cache / "tmp").iterdir()) == []
     assert not Cache(cache).sockets.exists(), "the runs' sockets directory outlived them"
 

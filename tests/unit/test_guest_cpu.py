@@ -7,6 +7,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import multiprocessing
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,37 @@ def test_a_probe_memo_from_another_runners_cpu_is_not_taken_for_this_ones(
     info.write_text(NEW)  # the cache restored on another runner
     accel._probe_once("qemu", tmp_path / "vmlinuz", "aa", cache)
     assert probes == [OLD, NEW], "another CPU's verdict was taken for this one's"
+
+
+def test_two_runs_probing_at_once_probe_once_and_share_the_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probes = tmp_path / "probes"
+
+    def probe(qemu: str, kernel: Path, cache: Cache) -> tuple[bool, str]:
+        with probes.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        time.sleep(1)  # long enough for the other run to reach the lock
+        return False, "KVM cannot run the guest kernel: slow probe"
+
+    monkeypatch.setattr(accel, "probe_kvm", probe)
+    monkeypatch.setattr(accel, "kvm_unusable", lambda: None)
+    monkeypatch.setattr(accel, "version_text", lambda qemu: "QEMU 7.2.15")
+
+    def run(n: int) -> None:
+        verdict = accel._probe_once("qemu", tmp_path / "vmlinuz", "aa", Cache(tmp_path / "c"))
+        (tmp_path / f"verdict-{n}").write_text(json.dumps(verdict))
+
+    # Forked processes, not threads: the lock is a file lock between the runs' processes.
+    runs = [multiprocessing.get_context("fork").Process(target=run, args=(n,)) for n in (1, 2)]
+    for proc in runs:
+        proc.start()
+    for proc in runs:
+        proc.join(30)
+    assert [proc.exitcode for proc in runs] == [0, 0]
+    assert len(probes.read_text().split()) == 1, "both runs probed"
+    verdicts = [json.loads((tmp_path / f"verdict-{n}").read_text()) for n in (1, 2)]
+    assert verdicts == [[False, "KVM cannot run the guest kernel: slow probe"]] * 2
 
 
 def test_a_mismatch_names_what_differs() -> None:
