@@ -4,10 +4,8 @@ ready to be snapshotted and to resume from a snapshot."""
 from __future__ import annotations
 
 import fcntl
-import glob
 import os
 import struct
-import subprocess
 import sys
 import time
 
@@ -22,6 +20,10 @@ def _write(path: str, text: str) -> None:
 def bind(vendor: int, device: int) -> list[str]:
     """Bind every vendor:device function to vfio-pci with driver_override; returns the BDFs."""
     if not os.path.isdir("/sys/bus/pci/drivers/vfio-pci"):  # built in: nothing to load
+        # Imported here: snapshot-resume runs first on a restored guest, where TCG translates
+        # every code path afresh, and each import is time before the guest is ready.
+        import subprocess
+
         subprocess.run(["modprobe", "vfio-pci"], check=True)
     bound = pci.functions(vendor, device)
     for bdf in bound:
@@ -50,11 +52,11 @@ RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 def _endpoints() -> list[str]:
     """Every PCI function with a type 0 header (bridges are QEMU devices that migrate)."""
     found = []
-    for dev in sorted(glob.glob(f"{pci.SYSFS}/*")):
-        with open(f"{dev}/config", "rb") as f:
+    for bdf in sorted(os.listdir(pci.SYSFS)):
+        with open(f"{pci.SYSFS}/{bdf}/config", "rb") as f:
             header = f.read(HEADER)
         if header[0x0E] & 0x7F == 0:
-            found.append(os.path.basename(dev))
+            found.append(bdf)
     return found
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 
 SYSFS = "/sys/bus/pci/devices"
@@ -16,9 +15,10 @@ def _read_hex(path: str) -> int:
 def functions(vendor: int, device: int) -> list[str]:
     """BDFs of every function with this vendor:device ID, in bus order."""
     return [
-        os.path.basename(dev)
-        for dev in sorted(glob.glob(f"{SYSFS}/*"))
-        if (_read_hex(f"{dev}/vendor"), _read_hex(f"{dev}/device")) == (vendor, device)
+        bdf
+        for bdf in sorted(os.listdir(SYSFS))
+        if (_read_hex(f"{SYSFS}/{bdf}/vendor"), _read_hex(f"{SYSFS}/{bdf}/device"))
+        == (vendor, device)
     ]
 
 
