@@ -494,7 +494,9 @@ class CellBooter:
         guest, m = b.guest, b.guest.machine
         with bootclock.watching(b.cfg.console_log) as marks:
             self._booting(b, "booting")
-            boot = guest.wait_ready(b.cell.scenario.machine.boot_timeout)
+            boot = guest.wait_ready(
+                b.cell.scenario.machine.boot_timeout, lambda: "sshd" in marks.seen
+            )
         b.phases = marks.phases(m.qmp_up, m.started, m.started + boot)
         self.progress(b.cell.name, f"SSH up after {boot:.1f} s")
 

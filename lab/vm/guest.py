@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -19,6 +20,7 @@ from lab.vm.ssh import GuestSSH, SSHError
 
 SYNC_TIMEOUT_S = 10.0
 POLL_ATTEMPT_S = 1.0
+MARK_POLL_S = 0.02
 
 
 class Guest:
@@ -46,22 +48,27 @@ class Guest:
     ) -> None:
         self.stop()
 
-    def wait_ready(self, timeout: float) -> float:
-        """Block until an SSH command succeeds; returns seconds from QEMU's start to SSH."""
+    def wait_ready(self, timeout: float, sshd_started: Callable[[], bool] = lambda: True) -> float:
+        """Block until an SSH command succeeds; returns seconds from QEMU's start to SSH.
+
+        No attempt before `sshd_started()` (a booting guest's console says so): one made
+        before the guest's network is up hangs in QEMU's forward, which accepts the TCP
+        connection while the banner never comes, for all of POLL_ATTEMPT_S. Once the
+        network is up, an attempt before sshd listens is refused at once."""
         deadline = self.machine.started + timeout
         while True:
             self.machine.check_alive("QEMU exited while the guest was booting")
-            with contextlib.suppress(paramiko.SSHException, OSError, EOFError, SSHError):
-                # Short attempts: before the guest's network is up, QEMU's forward accepts
-                # the TCP connection and the banner never comes; waiting long loses seconds.
-                self.ssh.connect(timeout=POLL_ATTEMPT_S)
-                if self.ssh.run("true", timeout=10).status == 0:
-                    self.boot_to_ssh_s = time.monotonic() - self.machine.started
-                    return self.boot_to_ssh_s
-                self.ssh.close()
+            started = sshd_started()
+            if started:
+                with contextlib.suppress(paramiko.SSHException, OSError, EOFError, SSHError):
+                    self.ssh.connect(timeout=POLL_ATTEMPT_S)
+                    if self.ssh.run("true", timeout=10).status == 0:
+                        self.boot_to_ssh_s = time.monotonic() - self.machine.started
+                        return self.boot_to_ssh_s
+                    self.ssh.close()
             if time.monotonic() > deadline:
                 raise BootTimeout(self.name, timeout, tail(self.machine.console_log))
-            time.sleep(0.1)
+            time.sleep(0.1 if started else MARK_POLL_S)
 
     def abandon(self) -> None:
         """A hung or dying guest: no `sync`, no more SSH; QEMU is killed when the guest stops."""

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 from lab.vm.bootclock import BootMarks, watching
+from lab.vm.guest import Guest
+from lab.vm.ssh import CommandResult
 
 CONSOLE = [
     (1.0, "SeaBIOS (version 1.16.2-debian-1.16.2-1)"),
@@ -52,3 +54,38 @@ def test_watching_tails_a_console_file_as_it_grows(tmp_path: Path) -> None:
             time.sleep(0.02)
     assert set(marks.seen) == {"kernel", "init", "sshd"}
     assert marks.seen["kernel"] <= marks.seen["init"] <= marks.seen["sshd"]
+
+
+class BootingMachine:
+    """A guest whose console says it starts sshd 0.2 s after QEMU started."""
+
+    def __init__(self, console: Path) -> None:
+        self.started = time.monotonic()
+        self.console_log = console
+
+    def check_alive(self, why: str) -> None:
+        if time.monotonic() - self.started > 0.2 and not self.console_log.exists():
+            self.console_log.write_text("vfio-lab: starting sshd\n")
+
+
+class CountingSSH:
+    """Records when each connect came; the first after the mark connects."""
+
+    def __init__(self) -> None:
+        self.attempts: list[float] = []
+
+    def connect(self, timeout: float) -> None:
+        self.attempts.append(time.monotonic())
+
+    def run(self, command: str, timeout: float) -> CommandResult:
+        return CommandResult(0, "", "")
+
+
+def test_ssh_is_tried_only_once_the_console_says_sshd_starts(tmp_path: Path) -> None:
+    machine, ssh = BootingMachine(tmp_path / "console.log"), CountingSSH()
+    guest = Guest("cell", machine, ssh, sync_on_exit=False, disk=tmp_path / "disk")  # type: ignore[arg-type]
+    with watching(machine.console_log) as marks:
+        seconds = guest.wait_ready(5.0, lambda: "sshd" in marks.seen)
+    assert len(ssh.attempts) == 1, "SSH was tried before the guest's network was up"
+    assert ssh.attempts[0] >= marks.seen["sshd"]
+    assert 0.2 <= seconds < 1.0
