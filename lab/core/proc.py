@@ -27,8 +27,14 @@ _RUNNING_LOCK = threading.Lock()
 def die_with_lab(signal_name: str = "KILL") -> list[str]:
     """An argv prefix: the kernel signals the child when the thread that started it dies,
     even by SIGKILL, when no `finally` runs. setpriv sets that up between fork and exec,
-    which Python's preexec_fn cannot do safely in a threaded process."""
-    return ["setpriv", "--pdeathsig", signal_name, "--"]
+    which Python's preexec_fn cannot do safely in a threaded process.
+
+    A lab that dies before setpriv has set it never signals: the shell after it runs the
+    command only while its parent is still this process (the race a lab killed just
+    after starting QEMU would otherwise lose, leaving QEMU running)."""
+    only_while_lab_lives = '[ "$PPID" = "$0" ] && exec "$@"'
+    return ["setpriv", "--pdeathsig", signal_name, "--", "sh", "-c", only_while_lab_lives,
+            str(os.getpid())]  # fmt: skip
 
 
 def run_logged(

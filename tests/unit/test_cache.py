@@ -26,6 +26,7 @@ from lab.core.cache import (
     process_start,
 )
 from lab.core.errors import HostIOError, InfraError
+from lab.core.proc import die_with_lab
 from lab.vm import inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -411,7 +412,10 @@ def test_the_guest_of_a_killed_lab_dies_with_it_and_its_announcement_is_swept(
         "from lab.core.cache import Cache, process_start\n"
         "from lab.core.proc import die_with_lab\n"
         "from lab.vm import inventory\n"
-        "qemu = subprocess.Popen([*die_with_lab(), 'sleep', '600'])\n"
+        # Not on the test's pipes: a survivor fails the check below instead of holding
+        # subprocess.run's pipes open for its 600 s.
+        "qemu = subprocess.Popen([*die_with_lab(), 'sleep', '600'], stdout=subprocess.DEVNULL,"
+        " stderr=subprocess.DEVNULL)\n"
         "vm = inventory.RunningVM('g', 'g', qemu.pid, 2222, '', '', process_start(qemu.pid))\n"
         "with inventory.announced(Cache(Path(sys.argv[1])).running, vm):\n"
         "    print(qemu.pid, flush=True)\n"
@@ -430,6 +434,19 @@ def test_the_guest_of_a_killed_lab_dies_with_it_and_its_announcement_is_swept(
     assert left.is_file()
     assert Cache(tmp_path).sweep() == [left]
     assert not left.exists()
+
+
+def test_a_command_whose_lab_died_before_its_death_signal_was_set_never_runs(
+    tmp_path: Path,
+) -> None:
+    """The prefix's check, as a child sees it once its lab is gone: another parent."""
+    argv = die_with_lab()
+    ran = tmp_path / "ran"
+    assert subprocess.run([*argv, "touch", ran]).returncode == 0 and ran.exists()
+    ran.unlink()
+    argv[argv.index(str(os.getpid()))] = "1"  # the lab this child was started by is gone
+    assert subprocess.run([*argv, "touch", ran]).returncode != 0
+    assert not ran.exists(), "the command ran after its lab had died"
 
 
 def test_sweep_of_an_empty_cache_removes_nothing(tmp_path: Path) -> None:
