@@ -9,6 +9,7 @@ import contextlib
 import gc
 import os
 import re
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -203,8 +204,9 @@ class FakeMachine:
         if self.lab.failing("launch"):
             raise LaunchError("QEMU exited before its QMP socket was up", 1, [], [])
         with self.console_log.open("ab") as f:
-            f.write(b"[    0.000000] Linux version 6.1\n")
+            f.write(b"[    0.000000] Linux version 6.1\nvfio-lab: starting sshd\n")
         self.up = True
+        self.started = self.qmp_up = time.monotonic()
         self.lab.log.append("+qemu")
         return self
 
