@@ -149,8 +149,20 @@ def compare_before(rev: str, tmp: Path, after: dict[str, Any]) -> dict[str, Any]
         _, done = lab("compare", before["run"], after[key].get("run", "<no run>"))
         # Exit 2 with its reason when either run is no baseline (compare refuses it).
         out[scenario] = {**before, "compare_exit_code": done.returncode,
-                         "compare": (done.stdout + done.stderr).splitlines()[-20:]}  # fmt: skip
+                         "compare": outcome_lines(done.stdout + done.stderr)}  # fmt: skip
     return out
+
+
+def outcome_lines(text: str) -> list[str]:
+    """compare's output without the entries of "changed diagnostics" (which speed work
+    may change; their count stays): every changed outcome is kept, however many."""
+    kept, in_diagnostics = [], False
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            in_diagnostics = line.startswith("changed diagnostics")
+        if not (in_diagnostics and line.startswith(" ")):
+            kept.append(line)
+    return kept
 
 
 def main() -> int:

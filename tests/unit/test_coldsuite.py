@@ -9,11 +9,13 @@ import sys
 from tests.conftest import REPO
 
 
-def load_coldsuite():
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the scripts import each other from their folder)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("coldsuite", REPO / "benchmarks/coldsuite.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / f"benchmarks/{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -33,7 +35,7 @@ LOG = """\
 
 
 def test_a_log_is_summed_per_file_slowest_first() -> None:
-    got = load_coldsuite().parse(LOG)
+    got = load_benchmark("coldsuite").parse(LOG)
     assert got["vm_test_files_s"] == {
         "tests/integration/test_bisect.py": 953.2,
         "tests/integration/test_kernels.py": 414.0,
