@@ -15,12 +15,12 @@ from types import TracebackType
 import paramiko
 
 from lab.core.errors import BootTimeout, LabError
+from lab.vm import bootclock
 from lab.vm.machine import Machine, tail
 from lab.vm.ssh import GuestSSH, SSHError
 
 SYNC_TIMEOUT_S = 10.0
 POLL_ATTEMPT_S = 1.0
-MARK_POLL_S = 0.02
 
 
 class Guest:
@@ -68,7 +68,7 @@ class Guest:
                     self.ssh.close()
             if time.monotonic() > deadline:
                 raise BootTimeout(self.name, timeout, tail(self.machine.console_log))
-            time.sleep(0.1 if started else MARK_POLL_S)
+            time.sleep(0.1 if started else bootclock.POLL_S)  # as the boot clock tails
 
     def abandon(self) -> None:
         """A hung or dying guest: no `sync`, no more SSH; QEMU is killed when the guest stops."""

@@ -50,6 +50,7 @@ class Lab:
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log: list[str] = []
         self.fail: str | None = None
+        self.console = b"[    0.000000] Linux version 6.1\nvfio-lab: starting sshd\n"
         self.cache = Cache(tmp_path / "cache")
         self.said = Messages()
         self.cell_dir = tmp_path / "cell"
@@ -204,7 +205,7 @@ class FakeMachine:
         if self.lab.failing("launch"):
             raise LaunchError("QEMU exited before its QMP socket was up", 1, [], [])
         with self.console_log.open("ab") as f:
-            f.write(b"[    0.000000] Linux version 6.1\nvfio-lab: starting sshd\n")
+            f.write(self.lab.console)
         self.up = True
         self.started = self.qmp_up = time.monotonic()
         self.lab.log.append("+qemu")
@@ -346,6 +347,18 @@ def test_a_kept_overlay_is_moved_out_after_qemu_stops_and_before_its_directory_g
     ready = lab.boot(lab.booter(), keep_disk=keep.with_name("again.qcow2"))
     assert ready.snapshot == "none: the guest's disk is kept"
     assert lab.log[-2:] == ["keep", "-scratch"]
+
+
+def test_a_console_that_never_says_sshd_starts_is_tried_over_ssh_after_the_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scenario's own console= keeps lab-init's line off the serial log."""
+    monkeypatch.setattr(booter_mod, "UNSEEN_SSHD_S", 0.3)
+    lab = Lab(tmp_path, monkeypatch)
+    lab.console = b"[    0.000000] Linux version 6.1\n"
+    ready = lab.boot(lab.booter(snapshots=False))
+    assert lab.log == [*COLD, "body", *COLD_UNDO]
+    assert ready.guest.boot_to_ssh_s is not None and ready.guest.boot_to_ssh_s >= 0.3
 
 
 def test_the_first_run_saves_the_snapshot_and_the_second_restores_it(
